@@ -1,0 +1,58 @@
+"""Errors a user can cause, each with a message that names the thing and the fix.
+
+DbsnapError
+ +-- ConfigError          a setting has a wrong value or an unknown key
+ +-- ToolError            an external program is missing or failed (initdb, pg_dump, the app's seed...)
+ +-- ServerError          a PostgreSQL server could not be started, reached or is not allowed
+ +-- DumpError            a dump is missing, corrupt, stale or unreadable
+ |    +-- DumpNotFound
+ |    +-- DumpCorrupt
+ +-- RestoreError         a restore failed; the target database was left as it was
+ +-- ServiceError         a backend/frontend process did not become healthy
+
+The plugin turns these into a usage error or a failed phase with the message only; the CLI prints the message
+and exits non-zero. Anything else is a bug and keeps its traceback.
+"""
+
+
+class DbsnapError(Exception):
+    """Base of every error a user can cause and fix."""
+
+
+class ConfigError(DbsnapError):
+    """A configuration value is malformed or a key is unknown."""
+
+
+class ToolError(DbsnapError):
+    """An external program is missing or exited non-zero."""
+
+    def __init__(self, message: str, *, command: list[str] | None = None, returncode: int | None = None,
+                 stderr_tail: str = "") -> None:
+        super().__init__(message)
+        self.command = command or []
+        self.returncode = returncode
+        self.stderr_tail = stderr_tail
+
+
+class ServerError(DbsnapError):
+    """A PostgreSQL server could not be started, reached, or is not allowed."""
+
+
+class DumpError(DbsnapError):
+    """A dump cannot be used as it is."""
+
+
+class DumpNotFound(DumpError):
+    """No dump matches the environment or name asked for."""
+
+
+class DumpCorrupt(DumpError):
+    """A dump's bytes or metadata do not match what was recorded."""
+
+
+class RestoreError(DbsnapError):
+    """A restore failed; the target database is unchanged."""
+
+
+class ServiceError(DbsnapError):
+    """An app service did not start or did not become healthy."""

@@ -1,0 +1,198 @@
+"""What every server gives: DSNs for a database, an admin connection, its version, and a way to stop."""
+
+from __future__ import annotations
+
+import abc
+import glob
+import re
+import shutil
+import time
+from dataclasses import dataclass
+from functools import cached_property
+from pathlib import Path
+from types import TracebackType
+from urllib.parse import quote, urlencode
+
+import psycopg
+
+from pytest_dbsnap.errors import ServerError, ToolError
+from pytest_dbsnap.proc import run
+from pytest_dbsnap.redact import redact
+
+CLIENT_TOOLS = ("pg_dump", "pg_restore")
+SERVER_TOOLS = ("initdb", "pg_ctl", "postgres")
+
+# Where Postgres binaries usually live when they are not on PATH, newest first after sorting.
+_USUAL_BINDIRS = (
+    "/usr/lib/postgresql/*/bin",
+    "/usr/pgsql-*/bin",
+    "/usr/local/pgsql/bin",
+    "/opt/homebrew/opt/postgresql@*/bin",
+    "/opt/homebrew/opt/postgresql/bin",
+    "/usr/local/opt/postgresql@*/bin",
+    "/usr/local/opt/postgresql/bin",
+    "/Applications/Postgres.app/Contents/Versions/*/bin",
+)
+
+
+def _version_key(path: str) -> tuple[int, ...]:
+    return tuple(int(part) for part in re.findall(r"\d+", path)) or (0,)
+
+
+@dataclass(frozen=True)
+class PgTools:
+    """A folder of Postgres binaries and their version (major.minor)."""
+
+    bindir: Path
+    version: str
+
+    @property
+    def major(self) -> int:
+        return int(self.version.split(".")[0])
+
+    def path(self, program: str) -> Path:
+        return self.bindir / program
+
+    def has(self, *programs: str) -> bool:
+        return all(self.path(program).is_file() for program in programs)
+
+
+def _candidate_bindirs(configured: Path | None) -> list[tuple[Path, str]]:
+    if configured is not None:
+        return [(configured, "the pg_bindir setting")]
+    candidates: list[tuple[Path, str]] = []
+    pg_config = shutil.which("pg_config")
+    if pg_config:
+        try:
+            bindir = run([pg_config, "--bindir"], what="pg_config --bindir", timeout=10).stdout.strip()
+            candidates.append((Path(bindir), "pg_config --bindir"))
+        except ToolError:
+            pass
+    on_path = shutil.which("pg_ctl") or shutil.which("pg_restore")
+    if on_path:
+        candidates.append((Path(on_path).resolve().parent, "PATH"))
+    for pattern in _USUAL_BINDIRS:
+        for found in sorted(glob.glob(pattern), key=_version_key, reverse=True):
+            candidates.append((Path(found), "the usual install folders"))
+    return candidates
+
+
+def find_pg_tools(configured: Path | None = None, *, need_server: bool = True) -> PgTools:
+    """Find a folder with the Postgres programs we need: the setting, then pg_config/PATH, then usual places."""
+    needed = (*SERVER_TOOLS, *CLIENT_TOOLS) if need_server else CLIENT_TOOLS
+    looked: list[str] = []
+    for bindir, source in _candidate_bindirs(configured):
+        looked.append(f"{bindir} ({source})")
+        tools = PgTools(bindir, "")
+        if tools.has(*needed):
+            probe = "postgres" if need_server else "pg_restore"
+            output = run([tools.path(probe), "--version"], what=f"{probe} --version", timeout=10).stdout
+            match = re.search(r"(\d+)(?:\.(\d+))?", output)
+            if not match:
+                raise ToolError(f"Could not read the PostgreSQL version from {probe} --version: {output!r}.")
+            return PgTools(bindir, f"{match[1]}.{match[2] or 0}")
+        if configured is not None:
+            missing = [p for p in needed if not tools.path(p).is_file()]
+            raise ToolError(
+                f"The pg_bindir setting points at {bindir}, which lacks {', '.join(missing)}. Point it at the "
+                f"folder that holds {', '.join(needed)} (`pg_config --bindir` prints it)."
+            )
+    raise ToolError(
+        f"No PostgreSQL binaries found (needed: {', '.join(needed)}). Looked in: "
+        f"{'; '.join(looked) or 'PATH, pg_config and the usual install folders'}. Install PostgreSQL "
+        f"(Debian/Ubuntu: apt-get install postgresql; macOS: brew install postgresql) or set pg_bindir "
+        f"(--pg-bindir, DBSNAP_PG_BINDIR)."
+    )
+
+
+def params_to_url(params: dict[str, str]) -> str:
+    """A libpq URL from connection keywords; apps (SQLAlchemy, Node) want URLs in DATABASE_URL."""
+    user = quote(params.get("user", ""), safe="")
+    password = params.get("password")
+    auth = f"{user}:{quote(password, safe='')}@" if password else (f"{user}@" if user else "")
+    host = params.get("host", "")
+    query = {k: v for k, v in params.items() if k not in {"user", "password", "host", "port", "dbname"}}
+    if host.startswith("/"):
+        query = {"host": host, **query}
+        host = ""
+    elif ":" in host:
+        host = f"[{host}]"
+    port = f":{params['port']}" if params.get("port") and host else ""
+    if params.get("port") and not host:
+        query["port"] = params["port"]
+    suffix = f"?{urlencode(query)}" if query else ""
+    return f"postgresql://{auth}{host}{port}/{quote(params.get('dbname', ''), safe='')}{suffix}"
+
+
+class Server(abc.ABC):
+    """A running PostgreSQL server this session may use."""
+
+    provider: str = "?"
+
+    def __init__(self, params: dict[str, str], tools: PgTools) -> None:
+        self.params = dict(params)  # connection keywords without dbname
+        self.tools = tools  # client programs (pg_dump, pg_restore) that match or exceed the server
+
+    def conninfo(self, database: str = "postgres") -> str:
+        """Keyword DSN for psycopg and the Postgres programs."""
+        return psycopg.conninfo.make_conninfo(**{**self.params, "dbname": database})
+
+    def dsn(self, database: str = "postgres") -> str:
+        """URL DSN, as apps expect it in DATABASE_URL."""
+        return params_to_url({**self.params, "dbname": database})
+
+    def connect(self, database: str = "postgres", *, connect_timeout: int = 10) -> psycopg.Connection[tuple[object, ...]]:
+        """An autocommit connection: admin work (CREATE/DROP DATABASE) cannot run in a transaction."""
+        try:
+            return psycopg.connect(self.conninfo(database), autocommit=True, connect_timeout=connect_timeout)
+        except psycopg.OperationalError as exc:
+            raise ServerError(
+                f"Cannot connect to database {database!r} on {self.describe()}: {redact(str(exc)).strip()}"
+            ) from exc
+
+    @cached_property
+    def version(self) -> str:
+        with self.connect() as conn:
+            row = conn.execute("SHOW server_version").fetchone()
+        return str(row[0]).split()[0] if row else "?"
+
+    @property
+    def version_num(self) -> int:
+        with self.connect() as conn:
+            row = conn.execute("SHOW server_version_num").fetchone()
+        return int(str(row[0])) if row else 0
+
+    def describe(self) -> str:
+        host = self.params.get("host", "local socket")
+        port = self.params.get("port", "5432")
+        return f"{self.provider} PostgreSQL at {host}:{port}"
+
+    @abc.abstractmethod
+    def stop(self) -> None:
+        """Give back what start took; a server we did not start is left running."""
+
+    def __enter__(self) -> Server:
+        return self
+
+    def __exit__(self, exc_type: type[BaseException] | None, exc: BaseException | None,
+                 tb: TracebackType | None) -> None:
+        self.stop()
+
+
+def wait_until_accepting(server: Server, timeout: float) -> None:
+    """pg_isready semantics: poll until a connection succeeds, failing with the last reason at the deadline."""
+    deadline = time.monotonic() + timeout
+    last_error = ""
+    while True:
+        try:
+            with psycopg.connect(server.conninfo("postgres"), connect_timeout=2, autocommit=True) as conn:
+                conn.execute("SELECT 1")
+            return
+        except psycopg.OperationalError as exc:
+            last_error = redact(str(exc)).strip()
+        if time.monotonic() >= deadline:
+            raise ServerError(
+                f"{server.describe()} did not accept connections within {timeout:.0f} s. Last error: "
+                f"{last_error}. Check that the server is up, or raise start_timeout."
+            )
+        time.sleep(0.1)  # polling interval between readiness checks, not a readiness stand-in

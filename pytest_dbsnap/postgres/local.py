@@ -1,0 +1,275 @@
+"""The embedded default: a throwaway cluster from local Postgres binaries, started from a cached pristine copy.
+
+initdb runs once per Postgres version into the cache; each session copies that pristine data folder (fast)
+and starts it on a free port on 127.0.0.1 with durability turned off (throwaway data). When started by root
+the server runs as an unprivileged account, since Postgres refuses to run as root. A session killed with -9
+leaves a folder whose owner pid is dead: the next start stops that postmaster and removes the folder.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import pwd
+import shlex
+import shutil
+import socket
+import tempfile
+import time
+from pathlib import Path
+
+from filelock import FileLock
+
+from pytest_dbsnap.errors import ServerError, ToolError
+from pytest_dbsnap.postgres.base import PgTools, Server, find_pg_tools, wait_until_accepting
+from pytest_dbsnap.proc import RunAs, chown_tree, run, tail
+
+log = logging.getLogger(__name__)
+
+SUPERUSER = "postgres"
+DEDICATED_ACCOUNT = "dbsnap"
+# Settings for throwaway data: nothing needs to survive a crash, and restores go faster without WAL work.
+FAST_SETTINGS = {
+    "fsync": "off",
+    "synchronous_commit": "off",
+    "full_page_writes": "off",
+    "wal_level": "minimal",
+    "max_wal_senders": "0",
+    "max_wal_size": "4GB",
+    "checkpoint_timeout": "30min",
+    "max_connections": "200",
+    "jit": "off",
+}
+_PORT_TRIES = 4
+
+
+def server_account() -> RunAs | None:
+    """The account the server runs as: None (ourselves) unless we are root."""
+    if os.geteuid() != 0:
+        return None
+    for name in ("postgres", DEDICATED_ACCOUNT):
+        try:
+            entry = pwd.getpwnam(name)
+            return RunAs(name, entry.pw_uid, entry.pw_gid)
+        except KeyError:
+            continue
+    run(["useradd", "--system", "--no-create-home", "--shell", "/usr/sbin/nologin", DEDICATED_ACCOUNT],
+        what=f"creating the unprivileged account {DEDICATED_ACCOUNT!r} to run PostgreSQL as (it refuses root)")
+    entry = pwd.getpwnam(DEDICATED_ACCOUNT)
+    return RunAs(DEDICATED_ACCOUNT, entry.pw_uid, entry.pw_gid)
+
+
+def runtime_base() -> Path:
+    """Per-user folder of running clusters; world-traversable so the server account can reach its own."""
+    base = Path(tempfile.gettempdir()) / f"pytest-dbsnap-{os.geteuid()}"
+    base.mkdir(mode=0o755, exist_ok=True)
+    if base.stat().st_uid != os.geteuid() or base.is_symlink():
+        raise ServerError(f"{base} belongs to another user; remove it or set TMPDIR to a folder of your own.")
+    base.chmod(0o755)
+    return base
+
+
+def free_port() -> int:
+    """A port nobody listens on now; the caller retries if it is taken before the server binds it."""
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
+        sock.bind(("127.0.0.1", 0))
+        return int(sock.getsockname()[1])
+
+
+def _process_start(pid: int) -> str | None:
+    """The kernel's start time of a process, so that a reused pid is not mistaken for the owner."""
+    try:
+        return Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[19]
+    except (OSError, IndexError):
+        return None
+
+
+def _alive(pid: int, started: str | None) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        pass
+    return started is None or _process_start(pid) in (None, started)
+
+
+class LocalCluster(Server):
+    """A private cluster in a temporary folder, stopped and removed by stop()."""
+
+    provider = "local"
+
+    def __init__(self, tools: PgTools, *, cache_dir: Path, start_timeout: float = 30.0,
+                 port: int | None = None) -> None:
+        super().__init__({"host": "127.0.0.1", "port": "0", "user": SUPERUSER}, tools)
+        self.cache_dir = cache_dir
+        self.start_timeout = start_timeout
+        self.requested_port = port
+        self.account = server_account()
+        self.folder: Path | None = None
+        self.reused_pristine = False
+        self.start_seconds = 0.0
+
+    @property
+    def data_dir(self) -> Path:
+        assert self.folder is not None, "cluster not started"
+        return self.folder / "data"
+
+    @property
+    def log_path(self) -> Path:
+        assert self.folder is not None, "cluster not started"
+        return self.folder / "postgres.log"
+
+    @property
+    def port(self) -> int:
+        return int(self.params["port"])
+
+    # --- start ----------------------------------------------------------------------------------------------
+
+    def start(self) -> LocalCluster:
+        began = time.monotonic()
+        base = runtime_base()
+        remove_stale_clusters(base, self.tools)
+        pristine = self._pristine()
+        self.folder = Path(tempfile.mkdtemp(prefix="cluster-", dir=base))
+        try:
+            (self.folder / "owner.json").write_text(
+                json.dumps({"pid": os.getpid(), "started": _process_start(os.getpid())})
+            )
+            (self.folder / "sock").mkdir()
+            # cp -a keeps the server account's ownership and modes, and is quicker than a Python tree copy.
+            run(["cp", "-a", str(pristine), str(self.data_dir)], what="copying the pristine cluster")
+            if self.account:
+                chown_tree(self.folder, self.account)
+                os.chown(self.folder / "owner.json", os.geteuid(), os.getegid())
+            self.folder.chmod(0o755)
+            self._start_postmaster()
+        except BaseException:
+            self._remove_folder()
+            raise
+        self.start_seconds = time.monotonic() - began
+        return self
+
+    def _pristine(self) -> Path:
+        """The initdb'd data folder for this Postgres version, made once and reused (locked for parallel runs)."""
+        account = self.account.user if self.account else str(os.geteuid())
+        self.cache_dir.mkdir(parents=True, exist_ok=True)
+        pristine = self.cache_dir / f"pristine-pg{self.tools.version}-{account}"
+        with FileLock(str(pristine) + ".lock", timeout=300):
+            if (pristine / "PG_VERSION").is_file():
+                self.reused_pristine = True
+                return pristine
+            scratch = Path(tempfile.mkdtemp(prefix="initdb-", dir=runtime_base()))
+            try:
+                target = scratch / "data"
+                if self.account:
+                    chown_tree(scratch, self.account)
+                    scratch.chmod(0o755)
+                run([self.tools.path("initdb"), "-D", str(target), "-U", SUPERUSER, "-A", "trust", "-E", "UTF8",
+                     "--locale=C", "--no-sync", "--no-instructions"],
+                    what="initdb (creating the pristine cluster)", run_as=self.account, cwd=scratch, timeout=300)
+                shutil.rmtree(pristine, ignore_errors=True)
+                # cp -a rather than rename: the cache may be on another filesystem than the temp folder.
+                run(["cp", "-a", str(target), str(pristine)], what="storing the pristine cluster")
+            finally:
+                shutil.rmtree(scratch, ignore_errors=True)
+            return pristine
+
+    def _start_postmaster(self) -> None:
+        assert self.folder is not None
+        last_error = ""
+        for _attempt in range(_PORT_TRIES):
+            port = self.requested_port or free_port()
+            self.params["port"] = str(port)
+            options = [
+                "-p", str(port), "-h", "127.0.0.1", "-k", str(self.folder / "sock"),
+                *[arg for key, value in FAST_SETTINGS.items() for arg in ("-c", f"{key}={value}")],
+            ]
+            try:
+                run([self.tools.path("pg_ctl"), "start", "-w", "-t", str(int(self.start_timeout)),
+                     "-D", str(self.data_dir), "-l", str(self.log_path), "-o", shlex.join(options)],
+                    what="pg_ctl start", run_as=self.account, cwd=self.folder, timeout=self.start_timeout + 10)
+            except ToolError as exc:
+                server_log = self._log_tail()
+                if "could not bind" in server_log or "already in use" in server_log:
+                    last_error = server_log
+                    if self.requested_port:
+                        raise ServerError(
+                            f"Port {port} on 127.0.0.1 is already in use, so the local PostgreSQL cannot listen "
+                            f"there. Free the port or leave the port unset so a free one is picked."
+                        ) from exc
+                    self.log_path.unlink(missing_ok=True)
+                    continue
+                raise ServerError(
+                    f"The local PostgreSQL in {self.data_dir} did not start ({exc}).\nServer log:\n{server_log}"
+                ) from exc
+            wait_until_accepting(self, self.start_timeout)
+            return
+        raise ServerError(f"Could not find a free port for the local PostgreSQL after {_PORT_TRIES} tries:\n"
+                          f"{last_error}")
+
+    def _log_tail(self) -> str:
+        try:
+            return tail(self.log_path.read_text(errors="replace"))
+        except OSError:
+            return "(no server log)"
+
+    # --- stop -----------------------------------------------------------------------------------------------
+
+    def stop(self) -> None:
+        if self.folder is None:
+            return
+        try:
+            stop_postmaster(self.tools, self.data_dir, self.account)
+        finally:
+            self._remove_folder()
+
+    def _remove_folder(self) -> None:
+        if self.folder is not None:
+            shutil.rmtree(self.folder, ignore_errors=True)
+            self.folder = None
+
+    def describe(self) -> str:
+        return f"local PostgreSQL {self.tools.version} at 127.0.0.1:{self.params['port']}"
+
+
+def stop_postmaster(tools: PgTools, data_dir: Path, account: RunAs | None) -> None:
+    """Stop the postmaster of one data folder (found by its postmaster.pid, never by name)."""
+    if not (data_dir / "postmaster.pid").exists():
+        return
+    for mode in ("fast", "immediate"):
+        try:
+            run([tools.path("pg_ctl"), "stop", "-D", str(data_dir), "-m", mode, "-w", "-t", "30"],
+                what=f"pg_ctl stop -m {mode}", run_as=account, cwd="/", timeout=40)
+            return
+        except ToolError as exc:
+            log.warning("stopping PostgreSQL in %s (%s) failed: %s", data_dir, mode, exc)
+
+
+def remove_stale_clusters(base: Path, tools: PgTools) -> list[Path]:
+    """Stop and remove clusters whose owning process is gone (a session killed with -9)."""
+    removed: list[Path] = []
+    account = server_account()
+    for folder in base.glob("cluster-*"):
+        try:
+            owner = json.loads((folder / "owner.json").read_text())
+            pid, started = int(owner["pid"]), owner.get("started")
+        except (OSError, ValueError, KeyError, TypeError):
+            # A folder without a readable owner file is only stale once it is old (it may be starting now).
+            if time.time() - folder.stat().st_mtime < 60:
+                continue
+            pid, started = -1, None
+        if pid > 0 and _alive(pid, started):
+            continue
+        stop_postmaster(tools, folder / "data", account)
+        shutil.rmtree(folder, ignore_errors=True)
+        removed.append(folder)
+    for scratch in base.glob("initdb-*"):
+        if time.time() - scratch.stat().st_mtime > 3600:
+            shutil.rmtree(scratch, ignore_errors=True)
+    return removed
+
+
+def start_local_cluster(pg_bindir: Path | None, cache_dir: Path, start_timeout: float) -> LocalCluster:
+    return LocalCluster(find_pg_tools(pg_bindir), cache_dir=cache_dir, start_timeout=start_timeout).start()

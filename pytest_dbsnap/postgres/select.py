@@ -1,0 +1,43 @@
+"""Pick a provider (auto: DSN given -> external; compose file and a Docker engine -> docker; else local)."""
+
+from __future__ import annotations
+
+from pytest_dbsnap.postgres.base import Server
+from pytest_dbsnap.settings import Settings
+
+
+def choose_provider(settings: Settings) -> tuple[str, str]:
+    """The provider to use and why, for the report header."""
+    if settings.provider != "auto":
+        return settings.provider, f"set by {settings.source_of('provider')}"
+    if settings.dsn:
+        return "external", f"a DSN was given by {settings.source_of('dsn')}"
+    from pytest_dbsnap.postgres.compose import docker_engine_answers
+
+    if settings.compose_file.is_file() and docker_engine_answers():
+        return "docker", f"{settings.compose_file.name} exists and a Docker engine answers"
+    if settings.compose_file.is_file():
+        return "local", f"no Docker engine answers (for {settings.compose_file.name}), so the embedded cluster"
+    return "local", "no DSN and no compose file, so the embedded cluster"
+
+
+def start_server(settings: Settings, provider: str | None = None) -> Server:
+    """A running server for these settings; the caller stops it (it is a context manager)."""
+    provider = provider or choose_provider(settings)[0]
+    if provider == "external":
+        from pytest_dbsnap.errors import ConfigError
+        from pytest_dbsnap.postgres.external import connect_external
+
+        if not settings.dsn:
+            raise ConfigError("The external provider needs a DSN: pass --dbsnap-dsn, set DBSNAP_DSN or "
+                              "DATABASE_URL, or set dsn in [tool.dbsnap].")
+        return connect_external(settings.dsn, allow_remote=settings.allow_remote, timeout=settings.start_timeout)
+    if provider == "docker":
+        from pytest_dbsnap.postgres.compose import start_compose
+
+        return start_compose(settings.compose_file, settings.compose_service, user=settings.compose_user,
+                             password=settings.compose_password, timeout=settings.start_timeout,
+                             pg_bindir=settings.pg_bindir)
+    from pytest_dbsnap.postgres.local import start_local_cluster
+
+    return start_local_cluster(settings.pg_bindir, settings.resolved_cache_dir, settings.start_timeout)

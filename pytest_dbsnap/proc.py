@@ -1,0 +1,90 @@
+"""One way to run external programs: record the command, capture stderr, fail with its last lines."""
+
+from __future__ import annotations
+
+import os
+import shlex
+import subprocess
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+
+from pytest_dbsnap.errors import ToolError
+from pytest_dbsnap.redact import redact
+
+TAIL_LINES = 15
+
+
+@dataclass(frozen=True)
+class RunAs:
+    """An unprivileged account to run a program as (Postgres refuses to run as root)."""
+
+    user: str
+    uid: int
+    gid: int
+
+
+def tail(text: str, lines: int = TAIL_LINES) -> str:
+    """The last lines of a program's output, which is where the reason usually is."""
+    return "\n".join(text.strip().splitlines()[-lines:])
+
+
+def run(
+    command: Sequence[str | os.PathLike[str]],
+    *,
+    what: str,
+    env: Mapping[str, str] | None = None,
+    cwd: str | os.PathLike[str] | None = None,
+    run_as: RunAs | None = None,
+    stdout: int | None = subprocess.PIPE,
+    timeout: float | None = None,
+) -> subprocess.CompletedProcess[str]:
+    """Run a command to completion; on failure raise ToolError quoting the tail of stderr.
+
+    `what` is the human name of the step ("initdb", "the seed command") used in messages.
+    """
+    argv = [os.fspath(part) for part in command]
+    full_env = dict(os.environ if env is None else env)
+    try:
+        result = subprocess.run(
+            argv,
+            env=full_env,
+            cwd=cwd,
+            stdout=stdout,
+            stderr=subprocess.PIPE,
+            text=True,
+            timeout=timeout,
+            user=run_as.uid if run_as else None,
+            group=run_as.gid if run_as else None,
+            extra_groups=[] if run_as else None,
+            check=False,
+        )
+    except FileNotFoundError as exc:
+        raise ToolError(
+            f"{what} could not start: the program {argv[0]!r} was not found. Install it or point the "
+            f"setting that names it at the right place.",
+            command=argv,
+        ) from exc
+    except subprocess.TimeoutExpired as exc:
+        raise ToolError(
+            f"{what} did not finish within {timeout:.0f} s (command: {redact(shlex.join(argv))}).",
+            command=argv,
+        ) from exc
+    if result.returncode != 0:
+        stderr_tail = redact(tail(result.stderr or result.stdout or ""))
+        raise ToolError(
+            f"{what} failed with exit code {result.returncode} (command: {redact(shlex.join(argv))}).\n"
+            f"Its last output lines:\n{stderr_tail}",
+            command=argv,
+            returncode=result.returncode,
+            stderr_tail=stderr_tail,
+        )
+    return result
+
+
+def chown_tree(path: Path, run_as: RunAs) -> None:
+    """Give a whole folder to the unprivileged account that will run the server in it."""
+    os.chown(path, run_as.uid, run_as.gid)
+    for root, dirs, files in os.walk(path):
+        for name in dirs + files:
+            os.lchown(os.path.join(root, name), run_as.uid, run_as.gid)

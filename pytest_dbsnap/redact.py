@@ -1,0 +1,17 @@
+"""Passwords never reach logs, reports, metadata or error messages: everything shown goes through here."""
+
+from __future__ import annotations
+
+import re
+
+# postgresql://user:secret@host -> postgresql://user:***@host
+_URL_PASSWORD = re.compile(r"(?P<head>[a-zA-Z][a-zA-Z0-9+.-]*://[^:/@\s]*:)(?P<secret>[^@\s]*)(?P<tail>@)")
+# password=secret in keyword DSNs, PGPASSWORD=secret in environments
+_KEYWORD_PASSWORD = re.compile(r"(?P<head>\b(?:password|PGPASSWORD|POSTGRES_PASSWORD)\s*=\s*)(?P<secret>'[^']*'|\S+)",
+                               re.IGNORECASE)
+
+
+def redact(text: str) -> str:
+    """Replace every password in a DSN, URL or key=value string with ***."""
+    text = _URL_PASSWORD.sub(lambda m: f"{m['head']}***{m['tail']}", text)
+    return _KEYWORD_PASSWORD.sub(lambda m: f"{m['head']}***", text)
