@@ -1,24 +1,41 @@
 """The dbsnap command line: the same library calls as the plugin, with messages instead of tracebacks.
 
 Exit codes: 0 success, 1 the operation failed (corrupt dump, restore error), 2 usage or configuration error.
-Heavy imports wait until a command needs them, so `dbsnap --help` and small commands start fast.
+Heavy imports wait until a command needs them, so `dbsnap --help` starts fast.
 """
 
 from __future__ import annotations
 
 import argparse
+import contextlib
+import json
+import os
 import sys
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from pytest_dbsnap import __version__
 from pytest_dbsnap.errors import ConfigError, DbsnapError
 from pytest_dbsnap.settings import Settings, find_pyproject, load_settings
 
+if TYPE_CHECKING:
+    from pytest_dbsnap.dumps.meta import DumpMeta
+    from pytest_dbsnap.dumps.store import DumpStore
+    from pytest_dbsnap.postgres.base import Server
+
 EXIT_OK, EXIT_FAILED, EXIT_USAGE = 0, 1, 2
 
-Command = Callable[[argparse.Namespace, Settings], int]
-COMMANDS: dict[str, Command] = {}
+
+class UsageError(ConfigError):
+    """A command-line mistake (exit 2)."""
+
+
+def progress_printer() -> Callable[[str], None]:
+    """Progress lines on a terminal; nothing in CI or when stderr is a file."""
+    if sys.stderr.isatty() and not os.environ.get("CI"):
+        return lambda message: print(f"dbsnap: {message}...", file=sys.stderr, flush=True)
+    return lambda _message: None
 
 
 def load_cli_settings(args: argparse.Namespace) -> Settings:
@@ -28,23 +45,240 @@ def load_cli_settings(args: argparse.Namespace) -> Settings:
     cli: dict[str, object | None] = {
         "env": getattr(args, "env", None),
         "dsn": getattr(args, "dsn", None),
-        "database": getattr(args, "database", None),
         "dumps_dir": getattr(args, "dumps_dir", None),
         "pg_bindir": getattr(args, "pg_bindir", None),
         "allow_remote": True if getattr(args, "allow_remote", False) else None,
         "verify": False if getattr(args, "no_verify", False) else None,
-        "provider": getattr(args, "provider", None),
+        "restore_jobs": getattr(args, "jobs", None),
     }
     return load_settings(project_root=root, pyproject=pyproject, cli=cli)
 
 
+def _store(settings: Settings) -> DumpStore:
+    from pytest_dbsnap.dumps.store import DumpStore
+
+    return DumpStore(settings.dumps_dir)
+
+
+@contextlib.contextmanager
+def _server(settings: Settings, *, required: bool) -> Iterator[Server]:
+    """The DSN's server, or (for generate) a throwaway local cluster when no DSN is given."""
+    from pytest_dbsnap.postgres import start_server
+
+    if settings.dsn:
+        server = start_server(settings, "external")
+    elif required:
+        raise UsageError("This command needs a target server: pass --dsn, or set DBSNAP_DSN or DATABASE_URL "
+                         "(for example postgresql://postgres@127.0.0.1:5432/app).")
+    else:
+        server = start_server(settings, "local")
+    with server:
+        yield server
+
+
+def _target_database(args: argparse.Namespace, settings: Settings) -> str:
+    """--database, else the database named in the DSN (DATABASE_URL names the app's), else the setting."""
+    if args.database:
+        return str(args.database)
+    if settings.dsn:
+        from pytest_dbsnap.postgres.external import parse_dsn
+
+        named = parse_dsn(settings.dsn).get("dbname")
+        if named and named != "postgres":
+            return named
+    return settings.database
+
+
+def _meta_line(meta: DumpMeta, latest: str | None) -> str:
+    rows = sum(meta.row_counts.values())
+    mark = "*" if meta.name == latest else " "
+    return (f"{mark} {meta.name:<48} {meta.created_at:<21} {meta.size_bytes / 1e6:>9.1f} MB {rows:>10} rows  "
+            f"schema {meta.schema_version or '-'}")
+
+
+# --- commands -----------------------------------------------------------------------------------------------
+
+def cmd_generate(args: argparse.Namespace, settings: Settings) -> int:
+    from pytest_dbsnap.dumps.generate import generate_dump
+
+    store = _store(settings)
+    with _server(settings, required=False) as server:
+        meta, made = generate_dump(server, settings, store, settings.env, force=not args.if_stale,
+                                   progress=progress_printer())
+    verb = "generated" if made else "is current, kept"
+    print(f"{settings.env}/{meta.name} {verb}: {meta.size_bytes / 1e6:.1f} MB, "
+          f"{sum(meta.row_counts.values())} rows, schema {meta.schema_version or '-'}, sha256 {meta.sha256[:16]}...")
+    return EXIT_OK
+
+
+def cmd_restore(args: argparse.Namespace, settings: Settings) -> int:
+    from pytest_dbsnap.dumps.restore import restore_dump
+
+    store = _store(settings)
+    meta = store.get(settings.env, args.dump)
+    target = _target_database(args, settings)
+    with _server(settings, required=True) as server:
+        result = restore_dump(server, meta, store.dump_path(settings.env, meta.name), target,
+                              verify=settings.verify, jobs=settings.jobs, progress=progress_printer())
+        print(f"restored {settings.env}/{meta.name} into {target!r} by {result.method} in {result.seconds:.2f} s"
+              f"{' (sha256 verified)' if result.verified else ''}")
+        if not args.no_spare:
+            _prepare_spare_in_background(server.dsn("postgres"), store.meta_path(settings.env, meta.name))
+    return EXIT_OK
+
+
+def _prepare_spare_in_background(admin_dsn: str, meta_path: Path) -> None:
+    """The next restore's spare copy is made by a detached child, so this command returns at once."""
+    import subprocess
+
+    env = {**os.environ, "DBSNAP_SPARE_DSN": admin_dsn, "DBSNAP_SPARE_META": str(meta_path)}
+    subprocess.Popen([sys.executable, "-m", "pytest_dbsnap.dumps.spare"], env=env, stdin=subprocess.DEVNULL,
+                     stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True)
+
+
+def cmd_list(args: argparse.Namespace, settings: Settings) -> int:
+    store = _store(settings)
+    envs = [args.env] if args.env else store.environments()
+    listing = {env: store.list(env) for env in envs}
+    if args.json:
+        print(json.dumps({env: [json.loads(m.to_json()) for m in metas] for env, metas in listing.items()},
+                         indent=2))
+        return EXIT_OK
+    if not any(listing.values()):
+        print(f"no dumps in {store.root}" + (f" for environment {args.env!r}" if args.env else ""))
+        return EXIT_OK
+    for env, metas in listing.items():
+        latest = store.latest_name(env)
+        print(f"[{env}] ({len(metas)} dump(s), * = latest)")
+        for meta in metas:
+            print(_meta_line(meta, latest))
+    return EXIT_OK
+
+
+def cmd_show(args: argparse.Namespace, settings: Settings) -> int:
+    from pytest_dbsnap.dumps.fingerprint import compute_fingerprint
+
+    store = _store(settings)
+    meta = store.get(settings.env, args.name)
+    current, _inputs = compute_fingerprint(settings)
+    stale = meta.fingerprint is not None and meta.fingerprint != current
+    if args.json:
+        print(json.dumps({**json.loads(meta.to_json()), "stale": stale,
+                          "path": str(store.dump_path(settings.env, meta.name))}, indent=2))
+        return EXIT_OK
+    print(f"{settings.env}/{meta.name}  ({store.dump_path(settings.env, meta.name)})")
+    for key in ("created_at", "source", "database", "schema_version", "git_commit", "git_dirty", "pg_dump_version",
+                "server_version", "size_bytes", "sha256", "fingerprint", "duration_seconds", "tool_version"):
+        print(f"  {key:<17} {getattr(meta, key)}")
+    print(f"  {'stale':<17} {stale}" + ("  (migrations or seed inputs changed since)" if stale else ""))
+    for table, count in sorted(meta.row_counts.items()):
+        print(f"  rows {table:<40} {count}")
+    return EXIT_OK
+
+
+def cmd_verify(args: argparse.Namespace, settings: Settings) -> int:
+    from pytest_dbsnap.dumps.importer import read_archive_header
+    from pytest_dbsnap.dumps.restore import verify_file
+    from pytest_dbsnap.postgres.base import find_pg_tools
+
+    store = _store(settings)
+    names = [args.name] if args.name else store.names(settings.env)
+    if not names:
+        store.get(settings.env)  # raises the "no dumps" message
+    tools = find_pg_tools(settings.pg_bindir, need_server=False)
+    failed = 0
+    for name in names:
+        try:
+            meta = store.get(settings.env, name)
+            path = store.dump_path(settings.env, meta.name)
+            verify_file(meta, path)
+            read_archive_header(tools, path)
+            print(f"ok      {settings.env}/{meta.name}")
+        except DbsnapError as exc:
+            failed += 1
+            print(f"FAILED  {settings.env}/{name}: {exc}", file=sys.stderr)
+    return EXIT_FAILED if failed else EXIT_OK
+
+
+def cmd_prune(args: argparse.Namespace, settings: Settings) -> int:
+    from pytest_dbsnap.dumps.restore import drop_orphan_templates
+
+    store = _store(settings)
+    removed = store.prune(settings.env, args.keep)
+    for name in removed:
+        print(f"removed {settings.env}/{name}")
+    print(f"kept {len(store.names(settings.env))} dump(s) of {settings.env!r}")
+    if settings.dsn:
+        with _server(settings, required=True) as server:
+            for name in drop_orphan_templates(server, store.all_sha256()):
+                print(f"dropped template database {name} (its dump is gone)")
+    return EXIT_OK
+
+
+def cmd_import(args: argparse.Namespace, settings: Settings) -> int:
+    from pytest_dbsnap.dumps.importer import import_dump
+    from pytest_dbsnap.postgres.base import find_pg_tools
+
+    store = _store(settings)
+    meta = import_dump(store, find_pg_tools(settings.pg_bindir, need_server=False), Path(args.file), settings.env)
+    print(f"imported {args.file} as {settings.env}/{meta.name} ({meta.size_bytes / 1e6:.1f} MB, "
+          f"pg_dump {meta.pg_dump_version}); it is now the latest of {settings.env!r}")
+    return EXIT_OK
+
+
+Command = Callable[[argparse.Namespace, Settings], int]
+COMMANDS: dict[str, tuple[Command, str]] = {
+    "generate": (cmd_generate, "migrate + seed a fresh database and store its dump as the latest"),
+    "restore": (cmd_restore, "restore a dump into a database (verified; the old database survives failures)"),
+    "list": (cmd_list, "list the dumps of one or all environments"),
+    "show": (cmd_show, "show one dump's metadata and whether it is stale"),
+    "verify": (cmd_verify, "check dumps against their sha256 and that pg_restore can read them"),
+    "prune": (cmd_prune, "remove old dumps (and, with a DSN, their template databases)"),
+    "import": (cmd_import, "wrap an existing pg_dump -Fc file into the store"),
+}
+
+
+def _positive(text: str) -> int:
+    try:
+        value = int(text)
+    except ValueError:
+        value = 0
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"expected a whole number of 1 or more, got {text!r}")
+    return value
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
-        prog="dbsnap",
-        description="Versioned PostgreSQL dumps: generate, restore, list, show, verify, prune, import.",
-    )
+        prog="dbsnap", description="Versioned PostgreSQL dumps: generate, restore, list, show, verify, prune, "
+        "import. Settings come from [tool.dbsnap] in the nearest pyproject.toml, then DBSNAP_* variables, then flags.")
     parser.add_argument("--version", action="version", version=f"%(prog)s {__version__}")
-    parser.add_subparsers(dest="command", metavar="COMMAND")
+    commands = parser.add_subparsers(dest="command", metavar="COMMAND")
+    sub = {name: commands.add_parser(name, help=text, description=text) for name, (_, text) in COMMANDS.items()}
+    for name, command_parser in sub.items():
+        command_parser.add_argument("--env", help="dump environment (default: setting env, else dev)",
+                                    required=name == "prune")
+        command_parser.add_argument("--dumps-dir", help="dump store folder (default: seeds/dumps)")
+        command_parser.add_argument("--pg-bindir", help="folder of the Postgres programs")
+    for name in ("generate", "restore", "prune"):
+        sub[name].add_argument("--dsn", help="server to use (default: DBSNAP_DSN or DATABASE_URL; generate "
+                                             "without one uses a throwaway local cluster)")
+        sub[name].add_argument("--allow-remote", action="store_true",
+                               help="allow a DSN whose host is not this machine")
+    sub["generate"].add_argument("--if-stale", action="store_true",
+                                 help="keep the latest dump when it is still current instead of generating")
+    sub["restore"].add_argument("--dump", default="latest", help="dump name (default: latest)")
+    sub["restore"].add_argument("--database", help="target database (default: the DSN's, else setting database)")
+    sub["restore"].add_argument("--no-verify", action="store_true", help="skip the sha256 check")
+    sub["restore"].add_argument("--jobs", type=_positive, help="parallel pg_restore jobs (default: cores)")
+    sub["restore"].add_argument("--no-spare", action="store_true",
+                                help="do not prepare the spare copy that makes the next restore instant")
+    sub["list"].add_argument("--json", action="store_true", help="print JSON")
+    sub["show"].add_argument("name", nargs="?", default="latest", help="dump name or latest")
+    sub["show"].add_argument("--json", action="store_true", help="print JSON")
+    sub["verify"].add_argument("name", nargs="?", help="dump name (default: every dump of the environment)")
+    sub["prune"].add_argument("--keep", type=_positive, required=True, help="how many newest dumps to keep")
+    sub["import"].add_argument("file", help="a pg_dump -Fc file")
     return parser
 
 
@@ -56,7 +290,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         return EXIT_USAGE
     try:
         settings = load_cli_settings(args)
-        return COMMANDS[args.command](args, settings)
+        return COMMANDS[args.command][0](args, settings)
     except ConfigError as exc:
         print(f"dbsnap: {exc}", file=sys.stderr)
         return EXIT_USAGE

@@ -2,9 +2,12 @@
 
 from __future__ import annotations
 
+import contextlib
 import os
 import shlex
+import signal
 import subprocess
+import sys
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -88,3 +91,50 @@ def chown_tree(path: Path, run_as: RunAs) -> None:
     for root, dirs, files in os.walk(path):
         for name in dirs + files:
             os.lchown(os.path.join(root, name), run_as.uid, run_as.gid)
+
+
+def resolve_python(command: Sequence[str]) -> list[str]:
+    """`python ...` in a configured command means the interpreter running us, so an un-activated virtual
+    environment still finds the app's packages."""
+    if command and command[0] in {"python", "python3"}:
+        return [sys.executable, *command[1:]]
+    return list(command)
+
+
+def run_app_command(
+    command: Sequence[str],
+    *,
+    what: str,
+    env: Mapping[str, str],
+    cwd: Path,
+    log_path: Path,
+    timeout: float | None = None,
+) -> None:
+    """Run one of the app's commands (migrate, seed) with its output in a log file; fail with the log's tail.
+
+    The app's output can be long (a seed prints progress for minutes), so it goes to a file, not to memory.
+    """
+    command = resolve_python(command)
+    log_path.parent.mkdir(parents=True, exist_ok=True)
+    with log_path.open("ab") as log:
+        log.write(f"$ {redact(shlex.join(command))}\n".encode())
+        log.flush()
+        try:
+            process = subprocess.Popen(list(command), env=dict(env), cwd=cwd, stdout=log, stderr=subprocess.STDOUT,
+                                       stdin=subprocess.DEVNULL, start_new_session=True)
+        except FileNotFoundError as exc:
+            raise ToolError(f"{what} could not start: the program {command[0]!r} was not found (working folder "
+                            f"{cwd}). Check the command in [tool.dbsnap].", command=list(command)) from exc
+        try:
+            returncode = process.wait(timeout=timeout)
+        except BaseException:
+            # Interrupted or timed out: end the whole process group we started, nothing else.
+            with contextlib.suppress(ProcessLookupError):
+                os.killpg(process.pid, signal.SIGKILL)
+            process.wait()
+            raise
+    if returncode != 0:
+        output = redact(tail(log_path.read_text(errors="replace")))
+        raise ToolError(f"{what} failed with exit code {returncode} (command: {redact(shlex.join(command))}). "
+                        f"Last lines of {log_path}:\n{output}", command=list(command), returncode=returncode,
+                        stderr_tail=output)

@@ -7,8 +7,11 @@ import re
 # postgresql://user:secret@host -> postgresql://user:***@host
 _URL_PASSWORD = re.compile(r"(?P<head>[a-zA-Z][a-zA-Z0-9+.-]*://[^:/@\s]*:)(?P<secret>[^@\s]*)(?P<tail>@)")
 # password=secret in keyword DSNs, PGPASSWORD=secret in environments
-_KEYWORD_PASSWORD = re.compile(r"(?P<head>\b(?:password|PGPASSWORD|POSTGRES_PASSWORD)\s*=\s*)(?P<secret>'[^']*'|\S+)",
-                               re.IGNORECASE)
+_KEYWORD_PASSWORD = re.compile(
+    # a quoted value may contain \' (libpq's escape), so the quoted form runs to the first unescaped quote
+    r"(?P<head>\b(?:password|PGPASSWORD|POSTGRES_PASSWORD)\s*=\s*)(?P<secret>'(?:[^'\\]|\\.)*'|\S+)",
+    re.IGNORECASE,
+)
 
 
 def redact(text: str) -> str:

@@ -8,6 +8,7 @@ so that a false or empty value given on purpose is kept.
 
 from __future__ import annotations
 
+import math
 import os
 import re
 import shlex
@@ -18,6 +19,7 @@ from pathlib import Path
 from typing import Any
 
 from pytest_dbsnap.errors import ConfigError
+from pytest_dbsnap.redact import redact
 
 PROVIDERS = ("auto", "local", "docker", "external")
 _NAME = re.compile(r"^[A-Za-z0-9_][A-Za-z0-9_.-]{0,62}$")
@@ -75,7 +77,7 @@ def parse_positive_float(value: object) -> float:
         number = float(value) if isinstance(value, int | float | str) else None
     except ValueError:
         number = None
-    if number is None or number <= 0:
+    if number is None or not math.isfinite(number) or number <= 0:  # "nan" and "inf" parse as floats
         raise ValueError("expected a number of seconds above 0")
     return number
 
@@ -121,6 +123,8 @@ def parse_provider(value: object) -> str:
 
 def parse_port(value: object) -> int | None:
     """'auto' (or 0) picks a free port at start; otherwise a fixed port."""
+    if isinstance(value, bool):  # False == 0 in Python, so a bool would otherwise pass as "auto"
+        raise ValueError('expected "auto" or a port number from 1 to 65535')
     if value in ("auto", 0, "0"):
         return None
     try:
@@ -313,7 +317,8 @@ def read_pyproject_table(pyproject: Path | None) -> dict[str, Any]:
 
 
 def _bad_value(key: str, source: str, value: object, reason: str) -> ConfigError:
-    shown = "***" if key in {"dsn", "compose_password"} else repr(value)
+    # Other values (a service's env table, a command with a URL in it) may hold a password too.
+    shown = "***" if key in {"dsn", "compose_password"} else redact(repr(value))
     return ConfigError(f"Setting {key!r} from {source} has the value {shown}, which is not accepted: {reason}.")
 
 

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import abc
 import glob
+import os
 import re
 import shutil
 import time
@@ -136,6 +137,16 @@ class Server(abc.ABC):
     def conninfo(self, database: str = "postgres") -> str:
         """Keyword DSN for psycopg and the Postgres programs."""
         return psycopg.conninfo.make_conninfo(**{**self.params, "dbname": database})
+
+    def tool_args(self, database: str) -> tuple[str, dict[str, str]]:
+        """(conninfo without password, environment with PGPASSWORD) for pg_dump/pg_restore: a password on a
+        command line would show in `ps`."""
+        params = {**self.params, "dbname": database}
+        password = params.pop("password", None)
+        env = dict(os.environ)
+        if password:
+            env["PGPASSWORD"] = password
+        return psycopg.conninfo.make_conninfo(**params), env
 
     def dsn(self, database: str = "postgres") -> str:
         """URL DSN, as apps expect it in DATABASE_URL."""

@@ -85,6 +85,14 @@ def _process_start(pid: int) -> str | None:
         return None
 
 
+def _exited(pid: int) -> bool:
+    """A zombie has exited; it only waits to be reaped, which a container's PID 1 may never do."""
+    try:
+        return Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0] == "Z"
+    except (OSError, IndexError):
+        return False
+
+
 def _alive(pid: int, started: str | None) -> bool:
     try:
         os.kill(pid, 0)
@@ -92,6 +100,8 @@ def _alive(pid: int, started: str | None) -> bool:
         return False
     except PermissionError:
         pass
+    if _exited(pid):
+        return False
     return started is None or _process_start(pid) in (None, started)
 
 

@@ -1,0 +1,1 @@
+"""Versioned dumps: metadata, the store on disk, fingerprints, generation and restore."""

@@ -1,0 +1,160 @@
+"""Database-level moves on a server: create, clone from a template, swap atomically, drop leftovers.
+
+Names we create carry a prefix (and, for temporary ones, the creating pid) so that leftovers of a killed
+process can be told apart from a user's databases and dropped at the next run.
+"""
+
+from __future__ import annotations
+
+import os
+import re
+import secrets
+import time
+
+import psycopg
+from psycopg import sql
+
+from pytest_dbsnap.errors import RestoreError
+
+STAGE_PREFIX = "dbsnap_stage_"
+OLD_PREFIX = "dbsnap_old_"
+TEMPLATE_PREFIX = "dbsnap_tpl_"
+SPARE_PREFIX = "dbsnap_spare_"
+_TEMPORARY = re.compile(rf"^(?:{STAGE_PREFIX}|{OLD_PREFIX})(?P<pid>\d+)_[0-9a-f]+$")
+_BUSY_WAIT = 15.0  # seconds to wait for other sessions to leave a database we must rename or clone
+
+Connection = psycopg.Connection[tuple[object, ...]]
+
+
+def temporary_name(prefix: str) -> str:
+    return f"{prefix}{os.getpid()}_{secrets.token_hex(4)}"
+
+
+def exists(conn: Connection, name: str) -> bool:
+    return conn.execute("SELECT 1 FROM pg_database WHERE datname = %s", (name,)).fetchone() is not None
+
+
+def drop(conn: Connection, name: str, *, force: bool = True) -> None:
+    """Drop a database; with force, first end the sessions connected to it (servers before 13 lack FORCE)."""
+    statement = sql.SQL("DROP DATABASE IF EXISTS {}").format(sql.Identifier(name))
+    if force and conn.info.server_version >= 130000:
+        statement = sql.SQL("{} WITH (FORCE)").format(statement)
+    conn.execute(statement)
+
+
+def create_empty(conn: Connection, name: str) -> None:
+    conn.execute(sql.SQL("CREATE DATABASE {} TEMPLATE template0").format(sql.Identifier(name)))
+
+
+def clone(conn: Connection, template: str, name: str) -> None:
+    """CREATE DATABASE ... TEMPLATE, copying files rather than WAL-logging them where the server can (15+)."""
+    statement = sql.SQL("CREATE DATABASE {} TEMPLATE {}").format(sql.Identifier(name), sql.Identifier(template))
+    if conn.info.server_version >= 150000:
+        statement = sql.SQL("{} STRATEGY FILE_COPY").format(statement)
+    deadline = time.monotonic() + _BUSY_WAIT
+    while True:
+        try:
+            conn.execute(statement)
+            return
+        except psycopg.errors.ObjectInUse:
+            # Another session is cloning the same template right now (a spare being made): wait our turn.
+            if time.monotonic() > deadline:
+                raise
+            time.sleep(0.05)
+
+
+def mark_template(conn: Connection, name: str) -> None:
+    """A template must have no sessions to be cloned, so nobody may connect to it."""
+    conn.execute(sql.SQL("ALTER DATABASE {} WITH IS_TEMPLATE true ALLOW_CONNECTIONS false")
+                 .format(sql.Identifier(name)))
+
+
+def _end_sessions(conn: Connection, name: str) -> None:
+    conn.execute("SELECT pg_terminate_backend(pid) FROM pg_stat_activity WHERE datname = %s "
+                 "AND pid <> pg_backend_pid()", (name,))
+    deadline = time.monotonic() + _BUSY_WAIT
+    while conn.execute("SELECT count(*) FROM pg_stat_activity WHERE datname = %s AND pid <> pg_backend_pid()",
+                       (name,)).fetchone() != (0,):
+        if time.monotonic() > deadline:
+            raise RestoreError(f"Sessions connected to database {name!r} did not end within {_BUSY_WAIT:.0f} s; "
+                               f"stop what holds them (an app, psql) and run again.")
+        time.sleep(0.02)
+
+
+def swap_in(conn: Connection, new: str, target: str) -> None:
+    """Make `new` the database called `target` in one transaction; the old target is dropped afterwards.
+
+    Until the renames commit, `target` is untouched; if they fail, it is opened again for connections.
+    """
+    rename = "ALTER DATABASE {} RENAME TO {}"
+    if not exists(conn, target):
+        conn.execute(sql.SQL(rename).format(sql.Identifier(new), sql.Identifier(target)))
+        conn.execute(sql.SQL("ALTER DATABASE {} WITH ALLOW_CONNECTIONS true").format(sql.Identifier(target)))
+        return
+    old = temporary_name(OLD_PREFIX)
+    target_id = sql.Identifier(target)
+    conn.execute(sql.SQL("ALTER DATABASE {} WITH ALLOW_CONNECTIONS false").format(target_id))
+    try:
+        _end_sessions(conn, target)
+        with conn.transaction():
+            conn.execute(sql.SQL(rename).format(target_id, sql.Identifier(old)))
+            conn.execute(sql.SQL(rename).format(sql.Identifier(new), target_id))
+            conn.execute(sql.SQL("ALTER DATABASE {} WITH ALLOW_CONNECTIONS true").format(target_id))
+    except BaseException:
+        if exists(conn, target):
+            conn.execute(sql.SQL("ALTER DATABASE {} WITH ALLOW_CONNECTIONS true").format(target_id))
+        raise
+    drop(conn, old)
+
+
+def _pid_alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return True
+
+
+def drop_leftovers(conn: Connection) -> list[str]:
+    """Drop staging and set-aside databases left by processes that died mid-restore."""
+    dropped = []
+    rows = conn.execute("SELECT datname FROM pg_database WHERE datname LIKE 'dbsnap\\_%'").fetchall()
+    for (name,) in rows:
+        match = _TEMPORARY.match(str(name))
+        if not match or _pid_alive(int(match["pid"])):
+            continue
+        try:
+            drop(conn, str(name), force=False)  # never end somebody's live restore: skip a database in use
+        except psycopg.errors.ObjectInUse:
+            continue
+        dropped.append(str(name))
+    return dropped
+
+
+def template_names(conn: Connection) -> list[str]:
+    rows = conn.execute("SELECT datname FROM pg_database WHERE datname LIKE %s OR datname LIKE %s",
+                        (TEMPLATE_PREFIX.replace("_", "\\_") + "%", SPARE_PREFIX.replace("_", "\\_") + "%"))
+    return sorted(str(row[0]) for row in rows.fetchall())
+
+
+def drop_template(conn: Connection, name: str) -> None:
+    conn.execute(sql.SQL("ALTER DATABASE {} WITH IS_TEMPLATE false").format(sql.Identifier(name)))
+    drop(conn, name)
+
+
+def mark_template_by_rename(conn: Connection, staging: str, template: str) -> None:
+    """Turn a verified staging database into a dump's template (a template may already exist from a race)."""
+    if exists(conn, template):
+        drop(conn, staging)
+        return
+    conn.execute(sql.SQL("ALTER DATABASE {} RENAME TO {}").format(sql.Identifier(staging), sql.Identifier(template)))
+    mark_template(conn, template)
+
+
+def rename_closed(conn: Connection, name: str, new_name: str) -> None:
+    """Rename a copy and close it to connections, so it stays identical to its template until used."""
+    with conn.transaction():
+        conn.execute(sql.SQL("ALTER DATABASE {} RENAME TO {}").format(sql.Identifier(name), sql.Identifier(new_name)))
+        conn.execute(sql.SQL("ALTER DATABASE {} WITH ALLOW_CONNECTIONS false").format(sql.Identifier(new_name)))

@@ -1,0 +1,55 @@
+"""What makes a dump stale: a hash of the migration and seed inputs, and of the settings that shape the data."""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from pathlib import Path
+
+from pytest_dbsnap.settings import Settings
+
+_SKIP_PARTS = {"__pycache__", ".git", "node_modules", ".venv"}
+_SKIP_SUFFIXES = {".pyc", ".pyo"}
+
+
+def _files(root: Path, pattern: str) -> list[Path]:
+    matches = sorted(root.glob(pattern)) if any(c in pattern for c in "*?[") else [root / pattern]
+    files: list[Path] = []
+    for match in matches:
+        candidates = sorted(match.rglob("*")) if match.is_dir() else [match]
+        for path in candidates:
+            if path.is_file() and not (_SKIP_PARTS & set(path.parts)) and path.suffix not in _SKIP_SUFFIXES:
+                files.append(path)
+    return files
+
+
+def file_sha256(path: Path) -> str:
+    digest = hashlib.sha256()
+    with path.open("rb") as handle:
+        for chunk in iter(lambda: handle.read(1 << 20), b""):
+            digest.update(chunk)
+    return digest.hexdigest()
+
+
+def compute_fingerprint(settings: Settings) -> tuple[str, dict[str, str]]:
+    """(fingerprint, {input: sha256}) over the configured globs and the seed-shaping settings."""
+    root = settings.project_root
+    inputs: dict[str, str] = {}
+    for pattern in settings.fingerprint_inputs:
+        matched = _files(root, pattern)
+        if not matched:
+            # A glob that matches nothing is recorded, so that adding its first file makes dumps stale.
+            inputs[f"missing:{pattern}"] = "0" * 64
+        for path in matched:
+            try:
+                key = path.resolve().relative_to(root.resolve()).as_posix()
+            except ValueError:
+                key = str(path)
+            inputs[key] = file_sha256(path)
+    shaping = {"migrate_command": settings.migrate_command, "seed_command": settings.seed_command,
+               "schema_version_query": settings.schema_version_query}
+    inputs["setting:commands"] = hashlib.sha256(json.dumps(shaping, sort_keys=True).encode()).hexdigest()
+    digest = hashlib.sha256()
+    for key in sorted(inputs):
+        digest.update(f"{key}\0{inputs[key]}\n".encode())
+    return digest.hexdigest(), inputs

@@ -1,0 +1,158 @@
+"""Generate a dump: fresh database -> migrate -> seed -> pg_dump -Fc (hashed while streaming) -> metadata -> latest."""
+
+from __future__ import annotations
+
+import datetime as dt
+import hashlib
+import os
+import subprocess
+import time
+from collections.abc import Callable
+from pathlib import Path
+
+from pytest_dbsnap import __version__
+from pytest_dbsnap.dumps import databases
+from pytest_dbsnap.dumps.fingerprint import compute_fingerprint
+from pytest_dbsnap.dumps.meta import DumpMeta
+from pytest_dbsnap.dumps.restore import count_rows, template_name
+from pytest_dbsnap.dumps.store import DumpStore
+from pytest_dbsnap.errors import ConfigError, DbsnapError, ToolError
+from pytest_dbsnap.postgres.base import Server
+from pytest_dbsnap.proc import run, run_app_command, tail
+from pytest_dbsnap.redact import redact
+from pytest_dbsnap.settings import Settings
+
+Progress = Callable[[str], None]
+
+
+def _quiet(_message: str) -> None:
+    """Progress sink that shows nothing."""
+
+
+def git_state(folder: Path) -> tuple[str | None, bool]:
+    """(short commit, dirty) of the project, or (None, False) outside git."""
+    try:
+        commit = run(["git", "rev-parse", "--short", "HEAD"], what="git rev-parse", cwd=folder, timeout=10)
+        status = run(["git", "status", "--porcelain", "--untracked-files=no"], what="git status", cwd=folder,
+                     timeout=30)
+    except ToolError:
+        return None, False
+    return commit.stdout.strip() or None, bool(status.stdout.strip())
+
+
+def dump_name(created: dt.datetime, commit: str | None, dirty: bool, fingerprint: str) -> str:
+    stamp = created.strftime("%Y%m%dT%H%M%SZ")
+    return f"{stamp}-{commit or 'nogit'}{'-dirty' if dirty else ''}-{fingerprint[:8]}"
+
+
+def read_schema_version(server: Server, database: str, query: str | None) -> str | None:
+    if not query:
+        return None
+    with server.connect(database) as conn:
+        try:
+            row = conn.execute(query.encode()).fetchone()
+        except Exception as exc:
+            raise ConfigError(f"The schema_version_query {query!r} failed on database {database!r}: "
+                              f"{redact(str(exc)).strip()}. Fix the query in [tool.dbsnap].") from exc
+    return None if row is None or row[0] is None else str(row[0])
+
+
+def app_env(server: Server, database: str) -> dict[str, str]:
+    """The environment the app's own commands get: ours plus DATABASE_URL of the database to work on."""
+    return {**os.environ, "DATABASE_URL": server.dsn(database)}
+
+
+def migrate(server: Server, settings: Settings, database: str) -> None:
+    if settings.migrate_command:
+        run_app_command(settings.migrate_command, what="the migrate command", env=app_env(server, database),
+                        cwd=settings.project_root, log_path=settings.logs_dir / "migrate.log")
+
+
+def pg_dump_to(server: Server, database: str, destination: Path) -> tuple[str, int]:
+    """pg_dump -Fc into `destination`, hashing the bytes as they stream by (one pass over the data)."""
+    conninfo, env = server.tool_args(database)
+    command = [str(server.tools.path("pg_dump")), "-Fc", "-d", conninfo]
+    digest = hashlib.sha256()
+    size = 0
+    with destination.open("wb") as out, subprocess.Popen(command, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+                                                         env=env) as process:
+        assert process.stdout is not None and process.stderr is not None
+        for chunk in iter(lambda: process.stdout.read(1 << 20), b""):  # type: ignore[union-attr]
+            digest.update(chunk)
+            out.write(chunk)
+            size += len(chunk)
+        stderr = process.stderr.read().decode(errors="replace")
+        returncode = process.wait()
+        out.flush()
+        os.fsync(out.fileno())
+    if returncode != 0:
+        raise ToolError(f"pg_dump of database {database!r} failed with exit code {returncode}:\n"
+                        f"{redact(tail(stderr))}", returncode=returncode, stderr_tail=stderr)
+    return digest.hexdigest(), size
+
+
+def generate_dump(server: Server, settings: Settings, store: DumpStore, env: str, *, force: bool = False,
+                  keep_as_template: bool = False, progress: Progress = _quiet) -> tuple[DumpMeta, bool]:
+    """Generate a dump of `env` unless a current one exists; returns (meta, generated_now).
+
+    Concurrent callers serialise on the store's lock; the second finds the first's dump current and reuses it.
+    With keep_as_template the seeded database becomes the dump's template on this server, so the restore
+    that follows is a clone instead of a pg_restore.
+    """
+    if not settings.seed_command:
+        raise ConfigError(
+            f"No dump of environment {env!r} can be generated: no seed_command is configured. Set seed_command "
+            f"(and migrate_command) in [tool.dbsnap] of pyproject.toml, or import an existing pg_dump -Fc file "
+            f"with `dbsnap import FILE --env {env}`."
+        )
+    with store.lock(env):
+        fingerprint, inputs = compute_fingerprint(settings)
+        current = store.latest(env)
+        if current is not None and not force and current.fingerprint in (fingerprint, None):
+            return current, False
+        store.remove_leftovers(env)
+        began = time.monotonic()
+        created = dt.datetime.now(dt.UTC).replace(microsecond=0)
+        commit, dirty = git_state(settings.project_root)
+        scratch = databases.temporary_name(databases.STAGE_PREFIX)
+        temporary = store.new_temporary(env)
+        with server.connect() as conn:
+            databases.drop_leftovers(conn)
+            databases.create_empty(conn, scratch)
+        try:
+            progress("running the migrate command")
+            migrate(server, settings, scratch)
+            progress("running the seed command (this is the slow part a dump saves next time)")
+            run_app_command(settings.seed_command, what="the seed command", env=app_env(server, scratch),
+                            cwd=settings.project_root, log_path=settings.logs_dir / "seed.log")
+            schema_version = read_schema_version(server, scratch, settings.schema_version_query)
+            with server.connect(scratch) as conn:
+                row_counts = count_rows(conn)
+            progress("pg_dump -Fc")
+            sha256, size = pg_dump_to(server, scratch, temporary)
+            meta = DumpMeta(
+                name=dump_name(created, commit, dirty, fingerprint), environment=env, database=settings.database,
+                created_at=created.isoformat().replace("+00:00", "Z"), sha256=sha256, size_bytes=size,
+                pg_dump_version=server.tools.version, server_version=server.version, git_commit=commit,
+                git_dirty=dirty, fingerprint=fingerprint, fingerprint_inputs=inputs,
+                schema_version=schema_version, row_counts=row_counts, tool_version=__version__,
+                duration_seconds=round(time.monotonic() - began, 3), source="generated",
+            )
+            store.install(temporary, meta)
+            with server.connect() as conn:
+                if keep_as_template:
+                    databases.mark_template_by_rename(conn, scratch, template_name(meta))
+                else:
+                    databases.drop(conn, scratch)
+        except BaseException as exc:
+            temporary.unlink(missing_ok=True)
+            try:
+                with server.connect() as conn:
+                    databases.drop(conn, scratch)
+            except DbsnapError:
+                pass
+            if isinstance(exc, ToolError):
+                raise ToolError(f"Generating a dump of environment {env!r} failed; the store was not changed. "
+                                f"{exc}") from exc
+            raise
+        return meta, True

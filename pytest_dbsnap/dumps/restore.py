@@ -1,0 +1,207 @@
+"""Restore a dump into a database without ever losing the old one, fast when the server has seen the dump.
+
+Paths, fastest first:
+  spare swap      a ready copy of the dump's template is renamed into place (milliseconds at any size)
+  template clone  CREATE DATABASE ... TEMPLATE the dump's template, then swap
+  pg_restore      verify sha256 -> pg_restore into a staging database -> check row counts -> keep it as the
+                  dump's template -> clone -> swap
+In every path the target keeps its old content until one transaction renames the new database into place.
+The next spare is made by `prepare_spare`, off the critical path (a background thread, or the next call).
+"""
+
+from __future__ import annotations
+
+import hashlib
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+
+import psycopg
+
+from pytest_dbsnap.dumps import databases
+from pytest_dbsnap.dumps.meta import DumpMeta
+from pytest_dbsnap.errors import ConfigError, DumpCorrupt, DumpError, RestoreError, ToolError
+from pytest_dbsnap.postgres.base import Server
+from pytest_dbsnap.proc import run
+
+Progress = Callable[[str], None]
+SYSTEM_DATABASES = {"postgres", "template0", "template1"}
+
+
+def _quiet(_message: str) -> None:
+    """Progress sink that shows nothing (CI, tests)."""
+
+
+@dataclass(frozen=True)
+class RestoreResult:
+    meta: DumpMeta
+    database: str
+    method: str  # "spare swap" | "template clone" | "pg_restore"
+    seconds: float
+    verified: bool
+
+
+def template_name(meta: DumpMeta) -> str:
+    return f"{databases.TEMPLATE_PREFIX}{meta.template_key}"
+
+
+def spare_name(meta: DumpMeta) -> str:
+    return f"{databases.SPARE_PREFIX}{meta.template_key}"
+
+
+def check_target(target: str) -> None:
+    if target in SYSTEM_DATABASES or target.startswith("dbsnap_"):
+        raise ConfigError(f"Refusing to restore into {target!r}: it is a system or pytest-dbsnap database. "
+                          f"Choose the app's own database name (setting database, --dbsnap-database).")
+
+
+def verify_file(meta: DumpMeta, path: Path) -> None:
+    """Size first (a truncated copy fails at once), then the sha256 of every byte."""
+    try:
+        size = path.stat().st_size
+    except FileNotFoundError as exc:
+        raise DumpCorrupt(f"The dump file {path} is missing; regenerate it (dbsnap generate).") from exc
+    if size != meta.size_bytes:
+        raise DumpCorrupt(
+            f"The dump {path} has {size} bytes but its metadata records {meta.size_bytes}: the file is truncated "
+            f"or was replaced. Nothing was restored. Copy the dump again or regenerate it (dbsnap generate)."
+        )
+    digest = hashlib.sha256()
+    with path.open("rb") as handle:
+        for chunk in iter(lambda: handle.read(1 << 20), b""):
+            digest.update(chunk)
+    if digest.hexdigest() != meta.sha256:
+        raise DumpCorrupt(
+            f"The dump {path} does not match its recorded sha256 (expected {meta.sha256[:16]}..., got "
+            f"{digest.hexdigest()[:16]}...): the file is corrupt. Nothing was restored. Copy the dump again or "
+            f"regenerate it (dbsnap generate)."
+        )
+
+
+def check_versions(server: Server, meta: DumpMeta) -> None:
+    """pg_restore cannot read archives of a newer pg_dump: say which versions, and what to install."""
+    if meta.pg_dump_major > server.tools.major:
+        raise DumpError(
+            f"The dump {meta.name} was written by pg_dump {meta.pg_dump_version}, but the local pg_restore is "
+            f"{server.tools.version} ({server.tools.bindir}) and cannot read it. Install the PostgreSQL "
+            f"{meta.pg_dump_major} client programs and point pg_bindir at them, or regenerate the dump with "
+            f"PostgreSQL {server.tools.major}."
+        )
+
+
+def count_rows(conn: psycopg.Connection[tuple[object, ...]]) -> dict[str, int]:
+    """Exact row counts of every user table, keyed schema.table."""
+    tables = conn.execute(
+        "SELECT n.nspname, c.relname FROM pg_class c JOIN pg_namespace n ON n.oid = c.relnamespace "
+        "WHERE c.relkind IN ('r', 'p') AND n.nspname NOT IN ('pg_catalog', 'information_schema') "
+        "AND n.nspname NOT LIKE 'pg\\_toast%%' AND NOT c.relispartition ORDER BY 1, 2"
+    ).fetchall()
+    counts: dict[str, int] = {}
+    for schema, table in tables:
+        query = psycopg.sql.SQL("SELECT count(*) FROM {}.{}").format(
+            psycopg.sql.Identifier(str(schema)), psycopg.sql.Identifier(str(table)))
+        row = conn.execute(query).fetchone()
+        counts[f"{schema}.{table}"] = int(str(row[0])) if row else 0
+    return counts
+
+
+def _pg_restore(server: Server, dump_path: Path, database: str, jobs: int) -> None:
+    conninfo, env = server.tool_args(database)
+    run([server.tools.path("pg_restore"), "--no-owner", "--no-acl", "--exit-on-error", "-j", str(jobs),
+         "-d", conninfo, str(dump_path)], what=f"pg_restore of {dump_path.name}", env=env)
+
+
+def restore_dump(server: Server, meta: DumpMeta, dump_path: Path, target: str, *, verify: bool = True,
+                 jobs: int = 1, progress: Progress = _quiet) -> RestoreResult:
+    """Put the dump's data in `target`; on any failure `target` is exactly as it was."""
+    check_target(target)
+    began = time.monotonic()
+    with server.connect() as conn:
+        databases.drop_leftovers(conn)
+        spare, template = spare_name(meta), template_name(meta)
+        if databases.exists(conn, spare):
+            try:
+                databases.swap_in(conn, spare, target)
+                return RestoreResult(meta, target, "spare swap", time.monotonic() - began, False)
+            except psycopg.errors.UndefinedObject:  # another restore took the spare first
+                pass
+            except psycopg.errors.InvalidCatalogName:
+                pass
+        if databases.exists(conn, template):
+            progress(f"cloning the template of {meta.name}")
+            staging = databases.temporary_name(databases.STAGE_PREFIX)
+            databases.clone(conn, template, staging)
+            _swap_or_drop(conn, staging, target)
+            return RestoreResult(meta, target, "template clone", time.monotonic() - began, False)
+
+        check_versions(server, meta)
+        if verify:
+            progress(f"verifying the sha256 of {dump_path.name} ({meta.size_bytes / 1e6:.1f} MB)")
+            verify_file(meta, dump_path)
+        elif not dump_path.is_file():
+            raise DumpCorrupt(f"The dump file {dump_path} is missing; regenerate it (dbsnap generate).")
+        staging = databases.temporary_name(databases.STAGE_PREFIX)
+        progress(f"pg_restore of {meta.name} with {jobs} job(s)")
+        databases.create_empty(conn, staging)
+        try:
+            try:
+                _pg_restore(server, dump_path, staging, jobs)
+            except ToolError as exc:
+                raise RestoreError(f"Restoring {meta.name} into {server.describe()} failed; the database "
+                                   f"{target!r} was not touched.\n{exc}") from exc
+            if meta.row_counts:
+                with server.connect(staging) as staged:
+                    counts = count_rows(staged)
+                wrong = {t: (n, counts.get(t)) for t, n in meta.row_counts.items() if counts.get(t) != n}
+                if wrong:
+                    shown = ", ".join(f"{t}: {got} rows, expected {want}" for t, (want, got) in sorted(wrong.items()))
+                    raise RestoreError(f"The restored data of {meta.name} does not match its metadata ({shown}); "
+                                       f"the database {target!r} was not touched. Regenerate the dump.")
+            # The verified restore becomes this dump's template; the target gets a clone of it.
+            databases.mark_template_by_rename(conn, staging, template)
+        except BaseException:
+            databases.drop(conn, staging)
+            raise
+        staging = databases.temporary_name(databases.STAGE_PREFIX)
+        databases.clone(conn, template, staging)
+        _swap_or_drop(conn, staging, target)
+        return RestoreResult(meta, target, "pg_restore", time.monotonic() - began, verify)
+
+
+def _swap_or_drop(conn: psycopg.Connection[tuple[object, ...]], staging: str, target: str) -> None:
+    try:
+        databases.swap_in(conn, staging, target)
+    except BaseException:
+        databases.drop(conn, staging)
+        raise
+
+
+def prepare_spare(server: Server, meta: DumpMeta) -> bool:
+    """Make the ready copy that turns the next restore of this dump into a rename. False if there is no
+    template (nothing restored yet) or a spare already exists."""
+    with server.connect() as conn:
+        template, spare = template_name(meta), spare_name(meta)
+        if not databases.exists(conn, template) or databases.exists(conn, spare):
+            return False
+        staging = databases.temporary_name(databases.STAGE_PREFIX)
+        databases.clone(conn, template, staging)
+        try:
+            databases.rename_closed(conn, staging, spare)
+        except BaseException:
+            databases.drop(conn, staging)
+            raise
+        return True
+
+
+def drop_orphan_templates(server: Server, keep_sha256: set[str]) -> list[str]:
+    """Templates and spares of dumps that no longer exist in the store."""
+    keys = {sha[:20] for sha in keep_sha256}
+    dropped = []
+    with server.connect() as conn:
+        for name in databases.template_names(conn):
+            key = name.removeprefix(databases.TEMPLATE_PREFIX).removeprefix(databases.SPARE_PREFIX)
+            if key not in keys:
+                databases.drop_template(conn, name)
+                dropped.append(name)
+    return dropped
