@@ -310,7 +310,8 @@ def read_pyproject_table(pyproject: Path | None) -> dict[str, Any]:
             document = tomllib.load(handle)
     except tomllib.TOMLDecodeError as exc:
         raise ConfigError(f"{pyproject} is not valid TOML ({exc}); fix the file and run again.") from exc
-    table = document.get("tool", {}).get("dbsnap", {})
+    tool = document.get("tool", {})
+    table = tool.get("dbsnap", {}) if isinstance(tool, dict) else {}
     if not isinstance(table, dict):
         raise ConfigError(f"[tool.dbsnap] in {pyproject} must be a table.")
     return table
@@ -366,7 +367,8 @@ def load_settings(
     layers: list[tuple[str, Mapping[str, object | None]]] = [
         (f"[tool.dbsnap] in {pyproject}", table),
         ("the pytest ini file", ini or {}),
-        ("the environment", {o.key: environ.get(o.env_name) for o in OPTIONS}),
+        # An empty variable counts as unset, as shells make it easy to set one to nothing by accident.
+        ("the environment", {o.key: environ.get(o.env_name) or None for o in OPTIONS}),
         ("the command line", cli or {}),
     ]
     values: dict[str, Any] = {}
@@ -396,10 +398,10 @@ def load_settings(
     for key in ("dumps_dir", "pg_bindir", "cache_dir", "compose_file", "logs_dir"):
         if isinstance(values.get(key), Path):
             values[key] = (project_root / values[key]).resolve()
-    defaults = {f.name: f.default for f in fields(Settings)}
+    defaults: dict[str, Any] = {f.name: f.default for f in fields(Settings)}
     for key in ("dumps_dir", "compose_file", "logs_dir"):
         values.setdefault(key, (project_root / defaults[key]).resolve())
-    parsed_services = {
+    parsed_services: dict[str, Any] = {
         name: _parse_service(name, raw, project_root, pyproject) for name, raw in services.items()
     }
     return Settings(project_root=project_root, sources=sources, **values, **parsed_services)

@@ -1,0 +1,136 @@
+"""The database step of a session: restore the latest dump of an environment (generating it when missing or
+stale), or keep the database as it is, then migrate. Shared by the plugin and usable from any script."""
+
+from __future__ import annotations
+
+import contextlib
+import threading
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+
+from psycopg import sql
+
+from pytest_dbsnap.dumps import databases
+from pytest_dbsnap.dumps.fingerprint import compute_fingerprint
+from pytest_dbsnap.dumps.generate import generate_dump, migrate
+from pytest_dbsnap.dumps.meta import DumpMeta
+from pytest_dbsnap.dumps.restore import check_target, prepare_spare, restore_dump
+from pytest_dbsnap.dumps.store import DumpStore
+from pytest_dbsnap.errors import DumpError
+from pytest_dbsnap.postgres.base import Server
+from pytest_dbsnap.settings import Settings
+
+Progress = Callable[[str], None]
+
+
+def _quiet(_message: str) -> None:
+    """Progress sink that shows nothing."""
+
+
+@dataclass
+class DatabaseOutcome:
+    """What the session did to get its database, for the header, the summary and the reports."""
+
+    database: str
+    method: str  # "spare swap" | "template clone" | "pg_restore" | "kept as it was"
+    seconds: float
+    meta: DumpMeta | None
+    generated: bool = False
+    generate_seconds: float = 0.0
+    verified: bool = False
+    stale_reason: str | None = None
+    _spare_thread: threading.Thread | None = field(default=None, repr=False)
+
+    def describe(self) -> str:
+        if self.meta is None:
+            return f"database {self.database!r} {self.method} (no dump)"
+        how = f"{self.method} in {self.seconds:.2f} s"
+        if self.generated:
+            how = f"generated in {self.generate_seconds:.1f} s ({self.stale_reason}), then {how}"
+        verified = ", sha256 verified" if self.verified else ""
+        return f"{self.meta.environment}/{self.meta.name} -> {self.database!r}: {how}{verified}"
+
+    def wait_for_spare(self, timeout: float | None = None) -> None:
+        if self._spare_thread is not None:
+            self._spare_thread.join(timeout)
+
+
+def changed_inputs(meta: DumpMeta, current: dict[str, str]) -> list[str]:
+    recorded = meta.fingerprint_inputs
+    return sorted(k for k in set(recorded) | set(current) if recorded.get(k) != current.get(k))
+
+
+def staleness(settings: Settings, meta: DumpMeta | None) -> str | None:
+    """Why the latest dump cannot be used as it is, or None when it is current."""
+    if meta is None:
+        return "no dump yet"
+    if settings.regenerate_dump:
+        return "--regenerate-dump"
+    if meta.fingerprint is None:  # imported: not made from our inputs, used as given
+        return None
+    fingerprint, inputs = compute_fingerprint(settings)
+    if meta.fingerprint == fingerprint:
+        return None
+    changed = changed_inputs(meta, inputs)
+    return f"stale: {', '.join(changed[:5]) or 'inputs'} changed"
+
+
+def ensure_database(server: Server, name: str) -> None:
+    check_target(name)
+    with server.connect() as conn:
+        if not databases.exists(conn, name):
+            conn.execute(sql.SQL("CREATE DATABASE {}").format(sql.Identifier(name)))
+
+
+def prepare_database(server: Server, settings: Settings, *, progress: Progress = _quiet,
+                     spare_in_background: bool = True) -> DatabaseOutcome:
+    """Get the app database ready: restore (or generate, then restore), migrate, and start the next spare."""
+    target = settings.database
+    store = DumpStore(settings.dumps_dir)
+    began = time.monotonic()
+    if settings.skip_dump_restore:
+        ensure_database(server, target)
+        migrate(server, settings, target)
+        latest = None
+        try:
+            latest = store.latest(settings.env)
+        except DumpError:
+            pass
+        return DatabaseOutcome(target, "kept as it was", time.monotonic() - began, latest)
+
+    meta = store.latest(settings.env)
+    reason = staleness(settings, meta)
+    generated, generate_seconds = False, 0.0
+    if reason is not None:
+        if not settings.seed_command:
+            what = "There is no dump" if meta is None else f"The latest dump {meta.name} is {reason}, and"
+            raise DumpError(
+                f"{what} of environment {settings.env!r} in {store.root}, and no seed_command is configured to "
+                f"generate one. Set seed_command (and migrate_command) in [tool.dbsnap], run "
+                f"`dbsnap generate --env {settings.env}`, import a dump with `dbsnap import FILE --env "
+                f"{settings.env}`, or pass --skip-dump-restore to use the database as it is."
+            )
+        progress(f"generating a dump of {settings.env!r} ({reason})")
+        started = time.monotonic()
+        meta, generated = generate_dump(server, settings, store, settings.env, force=settings.regenerate_dump,
+                                        keep_as_template=True, progress=progress)
+        generate_seconds = time.monotonic() - started
+    assert meta is not None
+    store.get(settings.env, meta.name)  # the dump file itself must be there, with its metadata
+    result = restore_dump(server, meta, store.dump_path(settings.env, meta.name), target, verify=settings.verify,
+                          jobs=settings.jobs, progress=progress)
+    migrate(server, settings, target)
+    outcome = DatabaseOutcome(target, result.method, result.seconds, meta, generated, generate_seconds,
+                              result.verified, reason if generated else None)
+    if spare_in_background:
+        outcome._spare_thread = threading.Thread(target=_spare_quietly, args=(server, meta), daemon=True,
+                                                 name="dbsnap-spare")
+        outcome._spare_thread.start()
+    return outcome
+
+
+def _spare_quietly(server: Server, meta: DumpMeta) -> None:
+    """A spare that cannot be made only costs the next restore its fast path; never fail the session for it."""
+    with contextlib.suppress(Exception):
+        prepare_spare(server, meta)

@@ -1,0 +1,301 @@
+"""The embedded local cluster against the real Postgres binaries: start, identity, settings, stop, reuse, faults."""
+
+from __future__ import annotations
+
+import os
+import pwd
+import shutil
+import signal
+import socket
+import subprocess
+import sys
+import tempfile
+from collections.abc import Iterator
+from pathlib import Path
+
+import psycopg
+import pytest
+
+from pytest_dbsnap.errors import ServerError, ToolError
+from pytest_dbsnap.postgres.base import PgTools, find_pg_tools
+from pytest_dbsnap.postgres.local import (
+    LocalCluster,
+    remove_stale_clusters,
+    runtime_base,
+    server_account,
+    stop_postmaster,
+)
+
+
+def postmaster_pid(data_dir: Path) -> int:
+    """The postmaster's pid, from the first line of postmaster.pid (never found by process name)."""
+    return int((data_dir / "postmaster.pid").read_text().splitlines()[0])
+
+
+def is_running(pid: int) -> bool:
+    """True while the process exists and has not exited. A zombie has exited: this container's PID 1 does
+    not reap orphans, so a stopped postmaster can linger as one."""
+    try:
+        stat = Path(f"/proc/{pid}/stat").read_text()
+    except FileNotFoundError:
+        return False
+    return stat.rsplit(")", 1)[1].split()[0] != "Z"
+
+
+def uids_of(pid: int) -> list[int]:
+    """Real, effective, saved and filesystem uid of a process."""
+    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
+        if line.startswith("Uid:"):
+            return [int(uid) for uid in line.split()[1:]]
+    raise AssertionError(f"no Uid line in /proc/{pid}/status")
+
+
+def pristine_dirs(cache_dir: Path) -> list[Path]:
+    return [path for path in cache_dir.glob("pristine-*") if path.is_dir()]
+
+
+@pytest.fixture(scope="module")
+def pg_tools() -> PgTools:
+    return find_pg_tools(None)
+
+
+@pytest.fixture(scope="module")
+def pg_cache(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """One pristine-cluster cache for the session (other modules use the same folder), so initdb runs once."""
+    cache = tmp_path_factory.getbasetemp() / "pg-cache"
+    cache.mkdir(exist_ok=True)
+    return cache
+
+
+@pytest.fixture(scope="module")
+def cluster(pg_tools: PgTools, pg_cache: Path) -> Iterator[LocalCluster]:
+    """A cluster the read-only tests share."""
+    with LocalCluster(pg_tools, cache_dir=pg_cache).start() as started:
+        assert isinstance(started, LocalCluster)
+        yield started
+
+
+@pytest.fixture
+def private_runtime(monkeypatch: pytest.MonkeyPatch) -> Iterator[Path]:
+    """A temp folder of our own for runtime_base(), so other sessions' clusters are neither seen nor touched.
+
+    Kept short (under /tmp) because the server's unix socket path must stay below 108 bytes, and
+    world-traversable because the server account must reach its cluster folder.
+    """
+    folder = Path(tempfile.mkdtemp(prefix="dbsnap-t-", dir="/tmp"))
+    folder.chmod(0o755)
+    monkeypatch.setattr(tempfile, "tempdir", str(folder))
+    yield folder
+    # A failed test may leave a postmaster behind: stop it by its data folder, then remove everything.
+    for data_dir in folder.glob("*/cluster-*/data"):
+        if (data_dir / "postmaster.pid").exists():
+            stop_postmaster(find_pg_tools(None), data_dir, server_account())
+    shutil.rmtree(folder, ignore_errors=True)
+
+
+# --- a running cluster ----------------------------------------------------------------------------------------
+
+
+def test_postmaster_runs_as_an_unprivileged_account(cluster: LocalCluster) -> None:
+    pid = postmaster_pid(cluster.data_dir)
+    assert is_running(pid)
+    if os.geteuid() == 0:
+        assert cluster.account is not None, "started by root, the cluster needs an unprivileged account"
+        expected = pwd.getpwnam(cluster.account.user).pw_uid
+        assert expected != 0
+    else:
+        assert cluster.account is None
+        expected = os.geteuid()
+    assert os.stat(f"/proc/{pid}").st_uid == expected
+    assert uids_of(pid) == [expected] * 4
+
+
+def test_accepts_connections_by_keyword_and_url_dsn(cluster: LocalCluster) -> None:
+    with psycopg.connect(cluster.conninfo(), autocommit=True) as conn:
+        assert conn.execute("SELECT current_user, 40 + 2").fetchone() == ("postgres", 42)
+    with psycopg.connect(cluster.dsn("postgres")) as conn:
+        conn.execute("CREATE TEMP TABLE probe (n int)")
+        conn.execute("INSERT INTO probe VALUES (1), (2)")
+        assert conn.execute("SELECT sum(n) FROM probe").fetchone() == (3,)
+    assert cluster.dsn() == f"postgresql://postgres@127.0.0.1:{cluster.port}/postgres"
+    assert cluster.version.split(".")[0] == str(cluster.tools.major)
+
+
+def test_listens_on_loopback_only_with_durability_off(cluster: LocalCluster) -> None:
+    with cluster.connect() as conn:
+        shown = {
+            name: conn.execute(f"SHOW {name}").fetchone()
+            for name in ("listen_addresses", "fsync", "synchronous_commit", "full_page_writes", "port")
+        }
+    assert shown["listen_addresses"] == ("127.0.0.1",)
+    assert shown["fsync"] == ("off",)
+    assert shown["synchronous_commit"] == ("off",)
+    assert shown["full_page_writes"] == ("off",)
+    assert shown["port"] == (str(cluster.port),)
+
+
+def test_cluster_folder_lives_under_the_runtime_base(cluster: LocalCluster) -> None:
+    assert cluster.folder is not None
+    assert cluster.folder.parent == runtime_base()
+    assert cluster.folder.name.startswith("cluster-")
+    assert (cluster.folder / "owner.json").is_file()
+
+
+# --- stop and reuse -------------------------------------------------------------------------------------------
+
+
+def test_stop_ends_the_postmaster_and_removes_the_folder(pg_tools: PgTools, pg_cache: Path) -> None:
+    cluster = LocalCluster(pg_tools, cache_dir=pg_cache).start()
+    assert cluster.folder is not None
+    folder = cluster.folder
+    pid = postmaster_pid(cluster.data_dir)
+    assert is_running(pid)
+
+    cluster.stop()
+
+    assert not is_running(pid)
+    assert not folder.exists()
+    assert cluster.folder is None
+    cluster.stop()  # a second stop is harmless
+
+
+def test_first_start_initdbs_an_empty_cache_and_the_next_start_reuses_it(pg_tools: PgTools, tmp_path: Path) -> None:
+    cache = tmp_path / "cache"
+    with LocalCluster(pg_tools, cache_dir=cache).start() as first:
+        assert isinstance(first, LocalCluster)
+        assert first.reused_pristine is False
+    [pristine] = pristine_dirs(cache)
+    assert (pristine / "PG_VERSION").read_text().strip() == str(pg_tools.major)
+    before = pristine.stat()
+    version_before = (pristine / "PG_VERSION").stat()
+
+    with LocalCluster(pg_tools, cache_dir=cache).start() as second:
+        assert isinstance(second, LocalCluster)
+        assert second.reused_pristine is True
+        with second.connect() as conn:
+            assert conn.execute("SELECT 1").fetchone() == (1,)
+
+    # initdb again would have replaced the folder: a new inode and a new change time (cp -a keeps mtime
+    # but cannot keep ctime).
+    after = pristine.stat()
+    version_after = (pristine / "PG_VERSION").stat()
+    assert pristine_dirs(cache) == [pristine]
+    assert (after.st_ino, after.st_mtime_ns, after.st_ctime_ns) == (
+        before.st_ino,
+        before.st_mtime_ns,
+        before.st_ctime_ns,
+    )
+    assert (version_after.st_ino, version_after.st_ctime_ns) == (version_before.st_ino, version_before.st_ctime_ns)
+
+
+def test_warm_start_is_fast(pg_tools: PgTools, pg_cache: Path, cluster: LocalCluster) -> None:
+    # `cluster` made sure the pristine copy exists; a warm start copies it and starts the postmaster.
+    with LocalCluster(pg_tools, cache_dir=pg_cache).start() as warm:
+        assert isinstance(warm, LocalCluster)
+        assert warm.reused_pristine is True
+        assert warm.start_seconds < 5.0
+
+
+# --- faults ---------------------------------------------------------------------------------------------------
+
+
+def test_fixed_port_in_use_is_a_server_error_naming_the_port(
+    pg_tools: PgTools, pg_cache: Path, private_runtime: Path
+) -> None:
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as taken:
+        taken.bind(("127.0.0.1", 0))
+        taken.listen()
+        port = taken.getsockname()[1]
+        cluster = LocalCluster(pg_tools, cache_dir=pg_cache, port=port)
+        with pytest.raises(ServerError) as caught:
+            cluster.start()
+    assert f"Port {port} on 127.0.0.1 is already in use" in str(caught.value)
+    assert cluster.folder is None
+    assert list(runtime_base().glob("cluster-*")) == [], "the failed cluster's folder was left behind"
+
+
+_OWNER_SCRIPT = """
+import sys
+from pathlib import Path
+from pytest_dbsnap.postgres.base import find_pg_tools
+from pytest_dbsnap.postgres.local import LocalCluster
+
+cluster = LocalCluster(find_pg_tools(None), cache_dir=Path(sys.argv[1])).start()
+print(cluster.folder, flush=True)
+sys.stdin.read()  # stay alive, as a test session would, until killed
+"""
+
+
+def start_owner_session(cache: Path, runtime: Path) -> tuple[subprocess.Popen[str], Path]:
+    """A separate process that starts a cluster and keeps it, like a pytest session; returns its folder."""
+    owner = subprocess.Popen(
+        [sys.executable, "-c", _OWNER_SCRIPT, str(cache)],
+        stdin=subprocess.PIPE,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+        env={**os.environ, "TMPDIR": str(runtime)},
+    )
+    assert owner.stdout is not None
+    line = owner.stdout.readline().strip()
+    if not line:
+        _, stderr = owner.communicate(timeout=30)
+        pytest.fail(f"the owner session did not start a cluster:\n{stderr}")
+    return owner, Path(line)
+
+
+def test_start_removes_a_cluster_left_by_a_session_killed_with_sigkill(
+    pg_tools: PgTools, pg_cache: Path, private_runtime: Path
+) -> None:
+    owner, folder = start_owner_session(pg_cache, private_runtime)
+    orphan_pid = postmaster_pid(folder / "data")
+    assert is_running(orphan_pid)
+    assert remove_stale_clusters(runtime_base(), pg_tools) == [], "a cluster whose owner lives is not stale"
+    assert folder.exists()
+
+    os.kill(owner.pid, signal.SIGKILL)
+    owner.communicate(timeout=30)  # reaps the owner: its pid is gone
+    assert owner.returncode == -signal.SIGKILL
+    assert is_running(orphan_pid), "the postmaster outlives its owner; that is what needs cleaning"
+
+    with LocalCluster(pg_tools, cache_dir=pg_cache).start() as fresh:
+        assert isinstance(fresh, LocalCluster)
+        assert fresh.folder != folder
+        assert not is_running(orphan_pid)
+        assert not folder.exists()
+
+
+def test_remove_stale_clusters_treats_an_unreaped_dead_owner_as_gone(
+    pg_tools: PgTools, pg_cache: Path, private_runtime: Path
+) -> None:
+    owner, folder = start_owner_session(pg_cache, private_runtime)
+    orphan_pid = postmaster_pid(folder / "data")
+    try:
+        os.kill(owner.pid, signal.SIGKILL)
+        # Wait for the exit without reaping it: the owner stays a zombie, as under a PID 1 that never reaps.
+        os.waitid(os.P_PID, owner.pid, os.WEXITED | os.WNOWAIT)
+        assert Path(f"/proc/{owner.pid}").exists()
+
+        removed = remove_stale_clusters(runtime_base(), pg_tools)
+
+        assert removed == [folder]
+        assert not folder.exists()
+        assert not is_running(orphan_pid)
+    finally:
+        owner.communicate(timeout=30)
+
+
+def test_missing_binaries_are_a_tool_error_naming_the_programs(tmp_path: Path) -> None:
+    (tmp_path / "initdb").write_text("#!/bin/sh\n")
+    with pytest.raises(ToolError) as caught:
+        find_pg_tools(tmp_path)
+    message = str(caught.value)
+    assert str(tmp_path) in message
+    lacking = message.split("which lacks ", 1)[1].split(".", 1)[0]
+    assert lacking == "pg_ctl, postgres, pg_dump, pg_restore"
+    assert "pg_config --bindir" in message
+
+
+def test_missing_client_binaries_are_named_when_only_clients_are_needed(tmp_path: Path) -> None:
+    with pytest.raises(ToolError, match=r"lacks pg_dump, pg_restore\."):
+        find_pg_tools(tmp_path, need_server=False)
