@@ -103,8 +103,11 @@ def cmd_generate(args: argparse.Namespace, settings: Settings) -> int:
 
     store = _store(settings)
     with _server(settings, required=False) as server:
+        # On the parked local cluster the seeded database stays as the dump's template: the next pytest
+        # session then restores it with a rename instead of a pg_restore.
+        keep = server.provider == "local" and settings.warm_cluster
         meta, made = generate_dump(server, settings, store, settings.env, force=not args.if_stale,
-                                   progress=progress_printer())
+                                   keep_as_template=keep, progress=progress_printer())
     verb = "generated" if made else "is current, kept"
     print(f"{settings.env}/{meta.name} {verb}: {meta.size_bytes / 1e6:.1f} MB, "
           f"{sum(meta.row_counts.values())} rows, schema {meta.schema_version or '-'}, sha256 {meta.sha256[:16]}...")

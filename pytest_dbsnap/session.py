@@ -15,7 +15,7 @@ from pytest_dbsnap.dumps import databases
 from pytest_dbsnap.dumps.fingerprint import compute_fingerprint
 from pytest_dbsnap.dumps.generate import generate_dump, migrate
 from pytest_dbsnap.dumps.meta import DumpMeta
-from pytest_dbsnap.dumps.restore import check_target, prepare_spare, restore_dump
+from pytest_dbsnap.dumps.restore import check_target, drop_orphan_templates, prepare_spare, restore_dump
 from pytest_dbsnap.dumps.store import DumpStore
 from pytest_dbsnap.errors import DumpError
 from pytest_dbsnap.postgres.base import Server
@@ -121,6 +121,9 @@ def prepare_database(server: Server, settings: Settings, *, progress: Progress =
     result = restore_dump(server, meta, store.dump_path(settings.env, meta.name), target, verify=settings.verify,
                           jobs=settings.jobs, progress=progress)
     migrate(server, settings, target)
+    if server.provider == "local":
+        # The parked local cluster is this project's own: templates of dumps that are gone only take space.
+        drop_orphan_templates(server, store.all_sha256())
     outcome = DatabaseOutcome(target, result.method, result.seconds, meta, generated, generate_seconds,
                               result.verified, reason if generated else None)
     if spare_in_background:

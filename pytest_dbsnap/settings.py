@@ -9,6 +9,7 @@ so that a false or empty value given on purpose is kept.
 from __future__ import annotations
 
 import math
+import hashlib
 import os
 import re
 import shlex
@@ -211,6 +212,9 @@ OPTIONS: tuple[Option, ...] = (
            flag="--skip-frontend", flag_is_switch=True),
     Option("logs_dir", parse_path, Path("reports/logs"), "folder for service logs"),
     Option("required_tools", parse_str_list, (), "extra programs the environment phase checks for"),
+    Option("warm_cluster", parse_bool, True,
+           "park the local cluster at the end of a session and start the next one from it, so dump templates "
+           "survive and warm restores are a rename (false: every session starts from the pristine copy)"),
     Option("start_timeout", parse_positive_float, 30.0, "seconds to wait for PostgreSQL to accept connections"),
 )
 OPTIONS_BY_KEY = {option.key: option for option in OPTIONS}
@@ -273,6 +277,7 @@ class Settings:
     skip_frontend: bool = False
     logs_dir: Path = Path("reports/logs")
     required_tools: tuple[str, ...] = ()
+    warm_cluster: bool = True
     start_timeout: float = 30.0
     backend: ServiceSettings | None = None
     frontend: ServiceSettings | None = None
@@ -288,6 +293,13 @@ class Settings:
             return self.cache_dir
         base = os.environ.get("XDG_CACHE_HOME") or os.path.join(os.path.expanduser("~"), ".cache")
         return Path(base) / "pytest-dbsnap"
+
+    @property
+    def warm_key(self) -> str | None:
+        """Parked clusters are per project, so two projects never drop each other's templates."""
+        if not self.warm_cluster:
+            return None
+        return hashlib.sha256(str(self.project_root.resolve()).encode()).hexdigest()[:10]
 
     def source_of(self, key: str) -> str:
         return self.sources.get(key, "default")

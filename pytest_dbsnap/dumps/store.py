@@ -7,6 +7,7 @@ same environment serialise on a file lock.
 
 from __future__ import annotations
 
+import builtins
 import contextlib
 import os
 import re
@@ -91,7 +92,7 @@ class DumpStore:
         return sorted(p.name[: -len(META_SUFFIX)] for p in folder.glob(f"*{META_SUFFIX}")
                       if not p.name.startswith("."))
 
-    def list(self, env: str) -> list[DumpMeta]:
+    def list(self, env: str) -> builtins.list[DumpMeta]:
         return [self.read_meta(env, name) for name in self.names(env)]
 
     def read_meta(self, env: str, name: str) -> DumpMeta:
@@ -171,7 +172,7 @@ class DumpStore:
         self.meta_path(env, name).unlink(missing_ok=True)
         self.dump_path(env, name).unlink(missing_ok=True)
 
-    def prune(self, env: str, keep: int) -> list[str]:
+    def prune(self, env: str, keep: int) -> builtins.list[str]:
         """Remove all but the newest `keep` dumps; the one `latest` points at is always kept."""
         if keep < 1:
             raise ConfigError(f"--keep must be 1 or more (got {keep}): prune never removes every dump.")
@@ -185,7 +186,7 @@ class DumpStore:
             self.remove_leftovers(env)
         return removed
 
-    def remove_leftovers(self, env: str) -> list[Path]:
+    def remove_leftovers(self, env: str) -> builtins.list[Path]:
         """Temporary files of generators that were killed (only those no lock holder is writing now)."""
         folder = self.env_dir(env)
         leftovers = [p for p in folder.glob(".incoming-*.tmp")] + [p for p in folder.glob(".*.json.*.tmp")]

@@ -8,6 +8,7 @@ leaves a folder whose owner pid is dead: the next start stops that postmaster an
 
 from __future__ import annotations
 
+import contextlib
 import json
 import logging
 import os
@@ -111,7 +112,7 @@ class LocalCluster(Server):
     provider = "local"
 
     def __init__(self, tools: PgTools, *, cache_dir: Path, start_timeout: float = 30.0,
-                 port: int | None = None) -> None:
+                 port: int | None = None, warm_key: str | None = None) -> None:
         super().__init__({"host": "127.0.0.1", "port": "0", "user": SUPERUSER}, tools)
         self.cache_dir = cache_dir
         self.start_timeout = start_timeout
@@ -119,7 +120,15 @@ class LocalCluster(Server):
         self.account = server_account()
         self.folder: Path | None = None
         self.reused_pristine = False
+        self.started_warm = False
         self.start_seconds = 0.0
+        # With a warm key the data folder is parked at stop and taken back at the next start, so databases
+        # made in this session (a dump's template and spare) make the next session's restore a rename.
+        self.warm_slot = self._warm_slot(warm_key) if warm_key else None
+
+    def _warm_slot(self, warm_key: str) -> Path:
+        account = self.account.user if self.account else str(os.geteuid())
+        return runtime_base() / f"warm-pg{self.tools.version}-{account}-{warm_key}"
 
     @property
     def data_dir(self) -> Path:
@@ -148,18 +157,61 @@ class LocalCluster(Server):
                 json.dumps({"pid": os.getpid(), "started": _process_start(os.getpid())})
             )
             (self.folder / "sock").mkdir()
-            # cp -a keeps the server account's ownership and modes, and is quicker than a Python tree copy.
-            run(["cp", "-a", str(pristine), str(self.data_dir)], what="copying the pristine cluster")
+            self.started_warm = self._claim_warm()
+            if not self.started_warm:
+                self._copy_pristine(pristine)
             if self.account:
-                chown_tree(self.folder, self.account)
-                os.chown(self.folder / "owner.json", os.geteuid(), os.getegid())
+                os.chown(self.folder, self.account.uid, self.account.gid)
+                os.chown(self.folder / "sock", self.account.uid, self.account.gid)
             self.folder.chmod(0o755)
-            self._start_postmaster()
+            try:
+                self._start_postmaster()
+            except ServerError:
+                if not self.started_warm:
+                    raise
+                # A parked folder that does not start again is only a lost cache: begin from pristine.
+                log.warning("the parked warm cluster did not start; starting from the pristine copy")
+                shutil.rmtree(self.data_dir, ignore_errors=True)
+                self.started_warm = False
+                self._copy_pristine(pristine)
+                self._start_postmaster()
         except BaseException:
             self._remove_folder()
             raise
         self.start_seconds = time.monotonic() - began
         return self
+
+    def _copy_pristine(self, pristine: Path) -> None:
+        # cp -a keeps the server account's ownership and modes, and is quicker than a Python tree copy.
+        run(["cp", "-a", str(pristine), str(self.data_dir)], what="copying the pristine cluster")
+
+    def _claim_warm(self) -> bool:
+        """Take the parked data folder, if any: a rename, so it costs the same at any database size."""
+        if self.warm_slot is None:
+            return False
+        try:
+            os.rename(self.warm_slot, self.data_dir)
+        except FileNotFoundError:
+            return False  # none parked, or another session took it first
+        return True
+
+    def _park(self) -> None:
+        """Leave the stopped data folder for the next session; the newest parked folder wins."""
+        assert self.warm_slot is not None and self.folder is not None
+        base = self.warm_slot.parent
+        incoming = base / f".parking-{os.getpid()}-{self.folder.name}"
+        os.rename(self.data_dir, incoming)
+        trash = base / f".trash-{os.getpid()}-{self.folder.name}"
+        try:
+            os.rename(self.warm_slot, trash)
+        except FileNotFoundError:
+            trash = None  # type: ignore[assignment]
+        try:
+            os.rename(incoming, self.warm_slot)
+        except OSError:
+            shutil.rmtree(incoming, ignore_errors=True)  # another session parked at the same moment
+        if trash is not None:
+            shutil.rmtree(trash, ignore_errors=True)
 
     def _pristine(self) -> Path:
         """The initdb'd data folder for this Postgres version, made once and reused (locked for parallel runs)."""
@@ -231,7 +283,12 @@ class LocalCluster(Server):
         if self.folder is None:
             return
         try:
-            stop_postmaster(self.tools, self.data_dir, self.account)
+            stopped_cleanly = stop_postmaster(self.tools, self.data_dir, self.account)
+            if stopped_cleanly and self.warm_slot is not None:
+                try:
+                    self._park()
+                except OSError as exc:
+                    log.warning("could not park the local cluster for the next session: %s", exc)
         finally:
             self._remove_folder()
 
@@ -244,17 +301,21 @@ class LocalCluster(Server):
         return f"local PostgreSQL {self.tools.version} at 127.0.0.1:{self.params['port']}"
 
 
-def stop_postmaster(tools: PgTools, data_dir: Path, account: RunAs | None) -> None:
-    """Stop the postmaster of one data folder (found by its postmaster.pid, never by name)."""
+def stop_postmaster(tools: PgTools, data_dir: Path, account: RunAs | None) -> bool:
+    """Stop the postmaster of one data folder (found by its postmaster.pid, never by name).
+
+    True when it shut down cleanly (a fast shutdown, or it was not running), so the folder may be reused.
+    """
     if not (data_dir / "postmaster.pid").exists():
-        return
+        return True
     for mode in ("fast", "immediate"):
         try:
             run([tools.path("pg_ctl"), "stop", "-D", str(data_dir), "-m", mode, "-w", "-t", "30"],
                 what=f"pg_ctl stop -m {mode}", run_as=account, cwd="/", timeout=40)
-            return
+            return mode == "fast"
         except ToolError as exc:
             log.warning("stopping PostgreSQL in %s (%s) failed: %s", data_dir, mode, exc)
+    return False
 
 
 def remove_stale_clusters(base: Path, tools: PgTools) -> list[Path]:
@@ -275,11 +336,15 @@ def remove_stale_clusters(base: Path, tools: PgTools) -> list[Path]:
         stop_postmaster(tools, folder / "data", account)
         shutil.rmtree(folder, ignore_errors=True)
         removed.append(folder)
-    for scratch in base.glob("initdb-*"):
-        if time.time() - scratch.stat().st_mtime > 3600:
-            shutil.rmtree(scratch, ignore_errors=True)
+    # Half-done initdb, parking or trash folders of killed processes (old enough not to be in use).
+    for scratch in [*base.glob("initdb-*"), *base.glob(".parking-*"), *base.glob(".trash-*")]:
+        with contextlib.suppress(OSError):
+            if time.time() - scratch.stat().st_mtime > 600:
+                shutil.rmtree(scratch, ignore_errors=True)
     return removed
 
 
-def start_local_cluster(pg_bindir: Path | None, cache_dir: Path, start_timeout: float) -> LocalCluster:
-    return LocalCluster(find_pg_tools(pg_bindir), cache_dir=cache_dir, start_timeout=start_timeout).start()
+def start_local_cluster(pg_bindir: Path | None, cache_dir: Path, start_timeout: float,
+                        warm_key: str | None = None) -> LocalCluster:
+    return LocalCluster(find_pg_tools(pg_bindir), cache_dir=cache_dir, start_timeout=start_timeout,
+                        warm_key=warm_key).start()

@@ -40,4 +40,5 @@ def start_server(settings: Settings, provider: str | None = None) -> Server:
                              pg_bindir=settings.pg_bindir)
     from pytest_dbsnap.postgres.local import start_local_cluster
 
-    return start_local_cluster(settings.pg_bindir, settings.resolved_cache_dir, settings.start_timeout)
+    return start_local_cluster(settings.pg_bindir, settings.resolved_cache_dir, settings.start_timeout,
+                               warm_key=settings.warm_key)
