@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import os
 from collections.abc import Mapping
 from datetime import datetime
 from typing import Any, TypedDict
@@ -11,13 +10,27 @@ import psycopg
 from psycopg.rows import DictRow, dict_row
 from psycopg.types.json import Jsonb
 
+from refapp.settings import ConfigError, database_url
+
+__all__ = [
+    "ConfigError",
+    "Node",
+    "Stats",
+    "connect",
+    "count_nodes",
+    "create_edge",
+    "create_node",
+    "database_url",
+    "find_child",
+    "get_node",
+    "list_nodes",
+    "missing_tables",
+    "stats",
+]
+
 REQUIRED_TABLES = ("alembic_version", "reality_nodes", "reality_edges")
 
 _NODE_COLUMNS = "id, parent_id, kind, name, attributes, created_at"
-
-
-class ConfigError(Exception):
-    """A missing or malformed setting: entry points turn it into exit code 2."""
 
 
 class Node(TypedDict):
@@ -33,15 +46,6 @@ class Stats(TypedDict):
     nodes: int
     edges: int
     kinds: dict[str, int]
-
-
-def database_url(environ: Mapping[str, str] | None = None) -> str:
-    """Read ``DATABASE_URL`` so every entry point fails the same clear way without it."""
-    env = os.environ if environ is None else environ
-    url = env.get("DATABASE_URL", "").strip()
-    if not url:
-        raise ConfigError("DATABASE_URL is not set (expected e.g. postgresql://postgres@127.0.0.1:5432/app)")
-    return url
 
 
 def connect(url: str, *, autocommit: bool = False, connect_timeout: int = 5) -> psycopg.Connection[Any]:
@@ -104,6 +108,17 @@ def _node(row: DictRow) -> Node:
         attributes=dict(row["attributes"]),
         created_at=created_at.isoformat() if isinstance(created_at, datetime) else str(created_at),
     )
+
+
+def find_child(conn: psycopg.Connection[Any], parent_id: int | None, name: str) -> int | None:
+    """Look a sibling up by name, so callers can keep names unique under one parent."""
+    with conn.cursor() as cur:
+        if parent_id is None:
+            cur.execute("SELECT id FROM reality_nodes WHERE parent_id IS NULL AND name = %s LIMIT 1", (name,))
+        else:
+            cur.execute("SELECT id FROM reality_nodes WHERE parent_id = %s AND name = %s LIMIT 1", (parent_id, name))
+        row = cur.fetchone()
+    return None if row is None else int(row[0])
 
 
 def list_nodes(conn: psycopg.Connection[Any], kind: str | None, limit: int, offset: int) -> list[Node]:
