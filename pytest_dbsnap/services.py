@@ -1,0 +1,384 @@
+"""One app service (backend, frontend) run as a real process group with a log file, a health wait and a
+graceful stop. mirakuru starts the process and polls its health URL; this module adds the log file, the
+project's errors and a stop that reaches every process of the group."""
+
+from __future__ import annotations
+
+import contextlib
+import errno
+import logging
+import os
+import re
+import shlex
+import signal
+import socket
+import subprocess
+import time
+from collections.abc import Mapping
+from datetime import datetime
+from pathlib import Path
+from types import TracebackType
+from typing import IO, Any, Self
+
+import httpx
+from mirakuru import HTTPExecutor
+from mirakuru.exceptions import AlreadyRunning, ProcessExitedWithError, TimeoutExpired
+
+from pytest_dbsnap.errors import ServiceError, ToolError
+from pytest_dbsnap.proc import resolve_python, run_app_command, tail
+from pytest_dbsnap.redact import redact
+from pytest_dbsnap.settings import ServiceSettings
+
+log = logging.getLogger(__name__)
+
+ERROR_TAIL_LINES = 20
+STOP_GRACE = 5.0
+_KILL_WAIT = 5.0  # after SIGKILL only an uninterruptible sleep in the kernel can delay the end
+_POLL = 0.05
+_DIGITS = re.compile(r"\d+")
+_TAIL_BYTES = 256 * 1024  # enough for any tail we show, without reading a log of hours into memory
+
+
+class _ServiceExecutor(HTTPExecutor):
+    """mirakuru's HTTPExecutor with two changes a service needs.
+
+    mirakuru accepts an exit code of 0 during start (a parent that daemonises), so a service that printed
+    its help and exited would be waited for until the timeout; a service must keep running, so any exit
+    fails at once. And mirakuru forgets the process once it exits or is killed, while children in its
+    process group may outlive it, so the group id is kept for the stop.
+    """
+
+    pgid: int | None = None
+
+    def check_subprocess(self) -> bool:
+        process: subprocess.Popen[Any] | None = self.process
+        if process is not None:
+            # start_new_session (mirakuru's os.setsid) makes the child the leader of its own group.
+            self.pgid = process.pid
+            if process.poll() == 0:
+                raise ProcessExitedWithError(self, 0)
+        return super().check_subprocess()
+
+
+class Service:
+    """One app service as a process group: `with Service(settings, env=..., logs_dir=...) as service:`.
+
+    start() runs the prepare commands, picks the port, starts the command with PORT and `env` added to the
+    environment and waits until the health URL answers the expected status; stop() ends the whole group.
+    """
+
+    def __init__(
+        self,
+        settings: ServiceSettings,
+        *,
+        env: Mapping[str, str],
+        logs_dir: Path,
+        stop_grace: float = STOP_GRACE,
+    ) -> None:
+        self.settings = settings
+        self.env = dict(env)
+        self.logs_dir = logs_dir
+        self.stop_grace = stop_grace
+        self._port: int | None = None
+        self._executor: _ServiceExecutor | None = None
+        self._log_start = 0  # where this start's lines begin in the (appended) log
+
+    # --- what callers use --------------------------------------------------------------------------------
+
+    @property
+    def name(self) -> str:
+        return self.settings.name
+
+    @property
+    def log_path(self) -> Path:
+        return self.logs_dir / f"{self.name}.log"
+
+    @property
+    def prepare_log_path(self) -> Path:
+        return self.logs_dir / f"{self.name}-prepare.log"
+
+    @property
+    def port(self) -> int:
+        if self._port is None:
+            raise RuntimeError(f"the {self.name} service has no port before start()")
+        return self._port
+
+    @property
+    def url(self) -> str:
+        return f"http://127.0.0.1:{self.port}"
+
+    @property
+    def health_url(self) -> str:
+        # replace(), not format(): a health URL may hold other braces (a query) that are not placeholders.
+        return self.settings.health_url.replace("{port}", str(self.port))
+
+    @property
+    def pid(self) -> int | None:
+        """The pid of the service's main process (also its process group id) while started, else None."""
+        return self._executor.pgid if self._executor is not None else None
+
+    def client(self) -> httpx.Client:
+        """An HTTP client for the service; the caller closes it (`with service.client() as client:`)."""
+        return httpx.Client(base_url=self.url, timeout=10)
+
+    def log_tail(self, lines: int = 40) -> str:
+        """The last lines of the service's log, passwords redacted, for reports and error messages."""
+        return redact(tail(self._read_log(since=0), lines))
+
+    def _read_log(self, *, since: int) -> str:
+        try:
+            with self.log_path.open("rb") as log_file:
+                log_file.seek(max(since, log_file.seek(0, os.SEEK_END) - _TAIL_BYTES))
+                return log_file.read().decode(errors="replace")
+        except FileNotFoundError:
+            return ""
+
+    def __enter__(self) -> Self:
+        return self.start()
+
+    def __exit__(
+        self, exc_type: type[BaseException] | None, exc: BaseException | None, traceback: TracebackType | None
+    ) -> None:
+        self.stop()
+
+    # --- start -------------------------------------------------------------------------------------------
+
+    def start(self) -> Self:
+        if self._executor is not None:
+            return self
+        if not self.settings.cwd.is_dir():
+            raise ServiceError(
+                f"The {self.name} service cannot start: its working folder {self.settings.cwd} does not exist. "
+                f"Create it or fix cwd in [tool.dbsnap.{self.name}]."
+            )
+        self.logs_dir.mkdir(parents=True, exist_ok=True)
+        self._prepare()
+        self._port = self._choose_port()
+        command = resolve_python(self.settings.command)
+        with self.log_path.open("ab") as log_file:
+            self._log_start = log_file.tell()
+            stamp = datetime.now().isoformat(timespec="seconds")
+            shown = redact(shlex.join(command))
+            log_file.write(f"--- {stamp} starting {self.name} on port {self._port}: $ {shown}\n".encode())
+            log_file.flush()
+            # The child gets its own copy of the descriptor, so ours is closed as soon as start returns.
+            self._executor = self._executor_for(command, log_file)
+            try:
+                self._start_executor(self._executor, command)
+            except BaseException:
+                # Whatever went wrong (a failed start, Ctrl-C), nothing this start began may keep running.
+                self.stop()
+                raise
+        return self
+
+    def _executor_for(self, command: list[str], log_file: IO[bytes]) -> _ServiceExecutor:
+        try:
+            return _ServiceExecutor(
+                command,
+                url=self.health_url,
+                status=self.settings.expected_status,
+                # GET, not mirakuru's HEAD: many small servers answer HEAD with 405 or 501.
+                method="GET",
+                timeout=self.settings.start_timeout,
+                cwd=str(self.settings.cwd),
+                envvars={**self.settings.env, **self.env, "PORT": str(self._port)},
+                stdin=subprocess.DEVNULL,
+                stdout=log_file,
+                stderr=subprocess.STDOUT,
+            )
+        except ValueError as exc:  # mirakuru's word for a URL without a host
+            raise ServiceError(
+                f"The {self.name} service's health_url {self.settings.health_url!r} is not an http URL with a "
+                f'host; set it like health_url = "http://127.0.0.1:{{port}}/health" in '
+                f"[tool.dbsnap.{self.name}]."
+            ) from exc
+
+    def _prepare(self) -> None:
+        steps = self.settings.prepare
+        full_env = {**os.environ, **self.settings.env, **self.env}
+        for number, step in enumerate(steps, start=1):
+            shown = redact(shlex.join(step))
+            try:
+                run_app_command(
+                    step,
+                    what=f"The {self.name} service's prepare step {number} of {len(steps)} ({shown})",
+                    env=full_env,
+                    cwd=self.settings.cwd,
+                    log_path=self.prepare_log_path,
+                )
+            except ToolError as exc:
+                if exc.returncode is None:  # the program was not found: the message says all there is
+                    raise ServiceError(f"{exc} The {self.name} service was not started.") from exc
+                raise ServiceError(
+                    f"The {self.name} service's prepare step {number} of {len(steps)} ({shown}) failed with "
+                    f"exit code {exc.returncode}, so the service was not started. Run the step by hand in "
+                    f"{self.settings.cwd} to see why, or fix prepare in [tool.dbsnap.{self.name}].\n"
+                    f"Last lines of {self.prepare_log_path}:\n{exc.stderr_tail or '(empty)'}"
+                ) from exc
+
+    def _choose_port(self) -> int:
+        port = self.settings.port
+        if port is None:
+            # The port is free now; should another program take it before the service binds it, the
+            # service exits with an address-in-use error and the log tail says so.
+            return _bind_localhost(0)
+        try:
+            _bind_localhost(port)
+        except OSError as exc:
+            if exc.errno != errno.EADDRINUSE:
+                raise
+            raise ServiceError(
+                f"The {self.name} service is set to port {port}, but port {port} on 127.0.0.1 is already in "
+                f"use (perhaps by a service left from an earlier run). Free port {port} (`ss -ltnp` shows who "
+                f'holds it) or set port = "auto" in [tool.dbsnap.{self.name}] to have a free port picked.'
+            ) from exc
+        return port
+
+    def _start_executor(self, executor: _ServiceExecutor, command: list[str]) -> None:
+        shown = redact(shlex.join(command))
+        try:
+            executor.start()
+        except (FileNotFoundError, PermissionError) as exc:
+            reason = "was not found" if isinstance(exc, FileNotFoundError) else "is not executable"
+            raise ServiceError(
+                f"The {self.name} service could not start: the program {command[0]!r} {reason} (working "
+                f"folder {self.settings.cwd}). Install it, or fix command in [tool.dbsnap.{self.name}] "
+                f"(a leading `python` means the interpreter running pytest)."
+            ) from exc
+        except ProcessExitedWithError as exc:
+            how = _exit_description(exc.exit_code)
+            raise self._error(
+                f"The {self.name} service {how} while starting, before {self.health_url} answered "
+                f"{self.settings.expected_status} (command: {shown}). Its output below says why; fix that, "
+                f"or the command in [tool.dbsnap.{self.name}]."
+            ) from exc
+        except TimeoutExpired as exc:
+            raise self._error(
+                f"The {self.name} service did not answer {self.settings.expected_status} at "
+                f"{self.health_url} within {self.settings.start_timeout:g} s (command: {shown}); it was "
+                f"stopped. Check that it listens on the PORT it is given and that the health URL is "
+                f"right, or raise start_timeout in [tool.dbsnap.{self.name}] if it is just slow."
+            ) from exc
+        except AlreadyRunning as exc:
+            raise self._error(
+                f"Before the {self.name} service started, something else already answered at "
+                f"{self.health_url}, so its health could not be told apart. Stop that program, or point "
+                f"health_url in [tool.dbsnap.{self.name}] at the service's own {{port}}."
+            ) from exc
+
+    def _error(self, message: str) -> ServiceError:
+        # The health checks themselves fill an access log ten lines a second; collapsed, the lines the
+        # service printed while starting stay in view.
+        # The log is appended to across runs; only this start's lines explain this failure.
+        text = redact(self._read_log(since=self._log_start))
+        lines = _collapse_repeats(text.strip().splitlines())[-ERROR_TAIL_LINES:]
+        shown = "\n".join(lines) or "(empty)"
+        return ServiceError(f"{message}\nLast lines of {self.log_path}:\n{shown}")
+
+    # --- stop --------------------------------------------------------------------------------------------
+
+    def stop(self) -> None:
+        """SIGTERM to the whole process group, SIGKILL to whatever is left after the grace period.
+
+        Safe to call any number of times, also after a failed start. mirakuru's own stop waits only for
+        the main process (and with the start timeout), so a child that ignores SIGTERM would outlive it.
+        """
+        executor = self._executor
+        if executor is None:
+            return
+        if executor.pgid is not None:
+            _end_process_group(executor.pgid, executor.process, self.stop_grace)
+        # mirakuru's sweep finds processes that left the group (setsid daemons) by the marker it put in
+        # their environment, and closes its Popen.
+        executor.kill()
+        self._executor = None
+
+
+def _collapse_repeats(lines: list[str]) -> list[str]:
+    """Runs of lines that differ only in digits (timestamps, ports, counters) become one line and a count."""
+    result: list[str] = []
+    run_key: str | None = None
+    repeats = 0
+    for line in [*lines, None]:
+        key = None if line is None else _DIGITS.sub("0", line)
+        if key is not None and key == run_key:
+            repeats += 1
+            continue
+        if repeats:
+            result[-1] += f"  [and {repeats} more like it]"
+        if line is not None:
+            result.append(line)
+        run_key, repeats = key, 0
+    return result
+
+
+def _exit_description(exit_code: int) -> str:
+    if exit_code >= 0:
+        return f"exited with code {exit_code}"
+    try:
+        return f"was killed by {signal.Signals(-exit_code).name}"
+    except ValueError:
+        return f"was killed by signal {-exit_code}"
+
+
+def _bind_localhost(port: int) -> int:
+    """Bind a port on 127.0.0.1 and let it go at once: the port the system picked when 0, else the port."""
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
+        # Servers set SO_REUSEADDR, so connections of a stopped service in TIME_WAIT do not count as in use.
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        sock.bind(("127.0.0.1", port))
+        return int(sock.getsockname()[1])
+
+
+def _group_members(pgid: int) -> list[int]:
+    """The live processes of a process group. A zombie has exited and only waits to be reaped, which a
+    container's PID 1 may never do, so zombies do not count."""
+    try:
+        os.killpg(pgid, 0)
+    except ProcessLookupError:
+        return []
+    except PermissionError:
+        pass  # a member runs as another user: it exists
+    proc = Path("/proc")
+    if not proc.is_dir():
+        return [pgid]  # no /proc (macOS): kill() said the group exists, and zombies there are reaped
+    members = []
+    for entry in proc.iterdir():
+        if not entry.name.isdigit():
+            continue
+        try:
+            fields = (entry / "stat").read_text().rsplit(")", 1)[1].split()
+        except (OSError, IndexError):
+            continue  # gone meanwhile
+        if int(fields[2]) == pgid and fields[0] not in {"Z", "X"}:
+            members.append(int(entry.name))
+    return members
+
+
+def _wait_group_gone(pgid: int, leader: subprocess.Popen[Any] | None, seconds: float) -> bool:
+    deadline = time.monotonic() + seconds
+    while True:
+        if leader is not None:
+            leader.poll()  # reap our own child so it does not linger as a zombie
+        if not _group_members(pgid):
+            return True
+        if time.monotonic() >= deadline:
+            return False
+        time.sleep(_POLL)
+
+
+def _signal_group(pgid: int, sig: signal.Signals) -> None:
+    with contextlib.suppress(ProcessLookupError):
+        os.killpg(pgid, sig)
+
+
+def _end_process_group(pgid: int, leader: subprocess.Popen[Any] | None, grace: float) -> None:
+    if not _group_members(pgid):
+        return
+    _signal_group(pgid, signal.SIGTERM)
+    if _wait_group_gone(pgid, leader, grace):
+        return
+    log.info("process group %d outlived SIGTERM by %g s; sending SIGKILL", pgid, grace)
+    _signal_group(pgid, signal.SIGKILL)
+    if not _wait_group_gone(pgid, leader, _KILL_WAIT):
+        log.warning("process group %d still has processes %s after SIGKILL", pgid, _group_members(pgid))
