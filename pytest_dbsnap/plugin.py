@@ -2,19 +2,21 @@
 
 from __future__ import annotations
 
+import dataclasses
 import html
+import json
 import os
 from collections.abc import Generator, Iterator
 from dataclasses import dataclass
 from pathlib import Path
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 import pytest
 
 from pytest_dbsnap.errors import DbsnapError
 from pytest_dbsnap.postgres import Server, choose_provider, start_server
 from pytest_dbsnap.settings import OPTIONS, ServiceSettings, Settings, load_settings
-from pytest_dbsnap.smoke import PhaseBook
+from pytest_dbsnap.smoke import Phase, PhaseBook
 
 if TYPE_CHECKING:
     import httpx
@@ -60,12 +62,84 @@ def build_settings(config: pytest.Config) -> Settings:
         raise pytest.UsageError(f"pytest-dbsnap: {exc}") from None
 
 
+def worker_id(config: pytest.Config) -> str | None:
+    """The pytest-xdist worker id (gw0, gw1...) in a worker process, else None."""
+    workerinput = getattr(config, "workerinput", None)
+    return str(workerinput["workerid"]) if workerinput else None
+
+
 def pytest_configure(config: pytest.Config) -> None:
     config.addinivalue_line("markers", "smoke: an ordered end-to-end smoke phase of pytest-dbsnap "
                                        "(a failed phase skips the later ones)")
-    config.stash[SETTINGS_KEY] = build_settings(config)
+    settings = build_settings(config)
+    worker = worker_id(config)
+    if worker is not None:
+        # Each xdist worker restores into its own database, so workers never see each other's writes.
+        settings = dataclasses.replace(settings, database=f"{settings.database}_{worker}")
+        # Workers re-read the command line (dist=load), so the controller's switch to loadgroup comes this way.
+        if getattr(config, "workerinput", {}).get("dbsnap_loadgroup"):
+            config.option.loadgroup = True
+    elif getattr(config.option, "dist", "no") == "load":
+        # loadgroup is load for ungrouped tests, and keeps the smoke phases (one group) in one worker.
+        config.option.dist = "loadgroup"
+    config.stash[SETTINGS_KEY] = settings
     config.stash[SERVICES_KEY] = {}
     config.stash[PHASES_KEY] = PhaseBook()
+
+
+SMOKE_GROUP = "dbsnap-smoke"
+
+
+@pytest.hookimpl(tryfirst=True)
+def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
+    """The smoke phases describe one stack: under xdist they run in one worker, in order."""
+    for item in items:
+        if item.get_closest_marker("smoke") is not None:
+            item.add_marker(pytest.mark.xdist_group(SMOKE_GROUP))
+            if getattr(config.option, "loadgroup", False):
+                _tag_group(item)
+
+
+def _tag_group(item: pytest.Item) -> None:
+    """pytest-xdist 3.8 marks a group by suffixing `item._nodeid`, which pytest 9.2 no longer reads
+    (pytest-xdist issue #1386); until its fix is released, put the suffix on the structured id ourselves."""
+    if "@" in item.nodeid or not hasattr(item, "_id"):
+        return  # older pytest: xdist's own suffix works
+    from _pytest.nodeid import coerce_node_id
+
+    item._id = coerce_node_id(f"{item.nodeid}@{SMOKE_GROUP}")
+
+
+# --- one server per run under pytest-xdist: the controller owns it, workers attach ------------------------
+
+@pytest.hookimpl(tryfirst=True)
+def pytest_sessionstart(session: pytest.Session) -> None:
+    config = session.config
+    if worker_id(config) is not None or not config.pluginmanager.has_plugin("dsession"):
+        return
+    try:
+        server = start_server(config.stash[SETTINGS_KEY], _provider(config)[0])
+    except DbsnapError as exc:
+        raise pytest.UsageError(f"pytest-dbsnap could not get a PostgreSQL server for the workers: {exc}") from None
+    config.stash[SERVER_KEY] = server
+    server.version  # noqa: B018 - read while it runs: the report is written after the server is gone
+
+
+@pytest.hookimpl(optionalhook=True)
+def pytest_configure_node(node: Any) -> None:
+    """Hand the controller's server to each xdist worker (connection keywords, never logged)."""
+    if node.config.getvalue("dist") == "loadgroup":
+        node.workerinput["dbsnap_loadgroup"] = True
+    server = node.config.stash.get(SERVER_KEY, None)
+    if server is not None:
+        node.workerinput["dbsnap_server"] = json.dumps(
+            {"provider": server.provider, "params": server.params, "bindir": str(server.tools.bindir),
+             "version": server.tools.version})
+
+
+def pytest_unconfigure(config: pytest.Config) -> None:
+    if worker_id(config) is None and config.pluginmanager.has_plugin("dsession") and SERVER_KEY in config.stash:
+        config.stash[SERVER_KEY].stop()
 
 
 def _provider(config: pytest.Config) -> tuple[str, str]:
@@ -144,11 +218,14 @@ def pytest_terminal_summary(terminalreporter: pytest.TerminalReporter) -> None:
     config = terminalreporter.config
     book = config.stash.get(PHASES_KEY, None)
     outcome = config.stash.get(OUTCOME_KEY, None)
-    if outcome is None and not (book and book.phases):
+    workers = config.stash.get(WORKER_DATABASES_KEY, [])
+    if outcome is None and not workers and not (book and book.phases):
         return
     terminalreporter.section("dbsnap")
     if outcome is not None:
         terminalreporter.write_line(f"database: {outcome.describe()}")
+    for line in sorted(workers):
+        terminalreporter.write_line(f"database {line}")
     if book and book.phases:
         for line in book.table():
             terminalreporter.write_line(line)
@@ -181,8 +258,40 @@ def pytest_runtest_makereport(item: pytest.Item, call: pytest.CallInfo[None]) ->
     return report
 
 
+WORKER_DATABASES_KEY = pytest.StashKey[list[str]]()
+
+
 def pytest_sessionfinish(session: pytest.Session) -> None:
-    _publish_facts(session.config)
+    config = session.config
+    _publish_facts(config)
+    workeroutput = getattr(config, "workeroutput", None)
+    if workeroutput is not None:
+        # A worker's phases and database line travel to the controller, which writes the reports.
+        outcome = config.stash.get(OUTCOME_KEY, None)
+        workeroutput["dbsnap"] = json.dumps({
+            "database": outcome.describe() if outcome is not None else None,
+            "phases": [dataclasses.asdict(p) for p in config.stash[PHASES_KEY].ordered()],
+            "facts": report_facts(config) if outcome is not None else {},
+        })
+
+
+@pytest.hookimpl(optionalhook=True)
+def pytest_testnodedown(node: Any, error: object) -> None:
+    config = node.config
+    data = json.loads(getattr(node, "workeroutput", {}).get("dbsnap", "null") or "null")
+    if not data:
+        return
+    book = config.stash[PHASES_KEY]
+    for phase in data["phases"]:
+        book.phases.setdefault(phase["name"], Phase(**phase))
+    if data["database"]:
+        config.stash.setdefault(WORKER_DATABASES_KEY, []).append(f"{node.gateway.id}: {data['database']}")
+    try:
+        from pytest_metadata.plugin import metadata_key
+    except ImportError:
+        return
+    if metadata_key in config.stash:
+        config.stash[metadata_key].update(data["facts"])
 
 
 # --- fixtures -----------------------------------------------------------------------------------------------
@@ -196,6 +305,17 @@ def dbsnap_settings(pytestconfig: pytest.Config) -> Settings:
 @pytest.fixture(scope="session")
 def pg_server(pytestconfig: pytest.Config, dbsnap_settings: Settings) -> Iterator[Server]:
     """A running PostgreSQL for the session, stopped at the end (an external server is left running)."""
+    shared = getattr(pytestconfig, "workerinput", {}).get("dbsnap_server")
+    if shared:
+        from pytest_dbsnap.postgres.base import PgTools
+        from pytest_dbsnap.postgres.external import AttachedServer
+
+        info = json.loads(shared)
+        server: Server = AttachedServer(info["params"], PgTools(Path(info["bindir"]), info["version"]),
+                                        provider=f"{info['provider']} (shared by the xdist workers)")
+        pytestconfig.stash[SERVER_KEY] = server
+        yield server
+        return
     try:
         server = start_server(dbsnap_settings, _provider(pytestconfig)[0])
     except DbsnapError as exc:
@@ -241,6 +361,27 @@ def db(pg_server: Server, dbsnap_database: DatabaseOutcome) -> Iterator[psycopg.
 
     with psycopg.connect(pg_server.conninfo(dbsnap_database.database)) as conn:
         yield conn
+
+
+@pytest.fixture
+def fresh_db(pg_server: Server, dbsnap_database: DatabaseOutcome) -> Iterator[str]:
+    """URL of a private database cloned from the dump's template for one test, dropped after it (pass or fail)."""
+    from pytest_dbsnap.dumps import databases
+    from pytest_dbsnap.dumps.restore import template_name
+
+    meta = dbsnap_database.meta
+    template = template_name(meta) if meta is not None else None
+    name = databases.temporary_name(databases.FRESH_PREFIX)
+    with pg_server.connect() as conn:
+        if template is None or not databases.exists(conn, template):
+            pytest.fail("pytest-dbsnap: fresh_db clones the restored dump's template, and this session has none "
+                        "(--skip-dump-restore, or no dump). Run without --skip-dump-restore.", pytrace=False)
+        databases.clone(conn, template, name)
+    try:
+        yield pg_server.dsn(name)
+    finally:
+        with pg_server.connect() as conn:
+            databases.drop(conn, name)
 
 
 @dataclass(frozen=True)

@@ -6,10 +6,12 @@ process can be told apart from a user's databases and dropped at the next run.
 
 from __future__ import annotations
 
+import contextlib
 import os
 import re
 import secrets
 import time
+from collections.abc import Iterator
 
 import psycopg
 from psycopg import sql
@@ -20,7 +22,8 @@ STAGE_PREFIX = "dbsnap_stage_"
 OLD_PREFIX = "dbsnap_old_"
 TEMPLATE_PREFIX = "dbsnap_tpl_"
 SPARE_PREFIX = "dbsnap_spare_"
-_TEMPORARY = re.compile(rf"^(?:{STAGE_PREFIX}|{OLD_PREFIX})(?P<pid>\d+)_[0-9a-f]+$")
+FRESH_PREFIX = "dbsnap_test_"  # per-test clones made by the fresh_db fixture
+_TEMPORARY = re.compile(rf"^(?:{STAGE_PREFIX}|{OLD_PREFIX}|{FRESH_PREFIX})(?P<pid>\d+)_[0-9a-f]+$")
 _BUSY_WAIT = 15.0  # seconds to wait for other sessions to leave a database we must rename or clone
 
 Connection = psycopg.Connection[tuple[object, ...]]
@@ -131,6 +134,16 @@ def drop_leftovers(conn: Connection) -> list[str]:
             continue
         dropped.append(str(name))
     return dropped
+
+
+@contextlib.contextmanager
+def advisory_lock(conn: Connection, name: str) -> Iterator[None]:
+    """Serialise work on one template across processes and machines (xdist workers, CI jobs) on this server."""
+    conn.execute("SELECT pg_advisory_lock(hashtext(%s))", (name,))
+    try:
+        yield
+    finally:
+        conn.execute("SELECT pg_advisory_unlock(hashtext(%s))", (name,))
 
 
 def template_names(conn: Connection) -> list[str]:

@@ -124,49 +124,54 @@ def restore_dump(server: Server, meta: DumpMeta, dump_path: Path, target: str, *
             try:
                 databases.swap_in(conn, spare, target)
                 return RestoreResult(meta, target, "spare swap", time.monotonic() - began, False)
-            except psycopg.errors.UndefinedObject:  # another restore took the spare first
-                pass
-            except psycopg.errors.InvalidCatalogName:
-                pass
-        if databases.exists(conn, template):
-            progress(f"cloning the template of {meta.name}")
-            staging = databases.temporary_name(databases.STAGE_PREFIX)
-            databases.clone(conn, template, staging)
-            _swap_or_drop(conn, staging, target)
-            return RestoreResult(meta, target, "template clone", time.monotonic() - began, False)
-
-        check_versions(server, meta)
-        if verify:
-            progress(f"verifying the sha256 of {dump_path.name} ({meta.size_bytes / 1e6:.1f} MB)")
-            verify_file(meta, dump_path)
-        elif not dump_path.is_file():
-            raise DumpCorrupt(f"The dump file {dump_path} is missing; regenerate it (dbsnap generate).")
-        staging = databases.temporary_name(databases.STAGE_PREFIX)
-        progress(f"pg_restore of {meta.name} with {jobs} job(s)")
-        databases.create_empty(conn, staging)
-        try:
-            try:
-                _pg_restore(server, dump_path, staging, jobs)
-            except ToolError as exc:
-                raise RestoreError(f"Restoring {meta.name} into {server.describe()} failed; the database "
-                                   f"{target!r} was not touched.\n{exc}") from exc
-            if meta.row_counts:
-                with server.connect(staging) as staged:
-                    counts = count_rows(staged)
-                wrong = {t: (n, counts.get(t)) for t, n in meta.row_counts.items() if counts.get(t) != n}
-                if wrong:
-                    shown = ", ".join(f"{t}: {got} rows, expected {want}" for t, (want, got) in sorted(wrong.items()))
-                    raise RestoreError(f"The restored data of {meta.name} does not match its metadata ({shown}); "
-                                       f"the database {target!r} was not touched. Regenerate the dump.")
-            # The verified restore becomes this dump's template; the target gets a clone of it.
-            databases.mark_template_by_rename(conn, staging, template)
-        except BaseException:
-            databases.drop(conn, staging)
-            raise
+            except (psycopg.errors.UndefinedObject, psycopg.errors.InvalidCatalogName):
+                pass  # another restore took the spare first: clone the template instead
+        # Restorers of one dump on one server (xdist workers, CI jobs) take turns here, so that only the first
+        # runs pg_restore and the others find its template.
+        with databases.advisory_lock(conn, template):
+            had_template = databases.exists(conn, template)
+            if not had_template:
+                _restore_template(server, conn, meta, dump_path, target, verify=verify, jobs=jobs,
+                                  progress=progress)
+        progress(f"cloning the template of {meta.name}")
         staging = databases.temporary_name(databases.STAGE_PREFIX)
         databases.clone(conn, template, staging)
         _swap_or_drop(conn, staging, target)
+        if had_template:
+            return RestoreResult(meta, target, "template clone", time.monotonic() - began, False)
         return RestoreResult(meta, target, "pg_restore", time.monotonic() - began, verify)
+
+
+def _restore_template(server: Server, conn: psycopg.Connection[tuple[object, ...]], meta: DumpMeta,
+                      dump_path: Path, target: str, *, verify: bool, jobs: int, progress: Progress) -> None:
+    """Cold path: verify the file, pg_restore it into staging, check row counts, keep it as the template."""
+    check_versions(server, meta)
+    if verify:
+        progress(f"verifying the sha256 of {dump_path.name} ({meta.size_bytes / 1e6:.1f} MB)")
+        verify_file(meta, dump_path)
+    elif not dump_path.is_file():
+        raise DumpCorrupt(f"The dump file {dump_path} is missing; regenerate it (dbsnap generate).")
+    staging = databases.temporary_name(databases.STAGE_PREFIX)
+    progress(f"pg_restore of {meta.name} with {jobs} job(s)")
+    databases.create_empty(conn, staging)
+    try:
+        try:
+            _pg_restore(server, dump_path, staging, jobs)
+        except ToolError as exc:
+            raise RestoreError(f"Restoring {meta.name} into {server.describe()} failed; the database "
+                               f"{target!r} was not touched.\n{exc}") from exc
+        if meta.row_counts:
+            with server.connect(staging) as staged:
+                counts = count_rows(staged)
+            wrong = {t: (n, counts.get(t)) for t, n in meta.row_counts.items() if counts.get(t) != n}
+            if wrong:
+                shown = ", ".join(f"{t}: {got} rows, expected {want}" for t, (want, got) in sorted(wrong.items()))
+                raise RestoreError(f"The restored data of {meta.name} does not match its metadata ({shown}); "
+                                   f"the database {target!r} was not touched. Regenerate the dump.")
+        databases.mark_template_by_rename(conn, staging, template_name(meta))
+    except BaseException:
+        databases.drop(conn, staging)
+        raise
 
 
 def _swap_or_drop(conn: psycopg.Connection[tuple[object, ...]], staging: str, target: str) -> None:

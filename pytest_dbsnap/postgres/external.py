@@ -54,6 +54,17 @@ class ExternalServer(Server):
         return f"external PostgreSQL at {host}:{self.params.get('port', '5432')}"
 
 
+class AttachedServer(ExternalServer):
+    """A server another process of this run owns (the pytest-xdist controller): used, never stopped."""
+
+    def __init__(self, params: dict[str, str], tools: PgTools, *, provider: str) -> None:
+        super().__init__(params, tools)
+        self.provider = provider
+
+    def describe(self) -> str:
+        return f"{self.provider} PostgreSQL at {self.params.get('host')}:{self.params.get('port')}"
+
+
 def connect_external(dsn: str, *, allow_remote: bool, tools: PgTools | None = None,
                      timeout: float = 10.0) -> ExternalServer:
     params = parse_dsn(dsn)
