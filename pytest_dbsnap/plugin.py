@@ -207,6 +207,10 @@ def pytest_html_results_summary(prefix: list[str], summary: list[str], postfix: 
         for p in book.ordered()
     )
     prefix.append(
+        "<style>#dbsnap-phases{border-collapse:collapse;margin:6px 0 18px}"
+        "#dbsnap-phases th,#dbsnap-phases td{border:1px solid #d0d0d0;padding:4px 12px;text-align:left}"
+        "#dbsnap-phases th{background:#f3f3f3}#dbsnap-phases td.failed{color:#b00020;font-weight:bold}"
+        "#dbsnap-phases td.passed{color:#1b5e20}#dbsnap-phases td.skipped{color:#7a4f00}</style>"
         "<h2>Smoke phases</h2><table id='dbsnap-phases'><thead><tr><th scope='col'>#</th>"
         "<th scope='col'>Phase</th><th scope='col'>Status</th><th scope='col'>Passed</th>"
         "<th scope='col'>Failed</th><th scope='col'>Skipped</th><th scope='col'>Duration</th>"
