@@ -1,0 +1,137 @@
+#!/bin/sh
+# Restore the latest pytest-dbsnap dump of $DBSNAP_ENV into $POSTGRES_DB on the first start of the official
+# postgres image, which runs /docker-entrypoint-initdb.d/* once, on an empty data volume, while a temporary
+# server listens on its unix socket only. Mounted by docker-compose.dev.yml; see seeds/README.md.
+#
+# Store layout: $DBSNAP_DUMPS_DIR/<env>/<name>.dump, <name>.json (metadata with "sha256" and "size_bytes") and
+# <env>/latest (the name). Only what the image ships is used: POSIX sh, coreutils, sed, grep and pg_restore.
+# A dump that cannot be verified is refused before the database is touched, and the restore runs in one
+# transaction, so the database ends up restored or empty, never half-restored.
+set -eu
+# Byte-wise globs and character ranges, whatever locale the image sets.
+LC_ALL=C
+export LC_ALL
+
+dumps_dir=${DBSNAP_DUMPS_DIR:-/dumps}
+env_name=${DBSNAP_ENV:-dev}
+db_user=${POSTGRES_USER:-postgres}
+database=${POSTGRES_DB:-$db_user}
+
+log() {
+    printf 'init-db: %s\n' "$*"
+}
+
+# The image marks the volume as initialised even when this script fails, hence "down -v" in the advice.
+refuse() {
+    printf 'init-db: refusing to restore: %s. Nothing was restored; fix this, then run "docker compose -f docker-compose.dev.yml down -v" and start again (without -v the next start skips this script and serves an empty database).\n' "$1" >&2
+    exit 1
+}
+
+# The same names the dump store accepts: no '/', and no leading '.' (so no '..') or '-'.
+is_plain_name() {
+    case $1 in
+        '' | [!A-Za-z0-9]* | *[!A-Za-z0-9_.-]*) return 1 ;;
+    esac
+    return 0
+}
+
+refuse_unreadable() {
+    refuse "cannot read $1 as uid $(id -u) (it belongs to uid $(stat -c %u "$1"), mode $(stat -c %a "$1")): set DBSNAP_UID and DBSNAP_GID to the owner's ids (id -u, id -g) so the container runs as them, or make the dumps readable (chmod a+r)"
+}
+
+# The distinct values of "key": VALUE in the metadata, where VALUE matches the pattern. DumpMeta writes one
+# key per line, but a nested map may hold a key of the same name: callers refuse anything but one value.
+json_values() {
+    grep -o "\"$1\"[[:space:]]*:[[:space:]]*$2" "$meta" | sed "s/^\"$1\"[[:space:]]*:[[:space:]]*//; s/\"//g" | sort -u
+}
+
+if ! is_plain_name "$env_name"; then
+    refuse "DBSNAP_ENV='$env_name' is not a plain environment name (letters, digits, '_', '-', '.'; no '/', no leading '.'): it names one folder of $dumps_dir"
+fi
+env_dir=$dumps_dir/$env_name
+# A folder we cannot list would look like "no dump" and start an empty database without a word.
+for folder in "$dumps_dir" "$env_dir"; do
+    if [ -d "$folder" ] && { [ ! -r "$folder" ] || [ ! -x "$folder" ]; }; then
+        refuse_unreadable "$folder"
+    fi
+done
+
+# Which dump: the one `latest` names, else the last metadata file by name (names start with their UTC time),
+# as the plugin and the dbsnap command choose.
+if [ -f "$env_dir/latest" ]; then
+    [ -r "$env_dir/latest" ] || refuse_unreadable "$env_dir/latest"
+    name=$(sed -n '1{s/^[[:space:]]*//; s/[[:space:]]*$//; p;}' "$env_dir/latest")
+    chosen_by="$env_dir/latest"
+    if ! is_plain_name "$name"; then
+        refuse "$env_dir/latest holds '$name', which is not a dump name; write the name of a dump of $env_dir into it, or remove it to use the newest dump"
+    fi
+else
+    name=
+    for candidate in "$env_dir"/*.json; do
+        [ -f "$candidate" ] || continue
+        candidate=${candidate##*/}
+        name=${candidate%.json}
+    done
+    if [ -z "$name" ]; then
+        for orphan in "$env_dir"/*.dump; do
+            [ -f "$orphan" ] || continue
+            log "ignoring $orphan: it has no metadata (wrap it with: dbsnap import FILE --env $env_name)"
+        done
+        log "no dump for environment $env_name in $dumps_dir; leaving the empty database for migrations"
+        exit 0
+    fi
+    chosen_by="the newest metadata file (there is no $env_dir/latest)"
+fi
+
+dump=$env_dir/$name.dump
+meta=$env_dir/$name.json
+if [ ! -f "$meta" ]; then
+    refuse "the metadata $meta of dump $name (chosen by $chosen_by) is missing, and a dump without it cannot be verified; regenerate the dump (dbsnap generate --env $env_name) or wrap the file with dbsnap import"
+fi
+[ -r "$meta" ] || refuse_unreadable "$meta"
+if [ ! -f "$dump" ]; then
+    refuse "the dump file $dump is missing although its metadata $meta exists; copy it again or regenerate it (dbsnap generate --env $env_name)"
+fi
+[ -r "$dump" ] || refuse_unreadable "$dump"
+
+expected_sha=$(json_values sha256 '"[0-9a-f]*"')
+expected_size=$(json_values size_bytes '[0-9][0-9]*')
+case $expected_sha in
+    *[!0-9a-f]* | '') refuse "the metadata $meta has no single valid \"sha256\" (expected 64 hex digits), so $dump cannot be verified; regenerate the dump (dbsnap generate --env $env_name) or re-import it (dbsnap import)" ;;
+esac
+if [ "${#expected_sha}" -ne 64 ]; then
+    refuse "the metadata $meta has no single valid \"sha256\" (expected 64 hex digits, got '$expected_sha'), so $dump cannot be verified; regenerate the dump (dbsnap generate --env $env_name) or re-import it (dbsnap import)"
+fi
+case $expected_size in
+    *[!0-9]* | '') refuse "the metadata $meta has no single valid \"size_bytes\", so $dump cannot be verified; regenerate the dump (dbsnap generate --env $env_name) or re-import it (dbsnap import)" ;;
+esac
+
+# A newer pg_dump writes archives an older pg_restore cannot read: say so before anything else.
+dumped_by=$(json_values pg_dump_version '"[^"]*"')
+restorer=$(pg_restore --version | sed -n 's/^[^0-9]*\([0-9][0-9]*\).*/\1/p')
+case $dumped_by in
+    [0-9]*)
+        if [ -n "$restorer" ] && [ "${dumped_by%%.*}" -gt "$restorer" ] 2>/dev/null; then
+            refuse "$dump was written by pg_dump $dumped_by, which pg_restore $restorer of this image cannot read; use the postgres:${dumped_by%%.*} image in docker-compose.dev.yml, or regenerate the dump with PostgreSQL $restorer"
+        fi
+        ;;
+esac
+
+# Size first: a truncated copy is refused without reading it whole.
+actual_size=$(wc -c <"$dump" | tr -d ' ')
+if [ "$actual_size" != "$expected_size" ]; then
+    refuse "the dump $dump has $actual_size bytes but its metadata $meta records $expected_size: the file is truncated or was replaced; copy it again or regenerate it (dbsnap generate --env $env_name)"
+fi
+actual_sha=$(sha256sum <"$dump" | sed 's/[[:space:]].*//')
+if [ "$actual_sha" != "$expected_sha" ]; then
+    refuse "the dump $dump does not match the sha256 in its metadata $meta (expected $expected_sha, got $actual_sha): the file is corrupt; copy it again or regenerate it (dbsnap generate --env $env_name)"
+fi
+
+schema_version=$(json_values schema_version '"[^"]*"')
+created_at=$(json_values created_at '"[^"]*"')
+log "restoring dump $name of environment $env_name (chosen by $chosen_by; $actual_size bytes, sha256 verified) into database $database"
+# One transaction: if any statement fails, nothing of the dump stays behind.
+if ! pg_restore --no-owner --no-acl --exit-on-error --single-transaction -d "$database" -U "$db_user" "$dump"; then
+    refuse "pg_restore could not restore $dump into database $database (its error is above); it ran in one transaction, so the database is left as it was, empty on a first start"
+fi
+log "restored dump $name of environment $env_name into database $database: $actual_size bytes, sha256 $(printf '%.16s' "$actual_sha")..., schema version ${schema_version:-unknown}, created ${created_at:-unknown}"
