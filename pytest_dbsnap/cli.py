@@ -140,6 +140,8 @@ def _prepare_spare_in_background(admin_dsn: str, meta_path: Path) -> None:
 
 
 def cmd_list(args: argparse.Namespace, settings: Settings) -> int:
+    if args.remote:
+        return _list_remote(args, settings)
     store = _store(settings)
     envs = [args.env] if args.env else store.environments()
     listing = {env: store.list(env) for env in envs}
@@ -155,6 +157,50 @@ def cmd_list(args: argparse.Namespace, settings: Settings) -> int:
         print(f"[{env}] ({len(metas)} dump(s), * = latest)")
         for meta in metas:
             print(_meta_line(meta, latest))
+    return EXIT_OK
+
+
+def _list_remote(args: argparse.Namespace, settings: Settings) -> int:
+    from pytest_dbsnap.dumps.remote import RemoteStore
+
+    remote = RemoteStore.from_settings(settings)
+    listing: dict[str, list[DumpMeta]] = {}
+    for meta in remote.list_remote(args.env):
+        listing.setdefault(meta.environment, []).append(meta)
+    if args.json:
+        print(json.dumps({env: [json.loads(m.to_json()) for m in metas] for env, metas in listing.items()},
+                         indent=2))
+        return EXIT_OK
+    if not listing:
+        print(f"no dumps in {remote.where}" + (f" for environment {args.env!r}" if args.env else ""))
+        return EXIT_OK
+    for env, metas in listing.items():
+        latest = remote.latest_pointer(env) or metas[-1].name
+        print(f"[{env}] in {remote.url} ({len(metas)} dump(s), * = latest)")
+        for meta in metas:
+            print(_meta_line(meta, latest))
+    return EXIT_OK
+
+
+def cmd_push(args: argparse.Namespace, settings: Settings) -> int:
+    from pytest_dbsnap.dumps.remote import RemoteStore
+
+    remote = RemoteStore.from_settings(settings)
+    done = remote.push(_store(settings), settings.env, args.name)
+    what = f"pushed in {done.seconds:.1f} s" if done.moved else "was already there"
+    print(f"{settings.env}/{done.meta.name} {what} ({done.meta.size_bytes / 1e6:.1f} MB, sha256 "
+          f"{done.meta.sha256[:16]}...); it is now the latest of {settings.env!r} in {remote.url}")
+    return EXIT_OK
+
+
+def cmd_pull(args: argparse.Namespace, settings: Settings) -> int:
+    from pytest_dbsnap.dumps.remote import RemoteStore
+
+    store = _store(settings)
+    done = RemoteStore.from_settings(settings).pull(store, settings.env, args.name)
+    what = f"pulled in {done.seconds:.1f} s, sha256 verified" if done.moved else "was already here"
+    print(f"{settings.env}/{done.meta.name} {what} ({done.meta.size_bytes / 1e6:.1f} MB); it is now the latest "
+          f"of {settings.env!r} in {store.root}")
     return EXIT_OK
 
 
@@ -238,6 +284,8 @@ COMMANDS: dict[str, tuple[Command, str]] = {
     "verify": (cmd_verify, "check dumps against their sha256 and that pg_restore can read them"),
     "prune": (cmd_prune, "remove old dumps (and, with a DSN, their template databases)"),
     "import": (cmd_import, "wrap an existing pg_dump -Fc file into the store"),
+    "push": (cmd_push, "upload a dump to the remote store (setting remote) and make it the remote latest"),
+    "pull": (cmd_pull, "download a dump from the remote store, verify it and make it the local latest"),
 }
 
 
@@ -254,7 +302,8 @@ def _positive(text: str) -> int:
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="dbsnap", description="Versioned PostgreSQL dumps: generate, restore, list, show, verify, prune, "
-        "import. Settings come from [tool.dbsnap] in the nearest pyproject.toml, then DBSNAP_* variables, then flags.")
+        "import, push, pull. Settings come from [tool.dbsnap] in the nearest pyproject.toml, then DBSNAP_* "
+        "variables, then flags.")
     parser.add_argument("--version", action="version", version=f"%(prog)s {__version__}")
     commands = parser.add_subparsers(dest="command", metavar="COMMAND")
     sub = {name: commands.add_parser(name, help=text, description=text) for name, (_, text) in COMMANDS.items()}
@@ -277,6 +326,9 @@ def build_parser() -> argparse.ArgumentParser:
     sub["restore"].add_argument("--no-spare", action="store_true",
                                 help="do not prepare the spare copy that makes the next restore instant")
     sub["list"].add_argument("--json", action="store_true", help="print JSON")
+    sub["list"].add_argument("--remote", action="store_true", help="list the remote store's dumps (setting remote)")
+    for name in ("push", "pull"):
+        sub[name].add_argument("name", nargs="?", default="latest", help="dump name or latest (default: latest)")
     sub["show"].add_argument("name", nargs="?", default="latest", help="dump name or latest")
     sub["show"].add_argument("--json", action="store_true", help="print JSON")
     sub["verify"].add_argument("name", nargs="?", help="dump name (default: every dump of the environment)")

@@ -9,6 +9,11 @@ DbsnapError
  |    +-- DumpCorrupt
  +-- RestoreError         a restore failed; the target database was left as it was
  +-- ServiceError         a backend/frontend process did not become healthy
+ +-- RemoteError          the shared dump store (S3) could not be used
+      +-- RemoteCredentialsError   no usable AWS credentials were found
+      +-- RemoteAccessDenied       the store refused the credentials or the action
+      +-- RemoteBucketMissing      the bucket does not exist
+      +-- RemoteUnreachable        the endpoint could not be reached
 
 The plugin turns these into a usage error or a failed phase with the message only; the CLI prints the message
 and exits non-zero. Anything else is a bug and keeps its traceback.
@@ -56,3 +61,23 @@ class RestoreError(DbsnapError):
 
 class ServiceError(DbsnapError):
     """An app service did not start or did not become healthy."""
+
+
+class RemoteError(DbsnapError):
+    """The shared dump store on object storage could not be used; the local store is unchanged."""
+
+
+class RemoteCredentialsError(RemoteError):
+    """No usable AWS credentials were found by boto3's default chain."""
+
+
+class RemoteAccessDenied(RemoteError):
+    """The object store rejected the credentials or refused the action."""
+
+
+class RemoteBucketMissing(RemoteError):
+    """The bucket named by the remote setting does not exist."""
+
+
+class RemoteUnreachable(RemoteError):
+    """The object store's endpoint could not be reached (network, DNS, proxy, wrong endpoint URL)."""

@@ -15,6 +15,7 @@ from pytest_dbsnap.dumps import databases
 from pytest_dbsnap.dumps.fingerprint import compute_fingerprint
 from pytest_dbsnap.dumps.generate import generate_dump, migrate
 from pytest_dbsnap.dumps.meta import DumpMeta
+from pytest_dbsnap.dumps.remote import RemoteStore
 from pytest_dbsnap.dumps.restore import check_target, drop_orphan_templates, prepare_spare, restore_dump
 from pytest_dbsnap.dumps.store import DumpStore
 from pytest_dbsnap.errors import DumpError
@@ -40,6 +41,9 @@ class DatabaseOutcome:
     generate_seconds: float = 0.0
     verified: bool = False
     stale_reason: str | None = None
+    pulled: bool = False  # brought from the remote dump store (setting remote) instead of generated
+    pull_seconds: float = 0.0
+    pushed: bool = False  # sent to the remote dump store (--push-dump)
     _spare_thread: threading.Thread | None = field(default=None, repr=False)
 
     def describe(self) -> str:
@@ -48,8 +52,11 @@ class DatabaseOutcome:
         how = f"{self.method} in {self.seconds:.2f} s"
         if self.generated:
             how = f"generated in {self.generate_seconds:.1f} s ({self.stale_reason}), then {how}"
+        if self.pulled:
+            how = f"pulled from the remote store in {self.pull_seconds:.1f} s, then {how}"
         verified = ", sha256 verified" if self.verified else ""
-        return f"{self.meta.environment}/{self.meta.name} -> {self.database!r}: {how}{verified}"
+        pushed = ", pushed to the remote store" if self.pushed else ""
+        return f"{self.meta.environment}/{self.meta.name} -> {self.database!r}: {how}{verified}{pushed}"
 
     def wait_for_spare(self, timeout: float | None = None) -> None:
         if self._spare_thread is not None:
@@ -102,11 +109,22 @@ def prepare_database(server: Server, settings: Settings, *, progress: Progress =
     meta = store.latest(settings.env)
     reason = staleness(settings, meta)
     generated, generate_seconds = False, 0.0
+    pulled, pull_seconds = False, 0.0
+    if reason is not None and settings.remote and not settings.regenerate_dump:
+        # Another runner may have made this very dump already: a download beats minutes of seeding.
+        progress(f"looking for a current dump of {settings.env!r} in {settings.remote}")
+        started = time.monotonic()
+        fingerprint, _inputs = compute_fingerprint(settings)
+        fetched = RemoteStore.from_settings(settings).pull_matching(store, settings.env, fingerprint)
+        if fetched is not None:
+            meta, reason, pulled = fetched.meta, None, True
+            pull_seconds = time.monotonic() - started
     if reason is not None:
         if not settings.seed_command:
-            what = "There is no dump" if meta is None else f"The latest dump {meta.name} is {reason}, and"
+            where = f"of environment {settings.env!r} in {store.root}"
+            what = f"There is no dump {where}" if meta is None else f"The latest dump {meta.name} {where} is {reason}"
             raise DumpError(
-                f"{what} of environment {settings.env!r} in {store.root}, and no seed_command is configured to "
+                f"{what}, and no seed_command is configured to "
                 f"generate one. Set seed_command (and migrate_command) in [tool.dbsnap], run "
                 f"`dbsnap generate --env {settings.env}`, import a dump with `dbsnap import FILE --env "
                 f"{settings.env}`, or pass --skip-dump-restore to use the database as it is."
@@ -121,11 +139,17 @@ def prepare_database(server: Server, settings: Settings, *, progress: Progress =
     result = restore_dump(server, meta, store.dump_path(settings.env, meta.name), target, verify=settings.verify,
                           jobs=settings.jobs, progress=progress)
     migrate(server, settings, target)
+    pushed = False
+    if settings.push_dump and not pulled:
+        # After the restore, so that only a dump that restores is shared; pushing an existing one is a no-op.
+        progress(f"pushing {settings.env}/{meta.name} to {settings.remote}")
+        RemoteStore.from_settings(settings).push(store, settings.env, meta.name)
+        pushed = True
     if server.provider == "local":
         # The parked local cluster is this project's own: templates of dumps that are gone only take space.
         drop_orphan_templates(server, store.all_sha256())
     outcome = DatabaseOutcome(target, result.method, result.seconds, meta, generated, generate_seconds,
-                              result.verified, reason if generated else None)
+                              result.verified, reason if generated else None, pulled, pull_seconds, pushed)
     if spare_in_background:
         outcome._spare_thread = threading.Thread(target=_spare_quietly, args=(server, meta), daemon=True,
                                                  name="dbsnap-spare")

@@ -137,6 +137,35 @@ def parse_port(value: object) -> int | None:
     return port
 
 
+_BUCKET = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{1,254}$")
+
+
+def split_s3_url(url: str) -> tuple[str, str]:
+    """s3://bucket/some/prefix -> ("bucket", "some/prefix"); the prefix may be empty."""
+    if not url.startswith("s3://"):
+        raise ValueError('expected a URL like "s3://bucket/prefix"')
+    bucket, _, prefix = url.removeprefix("s3://").partition("/")
+    if not _BUCKET.match(bucket):
+        raise ValueError('expected a bucket name after s3:// (letters, digits, ".", "-", "_"): s3://bucket/prefix')
+    prefix = prefix.strip("/")
+    if prefix and any(part in ("", ".", "..") for part in prefix.split("/")):
+        raise ValueError("expected a prefix of plain folder names (no empty, '.' or '..' parts)")
+    return bucket, prefix
+
+
+def parse_s3_url(value: object) -> str:
+    text = parse_str(value).strip()
+    split_s3_url(text)
+    return text
+
+
+def parse_http_url(value: object) -> str:
+    text = parse_str(value).strip()
+    if not re.match(r"^https?://[^/\s]+", text):
+        raise ValueError('expected an http:// or https:// URL, such as "http://127.0.0.1:9000"')
+    return text.rstrip("/")
+
+
 def parse_env_table(value: object) -> dict[str, str]:
     if isinstance(value, dict) and all(isinstance(k, str) for k in value):
         return {key: str(item) for key, item in value.items()}
@@ -216,6 +245,13 @@ OPTIONS: tuple[Option, ...] = (
            "park the local cluster at the end of a session and start the next one from it, so dump templates "
            "survive and warm restores are a rename (false: every session starts from the pristine copy)"),
     Option("start_timeout", parse_positive_float, 30.0, "seconds to wait for PostgreSQL to accept connections"),
+    Option("remote", parse_s3_url, None,
+           "shared dump store on S3-compatible storage, s3://bucket/prefix (credentials and region from the "
+           "standard AWS variables and config files); a missing or stale dump is pulled from it before generating"),
+    Option("remote_endpoint_url", parse_http_url, None,
+           "endpoint of an S3-compatible store (MinIO, Ceph, R2...); unset for AWS S3"),
+    Option("push_dump", parse_bool, False, "push the dump this session generated or used to the remote store",
+           flag="--push-dump", flag_is_switch=True),
 )
 OPTIONS_BY_KEY = {option.key: option for option in OPTIONS}
 
@@ -279,6 +315,9 @@ class Settings:
     required_tools: tuple[str, ...] = ()
     warm_cluster: bool = True
     start_timeout: float = 30.0
+    remote: str | None = None
+    remote_endpoint_url: str | None = None
+    push_dump: bool = False
     backend: ServiceSettings | None = None
     frontend: ServiceSettings | None = None
     sources: Mapping[str, str] = field(default_factory=dict, compare=False)
