@@ -16,7 +16,7 @@ from pytest_dbsnap.dumps.fingerprint import compute_fingerprint
 from pytest_dbsnap.dumps.meta import DumpMeta
 from pytest_dbsnap.dumps.restore import count_rows, template_name
 from pytest_dbsnap.dumps.store import DumpStore
-from pytest_dbsnap.errors import ConfigError, DbsnapError, ToolError
+from pytest_dbsnap.errors import ConfigError, DbsnapError, DumpCorrupt, ToolError
 from pytest_dbsnap.postgres.base import Server
 from pytest_dbsnap.proc import run, run_app_command, tail
 from pytest_dbsnap.redact import redact
@@ -107,7 +107,11 @@ def generate_dump(server: Server, settings: Settings, store: DumpStore, env: str
         )
     with store.lock(env):
         fingerprint, inputs = compute_fingerprint(settings)
-        current = store.latest(env)
+        try:
+            current = store.latest(env)
+        except DumpCorrupt:
+            # Its message tells the user to regenerate: an unreadable latest must not block exactly that.
+            current = None
         if current is not None and not force and current.fingerprint in (fingerprint, None):
             return current, False
         store.remove_leftovers(env)

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import re
 from dataclasses import asdict, dataclass, field, fields
 from pathlib import Path
 from typing import Any
@@ -63,6 +64,10 @@ class DumpMeta:
                      "server_version"):
             if not isinstance(data.get(name), str) or not data.get(name):
                 problems.append(f"{name} must be a non-empty string")
+        version_text = data.get("pg_dump_version")
+        if isinstance(version_text, str) and version_text and not re.match(r"\d+(\.|$)", version_text):
+            # pg_dump_major reads it; a word here would otherwise end in a ValueError with a traceback.
+            problems.append("pg_dump_version must be a version number such as 15.4")
         if not isinstance(data.get("size_bytes"), int) or data["size_bytes"] < 0:
             problems.append("size_bytes must be a whole number")
         sha = data.get("sha256")
@@ -71,6 +76,12 @@ class DumpMeta:
         counts = data.get("row_counts", {})
         if not isinstance(counts, dict) or not all(isinstance(v, int) for v in counts.values()):
             problems.append("row_counts must map table names to whole numbers")
+        if data.get("fingerprint") is not None and not isinstance(data.get("fingerprint"), str):
+            problems.append("fingerprint must be a string or null")
+        inputs = data.get("fingerprint_inputs", {})
+        if not isinstance(inputs, dict) or not all(isinstance(v, str) for v in inputs.values()):
+            # staleness() compares them key by key; anything else would fail there with a traceback.
+            problems.append("fingerprint_inputs must map inputs to their sha256")
         if problems:
             raise DumpCorrupt(f"The dump metadata {where} is malformed: {'; '.join(problems)}. Regenerate the dump "
                               f"(dbsnap generate) or re-import it (dbsnap import).")

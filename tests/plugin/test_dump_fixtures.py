@@ -1,0 +1,159 @@
+"""The dump fixtures seen from a user's pytest run (pytester, one subprocess per run): the first run generates
+and restores, later runs restore the same dump, --skip-dump-restore keeps the database, and a project that cannot
+make a dump gets one paragraph saying how."""
+
+from __future__ import annotations
+
+import os
+import shutil
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+from pytest_dbsnap.dumps.store import DumpStore
+from pytest_dbsnap.postgres.base import find_pg_tools
+from pytest_dbsnap.postgres.local import LocalCluster
+from pytest_dbsnap.settings import load_settings
+
+PYPROJECT = """\
+[tool.dbsnap]
+database = "app"
+env = "dev"
+dumps_dir = "dumps"
+migrate_command = "python -m refapp.migrate"
+{seed_line}
+schema_version_query = "SELECT version_num FROM alembic_version"
+fingerprint_inputs = ["seed-inputs"]
+"""
+SEED_LINE = 'seed_command = "python -m refapp.seed --scale 100"'
+
+RESTORED_TESTS = """
+from pathlib import Path
+
+def test_the_seeded_rows_are_there(db, dbsnap_dump):
+    assert db.execute("SELECT count(*) FROM reality_nodes").fetchone() == (100,)
+    assert db.execute("SELECT version_num FROM alembic_version").fetchone() == (dbsnap_dump.schema_version,)
+    assert dbsnap_dump.row_counts["public.reality_nodes"] == 100
+    Path("dump-name.txt").write_text(dbsnap_dump.name)
+
+def test_the_restore_replaced_what_an_earlier_run_wrote(db):
+    assert db.execute("SELECT to_regclass('public.written_by_a_test')").fetchone() == (None,)
+
+def test_write_a_row(db):
+    db.execute("CREATE TABLE written_by_a_test (note text)")
+    db.execute("INSERT INTO written_by_a_test VALUES ('from an earlier run')")
+"""
+
+KEPT_TESTS = """
+def test_the_database_was_kept(db, dbsnap_database):
+    assert dbsnap_database.method == "kept as it was"
+    assert db.execute("SELECT note FROM written_by_a_test").fetchall() == [("from an earlier run",)]
+    assert db.execute("SELECT count(*) FROM reality_nodes").fetchone() == (100,)
+"""
+
+FRESH_TESTS = """
+def test_a_new_database_was_created_and_migrated(db, dbsnap_database):
+    assert dbsnap_database.method == "kept as it was"
+    assert db.execute("SELECT to_regclass('public.written_by_a_test')").fetchone() == (None,)
+    assert db.execute("SELECT count(*) FROM reality_nodes").fetchone() == (0,)
+    assert db.execute("SELECT count(*) FROM alembic_version").fetchone() == (1,)
+"""
+
+
+@pytest.fixture(autouse=True)
+def clean_environment(monkeypatch: pytest.MonkeyPatch) -> None:
+    """The runs below must not see the caller's DBSNAP_* or DATABASE_URL."""
+    for name in list(os.environ):
+        if name.startswith("DBSNAP_") or name == "DATABASE_URL":
+            monkeypatch.delenv(name)
+
+
+@pytest.fixture
+def project(
+    pytester: pytest.Pytester, monkeypatch: pytest.MonkeyPatch, tmp_path_factory: pytest.TempPathFactory
+) -> Iterator[Path]:
+    """The pytester folder as a refapp project; its parked cluster is removed afterwards."""
+    cache = tmp_path_factory.getbasetemp() / "pg-cache"  # shared with the other server tests
+    cache.mkdir(exist_ok=True)
+    monkeypatch.setenv("DBSNAP_CACHE_DIR", str(cache))
+    (pytester.path / "seed-inputs").mkdir()
+    (pytester.path / "seed-inputs" / "universe.txt").write_text("galaxies: spiral\n")
+    yield pytester.path
+    settings = load_settings(project_root=pytester.path.resolve(), environ={})
+    if settings.warm_key is not None:
+        slot = LocalCluster(find_pg_tools(None), cache_dir=cache, warm_key=settings.warm_key).warm_slot
+        assert slot is not None
+        shutil.rmtree(slot, ignore_errors=True)
+
+
+def summary_line(result: pytest.RunResult) -> str:
+    [line] = [line for line in result.stdout.lines if line.startswith("database: ")]
+    return line
+
+
+def run(pytester: pytest.Pytester, *args: str) -> pytest.RunResult:
+    return pytester.runpytest_subprocess("-p", "no:cacheprovider", *args, timeout=180)
+
+
+def test_first_run_generates_later_runs_restore_and_skip_keeps_the_database(
+    pytester: pytest.Pytester, project: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    pytester.makepyprojecttoml(PYPROJECT.format(seed_line=SEED_LINE))
+    pytester.makepyfile(test_restored=RESTORED_TESTS)
+    store = DumpStore(project / "dumps")
+
+    first = run(pytester)
+
+    first.assert_outcomes(passed=3)
+    [name] = store.names("dev")
+    assert (project / "dump-name.txt").read_text() == name
+    line = summary_line(first)
+    assert line.startswith(f"database: dev/{name} -> 'app': generated in ")
+    assert "(no dump yet), then " in line
+
+    second = run(pytester)
+
+    second.assert_outcomes(passed=3)
+    assert store.names("dev") == [name], "the second run made another dump"
+    line = summary_line(second)
+    assert line.startswith(f"database: dev/{name} -> 'app': ")
+    assert "generated" not in line
+    assert any(method in line for method in ("spare swap", "template clone", "pg_restore")), line
+
+    # The parked cluster of the last run still has the row its test wrote: --skip-dump-restore keeps it.
+    pytester.makepyfile(test_restored="")
+    pytester.makepyfile(test_kept=KEPT_TESTS)
+    kept = run(pytester, "--skip-dump-restore")
+
+    kept.assert_outcomes(passed=1)
+    assert summary_line(kept).startswith(f"database: dev/{name} -> 'app': kept as it was in ")
+
+    # A cluster that starts from the pristine copy has no app database: it is created empty and migrated.
+    monkeypatch.setenv("DBSNAP_WARM_CLUSTER", "false")
+    pytester.makepyfile(test_kept="")
+    pytester.makepyfile(test_fresh=FRESH_TESTS)
+    fresh = run(pytester, "--skip-dump-restore")
+
+    fresh.assert_outcomes(passed=1)
+    assert store.names("dev") == [name]
+
+
+def test_no_dump_and_no_seed_command_fails_the_fixture_with_one_paragraph(
+    pytester: pytest.Pytester, project: Path
+) -> None:
+    pytester.makepyprojecttoml(PYPROJECT.format(seed_line=""))
+    pytester.makepyfile(test_restored=RESTORED_TESTS)
+
+    result = run(pytester, "-k", "seeded_rows")
+
+    result.assert_outcomes(errors=1, deselected=2)
+    output = result.stdout.str() + result.stderr.str()
+    assert "Traceback" not in output
+    [message] = [line for line in result.stdout.lines if "could not prepare the app database" in line]
+    assert message.startswith("pytest-dbsnap: could not prepare the app database: There is no dump of environment ")
+    assert f"'dev' in {project / 'dumps'}, and no seed_command is configured" in message
+    assert "`dbsnap generate --env dev`" in message
+    assert "--skip-dump-restore" in message
+    assert not (project / "dumps" / "dev").exists()
+    assert not (project / "dump-name.txt").exists()
