@@ -51,7 +51,9 @@ def load_cli_settings(args: argparse.Namespace) -> Settings:
         "verify": False if getattr(args, "no_verify", False) else None,
         "restore_jobs": getattr(args, "jobs", None),
     }
-    return load_settings(project_root=root, pyproject=pyproject, cli=cli)
+    flags = {"env": "--env", "dsn": "--dsn", "dumps_dir": "--dumps-dir", "pg_bindir": "--pg-bindir",
+             "allow_remote": "--allow-remote", "verify": "--no-verify", "restore_jobs": "--jobs"}
+    return load_settings(project_root=root, pyproject=pyproject, cli=cli, cli_flags=flags)
 
 
 def _store(settings: Settings) -> DumpStore:
@@ -62,7 +64,7 @@ def _store(settings: Settings) -> DumpStore:
 
 @contextlib.contextmanager
 def _server(settings: Settings, *, required: bool) -> Iterator[Server]:
-    """The DSN's server, or (for generate) a throwaway local cluster when no DSN is given."""
+    """The DSN's server, or (for generate) the project's local cluster when no DSN is given."""
     from pytest_dbsnap.postgres import start_server
 
     if settings.dsn:
@@ -314,7 +316,7 @@ def build_parser() -> argparse.ArgumentParser:
         command_parser.add_argument("--pg-bindir", help="folder of the Postgres programs")
     for name in ("generate", "restore", "prune"):
         sub[name].add_argument("--dsn", help="server to use (default: DBSNAP_DSN or DATABASE_URL; generate "
-                                             "without one uses a throwaway local cluster)")
+                                             "without one uses the local cluster)")
         sub[name].add_argument("--allow-remote", action="store_true",
                                help="allow a DSN whose host is not this machine")
     sub["generate"].add_argument("--if-stale", action="store_true",

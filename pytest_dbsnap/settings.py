@@ -401,6 +401,7 @@ def load_settings(
     ini: Mapping[str, object | None] | None = None,
     environ: Mapping[str, str] | None = None,
     cli: Mapping[str, object | None] | None = None,
+    cli_flags: Mapping[str, str] | None = None,
 ) -> Settings:
     """Merge the sources (pyproject < ini < environment < command line) into one validated Settings.
 
@@ -431,8 +432,8 @@ def load_settings(
                 continue
             if source == "the environment":
                 where = f"the environment variable {option.env_name}"
-            elif source == "the command line" and option.flag:
-                where = f"the command-line flag {option.flag}"
+            elif source == "the command line" and (flag := (cli_flags or {}).get(option.key, option.flag)):
+                where = f"the command-line flag {flag}"
             elif source == "the pytest ini file":
                 where = f"the ini option {option.ini_name}"
             else:

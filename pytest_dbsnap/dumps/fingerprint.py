@@ -18,7 +18,10 @@ def _files(root: Path, pattern: str) -> list[Path]:
     for match in matches:
         candidates = sorted(match.rglob("*")) if match.is_dir() else [match]
         for path in candidates:
-            if path.is_file() and not (_SKIP_PARTS & set(path.parts)) and path.suffix not in _SKIP_SUFFIXES:
+            # Skip caches by the part of the path inside the project: the project may itself live in a
+            # folder whose absolute path contains such a name.
+            inside = path.relative_to(root).parts if path.is_relative_to(root) else path.parts
+            if path.is_file() and not (_SKIP_PARTS & set(inside)) and path.suffix not in _SKIP_SUFFIXES:
                 files.append(path)
     return files
 

@@ -189,7 +189,8 @@ class DumpStore:
     def remove_leftovers(self, env: str) -> builtins.list[Path]:
         """Temporary files of generators that were killed (only those no lock holder is writing now)."""
         folder = self.env_dir(env)
-        leftovers = [p for p in folder.glob(".incoming-*.tmp")] + [p for p in folder.glob(".*.json.*.tmp")]
+        patterns = (".incoming-*.tmp", ".*.json.*.tmp", f".{LATEST}.*.tmp")
+        leftovers = [path for pattern in patterns for path in folder.glob(pattern)]
         for path in leftovers:
             path.unlink(missing_ok=True)
         return leftovers
