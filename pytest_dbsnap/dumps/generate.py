@@ -45,6 +45,15 @@ def dump_name(created: dt.datetime, commit: str | None, dirty: bool, fingerprint
     return f"{stamp}-{commit or 'nogit'}{'-dirty' if dirty else ''}-{fingerprint[:8]}"
 
 
+def _unused_name(store: DumpStore, env: str, name: str) -> str:
+    """Two dumps made within one second (a forced regeneration) get distinct names instead of a refusal."""
+    candidate, number = name, 1
+    while store.meta_path(env, candidate).exists() or store.dump_path(env, candidate).exists():
+        number += 1
+        candidate = f"{name}-{number}"
+    return candidate
+
+
 def read_schema_version(server: Server, database: str, query: str | None) -> str | None:
     if not query:
         return None
@@ -135,7 +144,7 @@ def generate_dump(server: Server, settings: Settings, store: DumpStore, env: str
             progress("pg_dump -Fc")
             sha256, size = pg_dump_to(server, scratch, temporary)
             meta = DumpMeta(
-                name=dump_name(created, commit, dirty, fingerprint), environment=env, database=settings.database,
+                name=_unused_name(store, env, dump_name(created, commit, dirty, fingerprint)), environment=env, database=settings.database,
                 created_at=created.isoformat().replace("+00:00", "Z"), sha256=sha256, size_bytes=size,
                 pg_dump_version=server.tools.version, server_version=server.version, git_commit=commit,
                 git_dirty=dirty, fingerprint=fingerprint, fingerprint_inputs=inputs,
