@@ -9,6 +9,8 @@ DbsnapError
  |    +-- DumpCorrupt
  +-- RestoreError         a restore failed; the target database was left as it was
  +-- ServiceError         a backend/frontend process did not become healthy
+ +-- BrowserUnavailable   no Chromium or no Playwright for the frontend's browser checks
+ +-- RenderError          the frontend page did not load or did not show its data in the browser
  +-- RemoteError          the shared dump store (S3) could not be used
       +-- RemoteCredentialsError   no usable AWS credentials were found
       +-- RemoteAccessDenied       the store refused the credentials or the action
@@ -81,3 +83,19 @@ class RemoteBucketMissing(RemoteError):
 
 class RemoteUnreachable(RemoteError):
     """The object store's endpoint could not be reached (network, DNS, proxy, wrong endpoint URL)."""
+
+
+class BrowserUnavailable(DbsnapError):
+    """No Chromium was found or it would not start, or Playwright is not installed."""
+
+
+class RenderError(DbsnapError):
+    """The frontend page did not load, or did not show its data in time; carries what the page logged."""
+
+    def __init__(self, message: str, *, url: str, console_errors: tuple[str, ...] = (),
+                 screenshot: bytes | None = None, first_screen: bytes | None = None) -> None:
+        super().__init__(message)
+        self.url = url
+        self.console_errors = console_errors
+        self.screenshot = screenshot  # the full page, PNG
+        self.first_screen = first_screen  # the viewport, PNG

@@ -9,7 +9,7 @@ import os
 from collections.abc import Generator, Iterator
 from dataclasses import dataclass
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, NoReturn
 
 import pytest
 
@@ -32,6 +32,9 @@ OUTCOME_KEY = pytest.StashKey["DatabaseOutcome"]()
 SERVER_KEY = pytest.StashKey[Server]()
 SERVICES_KEY = pytest.StashKey[dict[str, "Service"]]()
 PHASES_KEY = pytest.StashKey[PhaseBook]()
+
+# The frontend's browser checks (the frontend_page fixture and its report extras) live in their own module.
+pytest_plugins = ["pytest_dbsnap.browser_plugin"]
 
 
 def pytest_addoption(parser: pytest.Parser) -> None:
@@ -137,6 +140,49 @@ def pytest_configure_node(node: Any) -> None:
              "version": server.tools.version})
 
 
+@pytest.hookimpl(optionalhook=True)
+def pytest_xdist_make_scheduler(config: pytest.Config, log: Any) -> Any:
+    """loadgroup (which this plugin turns `-n N` into) with the crash handling of pytest-xdist's later fixes.
+
+    In pytest-xdist 3.8 a crashed worker under loadgroup hands the test it died on to another worker, which
+    dies on it too, and a replacement worker given a single test waits forever for a second one (pytest-xdist
+    issues #1323, #1327, #1371): one `os._exit` in a test would hang the whole run.
+    """
+    if config.getvalue("dist") != "loadgroup":
+        return None
+    from xdist.scheduler import LoadGroupScheduling  # type: ignore[import-untyped]
+
+    if not all(hasattr(LoadGroupScheduling, name) for name in ("remove_node", "schedule", "_reschedule")):
+        return None  # a pytest-xdist whose internals moved on (and, one hopes, fixed the hang itself)
+
+    class CrashSafeLoadGroupScheduling(LoadGroupScheduling):  # type: ignore[misc]
+        def remove_node(self, node: Any) -> str | None:
+            workload: dict[str, dict[str, bool]] = self.assigned_work.pop(node)
+            pending = [(scope, nodeid) for scope, unit in workload.items() for nodeid, done in unit.items()
+                       if not done]
+            if not pending:
+                return None
+            scope, crashed = pending[0]
+            workload[scope][crashed] = True  # xdist reports it as failed; running it again would crash again
+            for scope, unit in workload.items():
+                if not all(unit.values()):
+                    self.workqueue[scope] = unit
+            for other in self.assigned_work:
+                self._reschedule(other)
+            return crashed
+
+        def schedule(self) -> None:
+            late = self.collection is not None
+            super().schedule()
+            if late:
+                # A worker runs its last queued test only once it knows whether more follows: give a
+                # replacement a second unit, or tell it (shutdown) that none is coming.
+                for node in self.nodes:
+                    self._reschedule(node)
+
+    return CrashSafeLoadGroupScheduling(config, log)
+
+
 def pytest_unconfigure(config: pytest.Config) -> None:
     if worker_id(config) is None and config.pluginmanager.has_plugin("dsession") and SERVER_KEY in config.stash:
         config.stash[SERVER_KEY].stop()
@@ -148,9 +194,11 @@ def _provider(config: pytest.Config) -> tuple[str, str]:
     return config.stash[PROVIDER_KEY]
 
 
-def _fail(what: str, exc: DbsnapError) -> None:
+def _fail(what: str, exc: DbsnapError) -> NoReturn:
     """A setup failure the user can fix: the message only, no traceback into our internals."""
-    pytest.fail(f"pytest-dbsnap: {what}: {exc}", pytrace=False)
+    # `from None`: pytest shows the chained exceptions even with pytrace=False, which would repeat the
+    # message (and mirakuru's) two more times around a "During handling..." line.
+    raise pytest.fail.Exception(f"pytest-dbsnap: {what}: {exc}", pytrace=False) from None
 
 
 # --- report header, summary, reports ------------------------------------------------------------------------

@@ -122,8 +122,9 @@ class Service:
         return httpx.Client(base_url=self.url, timeout=10)
 
     def log_tail(self, lines: int = 40) -> str:
-        """The last lines of the service's log, passwords redacted, for reports and error messages."""
-        return redact(tail(self._read_log(since=0), lines))
+        """The last lines this run of the service wrote, passwords redacted, for reports and error messages
+        (the log file is appended to across runs, and earlier runs' lines would mislead)."""
+        return redact(tail(self._read_log(since=self._log_start), lines))
 
     def _read_log(self, *, since: int) -> str:
         try:

@@ -23,6 +23,8 @@ from pytest_dbsnap.errors import ConfigError
 from pytest_dbsnap.redact import redact
 
 PROVIDERS = ("auto", "local", "docker", "external")
+# auto: render in Chromium when one is found, skip with the reason otherwise; required: fail without one.
+BROWSER_MODES = ("auto", "required", "off")
 _NAME = re.compile(r"^[A-Za-z0-9_][A-Za-z0-9_.-]{0,62}$")
 _TRUE = {"1", "true", "yes", "on"}
 _FALSE = {"0", "false", "no", "off", ""}
@@ -119,6 +121,20 @@ def parse_provider(value: object) -> str:
     text = parse_str(value).strip().lower()
     if text not in PROVIDERS:
         raise ValueError(f"expected one of {', '.join(PROVIDERS)}")
+    return text
+
+
+def parse_browser_mode(value: object) -> str:
+    text = parse_str(value).strip().lower()
+    if text not in BROWSER_MODES:
+        raise ValueError(f"expected one of {', '.join(BROWSER_MODES)}")
+    return text
+
+
+def parse_css_selector(value: object) -> str:
+    text = parse_str(value).strip()
+    if not text:
+        raise ValueError('expected a CSS selector, such as "#node-list li[data-node-id]"')
     return text
 
 
@@ -270,6 +286,10 @@ class ServiceSettings:
     start_timeout: float = 30.0
     prepare: tuple[tuple[str, ...], ...] = ()
     requires: tuple[str, ...] = ()  # programs the environment phase checks for (node, npm...)
+    # The frontend's browser checks (frontend table only): whether to run them, which Chromium, what to wait for.
+    browser: str = "auto"
+    browser_path: Path | None = None  # None: chromium, chromium-browser, google-chrome... on PATH
+    render_selector: str | None = None  # None: the page's load event is enough
 
 
 _SERVICE_KEYS: dict[str, Callable[[object], Any]] = {
@@ -282,7 +302,11 @@ _SERVICE_KEYS: dict[str, Callable[[object], Any]] = {
     "start_timeout": parse_positive_float,
     "prepare": parse_commands,
     "requires": parse_str_list,
+    "browser": parse_browser_mode,
+    "browser_path": parse_path,
+    "render_selector": parse_css_selector,
 }
+_FRONTEND_ONLY_KEYS = ("browser", "browser_path", "render_selector")
 
 
 @dataclass(frozen=True)
@@ -384,6 +408,10 @@ def _parse_service(name: str, table: object, project_root: Path, pyproject: Path
                           f"{', '.join(_SERVICE_KEYS)}.")
     if "command" not in table:
         raise ConfigError(f"{where} has no command; add command = \"...\" (the program that serves the {name}).")
+    misplaced = [key for key in _FRONTEND_ONLY_KEYS if key in table and name != "frontend"]
+    if misplaced:
+        raise ConfigError(f"{where} has {', '.join(misplaced)}, which only [tool.dbsnap.frontend] takes (the "
+                          f"browser checks render the frontend); move them there.")
     values: dict[str, Any] = {}
     for key, raw in table.items():
         try:
@@ -391,6 +419,10 @@ def _parse_service(name: str, table: object, project_root: Path, pyproject: Path
         except ValueError as exc:
             raise _bad_value(f"{name}.{key}", where, raw, str(exc)) from None
     cwd = values.pop("cwd", Path("."))
+    # "chromium" is looked up on PATH; a path with a folder in it is relative to the project.
+    browser_path = values.get("browser_path")
+    if browser_path is not None and len(browser_path.parts) > 1:
+        values["browser_path"] = project_root / browser_path
     return ServiceSettings(name=name, cwd=(project_root / cwd).resolve(), **values)
 
 
