@@ -51,8 +51,15 @@ def load_cli_settings(args: argparse.Namespace) -> Settings:
         "verify": False if getattr(args, "no_verify", False) else None,
         "restore_jobs": getattr(args, "jobs", None),
     }
-    flags = {"env": "--env", "dsn": "--dsn", "dumps_dir": "--dumps-dir", "pg_bindir": "--pg-bindir",
-             "allow_remote": "--allow-remote", "verify": "--no-verify", "restore_jobs": "--jobs"}
+    flags = {
+        "env": "--env",
+        "dsn": "--dsn",
+        "dumps_dir": "--dumps-dir",
+        "pg_bindir": "--pg-bindir",
+        "allow_remote": "--allow-remote",
+        "verify": "--no-verify",
+        "restore_jobs": "--jobs",
+    }
     return load_settings(project_root=root, pyproject=pyproject, cli=cli, cli_flags=flags)
 
 
@@ -70,8 +77,10 @@ def _server(settings: Settings, *, required: bool) -> Iterator[Server]:
     if settings.dsn:
         server = start_server(settings, "external")
     elif required:
-        raise UsageError("This command needs a target server: pass --dsn, or set DBSNAP_DSN or DATABASE_URL "
-                         "(for example postgresql://postgres@127.0.0.1:5432/app).")
+        raise UsageError(
+            "This command needs a target server: pass --dsn, or set DBSNAP_DSN or DATABASE_URL "
+            "(for example postgresql://postgres@127.0.0.1:5432/app)."
+        )
     else:
         server = start_server(settings, "local")
     with server:
@@ -94,11 +103,14 @@ def _target_database(args: argparse.Namespace, settings: Settings) -> str:
 def _meta_line(meta: DumpMeta, latest: str | None) -> str:
     rows = sum(meta.row_counts.values())
     mark = "*" if meta.name == latest else " "
-    return (f"{mark} {meta.name:<48} {meta.created_at:<21} {meta.size_bytes / 1e6:>9.1f} MB {rows:>10} rows  "
-            f"schema {meta.schema_version or '-'}")
+    return (
+        f"{mark} {meta.name:<48} {meta.created_at:<21} {meta.size_bytes / 1e6:>9.1f} MB {rows:>10} rows  "
+        f"schema {meta.schema_version or '-'}"
+    )
 
 
 # --- commands -----------------------------------------------------------------------------------------------
+
 
 def cmd_generate(args: argparse.Namespace, settings: Settings) -> int:
     from pytest_dbsnap.dumps.generate import generate_dump
@@ -108,11 +120,20 @@ def cmd_generate(args: argparse.Namespace, settings: Settings) -> int:
         # On the parked local cluster the seeded database stays as the dump's template: the next pytest
         # session then restores it with a rename instead of a pg_restore.
         keep = server.provider == "local" and settings.warm_cluster
-        meta, made = generate_dump(server, settings, store, settings.env, force=not args.if_stale,
-                                   keep_as_template=keep, progress=progress_printer())
+        meta, made = generate_dump(
+            server,
+            settings,
+            store,
+            settings.env,
+            force=not args.if_stale,
+            keep_as_template=keep,
+            progress=progress_printer(),
+        )
     verb = "generated" if made else "is current, kept"
-    print(f"{settings.env}/{meta.name} {verb}: {meta.size_bytes / 1e6:.1f} MB, "
-          f"{sum(meta.row_counts.values())} rows, schema {meta.schema_version or '-'}, sha256 {meta.sha256[:16]}...")
+    print(
+        f"{settings.env}/{meta.name} {verb}: {meta.size_bytes / 1e6:.1f} MB, "
+        f"{sum(meta.row_counts.values())} rows, schema {meta.schema_version or '-'}, sha256 {meta.sha256[:16]}..."
+    )
     return EXIT_OK
 
 
@@ -123,10 +144,19 @@ def cmd_restore(args: argparse.Namespace, settings: Settings) -> int:
     meta = store.get(settings.env, args.dump)
     target = _target_database(args, settings)
     with _server(settings, required=True) as server:
-        result = restore_dump(server, meta, store.dump_path(settings.env, meta.name), target,
-                              verify=settings.verify, jobs=settings.jobs, progress=progress_printer())
-        print(f"restored {settings.env}/{meta.name} into {target!r} by {result.method} in {result.seconds:.2f} s"
-              f"{' (sha256 verified)' if result.verified else ''}")
+        result = restore_dump(
+            server,
+            meta,
+            store.dump_path(settings.env, meta.name),
+            target,
+            verify=settings.verify,
+            jobs=settings.jobs,
+            progress=progress_printer(),
+        )
+        print(
+            f"restored {settings.env}/{meta.name} into {target!r} by {result.method} in {result.seconds:.2f} s"
+            f"{' (sha256 verified)' if result.verified else ''}"
+        )
         if not args.no_spare:
             _prepare_spare_in_background(server.dsn("postgres"), store.meta_path(settings.env, meta.name))
     return EXIT_OK
@@ -137,8 +167,14 @@ def _prepare_spare_in_background(admin_dsn: str, meta_path: Path) -> None:
     import subprocess
 
     env = {**os.environ, "DBSNAP_SPARE_DSN": admin_dsn, "DBSNAP_SPARE_META": str(meta_path)}
-    subprocess.Popen([sys.executable, "-m", "pytest_dbsnap.dumps.spare"], env=env, stdin=subprocess.DEVNULL,
-                     stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True)
+    subprocess.Popen(
+        [sys.executable, "-m", "pytest_dbsnap.dumps.spare"],
+        env=env,
+        stdin=subprocess.DEVNULL,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+        start_new_session=True,
+    )
 
 
 def cmd_list(args: argparse.Namespace, settings: Settings) -> int:
@@ -148,8 +184,7 @@ def cmd_list(args: argparse.Namespace, settings: Settings) -> int:
     envs = [args.env] if args.env else store.environments()
     listing = {env: store.list(env) for env in envs}
     if args.json:
-        print(json.dumps({env: [json.loads(m.to_json()) for m in metas] for env, metas in listing.items()},
-                         indent=2))
+        print(json.dumps({env: [json.loads(m.to_json()) for m in metas] for env, metas in listing.items()}, indent=2))
         return EXIT_OK
     if not any(listing.values()):
         print(f"no dumps in {store.root}" + (f" for environment {args.env!r}" if args.env else ""))
@@ -170,8 +205,7 @@ def _list_remote(args: argparse.Namespace, settings: Settings) -> int:
     for meta in remote.list_remote(args.env):
         listing.setdefault(meta.environment, []).append(meta)
     if args.json:
-        print(json.dumps({env: [json.loads(m.to_json()) for m in metas] for env, metas in listing.items()},
-                         indent=2))
+        print(json.dumps({env: [json.loads(m.to_json()) for m in metas] for env, metas in listing.items()}, indent=2))
         return EXIT_OK
     if not listing:
         print(f"no dumps in {remote.where}" + (f" for environment {args.env!r}" if args.env else ""))
@@ -190,8 +224,10 @@ def cmd_push(args: argparse.Namespace, settings: Settings) -> int:
     remote = RemoteStore.from_settings(settings)
     done = remote.push(_store(settings), settings.env, args.name)
     what = f"pushed in {done.seconds:.1f} s" if done.moved else "was already there"
-    print(f"{settings.env}/{done.meta.name} {what} ({done.meta.size_bytes / 1e6:.1f} MB, sha256 "
-          f"{done.meta.sha256[:16]}...); it is now the latest of {settings.env!r} in {remote.url}")
+    print(
+        f"{settings.env}/{done.meta.name} {what} ({done.meta.size_bytes / 1e6:.1f} MB, sha256 "
+        f"{done.meta.sha256[:16]}...); it is now the latest of {settings.env!r} in {remote.url}"
+    )
     return EXIT_OK
 
 
@@ -201,8 +237,10 @@ def cmd_pull(args: argparse.Namespace, settings: Settings) -> int:
     store = _store(settings)
     done = RemoteStore.from_settings(settings).pull(store, settings.env, args.name)
     what = f"pulled in {done.seconds:.1f} s, sha256 verified" if done.moved else "was already here"
-    print(f"{settings.env}/{done.meta.name} {what} ({done.meta.size_bytes / 1e6:.1f} MB); it is now the latest "
-          f"of {settings.env!r} in {store.root}")
+    print(
+        f"{settings.env}/{done.meta.name} {what} ({done.meta.size_bytes / 1e6:.1f} MB); it is now the latest "
+        f"of {settings.env!r} in {store.root}"
+    )
     return EXIT_OK
 
 
@@ -214,12 +252,29 @@ def cmd_show(args: argparse.Namespace, settings: Settings) -> int:
     current, _inputs = compute_fingerprint(settings)
     stale = meta.fingerprint is not None and meta.fingerprint != current
     if args.json:
-        print(json.dumps({**json.loads(meta.to_json()), "stale": stale,
-                          "path": str(store.dump_path(settings.env, meta.name))}, indent=2))
+        print(
+            json.dumps(
+                {**json.loads(meta.to_json()), "stale": stale, "path": str(store.dump_path(settings.env, meta.name))},
+                indent=2,
+            )
+        )
         return EXIT_OK
     print(f"{settings.env}/{meta.name}  ({store.dump_path(settings.env, meta.name)})")
-    for key in ("created_at", "source", "database", "schema_version", "git_commit", "git_dirty", "pg_dump_version",
-                "server_version", "size_bytes", "sha256", "fingerprint", "duration_seconds", "tool_version"):
+    for key in (
+        "created_at",
+        "source",
+        "database",
+        "schema_version",
+        "git_commit",
+        "git_dirty",
+        "pg_dump_version",
+        "server_version",
+        "size_bytes",
+        "sha256",
+        "fingerprint",
+        "duration_seconds",
+        "tool_version",
+    ):
         print(f"  {key:<17} {getattr(meta, key)}")
     print(f"  {'stale':<17} {stale}" + ("  (migrations or seed inputs changed since)" if stale else ""))
     for table, count in sorted(meta.row_counts.items()):
@@ -272,8 +327,10 @@ def cmd_import(args: argparse.Namespace, settings: Settings) -> int:
 
     store = _store(settings)
     meta = import_dump(store, find_pg_tools(settings.pg_bindir, need_server=False), Path(args.file), settings.env)
-    print(f"imported {args.file} as {settings.env}/{meta.name} ({meta.size_bytes / 1e6:.1f} MB, "
-          f"pg_dump {meta.pg_dump_version}); it is now the latest of {settings.env!r}")
+    print(
+        f"imported {args.file} as {settings.env}/{meta.name} ({meta.size_bytes / 1e6:.1f} MB, "
+        f"pg_dump {meta.pg_dump_version}); it is now the latest of {settings.env!r}"
+    )
     return EXIT_OK
 
 
@@ -303,30 +360,36 @@ def _positive(text: str) -> int:
 
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
-        prog="dbsnap", description="Versioned PostgreSQL dumps: generate, restore, list, show, verify, prune, "
+        prog="dbsnap",
+        description="Versioned PostgreSQL dumps: generate, restore, list, show, verify, prune, "
         "import, push, pull. Settings come from [tool.dbsnap] in the nearest pyproject.toml, then DBSNAP_* "
-        "variables, then flags.")
+        "variables, then flags.",
+    )
     parser.add_argument("--version", action="version", version=f"%(prog)s {__version__}")
     commands = parser.add_subparsers(dest="command", metavar="COMMAND")
     sub = {name: commands.add_parser(name, help=text, description=text) for name, (_, text) in COMMANDS.items()}
     for name, command_parser in sub.items():
-        command_parser.add_argument("--env", help="dump environment (default: setting env, else dev)",
-                                    required=name == "prune")
+        command_parser.add_argument(
+            "--env", help="dump environment (default: setting env, else dev)", required=name == "prune"
+        )
         command_parser.add_argument("--dumps-dir", help="dump store folder (default: seeds/dumps)")
         command_parser.add_argument("--pg-bindir", help="folder of the Postgres programs")
     for name in ("generate", "restore", "prune"):
-        sub[name].add_argument("--dsn", help="server to use (default: DBSNAP_DSN or DATABASE_URL; generate "
-                                             "without one uses the local cluster)")
-        sub[name].add_argument("--allow-remote", action="store_true",
-                               help="allow a DSN whose host is not this machine")
-    sub["generate"].add_argument("--if-stale", action="store_true",
-                                 help="keep the latest dump when it is still current instead of generating")
+        sub[name].add_argument(
+            "--dsn",
+            help="server to use (default: DBSNAP_DSN or DATABASE_URL; generate without one uses the local cluster)",
+        )
+        sub[name].add_argument("--allow-remote", action="store_true", help="allow a DSN whose host is not this machine")
+    sub["generate"].add_argument(
+        "--if-stale", action="store_true", help="keep the latest dump when it is still current instead of generating"
+    )
     sub["restore"].add_argument("--dump", default="latest", help="dump name (default: latest)")
     sub["restore"].add_argument("--database", help="target database (default: the DSN's, else setting database)")
     sub["restore"].add_argument("--no-verify", action="store_true", help="skip the sha256 check")
     sub["restore"].add_argument("--jobs", type=_positive, help="parallel pg_restore jobs (default: cores)")
-    sub["restore"].add_argument("--no-spare", action="store_true",
-                                help="do not prepare the spare copy that makes the next restore instant")
+    sub["restore"].add_argument(
+        "--no-spare", action="store_true", help="do not prepare the spare copy that makes the next restore instant"
+    )
     sub["list"].add_argument("--json", action="store_true", help="print JSON")
     sub["list"].add_argument("--remote", action="store_true", help="list the remote store's dumps (setting remote)")
     for name in ("push", "pull"):

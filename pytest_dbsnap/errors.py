@@ -33,8 +33,9 @@ class ConfigError(DbsnapError):
 class ToolError(DbsnapError):
     """An external program is missing or exited non-zero."""
 
-    def __init__(self, message: str, *, command: list[str] | None = None, returncode: int | None = None,
-                 stderr_tail: str = "") -> None:
+    def __init__(
+        self, message: str, *, command: list[str] | None = None, returncode: int | None = None, stderr_tail: str = ""
+    ) -> None:
         super().__init__(message)
         self.command = command or []
         self.returncode = returncode
@@ -92,8 +93,15 @@ class BrowserUnavailable(DbsnapError):
 class RenderError(DbsnapError):
     """The frontend page did not load, or did not show its data in time; carries what the page logged."""
 
-    def __init__(self, message: str, *, url: str, console_errors: tuple[str, ...] = (),
-                 screenshot: bytes | None = None, first_screen: bytes | None = None) -> None:
+    def __init__(
+        self,
+        message: str,
+        *,
+        url: str,
+        console_errors: tuple[str, ...] = (),
+        screenshot: bytes | None = None,
+        first_screen: bytes | None = None,
+    ) -> None:
         super().__init__(message)
         self.url = url
         self.console_errors = console_errors

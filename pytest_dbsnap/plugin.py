@@ -41,14 +41,26 @@ def pytest_addoption(parser: pytest.Parser) -> None:
     group = parser.getgroup("dbsnap", "pytest-dbsnap: seeded PostgreSQL and the app stack")
     for option in OPTIONS:
         if option.flag and option.flag_is_switch:
-            group.addoption(option.flag, dest=option.dest, action="store_const", const=True, default=None,
-                            help=option.help)
+            group.addoption(
+                option.flag, dest=option.dest, action="store_const", const=True, default=None, help=option.help
+            )
         elif option.flag:
-            group.addoption(option.flag, dest=option.dest, default=None, metavar=option.key.upper(),
-                            help=option.help if option.default is None else f"{option.help} (default: {option.default})")
+            group.addoption(
+                option.flag,
+                dest=option.dest,
+                default=None,
+                metavar=option.key.upper(),
+                help=option.help if option.default is None else f"{option.help} (default: {option.default})",
+            )
         if option.negative_flag:
-            group.addoption(option.negative_flag, dest=option.dest, action="store_const", const=False,
-                            default=None, help=f"do not {option.help}")
+            group.addoption(
+                option.negative_flag,
+                dest=option.dest,
+                action="store_const",
+                const=False,
+                default=None,
+                help=f"do not {option.help}",
+            )
         parser.addini(option.ini_name, f"pytest-dbsnap: {option.help}", type="string", default=None)
 
 
@@ -59,8 +71,7 @@ def build_settings(config: pytest.Config) -> Settings:
     ini = {o.key: (config.getini(o.ini_name) or None) for o in OPTIONS}
     cli = {o.key: config.getoption(o.dest, default=None) for o in OPTIONS if o.flag or o.negative_flag}
     try:
-        return load_settings(project_root=root, pyproject=pyproject if pyproject.is_file() else None,
-                             ini=ini, cli=cli)
+        return load_settings(project_root=root, pyproject=pyproject if pyproject.is_file() else None, ini=ini, cli=cli)
     except DbsnapError as exc:
         raise pytest.UsageError(f"pytest-dbsnap: {exc}") from None
 
@@ -72,8 +83,9 @@ def worker_id(config: pytest.Config) -> str | None:
 
 
 def pytest_configure(config: pytest.Config) -> None:
-    config.addinivalue_line("markers", "smoke: an ordered end-to-end smoke phase of pytest-dbsnap "
-                                       "(a failed phase skips the later ones)")
+    config.addinivalue_line(
+        "markers", "smoke: an ordered end-to-end smoke phase of pytest-dbsnap (a failed phase skips the later ones)"
+    )
     settings = build_settings(config)
     worker = worker_id(config)
     if worker is not None:
@@ -115,6 +127,7 @@ def _tag_group(item: pytest.Item) -> None:
 
 # --- one server per run under pytest-xdist: the controller owns it, workers attach ------------------------
 
+
 @pytest.hookimpl(tryfirst=True)
 def pytest_sessionstart(session: pytest.Session) -> None:
     config = session.config
@@ -136,8 +149,13 @@ def pytest_configure_node(node: Any) -> None:
     server = node.config.stash.get(SERVER_KEY, None)
     if server is not None:
         node.workerinput["dbsnap_server"] = json.dumps(
-            {"provider": server.provider, "params": server.params, "bindir": str(server.tools.bindir),
-             "version": server.tools.version})
+            {
+                "provider": server.provider,
+                "params": server.params,
+                "bindir": str(server.tools.bindir),
+                "version": server.tools.version,
+            }
+        )
 
 
 @pytest.hookimpl(optionalhook=True)
@@ -158,8 +176,7 @@ def pytest_xdist_make_scheduler(config: pytest.Config, log: Any) -> Any:
     class CrashSafeLoadGroupScheduling(LoadGroupScheduling):  # type: ignore[misc]
         def remove_node(self, node: Any) -> str | None:
             workload: dict[str, dict[str, bool]] = self.assigned_work.pop(node)
-            pending = [(scope, nodeid) for scope, unit in workload.items() for nodeid, done in unit.items()
-                       if not done]
+            pending = [(scope, nodeid) for scope, unit in workload.items() for nodeid, done in unit.items() if not done]
             if not pending:
                 return None
             scope, crashed = pending[0]
@@ -203,6 +220,7 @@ def _fail(what: str, exc: DbsnapError) -> NoReturn:
 
 # --- report header, summary, reports ------------------------------------------------------------------------
 
+
 def pytest_report_header(config: pytest.Config) -> list[str]:
     settings = config.stash[SETTINGS_KEY]
     provider, why = _provider(config)
@@ -243,8 +261,9 @@ def _publish_facts(config: pytest.Config) -> None:
 
 
 @pytest.hookimpl(optionalhook=True)
-def pytest_html_results_summary(prefix: list[str], summary: list[str], postfix: list[str],
-                                session: pytest.Session) -> None:
+def pytest_html_results_summary(
+    prefix: list[str], summary: list[str], postfix: list[str], session: pytest.Session
+) -> None:
     book = session.config.stash[PHASES_KEY]
     if not book.phases:
         return
@@ -292,8 +311,9 @@ def pytest_runtest_setup(item: pytest.Item) -> None:
 
 
 @pytest.hookimpl(wrapper=True)
-def pytest_runtest_makereport(item: pytest.Item, call: pytest.CallInfo[None]) -> Generator[None, pytest.TestReport,
-                                                                                           pytest.TestReport]:
+def pytest_runtest_makereport(
+    item: pytest.Item, call: pytest.CallInfo[None]
+) -> Generator[None, pytest.TestReport, pytest.TestReport]:
     book = item.config.stash[PHASES_KEY]
     phase = book.phase(item)
     if phase is not None and call.when == "setup":
@@ -320,11 +340,13 @@ def pytest_sessionfinish(session: pytest.Session) -> None:
     if workeroutput is not None:
         # A worker's phases and database line travel to the controller, which writes the reports.
         outcome = config.stash.get(OUTCOME_KEY, None)
-        workeroutput["dbsnap"] = json.dumps({
-            "database": outcome.describe() if outcome is not None else None,
-            "phases": [dataclasses.asdict(p) for p in config.stash[PHASES_KEY].ordered()],
-            "facts": report_facts(config) if outcome is not None else {},
-        })
+        workeroutput["dbsnap"] = json.dumps(
+            {
+                "database": outcome.describe() if outcome is not None else None,
+                "phases": [dataclasses.asdict(p) for p in config.stash[PHASES_KEY].ordered()],
+                "facts": report_facts(config) if outcome is not None else {},
+            }
+        )
 
 
 @pytest.hookimpl(optionalhook=True)
@@ -348,6 +370,7 @@ def pytest_testnodedown(node: Any, error: object) -> None:
 
 # --- fixtures -----------------------------------------------------------------------------------------------
 
+
 @pytest.fixture(scope="session")
 def dbsnap_settings(pytestconfig: pytest.Config) -> Settings:
     """The session's settings; override in conftest.py to build your own."""
@@ -363,8 +386,11 @@ def pg_server(pytestconfig: pytest.Config, dbsnap_settings: Settings) -> Iterato
         from pytest_dbsnap.postgres.external import AttachedServer
 
         info = json.loads(shared)
-        server: Server = AttachedServer(info["params"], PgTools(Path(info["bindir"]), info["version"]),
-                                        provider=f"{info['provider']} (shared by the xdist workers)")
+        server: Server = AttachedServer(
+            info["params"],
+            PgTools(Path(info["bindir"]), info["version"]),
+            provider=f"{info['provider']} (shared by the xdist workers)",
+        )
         pytestconfig.stash[SERVER_KEY] = server
         yield server
         return
@@ -379,8 +405,9 @@ def pg_server(pytestconfig: pytest.Config, dbsnap_settings: Settings) -> Iterato
 
 
 @pytest.fixture(scope="session")
-def dbsnap_database(pytestconfig: pytest.Config, dbsnap_settings: Settings,
-                    pg_server: Server) -> Iterator[DatabaseOutcome]:
+def dbsnap_database(
+    pytestconfig: pytest.Config, dbsnap_settings: Settings, pg_server: Server
+) -> Iterator[DatabaseOutcome]:
     """The app database, restored from the latest dump of --dump-env (generated first when missing or stale)."""
     from pytest_dbsnap.session import prepare_database
 
@@ -426,8 +453,11 @@ def fresh_db(pg_server: Server, dbsnap_database: DatabaseOutcome) -> Iterator[st
     name = databases.temporary_name(databases.FRESH_PREFIX)
     with pg_server.connect() as conn:
         if template is None or not databases.exists(conn, template):
-            pytest.fail("pytest-dbsnap: fresh_db clones the restored dump's template, and this session has none "
-                        "(--skip-dump-restore, or no dump). Run without --skip-dump-restore.", pytrace=False)
+            pytest.fail(
+                "pytest-dbsnap: fresh_db clones the restored dump's template, and this session has none "
+                "(--skip-dump-restore, or no dump). Run without --skip-dump-restore.",
+                pytrace=False,
+            )
         databases.clone(conn, template, name)
     try:
         yield pg_server.dsn(name)
@@ -447,8 +477,9 @@ class RunningService:
     service: Service
 
 
-def _start_service(config: pytest.Config, settings: ServiceSettings, env: dict[str, str],
-                   logs_dir: Path) -> Iterator[RunningService]:
+def _start_service(
+    config: pytest.Config, settings: ServiceSettings, env: dict[str, str], logs_dir: Path
+) -> Iterator[RunningService]:
     from pytest_dbsnap.services import Service
 
     service = Service(settings, env=env, logs_dir=logs_dir)
@@ -470,13 +501,13 @@ def backend(pytestconfig: pytest.Config, dbsnap_settings: Settings, db_dsn: str)
     """The app's backend as a real process on DATABASE_URL = the restored database, healthy before use."""
     if dbsnap_settings.backend is None:
         pytest.skip("no [tool.dbsnap.backend] is configured")
-    yield from _start_service(pytestconfig, dbsnap_settings.backend, {"DATABASE_URL": db_dsn},
-                              dbsnap_settings.logs_dir)
+    yield from _start_service(pytestconfig, dbsnap_settings.backend, {"DATABASE_URL": db_dsn}, dbsnap_settings.logs_dir)
 
 
 @pytest.fixture(scope="session")
-def frontend(pytestconfig: pytest.Config, dbsnap_settings: Settings,
-             backend: RunningService) -> Iterator[RunningService]:
+def frontend(
+    pytestconfig: pytest.Config, dbsnap_settings: Settings, backend: RunningService
+) -> Iterator[RunningService]:
     """The app's frontend as a real process, pointed at the backend; skipped with --skip-frontend."""
     if dbsnap_settings.skip_frontend:
         pytest.skip("--skip-frontend was given, so the frontend was not started")

@@ -120,11 +120,21 @@ def run_app_command(
         log.write(f"$ {redact(shlex.join(command))}\n".encode())
         log.flush()
         try:
-            process = subprocess.Popen(list(command), env=dict(env), cwd=cwd, stdout=log, stderr=subprocess.STDOUT,
-                                       stdin=subprocess.DEVNULL, start_new_session=True)
+            process = subprocess.Popen(
+                list(command),
+                env=dict(env),
+                cwd=cwd,
+                stdout=log,
+                stderr=subprocess.STDOUT,
+                stdin=subprocess.DEVNULL,
+                start_new_session=True,
+            )
         except FileNotFoundError as exc:
-            raise ToolError(f"{what} could not start: the program {command[0]!r} was not found (working folder "
-                            f"{cwd}). Check the command in [tool.dbsnap].", command=list(command)) from exc
+            raise ToolError(
+                f"{what} could not start: the program {command[0]!r} was not found (working folder "
+                f"{cwd}). Check the command in [tool.dbsnap].",
+                command=list(command),
+            ) from exc
         try:
             returncode = process.wait(timeout=timeout)
         except BaseException:
@@ -135,6 +145,10 @@ def run_app_command(
             raise
     if returncode != 0:
         output = redact(tail(log_path.read_text(errors="replace")))
-        raise ToolError(f"{what} failed with exit code {returncode} (command: {redact(shlex.join(command))}). "
-                        f"Last lines of {log_path}:\n{output}", command=list(command), returncode=returncode,
-                        stderr_tail=output)
+        raise ToolError(
+            f"{what} failed with exit code {returncode} (command: {redact(shlex.join(command))}). "
+            f"Last lines of {log_path}:\n{output}",
+            command=list(command),
+            returncode=returncode,
+            stderr_tail=output,
+        )

@@ -90,8 +90,9 @@ def ensure_database(server: Server, name: str) -> None:
             conn.execute(sql.SQL("CREATE DATABASE {}").format(sql.Identifier(name)))
 
 
-def prepare_database(server: Server, settings: Settings, *, progress: Progress = _quiet,
-                     spare_in_background: bool = True) -> DatabaseOutcome:
+def prepare_database(
+    server: Server, settings: Settings, *, progress: Progress = _quiet, spare_in_background: bool = True
+) -> DatabaseOutcome:
     """Get the app database ready: restore (or generate, then restore), migrate, and start the next spare."""
     target = settings.database
     store = DumpStore(settings.dumps_dir)
@@ -100,10 +101,8 @@ def prepare_database(server: Server, settings: Settings, *, progress: Progress =
         ensure_database(server, target)
         migrate(server, settings, target)
         latest = None
-        try:
+        with contextlib.suppress(DumpError):  # an unreadable dump only costs the report its dump name
             latest = store.latest(settings.env)
-        except DumpError:
-            pass
         return DatabaseOutcome(target, "kept as it was", time.monotonic() - began, latest)
 
     meta = store.latest(settings.env)
@@ -131,13 +130,27 @@ def prepare_database(server: Server, settings: Settings, *, progress: Progress =
             )
         progress(f"generating a dump of {settings.env!r} ({reason})")
         started = time.monotonic()
-        meta, generated = generate_dump(server, settings, store, settings.env, force=settings.regenerate_dump,
-                                        keep_as_template=True, progress=progress)
+        meta, generated = generate_dump(
+            server,
+            settings,
+            store,
+            settings.env,
+            force=settings.regenerate_dump,
+            keep_as_template=True,
+            progress=progress,
+        )
         generate_seconds = time.monotonic() - started
     assert meta is not None
     store.get(settings.env, meta.name)  # the dump file itself must be there, with its metadata
-    result = restore_dump(server, meta, store.dump_path(settings.env, meta.name), target, verify=settings.verify,
-                          jobs=settings.jobs, progress=progress)
+    result = restore_dump(
+        server,
+        meta,
+        store.dump_path(settings.env, meta.name),
+        target,
+        verify=settings.verify,
+        jobs=settings.jobs,
+        progress=progress,
+    )
     migrate(server, settings, target)
     pushed = False
     if settings.push_dump and not pulled:
@@ -148,11 +161,23 @@ def prepare_database(server: Server, settings: Settings, *, progress: Progress =
     if server.provider == "local":
         # The parked local cluster is this project's own: templates of dumps that are gone only take space.
         drop_orphan_templates(server, store.all_sha256())
-    outcome = DatabaseOutcome(target, result.method, result.seconds, meta, generated, generate_seconds,
-                              result.verified, reason if generated else None, pulled, pull_seconds, pushed)
+    outcome = DatabaseOutcome(
+        target,
+        result.method,
+        result.seconds,
+        meta,
+        generated,
+        generate_seconds,
+        result.verified,
+        reason if generated else None,
+        pulled,
+        pull_seconds,
+        pushed,
+    )
     if spare_in_background:
-        outcome._spare_thread = threading.Thread(target=_spare_quietly, args=(server, meta), daemon=True,
-                                                 name="dbsnap-spare")
+        outcome._spare_thread = threading.Thread(
+            target=_spare_quietly, args=(server, meta), daemon=True, name="dbsnap-spare"
+        )
         outcome._spare_thread.start()
     return outcome
 

@@ -8,8 +8,8 @@ so that a false or empty value given on purpose is kept.
 
 from __future__ import annotations
 
-import math
 import hashlib
+import math
 import os
 import re
 import shlex
@@ -31,6 +31,7 @@ _FALSE = {"0", "false", "no", "off", ""}
 
 
 # --- value parsers: each takes a raw value (a TOML value or a string) and returns the typed value -------------
+
 
 def parse_bool(value: object) -> bool:
     if isinstance(value, bool):
@@ -190,6 +191,7 @@ def parse_env_table(value: object) -> dict[str, str]:
 
 # --- the table of settings ----------------------------------------------------------------------------------
 
+
 @dataclass(frozen=True)
 class Option:
     """One setting, declared once; every source's name for it derives from `key`."""
@@ -216,58 +218,124 @@ class Option:
 
 
 OPTIONS: tuple[Option, ...] = (
-    Option("provider", parse_provider, "auto",
-           "how to get PostgreSQL: auto, local (throwaway cluster from Postgres binaries), docker "
-           "(docker-compose.dev.yml) or external (an existing server by DSN)", flag="--db-provider"),
-    Option("dsn", parse_str, None,
-           "libpq DSN or URL of an existing server (external provider); DATABASE_URL is read too",
-           flag="--dbsnap-dsn"),
-    Option("database", parse_name, "app", "name of the app database the dump is restored into",
-           flag="--dbsnap-database"),
-    Option("env", parse_name, "dev", "dump environment to restore or generate (dev, staging, prod...)",
-           flag="--dump-env"),
+    Option(
+        "provider",
+        parse_provider,
+        "auto",
+        "how to get PostgreSQL: auto, local (throwaway cluster from Postgres binaries), docker "
+        "(docker-compose.dev.yml) or external (an existing server by DSN)",
+        flag="--db-provider",
+    ),
+    Option(
+        "dsn",
+        parse_str,
+        None,
+        "libpq DSN or URL of an existing server (external provider); DATABASE_URL is read too",
+        flag="--dbsnap-dsn",
+    ),
+    Option(
+        "database", parse_name, "app", "name of the app database the dump is restored into", flag="--dbsnap-database"
+    ),
+    Option(
+        "env", parse_name, "dev", "dump environment to restore or generate (dev, staging, prod...)", flag="--dump-env"
+    ),
     Option("dumps_dir", parse_path, Path("seeds/dumps"), "folder of the dump store", flag="--dumps-dir"),
-    Option("pg_bindir", parse_path, None, "folder holding initdb, pg_ctl, postgres, pg_dump and pg_restore",
-           flag="--pg-bindir"),
-    Option("cache_dir", parse_path, None,
-           "cache for pristine clusters (default: $XDG_CACHE_HOME/pytest-dbsnap or ~/.cache/pytest-dbsnap)"),
+    Option(
+        "pg_bindir",
+        parse_path,
+        None,
+        "folder holding initdb, pg_ctl, postgres, pg_dump and pg_restore",
+        flag="--pg-bindir",
+    ),
+    Option(
+        "cache_dir",
+        parse_path,
+        None,
+        "cache for pristine clusters (default: $XDG_CACHE_HOME/pytest-dbsnap or ~/.cache/pytest-dbsnap)",
+    ),
     Option("compose_file", parse_path, Path("docker-compose.dev.yml"), "compose file of the docker provider"),
     Option("compose_service", parse_str, "postgres", "name of the PostgreSQL service in the compose file"),
     Option("compose_user", parse_str, "postgres", "user of the compose PostgreSQL service"),
     Option("compose_password", parse_str, "postgres", "password of the compose PostgreSQL service"),
-    Option("allow_remote", parse_bool, False,
-           "allow a DSN whose host is not this machine (restoring drops and replaces databases there)",
-           flag="--dbsnap-allow-remote", flag_is_switch=True),
-    Option("migrate_command", parse_command, None,
-           "command that migrates the database named by $DATABASE_URL to head"),
+    Option(
+        "allow_remote",
+        parse_bool,
+        False,
+        "allow a DSN whose host is not this machine (restoring drops and replaces databases there)",
+        flag="--dbsnap-allow-remote",
+        flag_is_switch=True,
+    ),
+    Option("migrate_command", parse_command, None, "command that migrates the database named by $DATABASE_URL to head"),
     Option("seed_command", parse_command, None, "command that seeds the database named by $DATABASE_URL"),
-    Option("schema_version_query", parse_str, None,
-           "SQL returning the schema version, e.g. SELECT version_num FROM alembic_version"),
-    Option("fingerprint_inputs", parse_str_list, (),
-           "files and globs (relative to the project) whose content makes a dump stale when it changes"),
-    Option("verify", parse_bool, True, "check a dump's sha256 before restoring it",
-           negative_flag="--no-dump-verify"),
+    Option(
+        "schema_version_query",
+        parse_str,
+        None,
+        "SQL returning the schema version, e.g. SELECT version_num FROM alembic_version",
+    ),
+    Option(
+        "fingerprint_inputs",
+        parse_str_list,
+        (),
+        "files and globs (relative to the project) whose content makes a dump stale when it changes",
+    ),
+    Option("verify", parse_bool, True, "check a dump's sha256 before restoring it", negative_flag="--no-dump-verify"),
     Option("restore_jobs", parse_positive_int, None, "parallel pg_restore jobs (default: the number of cores)"),
-    Option("skip_dump_restore", parse_bool, False,
-           "keep the app database as it is (create it empty if missing); migrations still run",
-           flag="--skip-dump-restore", flag_is_switch=True),
-    Option("regenerate_dump", parse_bool, False, "generate a fresh dump even when a current one exists",
-           flag="--regenerate-dump", flag_is_switch=True),
-    Option("skip_frontend", parse_bool, False, "do not start the frontend; its phase is skipped",
-           flag="--skip-frontend", flag_is_switch=True),
+    Option(
+        "skip_dump_restore",
+        parse_bool,
+        False,
+        "keep the app database as it is (create it empty if missing); migrations still run",
+        flag="--skip-dump-restore",
+        flag_is_switch=True,
+    ),
+    Option(
+        "regenerate_dump",
+        parse_bool,
+        False,
+        "generate a fresh dump even when a current one exists",
+        flag="--regenerate-dump",
+        flag_is_switch=True,
+    ),
+    Option(
+        "skip_frontend",
+        parse_bool,
+        False,
+        "do not start the frontend; its phase is skipped",
+        flag="--skip-frontend",
+        flag_is_switch=True,
+    ),
     Option("logs_dir", parse_path, Path("reports/logs"), "folder for service logs"),
     Option("required_tools", parse_str_list, (), "extra programs the environment phase checks for"),
-    Option("warm_cluster", parse_bool, True,
-           "park the local cluster at the end of a session and start the next one from it, so dump templates "
-           "survive and warm restores are a rename (false: every session starts from the pristine copy)"),
+    Option(
+        "warm_cluster",
+        parse_bool,
+        True,
+        "park the local cluster at the end of a session and start the next one from it, so dump templates "
+        "survive and warm restores are a rename (false: every session starts from the pristine copy)",
+    ),
     Option("start_timeout", parse_positive_float, 30.0, "seconds to wait for PostgreSQL to accept connections"),
-    Option("remote", parse_s3_url, None,
-           "shared dump store on S3-compatible storage, s3://bucket/prefix (credentials and region from the "
-           "standard AWS variables and config files); a missing or stale dump is pulled from it before generating"),
-    Option("remote_endpoint_url", parse_http_url, None,
-           "endpoint of an S3-compatible store (MinIO, Ceph, R2...); unset for AWS S3"),
-    Option("push_dump", parse_bool, False, "push the dump this session generated or used to the remote store",
-           flag="--push-dump", flag_is_switch=True),
+    Option(
+        "remote",
+        parse_s3_url,
+        None,
+        "shared dump store on S3-compatible storage, s3://bucket/prefix (credentials and region from the "
+        "standard AWS variables and config files); a missing or stale dump is pulled from it before generating",
+    ),
+    Option(
+        "remote_endpoint_url",
+        parse_http_url,
+        None,
+        "endpoint of an S3-compatible store (MinIO, Ceph, R2...); unset for AWS S3",
+    ),
+    Option(
+        "push_dump",
+        parse_bool,
+        False,
+        "push the dump this session generated or used to the remote store",
+        flag="--push-dump",
+        flag_is_switch=True,
+    ),
 )
 OPTIONS_BY_KEY = {option.key: option for option in OPTIONS}
 
@@ -324,7 +392,7 @@ class Settings:
     compose_file: Path = Path("docker-compose.dev.yml")
     compose_service: str = "postgres"
     compose_user: str = "postgres"
-    compose_password: str = "postgres"
+    compose_password: str = "postgres"  # noqa: S105 - the compose file's development default, not a secret
     allow_remote: bool = False
     migrate_command: tuple[str, ...] | None = None
     seed_command: tuple[str, ...] | None = None
@@ -404,14 +472,17 @@ def _parse_service(name: str, table: object, project_root: Path, pyproject: Path
         raise ConfigError(f"{where} must be a table with at least a command.")
     unknown = sorted(set(table) - set(_SERVICE_KEYS))
     if unknown:
-        raise ConfigError(f"{where} has unknown key(s) {', '.join(unknown)}; accepted keys: "
-                          f"{', '.join(_SERVICE_KEYS)}.")
+        raise ConfigError(
+            f"{where} has unknown key(s) {', '.join(unknown)}; accepted keys: {', '.join(_SERVICE_KEYS)}."
+        )
     if "command" not in table:
-        raise ConfigError(f"{where} has no command; add command = \"...\" (the program that serves the {name}).")
+        raise ConfigError(f'{where} has no command; add command = "..." (the program that serves the {name}).')
     misplaced = [key for key in _FRONTEND_ONLY_KEYS if key in table and name != "frontend"]
     if misplaced:
-        raise ConfigError(f"{where} has {', '.join(misplaced)}, which only [tool.dbsnap.frontend] takes (the "
-                          f"browser checks render the frontend); move them there.")
+        raise ConfigError(
+            f"{where} has {', '.join(misplaced)}, which only [tool.dbsnap.frontend] takes (the "
+            f"browser checks render the frontend); move them there."
+        )
     values: dict[str, Any] = {}
     for key, raw in table.items():
         try:

@@ -92,6 +92,7 @@ class PhaseBook:
     def table(self) -> list[str]:
         lines = [f"{'phase':<14} {'status':<8} {'passed':>6} {'failed':>6} {'skipped':>7} {'seconds':>8}"]
         for p in self.ordered():
-            lines.append(f"{p.order:>2} {p.name:<11} {p.status:<8} {p.passed:>6} {p.failed:>6} {p.skipped:>7} "
-                         f"{p.seconds:>8.2f}")
+            lines.append(
+                f"{p.order:>2} {p.name:<11} {p.status:<8} {p.passed:>6} {p.failed:>6} {p.skipped:>7} {p.seconds:>8.2f}"
+            )
         return lines

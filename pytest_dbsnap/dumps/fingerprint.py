@@ -49,8 +49,11 @@ def compute_fingerprint(settings: Settings) -> tuple[str, dict[str, str]]:
             except ValueError:
                 key = str(path)
             inputs[key] = file_sha256(path)
-    shaping = {"migrate_command": settings.migrate_command, "seed_command": settings.seed_command,
-               "schema_version_query": settings.schema_version_query}
+    shaping = {
+        "migrate_command": settings.migrate_command,
+        "seed_command": settings.seed_command,
+        "schema_version_query": settings.schema_version_query,
+    }
     inputs["setting:commands"] = hashlib.sha256(json.dumps(shaping, sort_keys=True).encode()).hexdigest()
     digest = hashlib.sha256()
     for key in sorted(inputs):

@@ -33,8 +33,9 @@ def git_state(folder: Path) -> tuple[str | None, bool]:
     """(short commit, dirty) of the project, or (None, False) outside git."""
     try:
         commit = run(["git", "rev-parse", "--short", "HEAD"], what="git rev-parse", cwd=folder, timeout=10)
-        status = run(["git", "status", "--porcelain", "--untracked-files=no"], what="git status", cwd=folder,
-                     timeout=30)
+        status = run(
+            ["git", "status", "--porcelain", "--untracked-files=no"], what="git status", cwd=folder, timeout=30
+        )
     except ToolError:
         return None, False
     return commit.stdout.strip() or None, bool(status.stdout.strip())
@@ -61,8 +62,10 @@ def read_schema_version(server: Server, database: str, query: str | None) -> str
         try:
             row = conn.execute(query.encode()).fetchone()
         except Exception as exc:
-            raise ConfigError(f"The schema_version_query {query!r} failed on database {database!r}: "
-                              f"{redact(str(exc)).strip()}. Fix the query in [tool.dbsnap].") from exc
+            raise ConfigError(
+                f"The schema_version_query {query!r} failed on database {database!r}: "
+                f"{redact(str(exc)).strip()}. Fix the query in [tool.dbsnap]."
+            ) from exc
     return None if row is None or row[0] is None else str(row[0])
 
 
@@ -73,8 +76,13 @@ def app_env(server: Server, database: str) -> dict[str, str]:
 
 def migrate(server: Server, settings: Settings, database: str) -> None:
     if settings.migrate_command:
-        run_app_command(settings.migrate_command, what="the migrate command", env=app_env(server, database),
-                        cwd=settings.project_root, log_path=settings.logs_dir / "migrate.log")
+        run_app_command(
+            settings.migrate_command,
+            what="the migrate command",
+            env=app_env(server, database),
+            cwd=settings.project_root,
+            log_path=settings.logs_dir / "migrate.log",
+        )
 
 
 def pg_dump_to(server: Server, database: str, destination: Path) -> tuple[str, int]:
@@ -83,25 +91,40 @@ def pg_dump_to(server: Server, database: str, destination: Path) -> tuple[str, i
     command = [str(server.tools.path("pg_dump")), "-Fc", "-d", conninfo]
     digest = hashlib.sha256()
     size = 0
-    with destination.open("wb") as out, subprocess.Popen(command, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
-                                                         env=env) as process:
-        assert process.stdout is not None and process.stderr is not None
-        for chunk in iter(lambda: process.stdout.read(1 << 20), b""):  # type: ignore[union-attr]
+    with (
+        destination.open("wb") as out,
+        subprocess.Popen(command, stdout=subprocess.PIPE, stderr=subprocess.PIPE, env=env) as process,
+    ):
+        stdout, stderr_pipe = process.stdout, process.stderr
+        assert stdout is not None
+        assert stderr_pipe is not None
+        for chunk in iter(lambda: stdout.read(1 << 20), b""):
             digest.update(chunk)
             out.write(chunk)
             size += len(chunk)
-        stderr = process.stderr.read().decode(errors="replace")
+        stderr = stderr_pipe.read().decode(errors="replace")
         returncode = process.wait()
         out.flush()
         os.fsync(out.fileno())
     if returncode != 0:
-        raise ToolError(f"pg_dump of database {database!r} failed with exit code {returncode}:\n"
-                        f"{redact(tail(stderr))}", returncode=returncode, stderr_tail=stderr)
+        raise ToolError(
+            f"pg_dump of database {database!r} failed with exit code {returncode}:\n{redact(tail(stderr))}",
+            returncode=returncode,
+            stderr_tail=stderr,
+        )
     return digest.hexdigest(), size
 
 
-def generate_dump(server: Server, settings: Settings, store: DumpStore, env: str, *, force: bool = False,
-                  keep_as_template: bool = False, progress: Progress = _quiet) -> tuple[DumpMeta, bool]:
+def generate_dump(
+    server: Server,
+    settings: Settings,
+    store: DumpStore,
+    env: str,
+    *,
+    force: bool = False,
+    keep_as_template: bool = False,
+    progress: Progress = _quiet,
+) -> tuple[DumpMeta, bool]:
     """Generate a dump of `env` unless a current one exists; returns (meta, generated_now).
 
     Concurrent callers serialise on the store's lock; the second finds the first's dump current and reuses it.
@@ -136,20 +159,36 @@ def generate_dump(server: Server, settings: Settings, store: DumpStore, env: str
             progress("running the migrate command")
             migrate(server, settings, scratch)
             progress("running the seed command (this is the slow part a dump saves next time)")
-            run_app_command(settings.seed_command, what="the seed command", env=app_env(server, scratch),
-                            cwd=settings.project_root, log_path=settings.logs_dir / "seed.log")
+            run_app_command(
+                settings.seed_command,
+                what="the seed command",
+                env=app_env(server, scratch),
+                cwd=settings.project_root,
+                log_path=settings.logs_dir / "seed.log",
+            )
             schema_version = read_schema_version(server, scratch, settings.schema_version_query)
             with server.connect(scratch) as conn:
                 row_counts = count_rows(conn)
             progress("pg_dump -Fc")
             sha256, size = pg_dump_to(server, scratch, temporary)
             meta = DumpMeta(
-                name=_unused_name(store, env, dump_name(created, commit, dirty, fingerprint)), environment=env, database=settings.database,
-                created_at=created.isoformat().replace("+00:00", "Z"), sha256=sha256, size_bytes=size,
-                pg_dump_version=server.tools.version, server_version=server.version, git_commit=commit,
-                git_dirty=dirty, fingerprint=fingerprint, fingerprint_inputs=inputs,
-                schema_version=schema_version, row_counts=row_counts, tool_version=__version__,
-                duration_seconds=round(time.monotonic() - began, 3), source="generated",
+                name=_unused_name(store, env, dump_name(created, commit, dirty, fingerprint)),
+                environment=env,
+                database=settings.database,
+                created_at=created.isoformat().replace("+00:00", "Z"),
+                sha256=sha256,
+                size_bytes=size,
+                pg_dump_version=server.tools.version,
+                server_version=server.version,
+                git_commit=commit,
+                git_dirty=dirty,
+                fingerprint=fingerprint,
+                fingerprint_inputs=inputs,
+                schema_version=schema_version,
+                row_counts=row_counts,
+                tool_version=__version__,
+                duration_seconds=round(time.monotonic() - began, 3),
+                source="generated",
             )
             store.install(temporary, meta)
             with server.connect() as conn:
@@ -165,7 +204,8 @@ def generate_dump(server: Server, settings: Settings, store: DumpStore, env: str
             except DbsnapError:
                 pass
             if isinstance(exc, ToolError):
-                raise ToolError(f"Generating a dump of environment {env!r} failed; the store was not changed. "
-                                f"{exc}") from exc
+                raise ToolError(
+                    f"Generating a dump of environment {env!r} failed; the store was not changed. {exc}"
+                ) from exc
             raise
         return meta, True

@@ -22,18 +22,25 @@ def read_archive_header(tools: PgTools, path: Path) -> dict[str, str]:
     """Versions and source database from `pg_restore --list`, which also proves the archive is readable."""
     with path.open("rb") as handle:
         if handle.read(5) != ARCHIVE_MAGIC:
-            raise DumpCorrupt(f"{path} is not a pg_dump custom-format archive (it does not start with PGDMP). "
-                              f"Make one with `pg_dump -Fc -f FILE DATABASE`; plain SQL dumps are not accepted.")
+            raise DumpCorrupt(
+                f"{path} is not a pg_dump custom-format archive (it does not start with PGDMP). "
+                f"Make one with `pg_dump -Fc -f FILE DATABASE`; plain SQL dumps are not accepted."
+            )
     try:
-        listing = run([tools.path("pg_restore"), "--list", str(path)], what=f"pg_restore --list {path.name}",
-                      timeout=300).stdout
+        listing = run(
+            [tools.path("pg_restore"), "--list", str(path)], what=f"pg_restore --list {path.name}", timeout=300
+        ).stdout
     except ToolError as exc:
-        raise DumpCorrupt(f"{path} cannot be read by pg_restore {tools.version}: it is truncated, corrupt, or "
-                          f"written by a newer pg_dump.\n{exc}") from exc
+        raise DumpCorrupt(
+            f"{path} cannot be read by pg_restore {tools.version}: it is truncated, corrupt, or "
+            f"written by a newer pg_dump.\n{exc}"
+        ) from exc
     header: dict[str, str] = {}
-    for key, pattern in {"pg_dump_version": r"Dumped by pg_dump version:\s*(\S+)",
-                         "server_version": r"Dumped from database version:\s*(\S+)",
-                         "database": r"dbname:\s*(\S+)"}.items():
+    for key, pattern in {
+        "pg_dump_version": r"Dumped by pg_dump version:\s*(\S+)",
+        "server_version": r"Dumped from database version:\s*(\S+)",
+        "database": r"dbname:\s*(\S+)",
+    }.items():
         match = re.search(pattern, listing)
         if match:
             header[key] = match[1]
@@ -62,16 +69,20 @@ def import_dump(store: DumpStore, tools: PgTools, source: Path, env: str) -> Dum
             created = dt.datetime.now(dt.UTC).replace(microsecond=0)
             sha = digest.hexdigest()
             meta = DumpMeta(
-                name=f"{created.strftime('%Y%m%dT%H%M%SZ')}-import-{sha[:8]}", environment=env,
-                database=header.get("database", source.stem), created_at=created.isoformat().replace("+00:00", "Z"),
-                sha256=sha, size_bytes=size, pg_dump_version=header.get("pg_dump_version", tools.version),
-                server_version=header.get("server_version", "unknown"), tool_version=__version__,
-                duration_seconds=round(time.monotonic() - began, 3), source="imported",
+                name=f"{created.strftime('%Y%m%dT%H%M%SZ')}-import-{sha[:8]}",
+                environment=env,
+                database=header.get("database", source.stem),
+                created_at=created.isoformat().replace("+00:00", "Z"),
+                sha256=sha,
+                size_bytes=size,
+                pg_dump_version=header.get("pg_dump_version", tools.version),
+                server_version=header.get("server_version", "unknown"),
+                tool_version=__version__,
+                duration_seconds=round(time.monotonic() - began, 3),
+                source="imported",
                 fingerprint_inputs={"imported_from": source.name},
             )
             return store.install(temporary, meta)
         except BaseException:
             temporary.unlink(missing_ok=True)
             raise
-
-

@@ -52,16 +52,19 @@ class DumpMeta:
     @classmethod
     def from_dict(cls, data: Any, *, where: str) -> DumpMeta:
         if not isinstance(data, dict):
-            raise DumpCorrupt(f"The dump metadata {where} is not a JSON object. Regenerate the dump "
-                              f"(dbsnap generate) or re-import it (dbsnap import).")
+            raise DumpCorrupt(
+                f"The dump metadata {where} is not a JSON object. Regenerate the dump "
+                f"(dbsnap generate) or re-import it (dbsnap import)."
+            )
         version = data.get("format_version")
         if version != FORMAT_VERSION:
-            raise DumpCorrupt(f"The dump metadata {where} has format_version {version!r}; this pytest-dbsnap reads "
-                              f"version {FORMAT_VERSION}. Upgrade pytest-dbsnap or regenerate the dump.")
+            raise DumpCorrupt(
+                f"The dump metadata {where} has format_version {version!r}; this pytest-dbsnap reads "
+                f"version {FORMAT_VERSION}. Upgrade pytest-dbsnap or regenerate the dump."
+            )
         known = {f.name: f for f in fields(cls)}
         problems: list[str] = []
-        for name in ("name", "environment", "database", "created_at", "sha256", "pg_dump_version",
-                     "server_version"):
+        for name in ("name", "environment", "database", "created_at", "sha256", "pg_dump_version", "server_version"):
             if not isinstance(data.get(name), str) or not data.get(name):
                 problems.append(f"{name} must be a non-empty string")
         version_text = data.get("pg_dump_version")
@@ -83,8 +86,10 @@ class DumpMeta:
             # staleness() compares them key by key; anything else would fail there with a traceback.
             problems.append("fingerprint_inputs must map inputs to their sha256")
         if problems:
-            raise DumpCorrupt(f"The dump metadata {where} is malformed: {'; '.join(problems)}. Regenerate the dump "
-                              f"(dbsnap generate) or re-import it (dbsnap import).")
+            raise DumpCorrupt(
+                f"The dump metadata {where} is malformed: {'; '.join(problems)}. Regenerate the dump "
+                f"(dbsnap generate) or re-import it (dbsnap import)."
+            )
         return cls(**{key: value for key, value in data.items() if key in known})
 
     @classmethod
@@ -92,9 +97,13 @@ class DumpMeta:
         try:
             data = json.loads(path.read_text())
         except FileNotFoundError as exc:
-            raise DumpCorrupt(f"The dump metadata {path} is missing: a dump without its metadata cannot be "
-                              f"verified. Regenerate the dump, or wrap the file with dbsnap import.") from exc
+            raise DumpCorrupt(
+                f"The dump metadata {path} is missing: a dump without its metadata cannot be "
+                f"verified. Regenerate the dump, or wrap the file with dbsnap import."
+            ) from exc
         except (OSError, ValueError) as exc:
-            raise DumpCorrupt(f"The dump metadata {path} is not readable JSON ({exc}). Regenerate the dump "
-                              f"(dbsnap generate) or re-import it (dbsnap import).") from exc
+            raise DumpCorrupt(
+                f"The dump metadata {path} is not readable JSON ({exc}). Regenerate the dump "
+                f"(dbsnap generate) or re-import it (dbsnap import)."
+            ) from exc
         return cls.from_dict(data, where=str(path))

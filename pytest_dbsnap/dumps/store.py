@@ -89,8 +89,7 @@ class DumpStore:
         folder = self.env_dir(env)
         if not folder.is_dir():
             return []
-        return sorted(p.name[: -len(META_SUFFIX)] for p in folder.glob(f"*{META_SUFFIX}")
-                      if not p.name.startswith("."))
+        return sorted(p.name[: -len(META_SUFFIX)] for p in folder.glob(f"*{META_SUFFIX}") if not p.name.startswith("."))
 
     def list(self, env: str) -> builtins.list[DumpMeta]:
         return [self.read_meta(env, name) for name in self.names(env)]
@@ -125,19 +124,24 @@ class DumpStore:
             available = self.names(env)
             if not self.env_dir(env).is_dir():
                 envs = self.environments()
-                where = (f"there is no environment {env!r} in {self.root} (environments: "
-                         f"{', '.join(envs) or 'none yet'})")
+                where = (
+                    f"there is no environment {env!r} in {self.root} (environments: {', '.join(envs) or 'none yet'})"
+                )
             elif available:
                 where = f"environment {env!r} has: {', '.join(available[-5:])}"
             else:
                 where = f"environment {env!r} in {self.root} has no dumps yet"
             asked = "no latest dump" if name == LATEST else f"no dump named {name!r}"
-            raise DumpNotFound(f"There is {asked}: {where}. Make one with `dbsnap generate --env {env}` "
-                               f"or bring one with `dbsnap import FILE --env {env}`.")
+            raise DumpNotFound(
+                f"There is {asked}: {where}. Make one with `dbsnap generate --env {env}` "
+                f"or bring one with `dbsnap import FILE --env {env}`."
+            )
         meta = self.read_meta(env, resolved)
         if not self.dump_path(env, resolved).is_file():
-            raise DumpNotFound(f"The dump file {self.dump_path(env, resolved)} is missing although its metadata "
-                               f"exists. Regenerate it with `dbsnap generate --env {env}`.")
+            raise DumpNotFound(
+                f"The dump file {self.dump_path(env, resolved)} is missing although its metadata "
+                f"exists. Regenerate it with `dbsnap generate --env {env}`."
+            )
         return meta
 
     # --- writing ------------------------------------------------------------------------------------------

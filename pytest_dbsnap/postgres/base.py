@@ -152,7 +152,9 @@ class Server(abc.ABC):
         """URL DSN, as apps expect it in DATABASE_URL."""
         return params_to_url({**self.params, "dbname": database})
 
-    def connect(self, database: str = "postgres", *, connect_timeout: int = 10) -> psycopg.Connection[tuple[object, ...]]:
+    def connect(
+        self, database: str = "postgres", *, connect_timeout: int = 10
+    ) -> psycopg.Connection[tuple[object, ...]]:
         """An autocommit connection: admin work (CREATE/DROP DATABASE) cannot run in a transaction."""
         try:
             return psycopg.connect(self.conninfo(database), autocommit=True, connect_timeout=connect_timeout)
@@ -185,8 +187,9 @@ class Server(abc.ABC):
     def __enter__(self) -> Server:
         return self
 
-    def __exit__(self, exc_type: type[BaseException] | None, exc: BaseException | None,
-                 tb: TracebackType | None) -> None:
+    def __exit__(
+        self, exc_type: type[BaseException] | None, exc: BaseException | None, tb: TracebackType | None
+    ) -> None:
         self.stop()
 
 

@@ -26,8 +26,13 @@ def docker_engine_answers(timeout: float = 5.0) -> bool:
     if docker is None:
         return False
     try:
-        result = subprocess.run([docker, "info", "--format", "{{.ServerVersion}}"], capture_output=True,
-                                text=True, timeout=timeout, check=False)
+        result = subprocess.run(
+            [docker, "info", "--format", "{{.ServerVersion}}"],
+            capture_output=True,
+            text=True,
+            timeout=timeout,
+            check=False,
+        )
     except (OSError, subprocess.TimeoutExpired):
         return False
     return result.returncode == 0 and bool(result.stdout.strip())
@@ -56,14 +61,19 @@ class ComposeServer(Server):
         return f"docker compose PostgreSQL at {self.params['host']}:{self.params['port']}"
 
 
-def start_compose(compose_file: Path, service: str, *, user: str, password: str, timeout: float,
-                  pg_bindir: Path | None = None) -> ComposeServer:
+def start_compose(
+    compose_file: Path, service: str, *, user: str, password: str, timeout: float, pg_bindir: Path | None = None
+) -> ComposeServer:
     if not compose_file.is_file():
-        raise ConfigError(f"The docker provider needs the compose file {compose_file}, which does not exist. "
-                          f"Create it or set compose_file in [tool.dbsnap].")
+        raise ConfigError(
+            f"The docker provider needs the compose file {compose_file}, which does not exist. "
+            f"Create it or set compose_file in [tool.dbsnap]."
+        )
     if not docker_engine_answers():
-        raise ServerError("The docker provider needs a running Docker engine, and `docker info` got no answer. "
-                          "Start Docker, or use --db-provider=local (a throwaway cluster from Postgres binaries).")
+        raise ServerError(
+            "The docker provider needs a running Docker engine, and `docker info` got no answer. "
+            "Start Docker, or use --db-provider=local (a throwaway cluster from Postgres binaries)."
+        )
     from pytest_docker.plugin import get_docker_ip, get_docker_services
 
     tools = find_pg_tools(pg_bindir, need_server=False)
@@ -81,6 +91,5 @@ def start_compose(compose_file: Path, service: str, *, user: str, password: str,
         stack.close()
         if isinstance(exc, ServerError):
             raise
-        raise ServerError(f"docker compose could not start the {service!r} service of {compose_file}: {exc}") \
-            from exc
+        raise ServerError(f"docker compose could not start the {service!r} service of {compose_file}: {exc}") from exc
     return server

@@ -65,8 +65,9 @@ class AttachedServer(ExternalServer):
         return f"{self.provider} PostgreSQL at {self.params.get('host')}:{self.params.get('port')}"
 
 
-def connect_external(dsn: str, *, allow_remote: bool, tools: PgTools | None = None,
-                     timeout: float = 10.0) -> ExternalServer:
+def connect_external(
+    dsn: str, *, allow_remote: bool, tools: PgTools | None = None, timeout: float = 10.0
+) -> ExternalServer:
     params = parse_dsn(dsn)
     remote = non_local_hosts(params)
     if remote and not allow_remote:
@@ -81,6 +82,7 @@ def connect_external(dsn: str, *, allow_remote: bool, tools: PgTools | None = No
     try:
         wait_until_accepting(server, timeout)
     except ServerError as exc:
-        raise ServerError(f"{exc} The DSN came from the dsn setting (--dbsnap-dsn, DBSNAP_DSN or DATABASE_URL).") \
-            from exc
+        raise ServerError(
+            f"{exc} The DSN came from the dsn setting (--dbsnap-dsn, DBSNAP_DSN or DATABASE_URL)."
+        ) from exc
     return server

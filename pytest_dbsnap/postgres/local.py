@@ -55,8 +55,10 @@ def server_account() -> RunAs | None:
             return RunAs(name, entry.pw_uid, entry.pw_gid)
         except KeyError:
             continue
-    run(["useradd", "--system", "--no-create-home", "--shell", "/usr/sbin/nologin", DEDICATED_ACCOUNT],
-        what=f"creating the unprivileged account {DEDICATED_ACCOUNT!r} to run PostgreSQL as (it refuses root)")
+    run(
+        ["useradd", "--system", "--no-create-home", "--shell", "/usr/sbin/nologin", DEDICATED_ACCOUNT],
+        what=f"creating the unprivileged account {DEDICATED_ACCOUNT!r} to run PostgreSQL as (it refuses root)",
+    )
     entry = pwd.getpwnam(DEDICATED_ACCOUNT)
     return RunAs(DEDICATED_ACCOUNT, entry.pw_uid, entry.pw_gid)
 
@@ -111,8 +113,15 @@ class LocalCluster(Server):
 
     provider = "local"
 
-    def __init__(self, tools: PgTools, *, cache_dir: Path, start_timeout: float = 30.0,
-                 port: int | None = None, warm_key: str | None = None) -> None:
+    def __init__(
+        self,
+        tools: PgTools,
+        *,
+        cache_dir: Path,
+        start_timeout: float = 30.0,
+        port: int | None = None,
+        warm_key: str | None = None,
+    ) -> None:
         super().__init__({"host": "127.0.0.1", "port": "0", "user": SUPERUSER}, tools)
         self.cache_dir = cache_dir
         self.start_timeout = start_timeout
@@ -197,7 +206,8 @@ class LocalCluster(Server):
 
     def _park(self) -> None:
         """Leave the stopped data folder for the next session; the newest parked folder wins."""
-        assert self.warm_slot is not None and self.folder is not None
+        assert self.warm_slot is not None
+        assert self.folder is not None
         base = self.warm_slot.parent
         incoming = base / f".parking-{os.getpid()}-{self.folder.name}"
         os.rename(self.data_dir, incoming)
@@ -228,9 +238,26 @@ class LocalCluster(Server):
                 if self.account:
                     chown_tree(scratch, self.account)
                     scratch.chmod(0o755)
-                run([self.tools.path("initdb"), "-D", str(target), "-U", SUPERUSER, "-A", "trust", "-E", "UTF8",
-                     "--locale=C", "--no-sync", "--no-instructions"],
-                    what="initdb (creating the pristine cluster)", run_as=self.account, cwd=scratch, timeout=300)
+                run(
+                    [
+                        self.tools.path("initdb"),
+                        "-D",
+                        str(target),
+                        "-U",
+                        SUPERUSER,
+                        "-A",
+                        "trust",
+                        "-E",
+                        "UTF8",
+                        "--locale=C",
+                        "--no-sync",
+                        "--no-instructions",
+                    ],
+                    what="initdb (creating the pristine cluster)",
+                    run_as=self.account,
+                    cwd=scratch,
+                    timeout=300,
+                )
                 shutil.rmtree(pristine, ignore_errors=True)
                 # cp -a rather than rename: the cache may be on another filesystem than the temp folder.
                 run(["cp", "-a", str(target), str(pristine)], what="storing the pristine cluster")
@@ -245,13 +272,34 @@ class LocalCluster(Server):
             port = self.requested_port or free_port()
             self.params["port"] = str(port)
             options = [
-                "-p", str(port), "-h", "127.0.0.1", "-k", str(self.folder / "sock"),
+                "-p",
+                str(port),
+                "-h",
+                "127.0.0.1",
+                "-k",
+                str(self.folder / "sock"),
                 *[arg for key, value in FAST_SETTINGS.items() for arg in ("-c", f"{key}={value}")],
             ]
             try:
-                run([self.tools.path("pg_ctl"), "start", "-w", "-t", str(int(self.start_timeout)),
-                     "-D", str(self.data_dir), "-l", str(self.log_path), "-o", shlex.join(options)],
-                    what="pg_ctl start", run_as=self.account, cwd=self.folder, timeout=self.start_timeout + 10)
+                run(
+                    [
+                        self.tools.path("pg_ctl"),
+                        "start",
+                        "-w",
+                        "-t",
+                        str(int(self.start_timeout)),
+                        "-D",
+                        str(self.data_dir),
+                        "-l",
+                        str(self.log_path),
+                        "-o",
+                        shlex.join(options),
+                    ],
+                    what="pg_ctl start",
+                    run_as=self.account,
+                    cwd=self.folder,
+                    timeout=self.start_timeout + 10,
+                )
             except ToolError as exc:
                 server_log = self._log_tail()
                 if "could not bind" in server_log or "already in use" in server_log:
@@ -268,8 +316,9 @@ class LocalCluster(Server):
                 ) from exc
             wait_until_accepting(self, self.start_timeout)
             return
-        raise ServerError(f"Could not find a free port for the local PostgreSQL after {_PORT_TRIES} tries:\n"
-                          f"{last_error}")
+        raise ServerError(
+            f"Could not find a free port for the local PostgreSQL after {_PORT_TRIES} tries:\n{last_error}"
+        )
 
     def _log_tail(self) -> str:
         try:
@@ -310,8 +359,13 @@ def stop_postmaster(tools: PgTools, data_dir: Path, account: RunAs | None) -> bo
         return True
     for mode in ("fast", "immediate"):
         try:
-            run([tools.path("pg_ctl"), "stop", "-D", str(data_dir), "-m", mode, "-w", "-t", "30"],
-                what=f"pg_ctl stop -m {mode}", run_as=account, cwd="/", timeout=40)
+            run(
+                [tools.path("pg_ctl"), "stop", "-D", str(data_dir), "-m", mode, "-w", "-t", "30"],
+                what=f"pg_ctl stop -m {mode}",
+                run_as=account,
+                cwd="/",
+                timeout=40,
+            )
             return mode == "fast"
         except ToolError as exc:
             log.warning("stopping PostgreSQL in %s (%s) failed: %s", data_dir, mode, exc)
@@ -344,7 +398,9 @@ def remove_stale_clusters(base: Path, tools: PgTools) -> list[Path]:
     return removed
 
 
-def start_local_cluster(pg_bindir: Path | None, cache_dir: Path, start_timeout: float,
-                        warm_key: str | None = None) -> LocalCluster:
-    return LocalCluster(find_pg_tools(pg_bindir), cache_dir=cache_dir, start_timeout=start_timeout,
-                        warm_key=warm_key).start()
+def start_local_cluster(
+    pg_bindir: Path | None, cache_dir: Path, start_timeout: float, warm_key: str | None = None
+) -> LocalCluster:
+    return LocalCluster(
+        find_pg_tools(pg_bindir), cache_dir=cache_dir, start_timeout=start_timeout, warm_key=warm_key
+    ).start()

@@ -29,16 +29,24 @@ def start_server(settings: Settings, provider: str | None = None) -> Server:
         from pytest_dbsnap.postgres.external import connect_external
 
         if not settings.dsn:
-            raise ConfigError("The external provider needs a DSN: pass --dbsnap-dsn, set DBSNAP_DSN or "
-                              "DATABASE_URL, or set dsn in [tool.dbsnap].")
+            raise ConfigError(
+                "The external provider needs a DSN: pass --dbsnap-dsn, set DBSNAP_DSN or "
+                "DATABASE_URL, or set dsn in [tool.dbsnap]."
+            )
         return connect_external(settings.dsn, allow_remote=settings.allow_remote, timeout=settings.start_timeout)
     if provider == "docker":
         from pytest_dbsnap.postgres.compose import start_compose
 
-        return start_compose(settings.compose_file, settings.compose_service, user=settings.compose_user,
-                             password=settings.compose_password, timeout=settings.start_timeout,
-                             pg_bindir=settings.pg_bindir)
+        return start_compose(
+            settings.compose_file,
+            settings.compose_service,
+            user=settings.compose_user,
+            password=settings.compose_password,
+            timeout=settings.start_timeout,
+            pg_bindir=settings.pg_bindir,
+        )
     from pytest_dbsnap.postgres.local import start_local_cluster
 
-    return start_local_cluster(settings.pg_bindir, settings.resolved_cache_dir, settings.start_timeout,
-                               warm_key=settings.warm_key)
+    return start_local_cluster(
+        settings.pg_bindir, settings.resolved_cache_dir, settings.start_timeout, warm_key=settings.warm_key
+    )
