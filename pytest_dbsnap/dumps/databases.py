@@ -68,32 +68,39 @@ def clone(conn: Connection, template: str, name: str) -> None:
 
 def mark_template(conn: Connection, name: str) -> None:
     """A template must have no sessions to be cloned, so nobody may connect to it."""
-    conn.execute(sql.SQL("ALTER DATABASE {} WITH IS_TEMPLATE true ALLOW_CONNECTIONS false")
-                 .format(sql.Identifier(name)))
+    conn.execute(
+        sql.SQL("ALTER DATABASE {} WITH IS_TEMPLATE true ALLOW_CONNECTIONS false").format(sql.Identifier(name))
+    )
 
 
 def _end_sessions(conn: Connection, name: str) -> None:
-    conn.execute("SELECT pg_terminate_backend(pid) FROM pg_stat_activity WHERE datname = %s "
-                 "AND pid <> pg_backend_pid()", (name,))
+    conn.execute(
+        "SELECT pg_terminate_backend(pid) FROM pg_stat_activity WHERE datname = %s AND pid <> pg_backend_pid()", (name,)
+    )
     deadline = time.monotonic() + _BUSY_WAIT
-    while conn.execute("SELECT count(*) FROM pg_stat_activity WHERE datname = %s AND pid <> pg_backend_pid()",
-                       (name,)).fetchone() != (0,):
+    while conn.execute(
+        "SELECT count(*) FROM pg_stat_activity WHERE datname = %s AND pid <> pg_backend_pid()", (name,)
+    ).fetchone() != (0,):
         if time.monotonic() > deadline:
-            raise RestoreError(f"Sessions connected to database {name!r} did not end within {_BUSY_WAIT:.0f} s; "
-                               f"stop what holds them (an app, psql) and run again.")
+            raise RestoreError(
+                f"Sessions connected to database {name!r} did not end within {_BUSY_WAIT:.0f} s; "
+                f"stop what holds them (an app, psql) and run again."
+            )
         time.sleep(0.02)
 
 
-def swap_in(conn: Connection, new: str, target: str) -> None:
+def swap_in(conn: Connection, new: str, target: str, *, drop_old: bool = True) -> str | None:
     """Make `new` the database called `target` in one transaction; the old target is dropped afterwards.
 
     Until the renames commit, `target` is untouched; if they fail, it is opened again for connections.
+    With drop_old=False the old target is left set aside and its name returned, for the caller to drop off
+    the critical path (dropping unlinks every file, so it takes longer the bigger the database).
     """
     rename = "ALTER DATABASE {} RENAME TO {}"
     if not exists(conn, target):
         conn.execute(sql.SQL(rename).format(sql.Identifier(new), sql.Identifier(target)))
         conn.execute(sql.SQL("ALTER DATABASE {} WITH ALLOW_CONNECTIONS true").format(sql.Identifier(target)))
-        return
+        return None
     old = temporary_name(OLD_PREFIX)
     target_id = sql.Identifier(target)
     conn.execute(sql.SQL("ALTER DATABASE {} WITH ALLOW_CONNECTIONS false").format(target_id))
@@ -107,7 +114,10 @@ def swap_in(conn: Connection, new: str, target: str) -> None:
         if exists(conn, target):
             conn.execute(sql.SQL("ALTER DATABASE {} WITH ALLOW_CONNECTIONS true").format(target_id))
         raise
+    if not drop_old:
+        return old
     drop(conn, old)
+    return None
 
 
 def _pid_alive(pid: int) -> bool:
@@ -147,8 +157,10 @@ def advisory_lock(conn: Connection, name: str) -> Iterator[None]:
 
 
 def template_names(conn: Connection) -> list[str]:
-    rows = conn.execute("SELECT datname FROM pg_database WHERE datname LIKE %s OR datname LIKE %s",
-                        (TEMPLATE_PREFIX.replace("_", "\\_") + "%", SPARE_PREFIX.replace("_", "\\_") + "%"))
+    rows = conn.execute(
+        "SELECT datname FROM pg_database WHERE datname LIKE %s OR datname LIKE %s",
+        (TEMPLATE_PREFIX.replace("_", "\\_") + "%", SPARE_PREFIX.replace("_", "\\_") + "%"),
+    )
     return sorted(str(row[0]) for row in rows.fetchall())
 
 

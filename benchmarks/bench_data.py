@@ -1,0 +1,232 @@
+"""The benchmark datasets: the reference app's own seed at the smallest scale, fast SQL copies of it above,
+each dumped through pytest-dbsnap's own pg_dump path so the dump carries real metadata."""
+
+from __future__ import annotations
+
+import datetime as dt
+import re
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+
+from psycopg import sql
+
+from pytest_dbsnap import __version__
+from pytest_dbsnap.dumps import databases
+from pytest_dbsnap.dumps.generate import app_env, dump_name, git_state, migrate, pg_dump_to, read_schema_version
+from pytest_dbsnap.dumps.meta import DumpMeta
+from pytest_dbsnap.dumps.restore import count_rows
+from pytest_dbsnap.dumps.store import DumpStore
+from pytest_dbsnap.postgres.base import Server
+from pytest_dbsnap.proc import run_app_command
+from pytest_dbsnap.settings import Settings
+
+# Table data (rows, TOAST and indexes) per seeded node, its share of edges included; measured on refapp.seed.
+# Only used to pick how many nodes to seed; every size shown in the results is measured.
+BYTES_PER_NODE_GUESS = 640
+_UNITS = {"": 1, "B": 1, "KB": 10**3, "MB": 10**6, "GB": 10**9}
+_SIZE = re.compile(r"^\s*(\d+(?:\.\d+)?)\s*([KMG]?B?)\s*$", re.IGNORECASE)
+_TABLES = ("reality_nodes", "reality_edges")
+Progress = Callable[[str], None]
+COPIES_PER_STATEMENT = 8  # copies inserted per statement: progress shows, and no statement runs for minutes
+
+
+@dataclass(frozen=True)
+class Scale:
+    """A dataset size to benchmark, as asked for on the command line ("10MB", "1GB"; decimal units)."""
+
+    label: str
+    target_bytes: int
+
+    @property
+    def env(self) -> str:
+        """The dump environment of this scale in the benchmark's own dump store."""
+        return f"bench-{self.label}"
+
+
+def parse_scale(text: str) -> Scale:
+    match = _SIZE.match(text)
+    if not match:
+        raise ValueError(f"{text!r} is not a size: write e.g. 10MB, 200MB or 1GB")
+    unit = match[2].upper()
+    unit = unit if unit.endswith("B") or not unit else unit + "B"
+    size = int(float(match[1]) * _UNITS[unit])
+    if size < 100_000:
+        raise ValueError(f"{text!r} is too small: the reference app's schema alone takes more (use 1MB or more)")
+    return Scale(f"{match[1]}{unit}", size)
+
+
+def pretty_bytes(size: float) -> str:
+    for unit, factor in (("GB", 1e9), ("MB", 1e6), ("kB", 1e3)):
+        if size >= factor:
+            return f"{size / factor:.1f} {unit}"
+    return f"{size:.0f} B"
+
+
+@dataclass
+class Dataset:
+    """One built scale: what it holds, how it was made, and its dump in the benchmark's store."""
+
+    scale: Scale
+    how: str  # "refapp.seed --scale N" or "SQL copies of the seeded data"
+    nodes: int
+    edges: int
+    table_bytes: int
+    database_bytes: int
+    build_seconds: float
+    meta: DumpMeta
+    dump_path: Path
+    dump_seconds: float
+
+    @property
+    def rows(self) -> int:
+        return self.nodes + self.edges
+
+    def describe(self) -> str:
+        return (
+            f"{self.scale.label}: {self.nodes:,} nodes + {self.edges:,} edges, {pretty_bytes(self.table_bytes)} of "
+            f"table data (rows + indexes), database {pretty_bytes(self.database_bytes)} on disk, dump "
+            f"{pretty_bytes(self.meta.size_bytes)}; built by {self.how} in {self.build_seconds:.1f} s, "
+            f"pg_dump -Fc in {self.dump_seconds:.1f} s"
+        )
+
+
+def measure(server: Server, database: str) -> tuple[int, int, int, int]:
+    """(nodes, edges, table data bytes, database bytes on disk) of a built database."""
+    with server.connect(database) as conn:
+        row = conn.execute(
+            "SELECT (SELECT count(*) FROM reality_nodes), (SELECT count(*) FROM reality_edges), "
+            "(SELECT coalesce(sum(pg_total_relation_size(c.oid)), 0) FROM pg_class c "
+            " JOIN pg_namespace n ON n.oid = c.relnamespace WHERE c.relkind = 'r' AND n.nspname = 'public'), "
+            "pg_database_size(current_database())"
+        ).fetchone()
+    assert row is not None
+    nodes, edges, table_bytes, database_bytes = (int(str(value)) for value in row)
+    return nodes, edges, table_bytes, database_bytes
+
+
+def create_migrated(server: Server, settings: Settings, database: str) -> None:
+    """An empty database at the app's schema head, through the app's own migrate command."""
+    with server.connect() as conn:
+        databases.drop(conn, database)
+        databases.create_empty(conn, database)
+    migrate(server, settings, database)
+
+
+def seed_nodes(scale: Scale) -> int:
+    return max(200, round(scale.target_bytes / BYTES_PER_NODE_GUESS))
+
+
+def run_seed(server: Server, settings: Settings, database: str, nodes: int) -> float:
+    """Seconds the reference app's own seed takes to fill a freshly migrated database (the timed part)."""
+    began = time.monotonic()
+    run_app_command(
+        ("python", "-m", "refapp.seed", "--scale", str(nodes)),
+        what="the reference app's seed",
+        env=app_env(server, database),
+        cwd=settings.project_root,
+        log_path=settings.logs_dir / "seed.log",
+    )
+    return time.monotonic() - began
+
+
+def synthesize(server: Server, source: str, database: str, copies: int, progress: Progress) -> None:
+    """Fill `database` with `copies` copies of the seeded data in `source`, in SQL (minutes instead of hours).
+
+    Every copy is the seed's tree with its ids shifted, so parents still form trees, edges still join nodes of
+    one copy, and rows keep the seed's columns, kinds, names and jsonb attributes; each copy gets its own
+    `stability` values so the GIN index is not a pile of identical entries. Foreign keys are not re-checked
+    (the rows are valid by construction) and the secondary indexes are rebuilt once at the end, as a restore
+    does, instead of row by row.
+    """
+    with server.connect() as conn:
+        databases.drop(conn, database)
+        databases.clone(conn, source, database)
+    with server.connect(database) as conn:
+        conn.execute("SET session_replication_role = replica")  # skip FK triggers: valid by construction
+        conn.execute("SET maintenance_work_mem = '256MB'")
+        conn.execute("SELECT setseed(0.2024)")  # the same dataset at every run
+        row = conn.execute("SELECT (SELECT max(id) FROM reality_nodes), (SELECT max(id) FROM reality_edges)").fetchone()
+        assert row is not None
+        assert row[0] is not None
+        node_step, edge_step = int(str(row[0])), int(str(row[1] or 0))
+        indexes = conn.execute(
+            "SELECT i.indexname, i.indexdef FROM pg_indexes i WHERE i.schemaname = 'public' "
+            "AND i.tablename = ANY(%s) AND NOT EXISTS (SELECT 1 FROM pg_constraint c WHERE c.conname = i.indexname)",
+            (list(_TABLES),),
+        ).fetchall()
+        for name, _definition in indexes:
+            conn.execute(sql.SQL("DROP INDEX {}").format(sql.Identifier(str(name))))
+        for first in range(1, copies, COPIES_PER_STATEMENT):
+            last = min(copies - 1, first + COPIES_PER_STATEMENT - 1)
+            conn.execute(
+                "INSERT INTO reality_nodes (id, parent_id, kind, name, attributes, created_at) "
+                "OVERRIDING SYSTEM VALUE "
+                "SELECT n.id + c * %(step)s, n.parent_id + c * %(step)s, n.kind, n.name, "
+                "       n.attributes || jsonb_build_object('stability', round(random()::numeric, 4)), "
+                "       n.created_at + make_interval(secs => c * %(step)s * 37) "
+                "FROM generate_series(%(first)s::bigint, %(last)s::bigint) AS c, reality_nodes AS n "
+                "WHERE n.id <= %(step)s",
+                {"step": node_step, "first": first, "last": last},
+            )
+            if edge_step:
+                conn.execute(
+                    "INSERT INTO reality_edges (id, source_id, target_id, relation) OVERRIDING SYSTEM VALUE "
+                    "SELECT e.id + c * %(edge_step)s, e.source_id + c * %(step)s, e.target_id + c * %(step)s, "
+                    "       e.relation "
+                    "FROM generate_series(%(first)s::bigint, %(last)s::bigint) AS c, reality_edges AS e "
+                    "WHERE e.id <= %(edge_step)s",
+                    {"step": node_step, "edge_step": edge_step, "first": first, "last": last},
+                )
+            progress(f"  copies {last + 1}/{copies}")
+        progress("  rebuilding the secondary indexes")
+        for _name, definition in indexes:
+            conn.execute(str(definition).encode())
+        for table in _TABLES:
+            conn.execute(
+                sql.SQL("SELECT setval(pg_get_serial_sequence({}, 'id'), (SELECT max(id) FROM {}))").format(
+                    sql.Literal(table), sql.Identifier(table)
+                )
+            )
+        conn.execute("RESET session_replication_role")
+        conn.execute("VACUUM (FREEZE, ANALYZE)")  # a settled database, as a seeded one would be after a while
+
+
+def dump_database(
+    server: Server, settings: Settings, store: DumpStore, env: str, database: str, origin: str
+) -> tuple[DumpMeta, float]:
+    """pg_dump -Fc through the project's generate path, installed in the store with full metadata."""
+    created = dt.datetime.now(dt.UTC).replace(microsecond=0)
+    commit, dirty = git_state(settings.project_root)
+    temporary = store.new_temporary(env)
+    try:
+        began = time.monotonic()
+        sha256, size = pg_dump_to(server, database, temporary)
+        seconds = time.monotonic() - began
+        with server.connect(database) as conn:
+            row_counts = count_rows(conn)
+        meta = DumpMeta(
+            name=dump_name(created, commit, dirty, sha256),
+            environment=env,
+            database=settings.database,
+            created_at=created.isoformat().replace("+00:00", "Z"),
+            sha256=sha256,
+            size_bytes=size,
+            pg_dump_version=server.tools.version,
+            server_version=server.version,
+            git_commit=commit,
+            git_dirty=dirty,
+            fingerprint=None,
+            fingerprint_inputs={"benchmark": origin},
+            schema_version=read_schema_version(server, database, settings.schema_version_query),
+            row_counts=row_counts,
+            tool_version=__version__,
+            duration_seconds=round(seconds, 3),
+            source="generated",
+        )
+        store.install(temporary, meta)
+    except BaseException:
+        temporary.unlink(missing_ok=True)
+        raise
+    return meta, seconds
