@@ -96,3 +96,15 @@ class PhaseBook:
                 f"{p.order:>2} {p.name:<11} {p.status:<8} {p.passed:>6} {p.failed:>6} {p.skipped:>7} {p.seconds:>8.2f}"
             )
         return lines
+
+
+PHASES_KEY = pytest.StashKey[PhaseBook]()
+
+
+@pytest.hookimpl(tryfirst=True)
+def pytest_runtest_setup(item: pytest.Item) -> None:
+    """Fail-fast: a test of a phase after a failed one is skipped, naming the phase and test that failed."""
+    book = item.config.stash[PHASES_KEY]
+    failed = book.earlier_failure(item)
+    if failed is not None:
+        pytest.skip(f"the {failed.name} phase failed ({failed.first_failure}), so this later phase was not run")

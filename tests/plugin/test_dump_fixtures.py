@@ -150,7 +150,9 @@ def test_no_dump_and_no_seed_command_fails_the_fixture_with_one_paragraph(
     result.assert_outcomes(errors=1, deselected=2)
     output = result.stdout.str() + result.stderr.str()
     assert "Traceback" not in output
-    [message] = [line for line in result.stdout.lines if "could not prepare the app database" in line]
+    # The error section holds the message alone on its line; the short summary repeats it after the test id
+    # (in full or cut to the terminal's width, depending on where the run happens).
+    [message] = [line for line in result.stdout.lines if line.startswith("pytest-dbsnap: could not prepare")]
     assert message.startswith("pytest-dbsnap: could not prepare the app database: There is no dump of environment ")
     assert f"'dev' in {project / 'dumps'}, and no seed_command is configured" in message
     assert "`dbsnap generate --env dev`" in message

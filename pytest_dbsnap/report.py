@@ -1,0 +1,127 @@
+"""What the reports say: the header line, the HTML report's environment facts and phase table, JUnit properties,
+service log tails on failures and the terminal summary. Never a password."""
+
+from __future__ import annotations
+
+import html
+from collections.abc import Generator
+
+import pytest
+
+from pytest_dbsnap.stash import (
+    OUTCOME_KEY,
+    PHASES_KEY,
+    SERVER_KEY,
+    SERVICES_KEY,
+    SETTINGS_KEY,
+    WORKER_DATABASES_KEY,
+    provider_choice,
+)
+
+_PHASE_TABLE_STYLE = (
+    "<style>#dbsnap-phases{border-collapse:collapse;margin:6px 0 18px}"
+    "#dbsnap-phases th,#dbsnap-phases td{border:1px solid #d0d0d0;padding:4px 12px;text-align:left}"
+    "#dbsnap-phases th{background:#f3f3f3}#dbsnap-phases td.failed{color:#b00020;font-weight:bold}"
+    "#dbsnap-phases td.passed{color:#1b5e20}#dbsnap-phases td.skipped{color:#7a4f00}</style>"
+)
+
+
+def pytest_report_header(config: pytest.Config) -> list[str]:
+    settings = config.stash[SETTINGS_KEY]
+    provider, why = provider_choice(config)
+    return [
+        f"dbsnap: provider {provider} ({why}); database {settings.database!r}; dump env {settings.env!r} "
+        f"({settings.source_of('env')}); dumps in {settings.dumps_dir}",
+    ]
+
+
+def report_facts(config: pytest.Config) -> dict[str, str]:
+    """What a reader of a report needs to know about the database; never a password."""
+    facts: dict[str, str] = {"dbsnap provider": provider_choice(config)[0]}
+    if SERVER_KEY in config.stash:
+        server = config.stash[SERVER_KEY]
+        facts["PostgreSQL"] = f"{server.version} ({server.describe()})"
+    if OUTCOME_KEY in config.stash:
+        outcome = config.stash[OUTCOME_KEY]
+        facts["dbsnap database"] = outcome.database
+        facts["dbsnap restore"] = f"{outcome.method} in {outcome.seconds:.2f} s"
+        if outcome.meta is not None:
+            facts["dbsnap environment"] = outcome.meta.environment
+            facts["dbsnap dump"] = outcome.meta.name
+            facts["dbsnap sha256"] = outcome.meta.sha256
+            facts["dbsnap schema version"] = str(outcome.meta.schema_version or "-")
+            if outcome.generated:
+                facts["dbsnap generated"] = f"in {outcome.generate_seconds:.1f} s ({outcome.stale_reason})"
+    return facts
+
+
+def publish_facts(config: pytest.Config, facts: dict[str, str] | None = None) -> None:
+    """Into pytest-metadata's table, which pytest-html shows as its Environment section (if installed)."""
+    try:
+        from pytest_metadata.plugin import metadata_key
+    except ImportError:
+        return
+    if metadata_key in config.stash:
+        config.stash[metadata_key].update(report_facts(config) if facts is None else facts)
+
+
+@pytest.hookimpl(optionalhook=True)
+def pytest_html_results_summary(
+    prefix: list[str], summary: list[str], postfix: list[str], session: pytest.Session
+) -> None:
+    book = session.config.stash[PHASES_KEY]
+    if not book.phases:
+        return
+    rows = "".join(
+        f"<tr><td>{p.order}</td><td>{html.escape(p.name)}</td><td class='{p.status}'>{p.status}</td>"
+        f"<td>{p.passed}</td><td>{p.failed}</td><td>{p.skipped}</td><td>{p.seconds:.2f} s</td>"
+        f"<td>{html.escape(p.first_failure or ('; '.join(p.skip_reasons[:1])))}</td></tr>"
+        for p in book.ordered()
+    )
+    prefix.append(
+        f"{_PHASE_TABLE_STYLE}<h2>Smoke phases</h2><table id='dbsnap-phases'><thead><tr><th scope='col'>#</th>"
+        "<th scope='col'>Phase</th><th scope='col'>Status</th><th scope='col'>Passed</th>"
+        "<th scope='col'>Failed</th><th scope='col'>Skipped</th><th scope='col'>Duration</th>"
+        f"<th scope='col'>First failure / skip reason</th></tr></thead><tbody>{rows}</tbody></table>"
+    )
+
+
+def pytest_terminal_summary(terminalreporter: pytest.TerminalReporter) -> None:
+    config = terminalreporter.config
+    book = config.stash.get(PHASES_KEY, None)
+    outcome = config.stash.get(OUTCOME_KEY, None)
+    workers = config.stash.get(WORKER_DATABASES_KEY, [])
+    if outcome is None and not workers and not (book and book.phases):
+        return
+    terminalreporter.section("dbsnap")
+    if outcome is not None:
+        terminalreporter.write_line(f"database: {outcome.describe()}")
+    for line in sorted(workers):
+        terminalreporter.write_line(f"database {line}")
+    if book and book.phases:
+        for line in book.table():
+            terminalreporter.write_line(line)
+
+
+@pytest.hookimpl(wrapper=True)
+def pytest_runtest_makereport(
+    item: pytest.Item, call: pytest.CallInfo[None]
+) -> Generator[None, pytest.TestReport, pytest.TestReport]:
+    book = item.config.stash[PHASES_KEY]
+    phase = book.phase(item)
+    if phase is not None and call.when == "setup":
+        item.user_properties.append(("phase", phase.name))
+        outcome = item.config.stash.get(OUTCOME_KEY, None)
+        if outcome is not None and outcome.meta is not None:
+            item.user_properties.append(("dump", f"{outcome.meta.environment}/{outcome.meta.name}"))
+    report = yield
+    if phase is not None:
+        book.record(item, report)
+        if report.failed:
+            for name, service in item.config.stash[SERVICES_KEY].items():
+                report.sections.append((f"{name} log, last lines ({service.log_path})", service.log_tail()))
+    return report
+
+
+def pytest_sessionfinish(session: pytest.Session) -> None:
+    publish_facts(session.config)

@@ -1,0 +1,46 @@
+"""Session state shared by the plugin's modules, kept in `config.stash` under typed keys."""
+
+from __future__ import annotations
+
+from typing import TYPE_CHECKING
+
+import pytest
+
+from pytest_dbsnap.postgres import Server, choose_provider
+from pytest_dbsnap.session import DatabaseOutcome
+from pytest_dbsnap.settings import Settings
+from pytest_dbsnap.smoke import PHASES_KEY
+
+if TYPE_CHECKING:
+    from pytest_dbsnap.services import Service
+
+SETTINGS_KEY = pytest.StashKey[Settings]()
+PROVIDER_KEY = pytest.StashKey[tuple[str, str]]()
+OUTCOME_KEY = pytest.StashKey[DatabaseOutcome]()
+SERVER_KEY = pytest.StashKey[Server]()
+SERVICES_KEY = pytest.StashKey[dict[str, "Service"]]()
+__all__ = [
+    "OUTCOME_KEY",
+    "PHASES_KEY",
+    "PROVIDER_KEY",
+    "SERVER_KEY",
+    "SERVICES_KEY",
+    "SETTINGS_KEY",
+    "WORKER_DATABASES_KEY",
+    "provider_choice",
+    "worker_id",
+]
+WORKER_DATABASES_KEY = pytest.StashKey[list[str]]()
+
+
+def provider_choice(config: pytest.Config) -> tuple[str, str]:
+    """The provider and why, decided once per session (it may ask whether a Docker engine answers)."""
+    if PROVIDER_KEY not in config.stash:
+        config.stash[PROVIDER_KEY] = choose_provider(config.stash[SETTINGS_KEY])
+    return config.stash[PROVIDER_KEY]
+
+
+def worker_id(config: pytest.Config) -> str | None:
+    """The pytest-xdist worker id (gw0, gw1...) in a worker process, else None."""
+    workerinput = getattr(config, "workerinput", None)
+    return str(workerinput["workerid"]) if workerinput else None
