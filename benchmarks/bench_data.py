@@ -3,7 +3,6 @@ each dumped through pytest-dbsnap's own pg_dump path so the dump carries real me
 
 from __future__ import annotations
 
-import datetime as dt
 import re
 import time
 from collections.abc import Callable
@@ -12,11 +11,9 @@ from pathlib import Path
 
 from psycopg import sql
 
-from pytest_dbsnap import __version__
 from pytest_dbsnap.dumps import databases
-from pytest_dbsnap.dumps.generate import app_env, dump_name, git_state, migrate, pg_dump_to, read_schema_version
+from pytest_dbsnap.dumps.generate import app_env, migrate, store_dump
 from pytest_dbsnap.dumps.meta import DumpMeta
-from pytest_dbsnap.dumps.restore import count_rows
 from pytest_dbsnap.dumps.store import DumpStore
 from pytest_dbsnap.postgres.base import Server
 from pytest_dbsnap.proc import run_app_command
@@ -196,37 +193,9 @@ def synthesize(server: Server, source: str, database: str, copies: int, progress
 def dump_database(
     server: Server, settings: Settings, store: DumpStore, env: str, database: str, origin: str
 ) -> tuple[DumpMeta, float]:
-    """pg_dump -Fc through the project's generate path, installed in the store with full metadata."""
-    created = dt.datetime.now(dt.UTC).replace(microsecond=0)
-    commit, dirty = git_state(settings.project_root)
-    temporary = store.new_temporary(env)
-    try:
-        began = time.monotonic()
-        sha256, size = pg_dump_to(server, database, temporary)
-        seconds = time.monotonic() - began
-        with server.connect(database) as conn:
-            row_counts = count_rows(conn)
-        meta = DumpMeta(
-            name=dump_name(created, commit, dirty, sha256),
-            environment=env,
-            database=settings.database,
-            created_at=created.isoformat().replace("+00:00", "Z"),
-            sha256=sha256,
-            size_bytes=size,
-            pg_dump_version=server.tools.version,
-            server_version=server.version,
-            git_commit=commit,
-            git_dirty=dirty,
-            fingerprint=None,
-            fingerprint_inputs={"benchmark": origin},
-            schema_version=read_schema_version(server, database, settings.schema_version_query),
-            row_counts=row_counts,
-            tool_version=__version__,
-            duration_seconds=round(seconds, 3),
-            source="generated",
-        )
-        store.install(temporary, meta)
-    except BaseException:
-        temporary.unlink(missing_ok=True)
-        raise
-    return meta, seconds
+    """The project's own dump step (pg_dump -Fc hashed while streaming, row counts, metadata, install)."""
+    began = time.monotonic()
+    meta = store_dump(
+        server, settings, store, env, database, fingerprint=None, inputs={"benchmark": origin}, began=began
+    )
+    return meta, time.monotonic() - began

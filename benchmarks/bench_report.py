@@ -30,7 +30,7 @@ def labels(cores: int) -> dict[str, str]:
     """What each row measures, as printed in the table."""
     return {
         SEED: "seeding through the app (`python -m refapp.seed`)",
-        DUMP: "making the dump (`pg_dump -Fc`, hashed while streaming)",
+        DUMP: "making the dump (`pg_dump -Fc` hashed while streaming, row counts, metadata, install)",
         VERIFY: "sha256 verification alone (`verify_file`)",
         PLAIN_1: "plain `pg_restore` into an empty database",
         PLAIN_N: f"plain `pg_restore -j{cores}` into an empty database",

@@ -115,6 +115,56 @@ def pg_dump_to(server: Server, database: str, destination: Path) -> tuple[str, i
     return digest.hexdigest(), size
 
 
+def store_dump(
+    server: Server,
+    settings: Settings,
+    store: DumpStore,
+    env: str,
+    database: str,
+    *,
+    fingerprint: str | None,
+    inputs: dict[str, str],
+    began: float,
+    source: str = "generated",
+) -> DumpMeta:
+    """pg_dump -Fc an already seeded database into the store with its full metadata, and make it the latest.
+
+    The dump is written under a temporary name and removed again if anything fails, so the store never holds
+    half of it. `began` is when the work the metadata's duration covers started (seeding included).
+    """
+    created = dt.datetime.now(dt.UTC).replace(microsecond=0)
+    commit, dirty = git_state(settings.project_root)
+    schema_version = read_schema_version(server, database, settings.schema_version_query)
+    with server.connect(database) as conn:
+        row_counts = count_rows(conn)
+    temporary = store.new_temporary(env)
+    try:
+        sha256, size = pg_dump_to(server, database, temporary)
+        meta = DumpMeta(
+            name=_unused_name(store, env, dump_name(created, commit, dirty, fingerprint or sha256)),
+            environment=env,
+            database=settings.database,
+            created_at=created.isoformat().replace("+00:00", "Z"),
+            sha256=sha256,
+            size_bytes=size,
+            pg_dump_version=server.tools.version,
+            server_version=server.version,
+            git_commit=commit,
+            git_dirty=dirty,
+            fingerprint=fingerprint,
+            fingerprint_inputs=inputs,
+            schema_version=schema_version,
+            row_counts=row_counts,
+            tool_version=__version__,
+            duration_seconds=round(time.monotonic() - began, 3),
+            source=source,
+        )
+        return store.install(temporary, meta)
+    except BaseException:
+        temporary.unlink(missing_ok=True)
+        raise
+
+
 def generate_dump(
     server: Server,
     settings: Settings,
@@ -148,10 +198,7 @@ def generate_dump(
             return current, False
         store.remove_leftovers(env)
         began = time.monotonic()
-        created = dt.datetime.now(dt.UTC).replace(microsecond=0)
-        commit, dirty = git_state(settings.project_root)
         scratch = databases.temporary_name(databases.STAGE_PREFIX)
-        temporary = store.new_temporary(env)
         with server.connect() as conn:
             databases.drop_leftovers(conn)
             databases.create_empty(conn, scratch)
@@ -166,38 +213,16 @@ def generate_dump(
                 cwd=settings.project_root,
                 log_path=settings.logs_dir / "seed.log",
             )
-            schema_version = read_schema_version(server, scratch, settings.schema_version_query)
-            with server.connect(scratch) as conn:
-                row_counts = count_rows(conn)
             progress("pg_dump -Fc")
-            sha256, size = pg_dump_to(server, scratch, temporary)
-            meta = DumpMeta(
-                name=_unused_name(store, env, dump_name(created, commit, dirty, fingerprint)),
-                environment=env,
-                database=settings.database,
-                created_at=created.isoformat().replace("+00:00", "Z"),
-                sha256=sha256,
-                size_bytes=size,
-                pg_dump_version=server.tools.version,
-                server_version=server.version,
-                git_commit=commit,
-                git_dirty=dirty,
-                fingerprint=fingerprint,
-                fingerprint_inputs=inputs,
-                schema_version=schema_version,
-                row_counts=row_counts,
-                tool_version=__version__,
-                duration_seconds=round(time.monotonic() - began, 3),
-                source="generated",
+            meta = store_dump(
+                server, settings, store, env, scratch, fingerprint=fingerprint, inputs=inputs, began=began
             )
-            store.install(temporary, meta)
             with server.connect() as conn:
                 if keep_as_template:
                     databases.mark_template_by_rename(conn, scratch, template_name(meta))
                 else:
                     databases.drop(conn, scratch)
         except BaseException as exc:
-            temporary.unlink(missing_ok=True)
             try:
                 with server.connect() as conn:
                     databases.drop(conn, scratch)
