@@ -121,6 +121,7 @@ class LocalCluster(Server):
         start_timeout: float = 30.0,
         port: int | None = None,
         warm_key: str | None = None,
+        warm_owner: Path | None = None,
     ) -> None:
         super().__init__({"host": "127.0.0.1", "port": "0", "user": SUPERUSER}, tools)
         self.cache_dir = cache_dir
@@ -134,6 +135,7 @@ class LocalCluster(Server):
         # With a warm key the data folder is parked at stop and taken back at the next start, so databases
         # made in this session (a dump's template and spare) make the next session's restore a rename.
         self.warm_slot = self._warm_slot(warm_key) if warm_key else None
+        self.warm_owner = warm_owner  # the project a parked folder belongs to: gone project, evicted folder
 
     def _warm_slot(self, warm_key: str) -> Path:
         account = self.account.user if self.account else str(os.geteuid())
@@ -222,6 +224,8 @@ class LocalCluster(Server):
             shutil.rmtree(incoming, ignore_errors=True)  # another session parked at the same moment
         if trash is not None:
             shutil.rmtree(trash, ignore_errors=True)
+        owner = {"project_root": str(self.warm_owner) if self.warm_owner else None, "parked_at": time.time()}
+        _owner_file(self.warm_slot).write_text(json.dumps(owner))
 
     def _pristine(self) -> Path:
         """The initdb'd data folder for this Postgres version, made once and reused (locked for parallel runs)."""
@@ -372,6 +376,38 @@ def stop_postmaster(tools: PgTools, data_dir: Path, account: RunAs | None) -> bo
     return False
 
 
+WARM_MAX_AGE = 7 * 24 * 3600  # a parked folder unused for a week is evicted: it only takes disk space
+
+
+def _owner_file(slot: Path) -> Path:
+    return slot.with_name(f"{slot.name}.owner.json")
+
+
+def evict_parked(base: Path, now: float | None = None) -> list[Path]:
+    """Parked folders of projects that are gone (deleted checkouts, temporary test projects) or unused for a
+    week. One that a session takes at this moment is renamed away first, so it is never removed under it."""
+    now = time.time() if now is None else now
+    evicted: list[Path] = []
+    for slot in base.glob("warm-*"):
+        if not slot.is_dir():
+            continue
+        try:
+            owner = json.loads(_owner_file(slot).read_text())
+            root, parked_at = owner.get("project_root"), float(owner["parked_at"])
+        except (OSError, ValueError, KeyError, TypeError):
+            root, parked_at = None, slot.stat().st_mtime
+        if (root is not None and not Path(root).is_dir()) or now - parked_at > WARM_MAX_AGE:
+            trash = base / f".trash-evict-{os.getpid()}-{slot.name}"
+            try:
+                os.rename(slot, trash)  # atomic: a session claiming it at the same time wins or loses cleanly
+            except OSError:
+                continue
+            shutil.rmtree(trash, ignore_errors=True)
+            _owner_file(slot).unlink(missing_ok=True)
+            evicted.append(slot)
+    return evicted
+
+
 def remove_stale_clusters(base: Path, tools: PgTools) -> list[Path]:
     """Stop and remove clusters whose owning process is gone (a session killed with -9)."""
     removed: list[Path] = []
@@ -390,6 +426,7 @@ def remove_stale_clusters(base: Path, tools: PgTools) -> list[Path]:
         stop_postmaster(tools, folder / "data", account)
         shutil.rmtree(folder, ignore_errors=True)
         removed.append(folder)
+    evict_parked(base)
     # Half-done initdb, parking or trash folders of killed processes (old enough not to be in use).
     for scratch in [*base.glob("initdb-*"), *base.glob(".parking-*"), *base.glob(".trash-*")]:
         with contextlib.suppress(OSError):
@@ -399,8 +436,16 @@ def remove_stale_clusters(base: Path, tools: PgTools) -> list[Path]:
 
 
 def start_local_cluster(
-    pg_bindir: Path | None, cache_dir: Path, start_timeout: float, warm_key: str | None = None
+    pg_bindir: Path | None,
+    cache_dir: Path,
+    start_timeout: float,
+    warm_key: str | None = None,
+    warm_owner: Path | None = None,
 ) -> LocalCluster:
     return LocalCluster(
-        find_pg_tools(pg_bindir), cache_dir=cache_dir, start_timeout=start_timeout, warm_key=warm_key
+        find_pg_tools(pg_bindir),
+        cache_dir=cache_dir,
+        start_timeout=start_timeout,
+        warm_key=warm_key,
+        warm_owner=warm_owner,
     ).start()

@@ -48,5 +48,9 @@ def start_server(settings: Settings, provider: str | None = None) -> Server:
     from pytest_dbsnap.postgres.local import start_local_cluster
 
     return start_local_cluster(
-        settings.pg_bindir, settings.resolved_cache_dir, settings.start_timeout, warm_key=settings.warm_key
+        settings.pg_bindir,
+        settings.resolved_cache_dir,
+        settings.start_timeout,
+        warm_key=settings.warm_key,
+        warm_owner=settings.project_root,
     )
