@@ -33,7 +33,14 @@ from bench_data import Dataset, Scale
 
 from pytest_dbsnap.dumps import databases
 from pytest_dbsnap.dumps.meta import DumpMeta
-from pytest_dbsnap.dumps.restore import prepare_spare, restore_dump, spare_name, template_name, verify_file
+from pytest_dbsnap.dumps.restore import (
+    pg_restore_into,
+    prepare_spare,
+    restore_dump,
+    spare_name,
+    template_name,
+    verify_file,
+)
 from pytest_dbsnap.dumps.store import DumpStore
 from pytest_dbsnap.postgres.base import PgTools, find_pg_tools
 from pytest_dbsnap.postgres.local import LocalCluster, server_account, stop_postmaster
@@ -382,23 +389,10 @@ class Bench:
 
     def plain_restore(self, path: Path, jobs: int) -> float:
         """The baseline: pg_restore with the flags dbsnap passes, into an empty database."""
-        assert self.tools is not None
         with self.main.connect() as conn:
             databases.drop(conn, PLAIN_DB)
             databases.create_empty(conn, PLAIN_DB)
-        conninfo, env = self.main.tool_args(PLAIN_DB)
-        command: list[str | Path] = [
-            self.tools.path("pg_restore"),
-            "--no-owner",
-            "--no-acl",
-            "--exit-on-error",
-            "-j",
-            str(jobs),
-            "-d",
-            conninfo,
-            str(path),
-        ]
-        seconds, _ = self.timed(lambda: run(command, what=f"pg_restore -j{jobs}", env=env))
+        seconds, _ = self.timed(lambda: pg_restore_into(self.main, path, PLAIN_DB, jobs))
         with self.main.connect() as conn:
             databases.drop(conn, PLAIN_DB)
         return seconds

@@ -15,7 +15,6 @@ import builtins
 import contextlib
 import json
 import os
-import re
 import sys
 import threading
 import time
@@ -27,7 +26,7 @@ from typing import Any
 from pytest_dbsnap.dumps.fingerprint import file_sha256
 from pytest_dbsnap.dumps.meta import DumpMeta
 from pytest_dbsnap.dumps.restore import verify_file
-from pytest_dbsnap.dumps.store import DUMP_SUFFIX, LATEST, META_SUFFIX, DumpStore
+from pytest_dbsnap.dumps.store import DUMP_SUFFIX, LATEST, META_SUFFIX, SAFE_NAME, DumpStore
 from pytest_dbsnap.errors import (
     ConfigError,
     DbsnapError,
@@ -47,8 +46,6 @@ MiB = 1024 * 1024
 DEFAULT_PART_SIZE = 16 * MiB
 OnTransfer = Callable[[int], None]  # bytes moved since the last call; called from the transfer's worker threads
 
-# Names travel from the remote `latest` object into local paths: nothing that could climb out of the folder.
-_SAFE_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]*$")
 _DENIED = {
     "AccessDenied",
     "AllAccessDisabled",
@@ -176,7 +173,8 @@ class RemoteStore:
 
     @staticmethod
     def _check_name(what: str, name: str) -> str:
-        if not _SAFE_NAME.match(name):
+        # Names travel from the remote into local paths: nothing that could climb out of the store folder.
+        if not SAFE_NAME.match(name):
             raise ConfigError(
                 f"The {what} {name!r} is not accepted: use letters, digits, '_', '-' and '.', "
                 f"starting with a letter or digit."
@@ -359,7 +357,7 @@ class RemoteStore:
                 for item in page.get("Contents", []):
                     relative = str(item["Key"])[len(self._env_prefix(None)) :]
                     folder, _, filename = relative.partition("/")
-                    if "/" in filename or not filename.endswith(META_SUFFIX) or not _SAFE_NAME.match(filename):
+                    if "/" in filename or not filename.endswith(META_SUFFIX) or not SAFE_NAME.match(filename):
                         continue
                     found.append((folder, filename[: -len(META_SUFFIX)]))
         return sorted(found)

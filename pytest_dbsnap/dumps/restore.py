@@ -111,7 +111,8 @@ def count_rows(conn: psycopg.Connection[tuple[object, ...]]) -> dict[str, int]:
     return counts
 
 
-def _pg_restore(server: Server, dump_path: Path, database: str, jobs: int) -> None:
+def pg_restore_into(server: Server, dump_path: Path, database: str, jobs: int) -> None:
+    """pg_restore with the flags every restore uses (also the benchmarks' baseline), into an existing database."""
     conninfo, env = server.tool_args(database)
     run(
         [
@@ -190,7 +191,7 @@ def _restore_template(
     databases.create_empty(conn, staging)
     try:
         try:
-            _pg_restore(server, dump_path, staging, jobs)
+            pg_restore_into(server, dump_path, staging, jobs)
         except ToolError as exc:
             raise RestoreError(
                 f"Restoring {meta.name} into {server.describe()} failed; the database "

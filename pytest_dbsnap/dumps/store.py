@@ -23,7 +23,8 @@ from pytest_dbsnap.errors import ConfigError, DumpCorrupt, DumpError, DumpNotFou
 LATEST = "latest"
 DUMP_SUFFIX = ".dump"
 META_SUFFIX = ".json"
-_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]*$")
+# Environment and dump names become file names: nothing that could climb out of the store folder.
+SAFE_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]*$")
 FILE_MODE = 0o600  # dumps hold real-looking data
 
 
@@ -59,7 +60,7 @@ class DumpStore:
         self.root = root
 
     def env_dir(self, env: str) -> Path:
-        if not _NAME.match(env):
+        if not SAFE_NAME.match(env):
             raise ConfigError(f"The environment name {env!r} is not accepted: use letters, digits, '_', '-', '.'.")
         return self.root / env
 
