@@ -29,18 +29,22 @@ except DbsnapError as exc:
 print(f"bootstrap: PostgreSQL {tools.version} binaries in {tools.bindir}")
 PY
 }
-if ! have_postgres; then
+# ensure PROBE PACKAGE WHAT HINT: when PROBE finds nothing, install Debian's PACKAGE (as root with apt-get),
+# otherwise stop with HINT.
+ensure() {
+  "$1" && return 0
   if [ "$(id -u)" = 0 ] && command -v apt-get >/dev/null; then
-    echo "bootstrap: no PostgreSQL binaries found; installing Debian's postgresql package"
+    echo "bootstrap: no $3 found; installing Debian's $2 package"
     apt-get update -qq
-    DEBIAN_FRONTEND=noninteractive apt-get install -y -qq postgresql >/dev/null
-    have_postgres
+    DEBIAN_FRONTEND=noninteractive apt-get install -y -qq "$2" >/dev/null
+    "$1"
   else
-    echo "bootstrap: no PostgreSQL binaries found. Install PostgreSQL (apt-get install postgresql," \
-         "brew install postgresql) or set DBSNAP_PG_BINDIR to the folder of initdb and pg_ctl." >&2
+    echo "bootstrap: no $3 found. $4" >&2
     exit 1
   fi
-fi
+}
+ensure have_postgres postgresql "PostgreSQL binaries" \
+  "Install PostgreSQL (apt-get install postgresql, brew install postgresql) or set DBSNAP_PG_BINDIR to the folder of initdb and pg_ctl."
 
 # The frontend phase renders the page in headless Chromium through Playwright, driving the system's Chromium by
 # its path: no `playwright install` download, which closed CI networks refuse.
@@ -54,15 +58,5 @@ if found is None:
 print(f"bootstrap: Chromium for the frontend phase at {found}")
 PY
 }
-if ! have_chromium; then
-  if [ "$(id -u)" = 0 ] && command -v apt-get >/dev/null; then
-    echo "bootstrap: no Chromium found; installing Debian's chromium package"
-    apt-get update -qq
-    DEBIAN_FRONTEND=noninteractive apt-get install -y -qq chromium >/dev/null
-    have_chromium
-  else
-    echo "bootstrap: no Chromium found for the frontend phase. Install one (apt-get install chromium," \
-         "brew install --cask chromium) or set browser_path in [tool.dbsnap.frontend] to its executable." >&2
-    exit 1
-  fi
-fi
+ensure have_chromium chromium "Chromium for the frontend phase" \
+  "Install one (apt-get install chromium, brew install --cask chromium) or set browser_path in [tool.dbsnap.frontend] to its executable."
