@@ -46,19 +46,7 @@ MiB = 1024 * 1024
 DEFAULT_PART_SIZE = 16 * MiB
 OnTransfer = Callable[[int], None]  # bytes moved since the last call; called from the transfer's worker threads
 
-_DENIED = {
-    "AccessDenied",
-    "AllAccessDisabled",
-    "AccountProblem",
-    "Forbidden",
-    "403",
-    "InvalidAccessKeyId",
-    "SignatureDoesNotMatch",
-    "ExpiredToken",
-    "InvalidToken",
-    "TokenRefreshRequired",
-    "InvalidClientTokenId",
-}
+# Codes that mean the credentials themselves were refused (a subset of the access-denied ones below).
 _REJECTED_CREDENTIALS = {
     "InvalidAccessKeyId",
     "SignatureDoesNotMatch",
@@ -67,6 +55,7 @@ _REJECTED_CREDENTIALS = {
     "TokenRefreshRequired",
     "InvalidClientTokenId",
 }
+_DENIED = {"AccessDenied", "AllAccessDisabled", "AccountProblem", "Forbidden", "403"} | _REJECTED_CREDENTIALS
 
 
 def interactive() -> bool:
