@@ -18,9 +18,13 @@ import psycopg
 
 from pytest_dbsnap.errors import ServerError, ToolError
 from pytest_dbsnap.proc import run
-from pytest_dbsnap.redact import redact
+from pytest_dbsnap.redact import add_secret, redact
 
 CLIENT_TOOLS = ("pg_dump", "pg_restore")
+_AUTH_FAILED = re.compile(
+    r"password authentication failed|no password supplied|Peer authentication failed|"
+    r"no pg_hba\.conf entry|role \S+ does not exist"
+)
 SERVER_TOOLS = ("initdb", "pg_ctl", "postgres")
 
 # Where Postgres binaries usually live when they are not on PATH, newest first after sorting.
@@ -132,6 +136,7 @@ class Server(abc.ABC):
 
     def __init__(self, params: dict[str, str], tools: PgTools) -> None:
         self.params = dict(params)  # connection keywords without dbname
+        add_secret(self.params.get("password"))
         self.tools = tools  # client programs (pg_dump, pg_restore) that match or exceed the server
 
     def conninfo(self, database: str = "postgres") -> str:
@@ -204,6 +209,13 @@ def wait_until_accepting(server: Server, timeout: float) -> None:
             return
         except psycopg.OperationalError as exc:
             last_error = redact(str(exc)).strip()
+            if _AUTH_FAILED.search(last_error):
+                # The server is up and said no: waiting longer would not change its mind.
+                raise ServerError(
+                    f"{server.describe()} refused the login as {server.params.get('user', '(default user)')!r}: "
+                    f"{last_error}. Give the right user and password in the DSN (a password in the URL or "
+                    f"PGPASSWORD; ~/.pgpass works too)."
+                ) from None
         if time.monotonic() >= deadline:
             raise ServerError(
                 f"{server.describe()} did not accept connections within {timeout:.0f} s. Last error: "

@@ -2,8 +2,11 @@
 
 initdb runs once per Postgres version into the cache; each session copies that pristine data folder (fast)
 and starts it on a free port on 127.0.0.1 with durability turned off (throwaway data). When started by root
-the server runs as an unprivileged account, since Postgres refuses to run as root. A session killed with -9
-leaves a folder whose owner pid is dead: the next start stops that postmaster and removes the folder.
+the server runs as the dedicated unprivileged account `dbsnap` (never `postgres`, which owns the machine's
+own PostgreSQL), since Postgres refuses to run as root. Nobody gets in without the cluster's secret: TCP
+needs its random password (scram-sha-256), the unix socket sits in a 0700 folder of the server's account and
+takes only the invoking OS user (peer). A session killed with -9 leaves a folder whose owner pid is dead: the
+next start stops that postmaster and removes the folder.
 """
 
 from __future__ import annotations
@@ -13,23 +16,39 @@ import json
 import logging
 import os
 import pwd
+import secrets
 import shlex
 import shutil
 import socket
+import stat
 import tempfile
 import time
 from pathlib import Path
 
+import psycopg
 from filelock import FileLock
+from psycopg import sql
 
 from pytest_dbsnap.errors import ServerError, ToolError
 from pytest_dbsnap.postgres.base import PgTools, Server, find_pg_tools, wait_until_accepting
 from pytest_dbsnap.proc import RunAs, chown_tree, run, tail
+from pytest_dbsnap.redact import add_secret
 
 log = logging.getLogger(__name__)
 
 SUPERUSER = "postgres"
 DEDICATED_ACCOUNT = "dbsnap"
+# Bumped when the on-disk layout or its security changes: older pristine copies are removed, not reused.
+CLUSTER_FORMAT = 2
+SECRET_FILE = "dbsnap.secret"  # noqa: S105 - a file name; inside the data folder so it is parked with it
+IDENT_MAP = "dbsnap"
+# No trust line anywhere: the socket takes the invoking OS user only (and its folder is 0700), TCP the secret.
+PG_HBA = f"""\
+# pytest-dbsnap (format {CLUSTER_FORMAT}): nobody gets in without the cluster's secret.
+local   all   all                  peer map={IDENT_MAP}
+host    all   all   127.0.0.1/32   scram-sha-256
+host    all   all   ::1/128        scram-sha-256
+"""
 # Settings for throwaway data: nothing needs to survive a crash, and restores go faster without WAL work.
 FAST_SETTINGS = {
     "fsync": "off",
@@ -46,31 +65,124 @@ _PORT_TRIES = 4
 
 
 def server_account() -> RunAs | None:
-    """The account the server runs as: None (ourselves) unless we are root."""
+    """The account the server runs as: None (ourselves) unless we are root.
+
+    As root it is the dedicated `dbsnap` account (created when missing), never `postgres`: a cluster superuser
+    can run programs as the server's account (COPY ... TO PROGRAM), and `postgres` owns the machine's own
+    PostgreSQL data on Debian and Ubuntu.
+    """
     if os.geteuid() != 0:
         return None
-    for name in ("postgres", DEDICATED_ACCOUNT):
+    try:
+        entry = pwd.getpwnam(DEDICATED_ACCOUNT)
+    except KeyError:
         try:
-            entry = pwd.getpwnam(name)
-            return RunAs(name, entry.pw_uid, entry.pw_gid)
-        except KeyError:
-            continue
-    run(
-        ["useradd", "--system", "--no-create-home", "--shell", "/usr/sbin/nologin", DEDICATED_ACCOUNT],
-        what=f"creating the unprivileged account {DEDICATED_ACCOUNT!r} to run PostgreSQL as (it refuses root)",
-    )
-    entry = pwd.getpwnam(DEDICATED_ACCOUNT)
+            run(
+                [
+                    "useradd",
+                    "--system",
+                    "--no-create-home",
+                    "--home-dir",
+                    "/nonexistent",
+                    "--shell",
+                    "/usr/sbin/nologin",
+                    DEDICATED_ACCOUNT,
+                ],
+                what=f"creating the unprivileged account {DEDICATED_ACCOUNT!r} to run PostgreSQL as (it refuses root)",
+            )
+        except ToolError as exc:
+            with contextlib.suppress(KeyError):  # another session created it at the same moment
+                entry = pwd.getpwnam(DEDICATED_ACCOUNT)
+                return RunAs(DEDICATED_ACCOUNT, entry.pw_uid, entry.pw_gid)
+            raise ServerError(
+                f"PostgreSQL refuses to run as root, and the unprivileged account {DEDICATED_ACCOUNT!r} to run it "
+                f"as could not be created ({exc}). Create a system account named {DEDICATED_ACCOUNT!r} with no "
+                f"login shell, or run the tests as an ordinary user."
+            ) from exc
+        entry = pwd.getpwnam(DEDICATED_ACCOUNT)
+    if entry.pw_uid == 0 or entry.pw_gid == 0:
+        raise ServerError(
+            f"The account {DEDICATED_ACCOUNT!r} that the local PostgreSQL runs as has uid {entry.pw_uid} and gid "
+            f"{entry.pw_gid}; it must be an unprivileged account (not root's uid or group). Fix the account, or "
+            f"run the tests as an ordinary user."
+        )
     return RunAs(DEDICATED_ACCOUNT, entry.pw_uid, entry.pw_gid)
 
 
+def _can_traverse(folder: Path, account: RunAs) -> Path | None:
+    """The first folder on the way to `folder` that `account` may not enter (search permission), or None."""
+    for step in [*reversed(folder.parents), folder]:
+        try:
+            info = step.stat()
+        except OSError:
+            return step
+        if info.st_uid == account.uid:
+            allowed = info.st_mode & stat.S_IXUSR
+        elif info.st_gid == account.gid:
+            allowed = info.st_mode & stat.S_IXGRP
+        else:
+            allowed = info.st_mode & stat.S_IXOTH
+        if not allowed:
+            return step
+    return None
+
+
 def runtime_base() -> Path:
-    """Per-user folder of running clusters; world-traversable so the server account can reach its own."""
-    base = Path(tempfile.gettempdir()) / f"pytest-dbsnap-{os.geteuid()}"
-    base.mkdir(mode=0o755, exist_ok=True)
-    if base.stat().st_uid != os.geteuid() or base.is_symlink():
-        raise ServerError(f"{base} belongs to another user; remove it or set TMPDIR to a folder of your own.")
-    base.chmod(0o755)
-    return base
+    """Per-user folder of running clusters; world-traversable so the server account can reach its own.
+
+    As root, a TMPDIR inside a private folder (mode 0700, such as /root/tmp) cannot be entered by the server
+    account: /tmp is used then, and when neither works the error says which folder blocks and what to set.
+    """
+    account = server_account()
+    preferred = Path(tempfile.gettempdir())
+    candidates = [preferred] if account is None else [preferred, Path("/tmp")]
+    blocked: list[str] = []
+    for parent in dict.fromkeys(candidates):
+        blocking = _can_traverse(parent, account) if account is not None else None
+        if blocking is not None:
+            blocked.append(f"{parent} (the account cannot enter {blocking})")
+            continue
+        base = parent / f"pytest-dbsnap-{os.geteuid()}"
+        base.mkdir(mode=0o755, exist_ok=True)
+        if base.stat().st_uid != os.geteuid() or base.is_symlink():
+            raise ServerError(f"{base} belongs to another user; remove it or set TMPDIR to a folder of your own.")
+        base.chmod(0o755)
+        return base
+    assert account is not None
+    raise ServerError(
+        f"The local PostgreSQL runs as the unprivileged account {account.user!r} (it refuses root), which "
+        f"cannot reach a folder for its cluster: {'; '.join(blocked)}. Set TMPDIR to a folder that every "
+        f"account may enter (chmod o+x on each folder on the way, as /tmp is), or run the tests as an "
+        f"ordinary user."
+    )
+
+
+def _invoking_user() -> str:
+    """The OS user the socket's peer authentication maps to the superuser: whoever runs pytest-dbsnap."""
+    try:
+        return pwd.getpwuid(os.geteuid()).pw_name
+    except KeyError as exc:
+        raise ServerError(
+            f"This process runs as uid {os.geteuid()}, which has no entry in the user database, so the local "
+            f"PostgreSQL cannot tell it apart on its socket. Run as a user with a name (an /etc/passwd entry)."
+        ) from exc
+
+
+def read_secret(data_dir: Path) -> str | None:
+    try:
+        return (data_dir / SECRET_FILE).read_text().strip() or None
+    except OSError:
+        return None
+
+
+def is_current_format(data_dir: Path) -> bool:
+    """A data folder made by this version: no trust authentication (older versions trusted every local user)."""
+    try:
+        hba = (data_dir / "pg_hba.conf").read_text()
+    except OSError:
+        return False
+    lines = [line.split("#", 1)[0].split() for line in hba.splitlines()]
+    return f"(format {CLUSTER_FORMAT})" in hba and not any("trust" in words for words in lines)
 
 
 def free_port() -> int:
@@ -131,6 +243,7 @@ class LocalCluster(Server):
         self.folder: Path | None = None
         self.reused_pristine = False
         self.started_warm = False
+        self.rebuilt_outdated = False  # a parked folder of an older, less secure version was thrown away
         self.start_seconds = 0.0
         # With a warm key the data folder is parked at stop and taken back at the next start, so databases
         # made in this session (a dump's template and spare) make the next session's restore a rename.
@@ -140,6 +253,11 @@ class LocalCluster(Server):
     def _warm_slot(self, warm_key: str) -> Path:
         account = self.account.user if self.account else str(os.geteuid())
         return runtime_base() / f"warm-pg{self.tools.version}-{account}-{warm_key}"
+
+    @property
+    def socket_dir(self) -> Path:
+        assert self.folder is not None, "cluster not started"
+        return self.folder / "sock"
 
     @property
     def data_dir(self) -> Path:
@@ -167,13 +285,15 @@ class LocalCluster(Server):
             (self.folder / "owner.json").write_text(
                 json.dumps({"pid": os.getpid(), "started": _process_start(os.getpid())})
             )
-            (self.folder / "sock").mkdir()
+            # The socket folder is the server account's alone: only it (and root) may knock on the socket.
+            self.socket_dir.mkdir(mode=0o700)
             self.started_warm = self._claim_warm()
             if not self.started_warm:
                 self._copy_pristine(pristine)
             if self.account:
                 os.chown(self.folder, self.account.uid, self.account.gid)
-                os.chown(self.folder / "sock", self.account.uid, self.account.gid)
+                os.chown(self.socket_dir, self.account.uid, self.account.gid)
+            self.socket_dir.chmod(0o700)
             self.folder.chmod(0o755)
             try:
                 self._start_postmaster()
@@ -204,6 +324,12 @@ class LocalCluster(Server):
             os.rename(self.warm_slot, self.data_dir)
         except FileNotFoundError:
             return False  # none parked, or another session took it first
+        if not is_current_format(self.data_dir) or read_secret(self.data_dir) is None:
+            # Parked by an older version (trust authentication): rebuilt from the pristine copy, never reused.
+            log.warning("the parked cluster %s was made by an older pytest-dbsnap; starting afresh", self.warm_slot)
+            shutil.rmtree(self.data_dir, ignore_errors=True)
+            self.rebuilt_outdated = True
+            return False
         return True
 
     def _park(self) -> None:
@@ -231,17 +357,23 @@ class LocalCluster(Server):
         """The initdb'd data folder for this Postgres version, made once and reused (locked for parallel runs)."""
         account = self.account.user if self.account else str(os.geteuid())
         self.cache_dir.mkdir(parents=True, exist_ok=True)
-        pristine = self.cache_dir / f"pristine-pg{self.tools.version}-{account}"
+        pristine = self.cache_dir / f"pristine-v{CLUSTER_FORMAT}-pg{self.tools.version}-{account}"
         with FileLock(str(pristine) + ".lock", timeout=300):
-            if (pristine / "PG_VERSION").is_file():
+            if (pristine / "PG_VERSION").is_file() and is_current_format(pristine):
                 self.reused_pristine = True
                 return pristine
+            _remove_outdated_pristines(self.cache_dir)
             scratch = Path(tempfile.mkdtemp(prefix="initdb-", dir=runtime_base()))
             try:
                 target = scratch / "data"
+                # initdb wants a superuser password for scram; a random one nobody keeps: every cluster made
+                # from this copy gets its own secret at its first start, through the socket.
+                password_file = scratch / "pwfile"
+                password_file.write_text(secrets.token_urlsafe(32) + "\n")
+                password_file.chmod(0o600)
                 if self.account:
                     chown_tree(scratch, self.account)
-                    scratch.chmod(0o755)
+                    scratch.chmod(0o700)
                 run(
                     [
                         self.tools.path("initdb"),
@@ -249,8 +381,9 @@ class LocalCluster(Server):
                         str(target),
                         "-U",
                         SUPERUSER,
-                        "-A",
-                        "trust",
+                        f"--pwfile={password_file}",
+                        "--auth-local=peer",
+                        "--auth-host=scram-sha-256",
                         "-E",
                         "UTF8",
                         "--locale=C",
@@ -262,12 +395,42 @@ class LocalCluster(Server):
                     cwd=scratch,
                     timeout=300,
                 )
+                password_file.unlink()
+                self._write_auth_files(target)
                 shutil.rmtree(pristine, ignore_errors=True)
                 # cp -a rather than rename: the cache may be on another filesystem than the temp folder.
                 run(["cp", "-a", str(target), str(pristine)], what="storing the pristine cluster")
             finally:
                 shutil.rmtree(scratch, ignore_errors=True)
             return pristine
+
+    def _write_auth_files(self, data_dir: Path) -> None:
+        """pg_hba.conf without trust, and the ident map that lets the invoking OS user in on the socket."""
+        (data_dir / "pg_hba.conf").write_text(PG_HBA)
+        # The server's own account may use the socket too: it owns the data files anyway.
+        users = dict.fromkeys([_invoking_user(), *([self.account.user] if self.account else [])])
+        with (data_dir / "pg_ident.conf").open("a") as ident:
+            ident.writelines(f"{IDENT_MAP}   {user}   {SUPERUSER}\n" for user in users)
+        if self.account:
+            for name in ("pg_hba.conf", "pg_ident.conf"):
+                os.chown(data_dir / name, self.account.uid, self.account.gid)
+
+    def _use_secret(self) -> None:
+        """Connect over TCP with the cluster's secret from now on; a new cluster gets its secret here."""
+        secret = read_secret(self.data_dir)
+        if secret is None:
+            secret = secrets.token_urlsafe(24)
+            with psycopg.connect(self.conninfo("postgres"), autocommit=True, connect_timeout=10) as conn:
+                conn.execute("SET password_encryption = 'scram-sha-256'")
+                conn.execute(
+                    sql.SQL("ALTER ROLE {} PASSWORD {}").format(sql.Identifier(SUPERUSER), sql.Literal(secret))
+                )
+            secret_path = self.data_dir / SECRET_FILE
+            fd = os.open(secret_path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+            with os.fdopen(fd, "w") as handle:
+                handle.write(secret)
+        add_secret(secret)
+        self.params.update({"host": "127.0.0.1", "password": secret})
 
     def _start_postmaster(self) -> None:
         assert self.folder is not None
@@ -318,7 +481,11 @@ class LocalCluster(Server):
                 raise ServerError(
                     f"The local PostgreSQL in {self.data_dir} did not start ({exc}).\nServer log:\n{server_log}"
                 ) from exc
+            # First through the socket (peer: the invoking OS user), which works before the secret is set.
+            self.params["host"] = str(self.socket_dir)
+            self.params.pop("password", None)
             wait_until_accepting(self, self.start_timeout)
+            self._use_secret()
             return
         raise ServerError(
             f"Could not find a free port for the local PostgreSQL after {_PORT_TRIES} tries:\n{last_error}"
@@ -376,6 +543,13 @@ def stop_postmaster(tools: PgTools, data_dir: Path, account: RunAs | None) -> bo
     return False
 
 
+def _remove_outdated_pristines(cache_dir: Path) -> None:
+    """Pristine copies of older versions trusted every local user: removed, so nothing starts from them."""
+    for old in cache_dir.glob("pristine-*"):
+        if old.is_dir() and not old.name.startswith(f"pristine-v{CLUSTER_FORMAT}-"):
+            shutil.rmtree(old, ignore_errors=True)
+
+
 WARM_MAX_AGE = 7 * 24 * 3600  # a parked folder unused for a week is evicted: it only takes disk space
 
 
@@ -384,8 +558,9 @@ def _owner_file(slot: Path) -> Path:
 
 
 def evict_parked(base: Path, now: float | None = None) -> list[Path]:
-    """Parked folders of projects that are gone (deleted checkouts, temporary test projects) or unused for a
-    week. One that a session takes at this moment is renamed away first, so it is never removed under it."""
+    """Parked folders of projects that are gone (deleted checkouts, temporary test projects), unused for a week,
+    or made by an older version (trust authentication). One that a session takes at this moment is renamed
+    away first, so it is never removed under it."""
     now = time.time() if now is None else now
     evicted: list[Path] = []
     for slot in base.glob("warm-*"):
@@ -396,7 +571,8 @@ def evict_parked(base: Path, now: float | None = None) -> list[Path]:
             root, parked_at = owner.get("project_root"), float(owner["parked_at"])
         except (OSError, ValueError, KeyError, TypeError):
             root, parked_at = None, slot.stat().st_mtime
-        if (root is not None and not Path(root).is_dir()) or now - parked_at > WARM_MAX_AGE:
+        outdated = not is_current_format(slot)
+        if (root is not None and not Path(root).is_dir()) or now - parked_at > WARM_MAX_AGE or outdated:
             trash = base / f".trash-evict-{os.getpid()}-{slot.name}"
             try:
                 os.rename(slot, trash)  # atomic: a session claiming it at the same time wins or loses cleanly

@@ -76,7 +76,10 @@ def settings_for(root: Path, **cli: object) -> Settings:
 @pytest.fixture(scope="module")
 def server(dumps_cluster: LocalCluster) -> ExternalServer:
     """The session's cluster reached through a DSN with a password, as a CI database would be."""
-    dsn = f"postgresql://postgres:{SECRET}@127.0.0.1:{dumps_cluster.port}/postgres"
+    with dumps_cluster.connect() as conn:
+        if conn.execute("SELECT 1 FROM pg_roles WHERE rolname = 'ci_admin'").fetchone() is None:
+            conn.execute(f"CREATE ROLE ci_admin LOGIN SUPERUSER PASSWORD '{SECRET}'")
+    dsn = f"postgresql://ci_admin:{SECRET}@127.0.0.1:{dumps_cluster.port}/postgres"
     return connect_external(dsn, allow_remote=False, tools=dumps_cluster.tools)
 
 
@@ -407,7 +410,7 @@ def test_restore_killed_mid_way_leaves_the_target_and_the_next_run_drops_its_sta
     # The backend of a killed client notices at once only when asked to check; otherwise it keeps
     # working through the rows it has buffered and the staging database stays busy for seconds.
     environ = {**os.environ, "PGOPTIONS": "-c client_connection_check_interval=50ms"}
-    admin_dsn = f"postgresql://postgres:{SECRET}@127.0.0.1:{server.params['port']}/postgres"
+    admin_dsn = f"postgresql://ci_admin:{SECRET}@127.0.0.1:{server.params['port']}/postgres"
     with subprocess.Popen(
         [sys.executable, "-c", RESTORE_SCRIPT, admin_dsn, str(store.root), "slow", "kill_target"],
         env=environ,

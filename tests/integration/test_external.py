@@ -59,8 +59,9 @@ def test_connects_to_an_existing_server_and_stop_leaves_it_running(cluster: Loca
 @pytest.mark.parametrize(
     "make_dsn",
     [
-        lambda c: f"host=localhost port={c.port} user=postgres",
-        lambda c: f"postgresql://postgres@127.0.0.1:{c.port}/postgres",
+        lambda c: f"host=localhost port={c.port} user=postgres password={c.params['password']}",
+        lambda c: f"postgresql://postgres:{c.params['password']}@127.0.0.1:{c.port}/postgres",
+        # The socket takes the invoking OS user without the secret: its folder is the server account's alone.
         lambda c: f"host={c.folder}/sock port={c.port} user=postgres dbname=postgres",
     ],
     ids=["localhost", "127.0.0.1", "unix-socket"],

@@ -21,6 +21,10 @@ import pytest
 from pytest_dbsnap.errors import ServerError, ToolError
 from pytest_dbsnap.postgres.base import PgTools, find_pg_tools
 from pytest_dbsnap.postgres.local import (
+    CLUSTER_FORMAT,
+    DEDICATED_ACCOUNT,
+    PG_HBA,
+    SECRET_FILE,
     LocalCluster,
     evict_parked,
     remove_stale_clusters,
@@ -43,6 +47,14 @@ def is_running(pid: int) -> bool:
     except FileNotFoundError:
         return False
     return stat.rsplit(")", 1)[1].split()[0] != "Z"
+
+
+def _has_account(name: str) -> bool:
+    try:
+        pwd.getpwnam(name)
+    except KeyError:
+        return False
+    return True
 
 
 def uids_of(pid: int) -> list[int]:
@@ -104,8 +116,12 @@ def test_postmaster_runs_as_an_unprivileged_account(cluster: LocalCluster) -> No
     assert is_running(pid)
     if os.geteuid() == 0:
         assert cluster.account is not None, "started by root, the cluster needs an unprivileged account"
+        # Never the machine's own `postgres` account, which owns the system's PostgreSQL data.
+        assert cluster.account.user == DEDICATED_ACCOUNT
         expected = pwd.getpwnam(cluster.account.user).pw_uid
         assert expected != 0
+        if _has_account("postgres"):
+            assert expected != pwd.getpwnam("postgres").pw_uid
     else:
         assert cluster.account is None
         expected = os.geteuid()
@@ -120,7 +136,9 @@ def test_accepts_connections_by_keyword_and_url_dsn(cluster: LocalCluster) -> No
         conn.execute("CREATE TEMP TABLE probe (n int)")
         conn.execute("INSERT INTO probe VALUES (1), (2)")
         assert conn.execute("SELECT sum(n) FROM probe").fetchone() == (3,)
-    assert cluster.dsn() == f"postgresql://postgres@127.0.0.1:{cluster.port}/postgres"
+    secret = cluster.params["password"]
+    assert len(secret) >= 24
+    assert cluster.dsn() == f"postgresql://postgres:{secret}@127.0.0.1:{cluster.port}/postgres"
     assert cluster.version.split(".")[0] == str(cluster.tools.major)
 
 
@@ -231,6 +249,7 @@ def test_a_parked_folder_comes_back_with_its_databases_and_names_its_project(
 def _park_fake(base: Path, key: str, project: Path | None, parked_at: float) -> Path:
     slot = base / f"warm-pg15-test-{key}"
     (slot / "base").mkdir(parents=True)
+    (slot / "pg_hba.conf").write_text(PG_HBA)
     owner = {"project_root": str(project) if project else None, "parked_at": parked_at}
     slot.with_name(f"{slot.name}.owner.json").write_text(json.dumps(owner))
     return slot
@@ -255,6 +274,153 @@ def test_parked_folders_of_gone_projects_or_a_week_unused_are_evicted(tmp_path: 
     assert not stale.exists()
     assert not orphaned.with_name(f"{orphaned.name}.owner.json").exists()
     assert list(base.glob(".trash-*")) == []
+
+
+def test_parked_folders_of_an_older_version_are_evicted(tmp_path: Path) -> None:
+    base = tmp_path / "runtime"
+    live = tmp_path / "live"
+    live.mkdir()
+    trusting = _park_fake(base, "trusting", live, time.time() - 60)
+    (trusting / "pg_hba.conf").write_text("local all all trust\nhost all all 127.0.0.1/32 trust\n")
+    assert evict_parked(base) == [trusting]
+    assert not trusting.exists()
+
+
+# --- who gets in ----------------------------------------------------------------------------------------------
+
+
+def _psql_as(user: str, *args: str) -> subprocess.CompletedProcess[str]:
+    psql = find_pg_tools(None).bindir / "psql"
+    return subprocess.run(
+        ["runuser", "-u", user, "--", str(psql), "-w", "-X", "-d", "postgres", "-U", "postgres", *args],
+        capture_output=True,
+        text=True,
+        timeout=30,
+        cwd="/",
+        env={"PATH": os.environ.get("PATH", "/usr/bin:/bin")},
+        check=False,
+    )
+
+
+@pytest.mark.skipif(os.geteuid() != 0, reason="connecting as another OS account needs root (runuser)")
+def test_another_local_account_cannot_connect_without_the_secret(cluster: LocalCluster) -> None:
+    over_tcp = _psql_as("nobody", "-h", "127.0.0.1", "-p", str(cluster.port), "-c", "SELECT 1")
+    assert over_tcp.returncode != 0
+    assert "password" in over_tcp.stderr, over_tcp.stderr
+    over_socket = _psql_as("nobody", "-h", str(cluster.socket_dir), "-p", str(cluster.port), "-c", "SELECT 1")
+    assert over_socket.returncode != 0
+    assert "Permission denied" in over_socket.stderr or "No such file" in over_socket.stderr, over_socket.stderr
+    # The same account with the secret gets in: what stops it is the secret, not the network.
+    with_secret = subprocess.run(
+        ["runuser", "-u", "nobody", "--", str(find_pg_tools(None).bindir / "psql"), "-X", "-At", "-c",
+         "SELECT current_user", cluster.dsn("postgres")],
+        capture_output=True, text=True, timeout=30, cwd="/", check=False,
+    )  # fmt: skip
+    assert with_secret.stdout.strip() == "postgres", with_secret.stderr
+
+
+def test_a_wrong_or_missing_password_is_refused_over_tcp(cluster: LocalCluster) -> None:
+    for password in ("", "not-the-secret"):
+        with pytest.raises(psycopg.OperationalError, match="password"):
+            psycopg.connect(
+                host="127.0.0.1", port=cluster.port, user="postgres", dbname="postgres", password=password,
+                connect_timeout=5,
+            )  # fmt: skip
+
+
+def test_no_trust_lines_a_private_socket_folder_and_a_private_secret(cluster: LocalCluster) -> None:
+    hba = (cluster.data_dir / "pg_hba.conf").read_text()
+    rules = [line.split() for line in hba.splitlines() if line.strip() and not line.lstrip().startswith("#")]
+    assert rules, "pg_hba.conf has no rules"
+    assert all("trust" not in rule for rule in rules), hba
+    assert {rule[-1] for rule in rules if rule[0] == "host"} == {"scram-sha-256"}
+    with cluster.connect() as conn:
+        assert conn.execute("SHOW password_encryption").fetchone() == ("scram-sha-256",)
+        row = conn.execute("SELECT rolpassword FROM pg_authid WHERE rolname = 'postgres'").fetchone()
+    assert row is not None
+    assert str(row[0]).startswith("SCRAM-SHA-256$")
+    sock = cluster.socket_dir.stat()
+    assert sock.st_mode & 0o777 == 0o700
+    owner = cluster.account.uid if cluster.account else os.geteuid()
+    assert sock.st_uid == owner
+    secret_file = cluster.data_dir / SECRET_FILE
+    assert secret_file.stat().st_mode & 0o777 == 0o600
+    assert secret_file.read_text() == cluster.params["password"]
+
+
+def test_each_cluster_gets_its_own_secret_and_a_parked_one_keeps_it(
+    pg_tools: PgTools, pg_cache: Path, private_runtime: Path, tmp_path: Path, cluster: LocalCluster
+) -> None:
+    project = tmp_path / "project"
+    project.mkdir()
+    with LocalCluster(pg_tools, cache_dir=pg_cache, warm_key="sec", warm_owner=project).start() as first:
+        assert isinstance(first, LocalCluster)
+        secret = first.params["password"]
+        assert secret != cluster.params["password"], "two clusters from one pristine copy share a secret"
+    with LocalCluster(pg_tools, cache_dir=pg_cache, warm_key="sec", warm_owner=project).start() as second:
+        assert isinstance(second, LocalCluster)
+        assert second.started_warm is True
+        assert second.params["password"] == secret
+        with psycopg.connect(second.dsn("postgres")) as conn:
+            assert conn.execute("SELECT 1").fetchone() == (1,)
+
+
+def test_a_parked_cluster_of_an_older_version_is_rebuilt(
+    pg_tools: PgTools, pg_cache: Path, private_runtime: Path, tmp_path: Path
+) -> None:
+    project = tmp_path / "project"
+    project.mkdir()
+    with LocalCluster(pg_tools, cache_dir=pg_cache, warm_key="old", warm_owner=project).start() as first:
+        assert isinstance(first, LocalCluster)
+        with first.connect() as conn:
+            conn.execute("CREATE DATABASE made_under_trust")
+        slot = first.warm_slot
+    assert slot is not None
+    # What 0.1 left behind: trust for everyone, no secret.
+    (slot / "pg_hba.conf").write_text("local all all trust\nhost all all 127.0.0.1/32 trust\n")
+    (slot / SECRET_FILE).unlink()
+    with LocalCluster(pg_tools, cache_dir=pg_cache, warm_key="old", warm_owner=project).start() as second:
+        assert isinstance(second, LocalCluster)
+        assert second.started_warm is False
+        with second.connect() as conn:
+            assert conn.execute("SELECT 1 FROM pg_database WHERE datname = 'made_under_trust'").fetchone() is None
+        assert "trust" not in (second.data_dir / "pg_hba.conf").read_text().split("\n", 1)[1]
+
+
+def test_an_older_pristine_copy_is_removed_and_rebuilt(pg_tools: PgTools, tmp_path: Path) -> None:
+    cache = tmp_path / "cache"
+    old = cache / f"pristine-pg{pg_tools.version}-postgres"
+    (old / "global").mkdir(parents=True)
+    (old / "PG_VERSION").write_text(str(pg_tools.major))
+    with LocalCluster(pg_tools, cache_dir=cache).start() as started:
+        assert isinstance(started, LocalCluster)
+        assert started.reused_pristine is False
+    assert not old.exists()
+    expected = f"pristine-v{CLUSTER_FORMAT}-pg{pg_tools.version}-{_account_name()}"
+    assert [p.name for p in pristine_dirs(cache)] == [expected]
+
+
+def _account_name() -> str:
+    account = server_account()
+    return account.user if account else str(os.geteuid())
+
+
+@pytest.mark.skipif(os.geteuid() != 0, reason="the server account differs from ours only when run as root")
+def test_a_private_tmpdir_falls_back_to_a_folder_the_server_account_can_reach(
+    pg_tools: PgTools, pg_cache: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    private = Path(tempfile.mkdtemp(prefix="dbsnap-private-", dir="/tmp"))  # 0700, as root's own TMPDIR is
+    try:
+        inner = private / "tmp"
+        inner.mkdir(mode=0o755)
+        monkeypatch.setattr(tempfile, "tempdir", str(inner))
+        assert runtime_base() == Path("/tmp") / f"pytest-dbsnap-{os.geteuid()}"
+        with LocalCluster(pg_tools, cache_dir=pg_cache).start() as started:
+            assert isinstance(started, LocalCluster)
+            with started.connect() as conn:
+                assert conn.execute("SELECT 1").fetchone() == (1,)
+    finally:
+        shutil.rmtree(private, ignore_errors=True)
 
 
 # --- faults ---------------------------------------------------------------------------------------------------

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 
-from pytest_dbsnap.redact import redact
+from pytest_dbsnap.redact import add_secret, redact
 
 
 @pytest.mark.parametrize(
@@ -61,3 +61,19 @@ def test_password_environment_variables_are_replaced(text: str, expected: str) -
 )
 def test_text_without_passwords_is_unchanged(text: str) -> None:
     assert redact(text) == text
+
+
+def test_a_known_secret_is_hidden_wherever_it_appears() -> None:
+    secret = "Zq9-known_Secret/x"
+    assert redact(f"app settings: db_pass {secret}") == f"app settings: db_pass {secret}"
+    add_secret(secret)
+    assert redact(f"app settings: db_pass {secret}") == "app settings: db_pass ***"
+    # URL-quoted, as it stands in a DATABASE_URL built from it.
+    assert redact("user:Zq9-known_Secret%2Fx@h") == "user:***@h"
+    assert redact("--password Zq9-known_Secret%2Fx") == "--password ***"
+
+
+def test_development_defaults_and_short_values_are_not_treated_as_secrets() -> None:
+    for value in ("postgres", "abc", ""):
+        add_secret(value)
+    assert redact("local postgres at abc") == "local postgres at abc"
