@@ -8,6 +8,7 @@ import shlex
 import signal
 import subprocess
 import sys
+import threading
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -85,6 +86,45 @@ def run(
     return result
 
 
+class RedactingLog:
+    """A pipe for a child's output that lands in its log file line by line with passwords redacted.
+
+    The app gets DATABASE_URL with the local cluster's secret in it, and apps print their settings; the log
+    file is what reports quote and what users attach to bug reports, so nothing reaches it unredacted.
+    Use as: `with RedactingLog(path) as sink: Popen(..., stdout=sink.fd); sink.started()`.
+    """
+
+    def __init__(self, log_path: Path) -> None:
+        read_fd, self.fd = os.pipe()
+        self._reader = os.fdopen(read_fd, "rb")
+        self._log = log_path.open("ab")
+        self._thread = threading.Thread(target=self._copy, name=f"dbsnap-log-{log_path.name}", daemon=True)
+        self._thread.start()
+
+    def _copy(self) -> None:
+        with self._reader, self._log:
+            for line in self._reader:  # ends when every process holding the pipe's write end has exited
+                text = line.decode("utf-8", "surrogateescape")
+                self._log.write(redact(text).encode("utf-8", "surrogateescape"))
+                self._log.flush()
+
+    def started(self) -> None:
+        """The child holds its own copy of the write end now; ours must go, or the copy never sees the end."""
+        if self.fd >= 0:
+            os.close(self.fd)
+            self.fd = -1
+
+    def wait(self, timeout: float | None = None) -> None:
+        """Until the output written so far is in the file (the child and its children have exited)."""
+        self._thread.join(timeout)
+
+    def __enter__(self) -> RedactingLog:
+        return self
+
+    def __exit__(self, *exc_info: object) -> None:
+        self.started()
+
+
 def chown_tree(path: Path, run_as: RunAs) -> None:
     """Give a whole folder to the unprivileged account that will run the server in it."""
     os.chown(path, run_as.uid, run_as.gid)
@@ -118,13 +158,13 @@ def run_app_command(
     log_path.parent.mkdir(parents=True, exist_ok=True)
     with log_path.open("ab") as log:
         log.write(f"$ {redact(shlex.join(command))}\n".encode())
-        log.flush()
+    with RedactingLog(log_path) as sink:
         try:
             process = subprocess.Popen(
                 list(command),
                 env=dict(env),
                 cwd=cwd,
-                stdout=log,
+                stdout=sink.fd,
                 stderr=subprocess.STDOUT,
                 stdin=subprocess.DEVNULL,
                 start_new_session=True,
@@ -135,6 +175,7 @@ def run_app_command(
                 f"{cwd}). Check the command in [tool.dbsnap].",
                 command=list(command),
             ) from exc
+        sink.started()
         try:
             returncode = process.wait(timeout=timeout)
         except BaseException:
@@ -143,6 +184,8 @@ def run_app_command(
                 os.killpg(process.pid, signal.SIGKILL)
             process.wait()
             raise
+        # A child that daemonised may hold the pipe on: its later lines still arrive, but we need not wait.
+        sink.wait(timeout=5)
     if returncode != 0:
         output = redact(tail(log_path.read_text(errors="replace")))
         raise ToolError(

@@ -8,6 +8,7 @@ from collections.abc import Generator
 
 import pytest
 
+from pytest_dbsnap.redact import redact
 from pytest_dbsnap.stash import (
     OUTCOME_KEY,
     PHASES_KEY,
@@ -120,7 +121,19 @@ def pytest_runtest_makereport(
         if report.failed:
             for name, service in item.config.stash[SERVICES_KEY].items():
                 report.sections.append((f"{name} log, last lines ({service.log_path})", service.log_tail()))
+    _redact_report(report)
     return report
+
+
+def _redact_report(report: pytest.TestReport) -> None:
+    """A failing test's traceback or captured output may hold the app's DATABASE_URL (an assertion on db_dsn, a
+    driver's error): the terminal, JUnit and HTML all show the report, so it is redacted once, here."""
+    if report.longrepr is not None:
+        text = str(report.longrepr)
+        hidden = redact(text)
+        if hidden != text:
+            report.longrepr = hidden
+    report.sections = [(title, redact(content)) for title, content in report.sections]
 
 
 def pytest_sessionfinish(session: pytest.Session) -> None:

@@ -18,14 +18,14 @@ from collections.abc import Mapping
 from datetime import datetime
 from pathlib import Path
 from types import TracebackType
-from typing import IO, Any, Self
+from typing import Any, Self
 
 import httpx
 from mirakuru import HTTPExecutor
 from mirakuru.exceptions import AlreadyRunning, ProcessExitedWithError, TimeoutExpired
 
 from pytest_dbsnap.errors import ServiceError, ToolError
-from pytest_dbsnap.proc import resolve_python, run_app_command, tail
+from pytest_dbsnap.proc import RedactingLog, resolve_python, run_app_command, tail
 from pytest_dbsnap.redact import redact
 from pytest_dbsnap.settings import ServiceSettings
 
@@ -82,6 +82,7 @@ class Service:
         self._port: int | None = None
         self._executor: _ServiceExecutor | None = None
         self._log_start = 0  # where this start's lines begin in the (appended) log
+        self._sink: RedactingLog | None = None
 
     # --- what callers use --------------------------------------------------------------------------------
 
@@ -161,9 +162,10 @@ class Service:
             stamp = datetime.now().isoformat(timespec="seconds")
             shown = redact(shlex.join(command))
             log_file.write(f"--- {stamp} starting {self.name} on port {self._port}: $ {shown}\n".encode())
-            log_file.flush()
-            # The child gets its own copy of the descriptor, so ours is closed as soon as start returns.
-            self._executor = self._executor_for(command, log_file)
+        # The service's output reaches its log through a redacting pipe: it gets DATABASE_URL with a password.
+        self._sink = RedactingLog(self.log_path)
+        with self._sink:
+            self._executor = self._executor_for(command, self._sink.fd)
             try:
                 self._start_executor(self._executor, command)
             except BaseException:
@@ -172,7 +174,7 @@ class Service:
                 raise
         return self
 
-    def _executor_for(self, command: list[str], log_file: IO[bytes]) -> _ServiceExecutor:
+    def _executor_for(self, command: list[str], log_fd: int) -> _ServiceExecutor:
         try:
             return _ServiceExecutor(
                 command,
@@ -184,7 +186,7 @@ class Service:
                 cwd=str(self.settings.cwd),
                 envvars={**self.settings.env, **self.env, "PORT": str(self._port)},
                 stdin=subprocess.DEVNULL,
-                stdout=log_file,
+                stdout=log_fd,
                 stderr=subprocess.STDOUT,
             )
         except ValueError as exc:  # mirakuru's word for a URL without a host
@@ -268,6 +270,9 @@ class Service:
             ) from exc
 
     def _error(self, message: str) -> ServiceError:
+        process = self._executor.process if self._executor is not None else None
+        if self._sink is not None and process is not None and process.poll() is not None:
+            self._sink.wait(timeout=2)  # the service exited: let its last lines reach the file
         # The health checks themselves fill an access log ten lines a second; collapsed, the lines the
         # service printed while starting stay in view.
         # The log is appended to across runs; only this start's lines explain this failure.
@@ -293,6 +298,8 @@ class Service:
         # their environment, and closes its Popen.
         executor.kill()
         self._executor = None
+        if self._sink is not None:
+            self._sink.wait(timeout=1)  # its last lines (a shutdown message) reach the file
 
 
 def _collapse_repeats(lines: list[str]) -> list[str]:
