@@ -16,7 +16,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING
 
 from pytest_dbsnap import __version__
-from pytest_dbsnap.errors import ConfigError, DbsnapError
+from pytest_dbsnap.errors import ConfigError, DbsnapError, storage_error
 from pytest_dbsnap.settings import Settings, find_pyproject, load_settings
 
 if TYPE_CHECKING:
@@ -416,6 +416,12 @@ def main(argv: Sequence[str] | None = None) -> int:
         return EXIT_USAGE
     except DbsnapError as exc:
         print(f"dbsnap: {exc}", file=sys.stderr)
+        return EXIT_FAILED
+    except OSError as exc:
+        converted = storage_error(exc)
+        if converted is None:
+            raise  # not the disk refusing a write: a bug, keep its traceback
+        print(f"dbsnap: {converted}", file=sys.stderr)
         return EXIT_FAILED
     except KeyboardInterrupt:
         print("dbsnap: interrupted; nothing half-written was left in the dump store.", file=sys.stderr)

@@ -8,6 +8,7 @@ DbsnapError
  |    +-- DumpNotFound
  |    +-- DumpCorrupt
  +-- RestoreError         a restore failed; the target database was left as it was
+ +-- StorageError         the disk refused a write (full, read-only, no permission, over quota)
  +-- ServiceError         a backend/frontend process did not become healthy
  +-- BrowserUnavailable   no Chromium or no Playwright for the frontend's browser checks
  +-- RenderError          the frontend page did not load or did not show its data in the browser
@@ -20,6 +21,12 @@ DbsnapError
 The plugin turns these into a usage error or a failed phase with the message only; the CLI prints the message
 and exits non-zero. Anything else is a bug and keeps its traceback.
 """
+
+import contextlib
+import errno
+import shutil
+from collections.abc import Iterator
+from pathlib import Path
 
 
 class DbsnapError(Exception):
@@ -60,6 +67,68 @@ class DumpCorrupt(DumpError):
 
 class RestoreError(DbsnapError):
     """A restore failed; the target database is unchanged."""
+
+
+class StorageError(DbsnapError):
+    """The disk refused a write: full, read-only, not permitted or over quota. Nothing partial was left."""
+
+
+_STORAGE_REASONS = {
+    errno.ENOSPC: "is full",
+    errno.EDQUOT: "is over its disk quota",
+    errno.EROFS: "is on a read-only file system",
+    errno.EACCES: "may not be written by this user (permission denied)",
+    errno.EPERM: "may not be written by this user (operation not permitted)",
+}
+# What to change to write elsewhere, so that the message names a fix and not only a cause.
+STORAGE_FIX = (
+    "Free space there, or move what is written: the dump store with dumps_dir (--dumps-dir, DBSNAP_DUMPS_DIR), "
+    "the pristine-cluster cache with cache_dir (DBSNAP_CACHE_DIR), the local cluster with TMPDIR, the logs with "
+    "logs_dir."
+)
+
+
+def _existing_folder(path: Path) -> Path:
+    for candidate in [path, *path.parents]:
+        if candidate.is_dir():
+            return candidate
+    return Path("/")
+
+
+@contextlib.contextmanager
+def writing(path: Path) -> Iterator[None]:
+    """Name the file in an OSError raised while writing it (a write() on an open file names none)."""
+    try:
+        yield
+    except OSError as exc:
+        if exc.filename is None:
+            exc.filename = str(path)
+        raise
+
+
+def storage_error(exc: OSError, *, needed_bytes: int | None = None) -> StorageError | None:
+    """One paragraph for a write the disk refused, or None for any other OSError (which stays a bug)."""
+    reason = _STORAGE_REASONS.get(exc.errno or 0)
+    if reason is None:
+        return None
+    path = Path(exc.filename) if isinstance(exc.filename, str) else None
+    folder = _existing_folder(path.parent if path is not None else Path.cwd())
+    try:
+        free = f"{shutil.disk_usage(folder).free / 1e6:.1f} MB free"
+    except OSError:
+        free = "free space unknown"
+    needed = f", {needed_bytes / 1e6:.1f} MB needed" if needed_bytes else ""
+    what = f"Writing {path}" if path is not None else "A write"
+    fix = STORAGE_FIX
+    if exc.errno == errno.EROFS:
+        fix = (
+            "Reading dumps from a read-only store works (sessions, dbsnap restore, list, show, verify); to "
+            "generate, import or pull, point dumps_dir at a writable folder."
+        )
+    return StorageError(
+        f"{what} failed: the folder {folder} {reason} ({free}{needed}). Nothing half-written was left and the "
+        f"dump store's latest dump is unchanged. {fix}"
+    )
 
 
 class ServiceError(DbsnapError):

@@ -10,7 +10,7 @@ from typing import TYPE_CHECKING, NoReturn
 import pytest
 
 from pytest_dbsnap import parallel, report, smoke
-from pytest_dbsnap.errors import DbsnapError
+from pytest_dbsnap.errors import DbsnapError, storage_error
 from pytest_dbsnap.parallel import attached_server
 from pytest_dbsnap.postgres import Server, start_server
 from pytest_dbsnap.report import publish_facts
@@ -91,6 +91,14 @@ def _fail(what: str, exc: DbsnapError) -> NoReturn:
     raise pytest.fail.Exception(f"pytest-dbsnap: {what}: {exc}", pytrace=False) from None
 
 
+def _storage_or_raise(exc: OSError) -> DbsnapError:
+    """A full or read-only disk is the user's to fix (one paragraph); any other OSError is a bug."""
+    converted = storage_error(exc)
+    if converted is None:
+        raise exc
+    return converted
+
+
 # --- fixtures -----------------------------------------------------------------------------------------------
 
 
@@ -112,6 +120,8 @@ def pg_server(pytestconfig: pytest.Config, dbsnap_settings: Settings) -> Iterato
         server = start_server(dbsnap_settings, provider_choice(pytestconfig)[0])
     except DbsnapError as exc:
         _fail("could not get a PostgreSQL server", exc)
+    except OSError as exc:
+        _fail("could not get a PostgreSQL server", _storage_or_raise(exc))
     pytestconfig.stash[SERVER_KEY] = server
     server.version  # noqa: B018 - read while it runs: the report is written after the server is gone
     with server:
@@ -129,6 +139,8 @@ def dbsnap_database(
         outcome = prepare_database(pg_server, dbsnap_settings)
     except DbsnapError as exc:
         _fail("could not prepare the app database", exc)
+    except OSError as exc:
+        _fail("could not prepare the app database", _storage_or_raise(exc))
     pytestconfig.stash[OUTCOME_KEY] = outcome
     publish_facts(pytestconfig)
     yield outcome

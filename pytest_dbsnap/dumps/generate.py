@@ -16,7 +16,7 @@ from pytest_dbsnap.dumps.fingerprint import compute_fingerprint
 from pytest_dbsnap.dumps.meta import DumpMeta
 from pytest_dbsnap.dumps.restore import count_rows, template_name
 from pytest_dbsnap.dumps.store import DumpStore
-from pytest_dbsnap.errors import ConfigError, DbsnapError, DumpCorrupt, ToolError
+from pytest_dbsnap.errors import ConfigError, DbsnapError, DumpCorrupt, ToolError, writing
 from pytest_dbsnap.postgres.base import Server
 from pytest_dbsnap.proc import run, run_app_command, tail
 from pytest_dbsnap.redact import redact
@@ -92,6 +92,7 @@ def pg_dump_to(server: Server, database: str, destination: Path) -> tuple[str, i
     digest = hashlib.sha256()
     size = 0
     with (
+        writing(destination),
         destination.open("wb") as out,
         subprocess.Popen(command, stdout=subprocess.PIPE, stderr=subprocess.PIPE, env=env) as process,
     ):

@@ -38,6 +38,8 @@ from pytest_dbsnap.errors import (
     RemoteCredentialsError,
     RemoteError,
     RemoteUnreachable,
+    storage_error,
+    writing,
 )
 from pytest_dbsnap.redact import redact
 from pytest_dbsnap.settings import Settings, split_s3_url
@@ -250,11 +252,20 @@ class RemoteStore:
         return None
 
     @contextlib.contextmanager
-    def _translated(self, action: str) -> Iterator[None]:
+    def _translated(self, action: str, *, needed_bytes: int | None = None) -> Iterator[None]:
         try:
             yield
         except DbsnapError:
             raise
+        except OSError as exc:
+            # The local disk refusing the download is not the store's fault: say which folder and how much.
+            converted = storage_error(exc, needed_bytes=needed_bytes)
+            if converted is not None:
+                raise converted from exc
+            problem = self._explain(action, exc)
+            if problem is None:
+                raise
+            raise problem from exc
         except Exception as exc:
             problem = self._explain(action, exc)
             if problem is None:
@@ -456,7 +467,11 @@ class RemoteStore:
             temporary = store.new_temporary(env)
             try:
                 client = self._s3()
-                with self._translated(f"downloading {self.object_url(dump_key)}"), temporary.open("wb") as out:
+                with (
+                    self._translated(f"downloading {self.object_url(dump_key)}", needed_bytes=meta.size_bytes),
+                    writing(temporary),
+                    temporary.open("wb") as out,
+                ):
                     # A seekable file: s3transfer writes each ranged part at its offset, in place.
                     client.download_fileobj(
                         self.bucket,

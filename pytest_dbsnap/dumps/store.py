@@ -18,7 +18,7 @@ from pathlib import Path
 from filelock import FileLock
 
 from pytest_dbsnap.dumps.meta import DumpMeta
-from pytest_dbsnap.errors import ConfigError, DumpCorrupt, DumpError, DumpNotFound
+from pytest_dbsnap.errors import ConfigError, DumpCorrupt, DumpError, DumpNotFound, writing
 
 LATEST = "latest"
 DUMP_SUFFIX = ".dump"
@@ -42,7 +42,7 @@ def write_atomic(path: Path, text: str) -> None:
     temporary = path.with_name(f".{path.name}.{secrets.token_hex(4)}.tmp")
     fd = os.open(temporary, os.O_WRONLY | os.O_CREAT | os.O_EXCL, FILE_MODE)
     try:
-        with os.fdopen(fd, "w") as handle:
+        with writing(path), os.fdopen(fd, "w") as handle:
             handle.write(text)
             handle.flush()
             os.fsync(handle.fileno())

@@ -157,6 +157,13 @@ def runtime_base() -> Path:
     )
 
 
+def _free(folder: Path) -> str:
+    try:
+        return f"{shutil.disk_usage(folder).free / 1e6:.1f} MB free"
+    except OSError:
+        return "free space unknown"
+
+
 def _invoking_user() -> str:
     """The OS user the socket's peer authentication maps to the superuser: whoever runs pytest-dbsnap."""
     try:
@@ -276,6 +283,20 @@ class LocalCluster(Server):
     # --- start ----------------------------------------------------------------------------------------------
 
     def start(self) -> LocalCluster:
+        try:
+            return self._start()
+        except ToolError as exc:
+            if "No space left on device" not in str(exc) and "Disk quota exceeded" not in str(exc):
+                raise
+            base = runtime_base()
+            raise ServerError(
+                f"The local PostgreSQL could not be set up because a disk is full. Its cluster folders are in "
+                f"{base} ({_free(base)}) and its pristine copy in {self.cache_dir} ({_free(self.cache_dir)}). "
+                f"Free space there, or set TMPDIR (the cluster) or cache_dir (the cache) to a folder with room.\n"
+                f"{exc}"
+            ) from exc
+
+    def _start(self) -> LocalCluster:
         began = time.monotonic()
         base = runtime_base()
         remove_stale_clusters(base, self.tools)
