@@ -17,6 +17,7 @@ from typing import TYPE_CHECKING
 
 from pytest_dbsnap import __version__
 from pytest_dbsnap.errors import ConfigError, DbsnapError, storage_error
+from pytest_dbsnap.proc import SignalStop
 from pytest_dbsnap.settings import Settings, find_pyproject, load_settings
 
 if TYPE_CHECKING:
@@ -408,6 +409,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     if not args.command:
         parser.print_help()
         return EXIT_USAGE
+    stop = SignalStop()
+    with contextlib.suppress(ValueError):  # not the main thread: leave signals alone
+        stop.install()  # SIGTERM/SIGHUP (a cancelled CI job) stop like Ctrl-C: children ended, nothing half-done
     try:
         settings = load_cli_settings(args)
         return COMMANDS[args.command][0](args, settings)
@@ -424,8 +428,11 @@ def main(argv: Sequence[str] | None = None) -> int:
         print(f"dbsnap: {converted}", file=sys.stderr)
         return EXIT_FAILED
     except KeyboardInterrupt:
-        print("dbsnap: interrupted; nothing half-written was left in the dump store.", file=sys.stderr)
-        return 130
+        how = f"stopped by {stop.received.name}" if stop.received else "interrupted"
+        print(f"dbsnap: {how}; nothing half-written was left in the dump store.", file=sys.stderr)
+        return 128 + stop.received.value if stop.received else 130
+    finally:
+        stop.uninstall()
 
 
 if __name__ == "__main__":

@@ -9,7 +9,7 @@ from typing import TYPE_CHECKING, NoReturn
 
 import pytest
 
-from pytest_dbsnap import parallel, report, smoke
+from pytest_dbsnap import parallel, report, signals, smoke
 from pytest_dbsnap.errors import DbsnapError, storage_error
 from pytest_dbsnap.parallel import attached_server
 from pytest_dbsnap.postgres import Server, start_server
@@ -34,7 +34,7 @@ def pytest_addoption(parser: pytest.Parser, pluginmanager: pytest.PytestPluginMa
     # The hooks of each concern live beside it: phase fail-fast, reports, pytest-xdist. They are registered
     # here rather than through pytest_plugins because this module imports them already (pytest would warn that
     # it cannot rewrite their asserts).
-    for module in (smoke, report, parallel):
+    for module in (smoke, report, parallel, signals):
         if not pluginmanager.is_registered(module):
             pluginmanager.register(module, f"dbsnap.{module.__name__.rsplit('.', 1)[-1]}")
     group = parser.getgroup("dbsnap", "pytest-dbsnap: seeded PostgreSQL and the app stack")

@@ -12,6 +12,8 @@ import threading
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
+from types import FrameType
+from typing import Any
 
 from pytest_dbsnap.errors import ToolError
 from pytest_dbsnap.redact import redact
@@ -123,6 +125,43 @@ class RedactingLog:
 
     def __exit__(self, *exc_info: object) -> None:
         self.started()
+
+
+STOP_SIGNALS = (signal.SIGTERM, signal.SIGHUP)
+
+
+class SignalStop:
+    """Turns the first stop signal into KeyboardInterrupt (pytest's own clean stop), a second into the default."""
+
+    def __init__(self) -> None:
+        self.received: signal.Signals | None = None
+        self.running: str | None = None  # the node id of the test being run, for the one line
+        self._previous: dict[signal.Signals, Any] = {}
+
+    def install(self) -> None:
+        for sig in STOP_SIGNALS:
+            self._previous[sig] = signal.signal(sig, self._handle)
+
+    def uninstall(self) -> None:
+        for sig, previous in self._previous.items():
+            signal.signal(sig, previous)
+        self._previous.clear()
+
+    def _handle(self, signum: int, _frame: FrameType | None) -> None:
+        sig = signal.Signals(signum)
+        if self.received is not None:
+            # Teardown itself hangs or the user insists: die now, as the signal's default would.
+            signal.signal(sig, signal.SIG_DFL)
+            os.kill(os.getpid(), sig)
+            return
+        self.received = sig
+        raise KeyboardInterrupt(f"stopped by {sig.name}")
+
+    def describe(self) -> str | None:
+        if self.received is None:
+            return None
+        where = f"while running {self.running}" if self.running else "outside any test (set-up or teardown)"
+        return f"pytest-dbsnap: stopped by {self.received.name} {where}"
 
 
 def chown_tree(path: Path, run_as: RunAs) -> None:
