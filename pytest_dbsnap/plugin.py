@@ -215,6 +215,9 @@ def _start_service(
     except DbsnapError as exc:
         service.stop()
         _fail(f"the {settings.name} did not start", exc)
+    except OSError as exc:  # its log folder is full or read-only
+        service.stop()
+        _fail(f"the {settings.name} did not start", _storage_or_raise(exc))
     try:
         with service.client() as client:
             yield RunningService(settings.name, service.url, client, service.log_path, service)
