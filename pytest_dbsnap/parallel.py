@@ -110,6 +110,7 @@ def attached_server(config: pytest.Config) -> Server | None:
         info["params"],
         PgTools(Path(info["bindir"]), info["version"]),
         provider=f"{info['provider']} (shared by the xdist workers)",
+        throwaway=info["provider"] == "local",
     )
 
 

@@ -9,8 +9,6 @@ import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
 
-from psycopg import sql
-
 from pytest_dbsnap.dumps import databases
 from pytest_dbsnap.dumps.fingerprint import compute_fingerprint
 from pytest_dbsnap.dumps.generate import generate_dump, migrate
@@ -84,10 +82,12 @@ def staleness(settings: Settings, meta: DumpMeta | None) -> str | None:
 
 
 def ensure_database(server: Server, name: str) -> None:
+    """Create the database when missing (marked as ours, so a later restore may replace it); an existing one
+    is kept as it is."""
     check_target(name)
     with server.connect() as conn:
         if not databases.exists(conn, name):
-            conn.execute(sql.SQL("CREATE DATABASE {}").format(sql.Identifier(name)))
+            databases.create(conn, name)
 
 
 def prepare_database(
@@ -150,6 +150,7 @@ def prepare_database(
         verify=settings.verify,
         jobs=settings.jobs,
         progress=progress,
+        replace=settings.replace_database,
     )
     migrate(server, settings, target)
     pushed = False

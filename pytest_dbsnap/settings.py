@@ -230,7 +230,7 @@ OPTIONS: tuple[Option, ...] = (
         "dsn",
         parse_str,
         None,
-        "libpq DSN or URL of an existing server (external provider); DATABASE_URL is read too",
+        "libpq DSN or URL of an existing server (external provider); DATABASE_URL is never read for it",
         flag="--dbsnap-dsn",
     ),
     Option(
@@ -263,6 +263,14 @@ OPTIONS: tuple[Option, ...] = (
         False,
         "allow a DSN whose host is not this machine (restoring drops and replaces databases there)",
         flag="--dbsnap-allow-remote",
+        flag_is_switch=True,
+    ),
+    Option(
+        "replace_database",
+        parse_bool,
+        False,
+        "let a restore replace a database that pytest-dbsnap did not make and that is not empty (its data is lost)",
+        flag="--dbsnap-replace-database",
         flag_is_switch=True,
     ),
     Option("migrate_command", parse_command, None, "command that migrates the database named by $DATABASE_URL to head"),
@@ -394,6 +402,7 @@ class Settings:
     compose_user: str = "postgres"
     compose_password: str = "postgres"  # noqa: S105 - the compose file's development default, not a secret
     allow_remote: bool = False
+    replace_database: bool = False
     migrate_command: tuple[str, ...] | None = None
     seed_command: tuple[str, ...] | None = None
     schema_version_query: str | None = None
@@ -413,6 +422,12 @@ class Settings:
     backend: ServiceSettings | None = None
     frontend: ServiceSettings | None = None
     sources: Mapping[str, str] = field(default_factory=dict, compare=False)
+    flags: Mapping[str, str] = field(default_factory=dict, compare=False)  # the caller's own flag names (CLI)
+    database_url_ignored: bool = field(default=False, compare=False)  # DATABASE_URL was set; it never picks a server
+
+    def flag_for(self, key: str) -> str | None:
+        """The flag that sets `key` where these settings were built (the CLI's names differ from pytest's)."""
+        return self.flags.get(key) or OPTIONS_BY_KEY[key].flag
 
     @property
     def jobs(self) -> int:
@@ -546,9 +561,7 @@ def load_settings(
             except ValueError as exc:
                 raise _bad_value(option.key, where, raw, str(exc)) from None
             sources[option.key] = source
-    if "dsn" not in values and environ.get("DATABASE_URL"):
-        values["dsn"] = environ["DATABASE_URL"]
-        sources["dsn"] = "the environment variable DATABASE_URL"
+    # DATABASE_URL is not read: it usually names a developer's own database, which a restore would replace.
     # Paths in the configuration are relative to the project, not to wherever pytest was started.
     for key in ("dumps_dir", "pg_bindir", "cache_dir", "compose_file", "logs_dir"):
         if isinstance(values.get(key), Path):
@@ -559,7 +572,14 @@ def load_settings(
     parsed_services: dict[str, Any] = {
         name: _parse_service(name, raw, project_root, pyproject) for name, raw in services.items()
     }
-    return Settings(project_root=project_root, sources=sources, **values, **parsed_services)
+    return Settings(
+        project_root=project_root,
+        sources=sources,
+        flags=dict(cli_flags or {}),
+        database_url_ignored=bool(environ.get("DATABASE_URL")),
+        **values,
+        **parsed_services,
+    )
 
 
 def cli_values(namespace: object, keys: Sequence[str] | None = None) -> dict[str, object | None]:

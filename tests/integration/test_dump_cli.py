@@ -113,10 +113,13 @@ def no_traceback(result: subprocess.CompletedProcess[str]) -> None:
     assert "Traceback" not in result.stdout + result.stderr, result.stderr
 
 
-def marked_database(server: LocalCluster, name: str, note: str) -> None:
+def marked_database(server: LocalCluster, name: str, note: str, *, ours: bool = True) -> None:
+    """A database with a marker row; `ours`: as an earlier restore left it (pytest-dbsnap's comment on it)."""
     with server.connect() as conn:
         databases.drop(conn, name)
         conn.execute(sql.SQL("CREATE DATABASE {}").format(sql.Identifier(name)))
+        if ours:
+            databases.mark(conn, name)
     with server.connect(name) as conn:
         conn.execute("CREATE TABLE marker (note text)")
         conn.execute("INSERT INTO marker VALUES (%s)", (note,))

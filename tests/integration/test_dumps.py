@@ -114,11 +114,14 @@ def forget_templates(server: Server, meta: DumpMeta) -> None:
                 databases.drop_template(conn, name)
 
 
-def make_marked_database(server: Server, name: str, note: str) -> None:
-    """A database with distinguishable content, to prove later that it was (or was not) replaced."""
+def make_marked_database(server: Server, name: str, note: str, *, ours: bool = True) -> None:
+    """A database with distinguishable content, to prove later that it was (or was not) replaced; `ours`: as
+    an earlier restore left it (carrying pytest-dbsnap's comment), else as a user made it."""
     with server.connect() as conn:
         databases.drop(conn, name)
         conn.execute(sql.SQL("CREATE DATABASE {}").format(sql.Identifier(name)))
+        if ours:
+            databases.mark(conn, name)
     with server.connect(name) as conn:
         conn.execute("CREATE TABLE marker (note text NOT NULL)")
         conn.execute("INSERT INTO marker VALUES (%s)", (note,))

@@ -110,10 +110,13 @@ def test_values_are_typed(load: LoadFrom) -> None:
 # --- DATABASE_URL -------------------------------------------------------------------------------------------
 
 
-def test_database_url_is_the_dsn_when_nothing_else_gives_one(load: LoadFrom) -> None:
+def test_database_url_never_gives_the_dsn(load: LoadFrom) -> None:
+    """DATABASE_URL usually names a developer's own database, which a restore would replace."""
     settings = load(environ={"DATABASE_URL": "postgresql://app@localhost/app"})
-    assert settings.dsn == "postgresql://app@localhost/app"
-    assert settings.source_of("dsn") == "the environment variable DATABASE_URL"
+    assert settings.dsn is None
+    assert settings.source_of("dsn") == "default"
+    assert settings.database_url_ignored
+    assert not load(environ={}).database_url_ignored
 
 
 @pytest.mark.parametrize(
