@@ -3,6 +3,7 @@ render, keeps the page's console errors, takes a screenshot and runs the axe-cor
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
 import os
 import re
@@ -172,7 +173,9 @@ def render_page(
         return max(1.0, (deadline - time.monotonic()) * 1000)
 
     console_errors: list[str] = []
-    with sync_playwright() as playwright:
+    manager = sync_playwright()
+    with manager as playwright:
+        _quiet_when_the_driver_dies(manager)
         try:
             browser = playwright.chromium.launch(
                 executable_path=executable, args=list(CHROMIUM_FLAGS), headless=True, timeout=remaining_ms()
@@ -187,6 +190,8 @@ def render_page(
             page = browser.new_page(viewport=VIEWPORT)
             page.on("console", lambda message: _keep_console_error(message, console_errors))
             page.on("pageerror", lambda error: console_errors.append(_describe_page_error(error)))
+            if render_selector is not None:
+                _check_selector(page, render_selector, url)
 
             def failure(message: str) -> RenderError:
                 first_screen, screenshot = _screenshots(page, screenshot_path)
@@ -236,6 +241,41 @@ def render_page(
         html=html,
         rendered=rendered,
     )
+
+
+_DRIVER_GONE = "Connection closed while reading from the driver"
+
+
+def _quiet_when_the_driver_dies(manager: object) -> None:
+    """Ctrl-C in a terminal reaches the whole process group, Playwright's driver too. It dies under the calls in
+    flight, whose futures then print "Future exception was never retrieved" over the KeyboardInterrupt that
+    ends the run. Only that consequence is silenced; anything else still goes to asyncio's default handler."""
+    loop = getattr(manager, "_loop", None)  # the sync API's private event loop (playwright 1.40 to 1.5x at least)
+    if not isinstance(loop, asyncio.AbstractEventLoop):
+        return
+
+    def handler(loop: asyncio.AbstractEventLoop, context: dict[str, Any]) -> None:
+        if _DRIVER_GONE in str(context.get("exception", "")):
+            return
+        loop.default_exception_handler(context)
+
+    loop.set_exception_handler(handler)
+
+
+def _check_selector(page: Page, selector: str, url: str) -> None:
+    """Playwright's own parser, on the blank page before loading: a malformed selector is named at once instead
+    of looking like a page that never rendered."""
+    from playwright.sync_api import Error as PlaywrightError
+
+    try:
+        page.query_selector(selector)
+    except PlaywrightError as exc:
+        reason = _first_line(exc.message).removeprefix("Page.query_selector: ")
+        raise RenderError(
+            f"render_selector {selector!r} in [tool.dbsnap.frontend] is not a selector the browser can use "
+            f'({reason}); fix it, for example "#node-list li[data-node-id]". The page at {url} was not loaded.',
+            url=url,
+        ) from None
 
 
 def _settle(page: Page, timeout_ms: float) -> None:

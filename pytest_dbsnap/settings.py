@@ -133,9 +133,30 @@ def parse_browser_mode(value: object) -> str:
 
 
 def parse_css_selector(value: object) -> str:
+    """A selector whose brackets, parentheses and quotes pair up; the browser checks the rest before loading."""
     text = parse_str(value).strip()
     if not text:
         raise ValueError('expected a CSS selector, such as "#node-list li[data-node-id]"')
+    closing = {"[": "]", "(": ")"}
+    open_brackets: list[str] = []
+    quote: str | None = None
+    escaped = False
+    for char in text:
+        if escaped:
+            escaped = False
+        elif char == "\\":
+            escaped = True
+        elif quote is not None:
+            quote = None if char == quote else quote
+        elif char in "'\"":
+            quote = char
+        elif char in closing:
+            open_brackets.append(char)
+        elif char in "])" and (not open_brackets or closing[open_brackets.pop()] != char):
+            raise ValueError(f"{char!r} closes nothing in this CSS selector")
+    if quote is not None or open_brackets:
+        unclosed = quote or open_brackets[-1]
+        raise ValueError(f"{unclosed!r} is never closed in this CSS selector")
     return text
 
 
