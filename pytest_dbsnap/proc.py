@@ -117,6 +117,7 @@ def run_app_command(
     command = resolve_python(command)
     log_path.parent.mkdir(parents=True, exist_ok=True)
     with log_path.open("ab") as log:
+        began = log.tell()  # the log keeps earlier runs; a failure quotes only this one
         log.write(f"$ {redact(shlex.join(command))}\n".encode())
         log.flush()
         try:
@@ -144,7 +145,9 @@ def run_app_command(
             process.wait()
             raise
     if returncode != 0:
-        output = redact(tail(log_path.read_text(errors="replace")))
+        with log_path.open("rb") as log_file:
+            log_file.seek(began)
+            output = redact(tail(log_file.read().decode(errors="replace")))
         raise ToolError(
             f"{what} failed with exit code {returncode} (command: {redact(shlex.join(command))}). "
             f"Last lines of {log_path}:\n{output}",
