@@ -521,6 +521,8 @@ def _parse_service(name: str, table: object, project_root: Path, pyproject: Path
         )
     values: dict[str, Any] = {}
     for key, raw in table.items():
+        if _SERVICE_KEYS[key] is parse_str_list and isinstance(raw, str):
+            raise _bad_value(f"{name}.{key}", where, raw, f"expected a list of strings: {key} = [{raw!r}]")
         try:
             values[key] = _SERVICE_KEYS[key](raw)
         except ValueError as exc:
@@ -577,6 +579,10 @@ def load_settings(
                 where = f"the ini option {option.ini_name}"
             else:
                 where = source
+            if option.parse is parse_str_list and isinstance(raw, str) and layer is table:
+                # TOML has lists, and a string there is a slip that would read as one path; the
+                # environment and ini forms stay comma separated.
+                raise _bad_value(option.key, where, raw, f"expected a list of strings: {option.key} = [{raw!r}]")
             try:
                 values[option.key] = option.parse(raw)
             except ValueError as exc:

@@ -573,7 +573,7 @@ def test_failed_seed_leaves_the_store_and_the_server_as_they_were(
 
     message = str(caught.value)
     assert "Generating a dump of environment 'dev' failed; the store was not changed." in message
-    assert "the seed command failed with exit code 3" in message
+    assert "the store was not changed. The seed command failed with exit code 3" in message
     assert "seed broke" in message
     assert SECRET not in message
     assert [p.name for p in store.env_dir(ENV).iterdir() if p.name != ".generate.lock"] == []
@@ -724,6 +724,19 @@ def test_changed_input_makes_the_dump_stale_and_the_session_regenerates_it(
     assert "is stale: setting:commands changed" in message
     assert "no seed_command is configured" in message
     assert "`dbsnap generate --env dev`" in message
+
+
+def test_the_stale_reason_tells_removed_and_added_inputs_from_changed_ones(
+    generated: Generated, tmp_path: Path
+) -> None:
+    project = tmp_path / "project"
+    shutil.copytree(generated.root, project)
+    settings = settings_for(project)
+    (project / "seed-inputs" / "universe.txt").unlink()
+    (project / "seed-inputs" / "stars.txt").write_text("stars: many\n")
+    assert staleness(settings, generated.meta) == (
+        "stale: seed-inputs/stars.txt added, seed-inputs/universe.txt removed"
+    )
 
 
 def test_without_a_dump_or_a_seed_command_the_session_says_how_to_make_one(

@@ -140,6 +140,24 @@ def test_database_url_is_ignored_when_dsn_is_given(
     assert "DATABASE_URL" not in settings.source_of("dsn")
 
 
+# --- lists ---------------------------------------------------------------------------------------------------
+
+
+def test_a_string_where_pyproject_needs_a_list_is_refused_naming_the_list_form(load: LoadFrom) -> None:
+    with pytest.raises(ConfigError) as raised:
+        load('[tool.dbsnap]\nfingerprint_inputs = "migrations"\n')
+    message = str(raised.value)
+    assert "Setting 'fingerprint_inputs' from [tool.dbsnap] in" in message
+    assert "expected a list of strings: fingerprint_inputs = ['migrations']" in message
+    with pytest.raises(ConfigError, match=r"'backend.requires'.*requires = \['node'\]"):
+        load('[tool.dbsnap.backend]\ncommand = "serve"\nrequires = "node"\n')
+
+
+def test_the_environment_keeps_the_comma_separated_form(load: LoadFrom) -> None:
+    settings = load('[tool.dbsnap]\nfingerprint_inputs = ["a"]\n', environ={"DBSNAP_FINGERPRINT_INPUTS": "b, c"})
+    assert settings.fingerprint_inputs == ("b", "c")
+
+
 # --- validation errors --------------------------------------------------------------------------------------
 
 
