@@ -279,6 +279,24 @@ def test_phase_fails_on_the_violation_naming_rule_impact_and_element(
     assert "link-name [serious] Links must have discernible text" in output
 
 
+def test_under_xdist_the_frontend_page_section_comes_from_the_worker(
+    chromium: Path, site: str, project: pytest.Pytester, monkeypatch: pytest.MonkeyPatch, shared_pg_cache: Path
+) -> None:
+    """The xdist controller starts a server for the workers: from the suite's shared pristine cluster."""
+    pytest.importorskip("xdist")
+    monkeypatch.setenv("DBSNAP_CACHE_DIR", str(shared_pg_cache))
+    result = run_phase(project, f"{site}/violation.html", "-n", "2")
+    result.assert_outcomes(passed=1, failed=1)
+    result.stdout.fnmatch_lines(
+        [
+            "*= dbsnap frontend page =*",
+            f"{site}/violation.html in * s: 1 element(s) rendered, 0 console error(s); axe-core *: 1 critical, "
+            "1 serious*",
+            "screenshot: *frontend.png",
+        ]
+    )
+
+
 def test_script_error_shows_in_the_html_report_with_the_screenshot(
     chromium: Path, site: str, project: pytest.Pytester
 ) -> None:
