@@ -168,6 +168,7 @@ def test_a_developers_database_url_is_never_restored_over(
     database. A plain run must not touch it; pointed at its server, the restore refuses until told it may."""
     cache = tmp_path_factory.getbasetemp() / "pg-cache"
     with LocalCluster(find_pg_tools(None), cache_dir=cache).start() as developers:
+        assert isinstance(developers, LocalCluster)
         with developers.connect() as conn:
             conn.execute("CREATE DATABASE app")
         with developers.connect("app") as conn:
