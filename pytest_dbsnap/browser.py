@@ -160,6 +160,7 @@ def render_page(
     try:
         from axe_playwright_python.sync_playwright import Axe
         from playwright.sync_api import Error as PlaywrightError
+        from playwright.sync_api import TimeoutError as PlaywrightTimeout
         from playwright.sync_api import sync_playwright
     except ImportError as exc:
         raise BrowserUnavailable(
@@ -190,8 +191,6 @@ def render_page(
             page = browser.new_page(viewport=VIEWPORT)
             page.on("console", lambda message: _keep_console_error(message, console_errors))
             page.on("pageerror", lambda error: console_errors.append(_describe_page_error(error)))
-            if render_selector is not None:
-                _check_selector(page, render_selector, url)
 
             def failure(message: str) -> RenderError:
                 first_screen, screenshot = _screenshots(page, screenshot_path)
@@ -216,7 +215,9 @@ def render_page(
             if render_selector is not None:
                 try:
                     page.wait_for_selector(render_selector, timeout=remaining_ms())
-                except PlaywrightError:
+                except PlaywrightError as exc:
+                    if not isinstance(exc, PlaywrightTimeout):
+                        raise _selector_error(render_selector, url, exc) from None
                     raise failure(
                         f"The frontend page at {url} did not show {render_selector!r} within "
                         f"{timeout:g} s (render_selector in [tool.dbsnap.frontend])."
@@ -262,20 +263,14 @@ def _quiet_when_the_driver_dies(manager: object) -> None:
     loop.set_exception_handler(handler)
 
 
-def _check_selector(page: Page, selector: str, url: str) -> None:
-    """Playwright's own parser, on the blank page before loading: a malformed selector is named at once instead
-    of looking like a page that never rendered."""
-    from playwright.sync_api import Error as PlaywrightError
-
-    try:
-        page.query_selector(selector)
-    except PlaywrightError as exc:
-        reason = _first_line(exc.message).removeprefix("Page.query_selector: ")
-        raise RenderError(
-            f"render_selector {selector!r} in [tool.dbsnap.frontend] is not a selector the browser can use "
-            f'({reason}); fix it, for example "#node-list li[data-node-id]". The page at {url} was not loaded.',
-            url=url,
-        ) from None
+def _selector_error(selector: str, url: str, exc: Exception) -> RenderError:
+    """Playwright rejects a malformed selector at once: name it, instead of reporting a page that never rendered."""
+    reason = _first_line(getattr(exc, "message", str(exc))).removeprefix("Page.wait_for_selector: ")
+    return RenderError(
+        f"render_selector {selector!r} in [tool.dbsnap.frontend] is not a selector the browser can use "
+        f'({reason}); fix it, for example "#node-list li[data-node-id]". The page at {url} itself loaded.',
+        url=url,
+    )
 
 
 def _settle(page: Page, timeout_ms: float) -> None:
