@@ -46,6 +46,10 @@ PY
 # A project without a seed command keeps its database (--skip-dump-restore). Nothing of the caller's
 # environment but the basics reaches the run: no DBSNAP_* settings, no DATABASE_URL.
 cd "$work/project"
+if "$work/venv/bin/python" -c "import refapp" 2>/dev/null; then
+  echo "plain install: FAILED, the install put the reference app (refapp) into the environment" >&2
+  exit 1
+fi
 status=0
 env -i PATH="$PATH" HOME="$HOME" LANG="${LANG:-C.UTF-8}" TMPDIR="${TMPDIR:-/tmp}" \
   "$work/venv/bin/python" -m pytest -W error -p no:cacheprovider -p no:xdist --skip-dump-restore \
