@@ -3,6 +3,7 @@ render, keeps the page's console errors, takes a screenshot and runs the axe-cor
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
 import os
 import re
@@ -159,6 +160,7 @@ def render_page(
     try:
         from axe_playwright_python.sync_playwright import Axe
         from playwright.sync_api import Error as PlaywrightError
+        from playwright.sync_api import TimeoutError as PlaywrightTimeout
         from playwright.sync_api import sync_playwright
     except ImportError as exc:
         raise BrowserUnavailable(
@@ -172,7 +174,9 @@ def render_page(
         return max(1.0, (deadline - time.monotonic()) * 1000)
 
     console_errors: list[str] = []
-    with sync_playwright() as playwright:
+    manager = sync_playwright()
+    with manager as playwright:
+        _quiet_when_the_driver_dies(manager)
         try:
             browser = playwright.chromium.launch(
                 executable_path=executable, args=list(CHROMIUM_FLAGS), headless=True, timeout=remaining_ms()
@@ -211,7 +215,9 @@ def render_page(
             if render_selector is not None:
                 try:
                     page.wait_for_selector(render_selector, timeout=remaining_ms())
-                except PlaywrightError:
+                except PlaywrightError as exc:
+                    if not isinstance(exc, PlaywrightTimeout):
+                        raise _selector_error(render_selector, url, exc) from None
                     raise failure(
                         f"The frontend page at {url} did not show {render_selector!r} within "
                         f"{timeout:g} s (render_selector in [tool.dbsnap.frontend])."
@@ -235,6 +241,35 @@ def render_page(
         axe_version=str(audit.get("testEngine", {}).get("version", "")),
         html=html,
         rendered=rendered,
+    )
+
+
+_DRIVER_GONE = "Connection closed while reading from the driver"
+
+
+def _quiet_when_the_driver_dies(manager: object) -> None:
+    """Ctrl-C in a terminal reaches the whole process group, Playwright's driver too. It dies under the calls in
+    flight, whose futures then print "Future exception was never retrieved" over the KeyboardInterrupt that
+    ends the run. Only that consequence is silenced; anything else still goes to asyncio's default handler."""
+    loop = getattr(manager, "_loop", None)  # the sync API's private event loop (playwright 1.40 to 1.5x at least)
+    if not isinstance(loop, asyncio.AbstractEventLoop):
+        return
+
+    def handler(loop: asyncio.AbstractEventLoop, context: dict[str, Any]) -> None:
+        if _DRIVER_GONE in str(context.get("exception", "")):
+            return
+        loop.default_exception_handler(context)
+
+    loop.set_exception_handler(handler)
+
+
+def _selector_error(selector: str, url: str, exc: Exception) -> RenderError:
+    """Playwright rejects a malformed selector at once: name it, instead of reporting a page that never rendered."""
+    reason = _first_line(getattr(exc, "message", str(exc))).removeprefix("Page.wait_for_selector: ")
+    return RenderError(
+        f"render_selector {selector!r} in [tool.dbsnap.frontend] is not a selector the browser can use "
+        f'({reason}); fix it, for example "#node-list li[data-node-id]". The page at {url} itself loaded.',
+        url=url,
     )
 
 

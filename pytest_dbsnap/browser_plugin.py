@@ -5,9 +5,11 @@ from __future__ import annotations
 
 import base64
 import html
+import json
 from collections.abc import Generator
 from dataclasses import dataclass
 from types import ModuleType
+from typing import Any
 
 import pytest
 
@@ -40,6 +42,7 @@ def _screenshots(first_screen: bytes | None, full_page: bytes | None) -> tuple[t
 
 EVIDENCE_KEY = pytest.StashKey[PageEvidence]()
 SCREENSHOT_SHOWN_KEY = pytest.StashKey[bool]()
+WORKER_SUMMARY_KEY = pytest.StashKey[list[str]]()  # the section's lines from the xdist worker that rendered
 
 
 @pytest.fixture(scope="session")
@@ -145,14 +148,40 @@ def _summary_html(page: RenderedPage) -> str:
     )
 
 
-def pytest_terminal_summary(terminalreporter: pytest.TerminalReporter) -> None:
-    evidence = terminalreporter.config.stash.get(EVIDENCE_KEY, None)
+def _summary_lines(config: pytest.Config) -> list[str]:
+    """The terminal's "dbsnap frontend page" section of this process (empty when the page did not render)."""
+    evidence = config.stash.get(EVIDENCE_KEY, None)
     if evidence is None or evidence.page is None:
-        return
+        return []
     page = evidence.page
-    terminalreporter.section("dbsnap frontend page")
-    terminalreporter.write_line(summary_line(page))
+    lines = [summary_line(page)]
     if page.screenshot_path is not None:
-        terminalreporter.write_line(f"screenshot: {page.screenshot_path}")
+        lines.append(f"screenshot: {page.screenshot_path}")
     if page.violations:
-        terminalreporter.write_line(describe_violations(page.violations, page.axe_version))
+        lines.append(describe_violations(page.violations, page.axe_version))
+    return lines
+
+
+def pytest_sessionfinish(session: pytest.Session) -> None:
+    """In a pytest-xdist worker: the section travels to the controller, which writes the terminal summary."""
+    workeroutput = getattr(session.config, "workeroutput", None)
+    lines = _summary_lines(session.config)
+    if workeroutput is not None and lines:
+        workeroutput["dbsnap_frontend_page"] = json.dumps(lines)
+
+
+@pytest.hookimpl(optionalhook=True)
+def pytest_testnodedown(node: Any, error: object) -> None:
+    shared = getattr(node, "workeroutput", {}).get("dbsnap_frontend_page")
+    if shared:
+        node.config.stash.setdefault(WORKER_SUMMARY_KEY, []).extend(json.loads(shared))
+
+
+def pytest_terminal_summary(terminalreporter: pytest.TerminalReporter) -> None:
+    config = terminalreporter.config
+    lines = _summary_lines(config) or config.stash.get(WORKER_SUMMARY_KEY, [])
+    if not lines:
+        return
+    terminalreporter.section("dbsnap frontend page")
+    for line in lines:
+        terminalreporter.write_line(line)

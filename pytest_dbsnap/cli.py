@@ -51,6 +51,7 @@ def load_cli_settings(args: argparse.Namespace) -> Settings:
         "allow_remote": True if getattr(args, "allow_remote", False) else None,
         "verify": False if getattr(args, "no_verify", False) else None,
         "restore_jobs": getattr(args, "jobs", None),
+        "replace_database": True if getattr(args, "replace", False) else None,
     }
     flags = {
         "env": "--env",
@@ -60,6 +61,7 @@ def load_cli_settings(args: argparse.Namespace) -> Settings:
         "allow_remote": "--allow-remote",
         "verify": "--no-verify",
         "restore_jobs": "--jobs",
+        "replace_database": "--replace",
     }
     return load_settings(project_root=root, pyproject=pyproject, cli=cli, cli_flags=flags)
 
@@ -79,8 +81,9 @@ def _server(settings: Settings, *, required: bool) -> Iterator[Server]:
         server = start_server(settings, "external")
     elif required:
         raise UsageError(
-            "This command needs a target server: pass --dsn, or set DBSNAP_DSN or DATABASE_URL "
-            "(for example postgresql://postgres@127.0.0.1:5432/app)."
+            "This command needs a target server: pass --dsn or set DBSNAP_DSN (for example "
+            "postgresql://postgres@127.0.0.1:5432/app). DATABASE_URL is not read, so that the database your app "
+            "uses is never replaced by accident."
         )
     else:
         server = start_server(settings, "local")
@@ -89,7 +92,7 @@ def _server(settings: Settings, *, required: bool) -> Iterator[Server]:
 
 
 def _target_database(args: argparse.Namespace, settings: Settings) -> str:
-    """--database, else the database named in the DSN (DATABASE_URL names the app's), else the setting."""
+    """--database, else the database named in the DSN, else the setting."""
     if args.database:
         return str(args.database)
     if settings.dsn:
@@ -153,6 +156,7 @@ def cmd_restore(args: argparse.Namespace, settings: Settings) -> int:
             verify=settings.verify,
             jobs=settings.jobs,
             progress=progress_printer(),
+            replace=settings.replace_database,
         )
         print(
             f"restored {settings.env}/{meta.name} into {target!r} by {result.method} in {result.seconds:.2f} s"
@@ -378,7 +382,8 @@ def build_parser() -> argparse.ArgumentParser:
     for name in ("generate", "restore", "prune"):
         sub[name].add_argument(
             "--dsn",
-            help="server to use (default: DBSNAP_DSN or DATABASE_URL; generate without one uses the local cluster)",
+            help="server to use (default: DBSNAP_DSN; DATABASE_URL is not read; generate without one uses the "
+            "local cluster)",
         )
         sub[name].add_argument("--allow-remote", action="store_true", help="allow a DSN whose host is not this machine")
     sub["generate"].add_argument(
@@ -388,6 +393,11 @@ def build_parser() -> argparse.ArgumentParser:
     sub["restore"].add_argument("--database", help="target database (default: the DSN's, else setting database)")
     sub["restore"].add_argument("--no-verify", action="store_true", help="skip the sha256 check")
     sub["restore"].add_argument("--jobs", type=_positive, help="parallel pg_restore jobs (default: cores)")
+    sub["restore"].add_argument(
+        "--replace",
+        action="store_true",
+        help="replace the target even if pytest-dbsnap did not make it and it holds data (its data is lost)",
+    )
     sub["restore"].add_argument(
         "--no-spare", action="store_true", help="do not prepare the spare copy that makes the next restore instant"
     )

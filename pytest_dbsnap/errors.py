@@ -2,6 +2,7 @@
 
 DbsnapError
  +-- ConfigError          a setting has a wrong value or an unknown key
+ |    +-- UnmanagedDatabase  the target database holds data pytest-dbsnap did not make; nothing was replaced
  +-- ToolError            an external program is missing or failed (initdb, pg_dump, the app's seed...)
  +-- ServerError          a PostgreSQL server could not be started, reached or is not allowed
  +-- DumpError            a dump is missing, corrupt, stale or unreadable
@@ -35,6 +36,14 @@ class DbsnapError(Exception):
 
 class ConfigError(DbsnapError):
     """A configuration value is malformed or a key is unknown."""
+
+
+class UnmanagedDatabase(ConfigError):
+    """A restore would replace a database that pytest-dbsnap did not make and that is not empty."""
+
+    def __init__(self, message: str, *, database: str) -> None:
+        super().__init__(message)
+        self.database = database
 
 
 class ToolError(DbsnapError):

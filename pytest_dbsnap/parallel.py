@@ -31,9 +31,18 @@ def _is_controller(config: pytest.Config) -> bool:
     return worker_id(config) is None and config.pluginmanager.has_plugin("dsession")
 
 
+def _xdist_active(config: pytest.Config) -> bool:
+    """pytest-xdist installed and not disabled (-p no:xdist): only then do its marks mean anything."""
+    return config.pluginmanager.has_plugin("xdist")
+
+
 @pytest.hookimpl(trylast=True)
 def pytest_configure(config: pytest.Config) -> None:
     """After the plugin built the settings: give a worker its own database, and group the smoke phases."""
+    if _xdist_active(config):
+        # pytest-xdist registers it too; registered here as well because this plugin applies it, so that
+        # --strict-markers and -W error never depend on the order the plugins configure in.
+        config.addinivalue_line("markers", "xdist_group(name): run the tests of one group in one xdist worker")
     worker = worker_id(config)
     if worker is not None:
         settings = config.stash[SETTINGS_KEY]
@@ -50,6 +59,8 @@ def pytest_configure(config: pytest.Config) -> None:
 @pytest.hookimpl(tryfirst=True)
 def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
     """The smoke phases describe one stack: under xdist they run in one worker, in order."""
+    if not _xdist_active(config):
+        return  # without pytest-xdist there are no workers to keep them in, and its mark would be unknown
     for item in items:
         if item.get_closest_marker("smoke") is not None:
             item.add_marker(pytest.mark.xdist_group(SMOKE_GROUP))
@@ -110,6 +121,7 @@ def attached_server(config: pytest.Config) -> Server | None:
         info["params"],
         PgTools(Path(info["bindir"]), info["version"]),
         provider=f"{info['provider']} (shared by the xdist workers)",
+        throwaway=info["provider"] == "local",
     )
 
 

@@ -196,6 +196,7 @@ def run_app_command(
     command = resolve_python(command)
     log_path.parent.mkdir(parents=True, exist_ok=True)
     with log_path.open("ab") as log:
+        began = log.tell()  # the log keeps earlier runs; a failure quotes only this one
         log.write(f"$ {redact(shlex.join(command))}\n".encode())
     with RedactingLog(log_path) as sink:
         try:
@@ -226,7 +227,9 @@ def run_app_command(
         # A child that daemonised may hold the pipe on: its later lines still arrive, but we need not wait.
         sink.wait(timeout=5)
     if returncode != 0:
-        output = redact(tail(log_path.read_text(errors="replace")))
+        with log_path.open("rb") as log_file:
+            log_file.seek(began)
+            output = redact(tail(log_file.read().decode(errors="replace")))
         raise ToolError(
             f"{what} failed with exit code {returncode} (command: {redact(shlex.join(command))}). "
             f"Last lines of {log_path}:\n{output}",

@@ -30,10 +30,16 @@ _PHASE_TABLE_STYLE = (
 def pytest_report_header(config: pytest.Config) -> list[str]:
     settings = config.stash[SETTINGS_KEY]
     provider, why = provider_choice(config)
-    return [
+    lines = [
         f"dbsnap: provider {provider} ({why}); database {settings.database!r}; dump env {settings.env!r} "
         f"({settings.source_of('env')}); dumps in {settings.dumps_dir}",
     ]
+    if settings.database_url_ignored:
+        lines.append(
+            "dbsnap: DATABASE_URL is set but not used: the server comes only from --dbsnap-dsn, DBSNAP_DSN or "
+            "dsn in [tool.dbsnap], so the database your app points at is never replaced by accident"
+        )
+    return lines
 
 
 def report_facts(config: pytest.Config) -> dict[str, str]:

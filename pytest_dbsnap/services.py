@@ -16,9 +16,11 @@ import subprocess
 import time
 from collections.abc import Mapping
 from datetime import datetime
+from http.client import HTTPConnection, HTTPException
 from pathlib import Path
 from types import TracebackType
 from typing import Any, Self
+from urllib.parse import urlunsplit
 
 import httpx
 from mirakuru import HTTPExecutor
@@ -49,6 +51,24 @@ class _ServiceExecutor(HTTPExecutor):
     """
 
     pgid: int | None = None
+    last_answer: str | None = None  # what the health URL answered last (a status), or why it did not
+
+    def after_start_check(self) -> bool:
+        """mirakuru's health request (same method, target and status match), remembering what came back, so a
+        timeout can say it: a 301 to a login page reads differently from a refused connection."""
+        remaining = getattr(self, "_remaining_timeout", 5.0)
+        connection = HTTPConnection(self.host, self.port, timeout=max(0.1, min(5.0, remaining)))
+        try:
+            connection.request(self.method, urlunsplit(("", "", self.url.path or "/", self.url.query, "")))
+            response = connection.getresponse()
+            status, location = str(response.status), response.getheader("Location")
+        except (OSError, HTTPException) as exc:
+            self.last_answer = f"no answer ({exc.__class__.__name__}: {exc})" if str(exc) else "no answer"
+            return False
+        finally:
+            connection.close()
+        self.last_answer = f"status {status}" + (f" (Location: {location})" if location else "")
+        return status == self.status or bool(self.status_re.match(status))
 
     def check_subprocess(self) -> bool:
         process: subprocess.Popen[Any] | None = self.process
@@ -81,7 +101,6 @@ class Service:
         self.stop_grace = stop_grace
         self._port: int | None = None
         self._executor: _ServiceExecutor | None = None
-        self._log_start = 0  # where this start's lines begin in the (appended) log
         self._sink: RedactingLog | None = None
 
     # --- what callers use --------------------------------------------------------------------------------
@@ -123,14 +142,13 @@ class Service:
         return httpx.Client(base_url=self.url, timeout=10)
 
     def log_tail(self, lines: int = 40) -> str:
-        """The last lines this run of the service wrote, passwords redacted, for reports and error messages
-        (the log file is appended to across runs, and earlier runs' lines would mislead)."""
-        return redact(tail(self._read_log(since=self._log_start), lines))
+        """The last lines this start of the service wrote, passwords redacted, for reports and error messages."""
+        return redact(tail(self._read_log(), lines))
 
-    def _read_log(self, *, since: int) -> str:
+    def _read_log(self) -> str:
         try:
             with self.log_path.open("rb") as log_file:
-                log_file.seek(max(since, log_file.seek(0, os.SEEK_END) - _TAIL_BYTES))
+                log_file.seek(max(0, log_file.seek(0, os.SEEK_END) - _TAIL_BYTES))
                 return log_file.read().decode(errors="replace")
         except FileNotFoundError:
             return ""
@@ -154,11 +172,13 @@ class Service:
                 f"Create it or fix cwd in [tool.dbsnap.{self.name}]."
             )
         self.logs_dir.mkdir(parents=True, exist_ok=True)
+        # Each start writes fresh logs, so a failure never quotes an earlier run; the previous ones stay as .1.
+        _keep_previous(self.prepare_log_path)
+        _keep_previous(self.log_path)
         self._prepare()
         self._port = self._choose_port()
         command = resolve_python(self.settings.command)
-        with self.log_path.open("ab") as log_file:
-            self._log_start = log_file.tell()
+        with self.log_path.open("wb") as log_file:
             stamp = datetime.now().isoformat(timespec="seconds")
             shown = redact(shlex.join(command))
             log_file.write(f"--- {stamp} starting {self.name} on port {self._port}: $ {shown}\n".encode())
@@ -256,11 +276,12 @@ class Service:
                 f"or the command in [tool.dbsnap.{self.name}]."
             ) from exc
         except TimeoutExpired as exc:
+            seen = executor.last_answer or "nothing, as no check got that far"
             raise self._error(
                 f"The {self.name} service did not answer {self.settings.expected_status} at "
-                f"{self.health_url} within {self.settings.start_timeout:g} s (command: {shown}); it was "
-                f"stopped. Check that it listens on the PORT it is given and that the health URL is "
-                f"right, or raise start_timeout in [tool.dbsnap.{self.name}] if it is just slow."
+                f"{self.health_url} within {self.settings.start_timeout:g} s (command: {shown}); the last "
+                f"answer was {seen}. It was stopped. Check that it listens on the PORT it is given and that "
+                f"the health URL is right, or raise start_timeout in [tool.dbsnap.{self.name}] if it is just slow."
             ) from exc
         except AlreadyRunning as exc:
             raise self._error(
@@ -275,8 +296,7 @@ class Service:
             self._sink.wait(timeout=2)  # the service exited: let its last lines reach the file
         # The health checks themselves fill an access log ten lines a second; collapsed, the lines the
         # service printed while starting stay in view.
-        # The log is appended to across runs; only this start's lines explain this failure.
-        text = redact(self._read_log(since=self._log_start))
+        text = redact(self._read_log())
         lines = _collapse_repeats(text.strip().splitlines())[-ERROR_TAIL_LINES:]
         shown = "\n".join(lines) or "(empty)"
         return ServiceError(f"{message}\nLast lines of {self.log_path}:\n{shown}")
@@ -300,6 +320,12 @@ class Service:
         self._executor = None
         if self._sink is not None:
             self._sink.wait(timeout=1)  # its last lines (a shutdown message) reach the file
+
+
+def _keep_previous(log_path: Path) -> None:
+    """<name>.log becomes <name>.log.1 (replacing an older .1), so the next lines start a fresh file."""
+    with contextlib.suppress(FileNotFoundError):
+        log_path.replace(log_path.with_name(f"{log_path.name}.1"))
 
 
 def _collapse_repeats(lines: list[str]) -> list[str]:

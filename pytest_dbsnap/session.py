@@ -9,8 +9,6 @@ import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
 
-from psycopg import sql
-
 from pytest_dbsnap.dumps import databases
 from pytest_dbsnap.dumps.fingerprint import compute_fingerprint
 from pytest_dbsnap.dumps.generate import generate_dump, migrate
@@ -68,6 +66,18 @@ def changed_inputs(meta: DumpMeta, current: dict[str, str]) -> list[str]:
     return sorted(k for k in set(recorded) | set(current) if recorded.get(k) != current.get(k))
 
 
+def describe_input_changes(meta: DumpMeta, current: dict[str, str], limit: int = 5) -> str:
+    """ "a.sql changed, b.sql removed, c.sql added" (the first few): a removed file is not a changed one."""
+    recorded = meta.fingerprint_inputs
+    changes = changed_inputs(meta, current)
+    shown = [
+        f"{key} {'removed' if key not in current else 'added' if key not in recorded else 'changed'}"
+        for key in changes[:limit]
+    ]
+    more = f" and {len(changes) - limit} more" if len(changes) > limit else ""
+    return ", ".join(shown) + more if shown else "inputs changed"
+
+
 def staleness(settings: Settings, meta: DumpMeta | None) -> str | None:
     """Why the latest dump cannot be used as it is, or None when it is current."""
     if meta is None:
@@ -79,15 +89,16 @@ def staleness(settings: Settings, meta: DumpMeta | None) -> str | None:
     fingerprint, inputs = compute_fingerprint(settings)
     if meta.fingerprint == fingerprint:
         return None
-    changed = changed_inputs(meta, inputs)
-    return f"stale: {', '.join(changed[:5]) or 'inputs'} changed"
+    return f"stale: {describe_input_changes(meta, inputs)}"
 
 
 def ensure_database(server: Server, name: str) -> None:
+    """Create the database when missing (marked as ours, so a later restore may replace it); an existing one
+    is kept as it is."""
     check_target(name)
     with server.connect() as conn:
         if not databases.exists(conn, name):
-            conn.execute(sql.SQL("CREATE DATABASE {}").format(sql.Identifier(name)))
+            databases.create(conn, name)
 
 
 def prepare_database(
@@ -150,6 +161,7 @@ def prepare_database(
         verify=settings.verify,
         jobs=settings.jobs,
         progress=progress,
+        replace=settings.replace_database,
     )
     migrate(server, settings, target)
     pushed = False

@@ -133,9 +133,30 @@ def parse_browser_mode(value: object) -> str:
 
 
 def parse_css_selector(value: object) -> str:
+    """A selector whose brackets, parentheses and quotes pair up; the browser checks the rest before loading."""
     text = parse_str(value).strip()
     if not text:
         raise ValueError('expected a CSS selector, such as "#node-list li[data-node-id]"')
+    closing = {"[": "]", "(": ")"}
+    open_brackets: list[str] = []
+    quote: str | None = None
+    escaped = False
+    for char in text:
+        if escaped:
+            escaped = False
+        elif char == "\\":
+            escaped = True
+        elif quote is not None:
+            quote = None if char == quote else quote
+        elif char in "'\"":
+            quote = char
+        elif char in closing:
+            open_brackets.append(char)
+        elif char in "])" and (not open_brackets or closing[open_brackets.pop()] != char):
+            raise ValueError(f"{char!r} closes nothing in this CSS selector")
+    if quote is not None or open_brackets:
+        unclosed = quote or open_brackets[-1]
+        raise ValueError(f"{unclosed!r} is never closed in this CSS selector")
     return text
 
 
@@ -230,7 +251,7 @@ OPTIONS: tuple[Option, ...] = (
         "dsn",
         parse_str,
         None,
-        "libpq DSN or URL of an existing server (external provider); DATABASE_URL is read too",
+        "libpq DSN or URL of an existing server (external provider); DATABASE_URL is never read for it",
         flag="--dbsnap-dsn",
     ),
     Option(
@@ -263,6 +284,14 @@ OPTIONS: tuple[Option, ...] = (
         False,
         "allow a DSN whose host is not this machine (restoring drops and replaces databases there)",
         flag="--dbsnap-allow-remote",
+        flag_is_switch=True,
+    ),
+    Option(
+        "replace_database",
+        parse_bool,
+        False,
+        "let a restore replace a database that pytest-dbsnap did not make and that is not empty (its data is lost)",
+        flag="--dbsnap-replace-database",
         flag_is_switch=True,
     ),
     Option("migrate_command", parse_command, None, "command that migrates the database named by $DATABASE_URL to head"),
@@ -394,6 +423,7 @@ class Settings:
     compose_user: str = "postgres"
     compose_password: str = "postgres"  # noqa: S105 - the compose file's development default, not a secret
     allow_remote: bool = False
+    replace_database: bool = False
     migrate_command: tuple[str, ...] | None = None
     seed_command: tuple[str, ...] | None = None
     schema_version_query: str | None = None
@@ -413,6 +443,12 @@ class Settings:
     backend: ServiceSettings | None = None
     frontend: ServiceSettings | None = None
     sources: Mapping[str, str] = field(default_factory=dict, compare=False)
+    flags: Mapping[str, str] = field(default_factory=dict, compare=False)  # the caller's own flag names (CLI)
+    database_url_ignored: bool = field(default=False, compare=False)  # DATABASE_URL was set; it never picks a server
+
+    def flag_for(self, key: str) -> str | None:
+        """The flag that sets `key` where these settings were built (the CLI's names differ from pytest's)."""
+        return self.flags.get(key) or OPTIONS_BY_KEY[key].flag
 
     @property
     def jobs(self) -> int:
@@ -485,6 +521,8 @@ def _parse_service(name: str, table: object, project_root: Path, pyproject: Path
         )
     values: dict[str, Any] = {}
     for key, raw in table.items():
+        if _SERVICE_KEYS[key] is parse_str_list and isinstance(raw, str):
+            raise _bad_value(f"{name}.{key}", where, raw, f"expected a list of strings: {key} = [{raw!r}]")
         try:
             values[key] = _SERVICE_KEYS[key](raw)
         except ValueError as exc:
@@ -541,14 +579,16 @@ def load_settings(
                 where = f"the ini option {option.ini_name}"
             else:
                 where = source
+            if option.parse is parse_str_list and isinstance(raw, str) and layer is table:
+                # TOML has lists, and a string there is a slip that would read as one path; the
+                # environment and ini forms stay comma separated.
+                raise _bad_value(option.key, where, raw, f"expected a list of strings: {option.key} = [{raw!r}]")
             try:
                 values[option.key] = option.parse(raw)
             except ValueError as exc:
                 raise _bad_value(option.key, where, raw, str(exc)) from None
             sources[option.key] = source
-    if "dsn" not in values and environ.get("DATABASE_URL"):
-        values["dsn"] = environ["DATABASE_URL"]
-        sources["dsn"] = "the environment variable DATABASE_URL"
+    # DATABASE_URL is not read: it usually names a developer's own database, which a restore would replace.
     # Paths in the configuration are relative to the project, not to wherever pytest was started.
     for key in ("dumps_dir", "pg_bindir", "cache_dir", "compose_file", "logs_dir"):
         if isinstance(values.get(key), Path):
@@ -559,7 +599,14 @@ def load_settings(
     parsed_services: dict[str, Any] = {
         name: _parse_service(name, raw, project_root, pyproject) for name, raw in services.items()
     }
-    return Settings(project_root=project_root, sources=sources, **values, **parsed_services)
+    return Settings(
+        project_root=project_root,
+        sources=sources,
+        flags=dict(cli_flags or {}),
+        database_url_ignored=bool(environ.get("DATABASE_URL")),
+        **values,
+        **parsed_services,
+    )
 
 
 def cli_values(namespace: object, keys: Sequence[str] | None = None) -> dict[str, object | None]:

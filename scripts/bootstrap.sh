@@ -16,6 +16,10 @@ if [ ! -f "$stamp" ]; then
   .venv/bin/python -m pip install --quiet -e '.[app,dev,browser]'
   rm -f .venv/.installed-* && touch "$stamp"
 fi
+# The wheel ships pytest_dbsnap only; the reference app stays here. A .pth file puts this folder on the venv's
+# import path, so `python -m refapp.seed` works from any folder (the tests run it from temporary projects).
+site_packages=$(.venv/bin/python -c 'import sysconfig; print(sysconfig.get_paths()["purelib"])')
+echo "$PWD" > "$site_packages/dbsnap-refapp.pth"
 
 have_postgres() {
   .venv/bin/python - <<'PY'

@@ -1,7 +1,10 @@
 """Database-level moves on a server: create, clone from a template, swap atomically, drop leftovers.
 
 Names we create carry a prefix (and, for temporary ones, the creating pid) so that leftovers of a killed
-process can be told apart from a user's databases and dropped at the next run.
+process can be told apart from a user's databases and dropped at the next run. Every database created here also
+gets the comment MARK, so that a restore can tell a database this tool made (and may replace) from one it did
+not: a comment is kept by a rename, so the mark set at creation follows a staging database into place; a clone
+does not copy it, so `clone` sets it on the copy.
 """
 
 from __future__ import annotations
@@ -23,6 +26,7 @@ OLD_PREFIX = "dbsnap_old_"
 TEMPLATE_PREFIX = "dbsnap_tpl_"
 SPARE_PREFIX = "dbsnap_spare_"
 FRESH_PREFIX = "dbsnap_test_"  # per-test clones made by the fresh_db fixture
+MARK = "pytest-dbsnap"  # COMMENT ON DATABASE of every database this tool creates
 _TEMPORARY = re.compile(rf"^(?:{STAGE_PREFIX}|{OLD_PREFIX}|{FRESH_PREFIX})(?P<pid>\d+)_[0-9a-f]+$")
 _BUSY_WAIT = 15.0  # seconds to wait for other sessions to leave a database we must rename or clone
 
@@ -45,8 +49,27 @@ def drop(conn: Connection, name: str, *, force: bool = True) -> None:
     conn.execute(statement)
 
 
+def mark(conn: Connection, name: str) -> None:
+    """Record that pytest-dbsnap made this database, so a later restore may replace it."""
+    conn.execute(sql.SQL("COMMENT ON DATABASE {} IS {}").format(sql.Identifier(name), sql.Literal(MARK)))
+
+
+def is_marked(conn: Connection, name: str) -> bool:
+    row = conn.execute(
+        "SELECT shobj_description(oid, 'pg_database') FROM pg_database WHERE datname = %s", (name,)
+    ).fetchone()
+    return row is not None and row[0] == MARK
+
+
 def create_empty(conn: Connection, name: str) -> None:
     conn.execute(sql.SQL("CREATE DATABASE {} TEMPLATE template0").format(sql.Identifier(name)))
+    mark(conn, name)
+
+
+def create(conn: Connection, name: str) -> None:
+    """An empty database from the server's default template (template1, with what the admin put there)."""
+    conn.execute(sql.SQL("CREATE DATABASE {}").format(sql.Identifier(name)))
+    mark(conn, name)
 
 
 def clone(conn: Connection, template: str, name: str) -> None:
@@ -58,12 +81,13 @@ def clone(conn: Connection, template: str, name: str) -> None:
     while True:
         try:
             conn.execute(statement)
-            return
+            break
         except psycopg.errors.ObjectInUse:
             # Another session is cloning the same template right now (a spare being made): wait our turn.
             if time.monotonic() > deadline:
                 raise
             time.sleep(0.05)
+    mark(conn, name)  # a clone does not copy its template's comment
 
 
 def mark_template(conn: Connection, name: str) -> None:

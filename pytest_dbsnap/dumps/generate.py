@@ -230,8 +230,13 @@ def generate_dump(
             except DbsnapError:
                 pass
             if isinstance(exc, ToolError):
+                reason = str(exc)  # "the seed command failed ...": a sentence of its own here
                 raise ToolError(
-                    f"Generating a dump of environment {env!r} failed; the store was not changed. {exc}"
+                    f"Generating a dump of environment {env!r} failed; the store was not changed. "
+                    f"{reason[:1].upper()}{reason[1:]}",
+                    command=exc.command,
+                    returncode=exc.returncode,
+                    stderr_tail=exc.stderr_tail,
                 ) from exc
             raise
         return meta, True

@@ -6,6 +6,7 @@ Paths, fastest first:
   pg_restore      verify sha256 -> pg_restore into a staging database -> check row counts -> keep it as the
                   dump's template -> clone -> swap
 In every path the target keeps its old content until one transaction renames the new database into place.
+Before any of it, `check_replaceable` refuses a target that holds data pytest-dbsnap did not make.
 The next spare is made by `prepare_spare`, off the critical path (a background thread, or the next call).
 """
 
@@ -23,7 +24,15 @@ import psycopg
 
 from pytest_dbsnap.dumps import databases
 from pytest_dbsnap.dumps.meta import DumpMeta
-from pytest_dbsnap.errors import ConfigError, DumpCorrupt, DumpError, RestoreError, ToolError
+from pytest_dbsnap.errors import (
+    ConfigError,
+    DumpCorrupt,
+    DumpError,
+    RestoreError,
+    ServerError,
+    ToolError,
+    UnmanagedDatabase,
+)
 from pytest_dbsnap.postgres.base import Server
 from pytest_dbsnap.proc import run
 
@@ -58,6 +67,46 @@ def check_target(target: str) -> None:
             f"Refusing to restore into {target!r}: it is a system or pytest-dbsnap database. "
             f"Choose the app's own database name (setting database, --dbsnap-database)."
         )
+
+
+def user_relations(server: Server, database: str) -> int:
+    """How many tables, views, sequences... the database holds outside the system schemas."""
+    with server.connect(database) as conn:
+        row = conn.execute(
+            "SELECT count(*) FROM pg_class c JOIN pg_namespace n ON n.oid = c.relnamespace "
+            "WHERE n.nspname NOT IN ('pg_catalog', 'information_schema') AND n.nspname NOT LIKE 'pg\\_toast%%' "
+            "AND n.nspname NOT LIKE 'pg\\_temp\\_%%'"
+        ).fetchone()
+    return int(str(row[0])) if row else 0
+
+
+def check_replaceable(server: Server, target: str, *, replace: bool = False) -> None:
+    """Replace only what is ours: a database this tool made (marked), a missing one or an empty one.
+
+    The tool's own throwaway cluster holds nothing it did not make, so only other servers are checked.
+    `replace` is the user's explicit consent (setting replace_database) to lose the target's data.
+    """
+    if replace or server.is_throwaway:
+        return
+    with server.connect() as conn:
+        if not databases.exists(conn, target) or databases.is_marked(conn, target):
+            return
+    try:
+        count: int | None = user_relations(server, target)
+    except ServerError:
+        count = None  # closed to connections, or not ours to read: just as unknown
+    if count == 0:
+        return
+    holds = f"holds {count} table(s) or other relations" if count else "could not be looked into"
+    raise UnmanagedDatabase(
+        f"Refusing to replace the database {target!r} on {server.describe()}: it {holds}, and pytest-dbsnap "
+        f"did not make it (the databases it makes carry the comment {databases.MARK!r}), so restoring the dump "
+        f"there would lose its data. Nothing was changed. Use another database name (setting database, "
+        f"--dbsnap-database, or `dbsnap restore --database NAME`), or, only if its data may be lost, allow "
+        f"replacing it: replace_database = true in [tool.dbsnap], DBSNAP_REPLACE_DATABASE=1, "
+        f"--dbsnap-replace-database, or `dbsnap restore --replace`.",
+        database=target,
+    )
 
 
 def verify_file(meta: DumpMeta, path: Path) -> None:
@@ -140,9 +189,14 @@ def restore_dump(
     verify: bool = True,
     jobs: int = 1,
     progress: Progress = _quiet,
+    replace: bool = False,
 ) -> RestoreResult:
-    """Put the dump's data in `target`; on any failure `target` is exactly as it was."""
+    """Put the dump's data in `target`; on any failure `target` is exactly as it was.
+
+    A target that exists, is not empty and was not made by pytest-dbsnap is refused unless `replace`.
+    """
     check_target(target)
+    check_replaceable(server, target, replace=replace)
     began = time.monotonic()
     with server.connect() as conn:
         databases.drop_leftovers(conn)

@@ -185,6 +185,12 @@ class Server(abc.ABC):
         port = self.params.get("port", "5432")
         return f"{self.provider} PostgreSQL at {host}:{port}"
 
+    @property
+    def is_throwaway(self) -> bool:
+        """A cluster pytest-dbsnap made for itself (the local provider): every database in it is the tool's,
+        so restores need not ask whether a database may be replaced."""
+        return self.provider == "local"
+
     @abc.abstractmethod
     def stop(self) -> None:
         """Give back what start took; a server we did not start is left running."""

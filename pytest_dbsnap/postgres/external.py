@@ -57,17 +57,30 @@ class ExternalServer(Server):
 class AttachedServer(ExternalServer):
     """A server another process of this run owns (the pytest-xdist controller): used, never stopped."""
 
-    def __init__(self, params: dict[str, str], tools: PgTools, *, provider: str) -> None:
+    def __init__(self, params: dict[str, str], tools: PgTools, *, provider: str, throwaway: bool = False) -> None:
         super().__init__(params, tools)
         self.provider = provider
+        self._throwaway = throwaway  # the controller's server is the tool's own local cluster
+
+    @property
+    def is_throwaway(self) -> bool:
+        return self._throwaway
 
     def describe(self) -> str:
         return f"{self.provider} PostgreSQL at {self.params.get('host')}:{self.params.get('port')}"
 
 
 def connect_external(
-    dsn: str, *, allow_remote: bool, tools: PgTools | None = None, timeout: float = 10.0
+    dsn: str,
+    *,
+    allow_remote: bool,
+    tools: PgTools | None = None,
+    timeout: float = 10.0,
+    allow_remote_flag: str = "--dbsnap-allow-remote",
+    dsn_flag: str = "--dbsnap-dsn",
 ) -> ExternalServer:
+    """The server of `dsn`, once it accepts connections; the flag names are the caller's (pytest's or the CLI's)
+    for the messages."""
     params = parse_dsn(dsn)
     remote = non_local_hosts(params)
     if remote and not allow_remote:
@@ -75,7 +88,7 @@ def connect_external(
             f"The DSN points at {', '.join(remote)}, which is not this machine. pytest-dbsnap drops and replaces "
             f"databases when it restores a dump, so it only uses local servers (unix socket, localhost, "
             f"127.0.0.1, ::1) unless you allow it: set allow_remote = true in [tool.dbsnap], "
-            f"DBSNAP_ALLOW_REMOTE=1 or pass --dbsnap-allow-remote, and only for a server whose data may be lost."
+            f"DBSNAP_ALLOW_REMOTE=1 or pass {allow_remote_flag}, and only for a server whose data may be lost."
         )
     params.pop("dbname", None)
     server = ExternalServer(params, tools or find_pg_tools(None, need_server=False))
@@ -83,6 +96,6 @@ def connect_external(
         wait_until_accepting(server, timeout)
     except ServerError as exc:
         raise ServerError(
-            f"{exc} The DSN came from the dsn setting (--dbsnap-dsn, DBSNAP_DSN or DATABASE_URL)."
+            f"{exc} The DSN came from the dsn setting ({dsn_flag}, DBSNAP_DSN or dsn in [tool.dbsnap])."
         ) from exc
     return server

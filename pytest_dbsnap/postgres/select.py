@@ -30,10 +30,17 @@ def start_server(settings: Settings, provider: str | None = None) -> Server:
 
         if not settings.dsn:
             raise ConfigError(
-                "The external provider needs a DSN: pass --dbsnap-dsn, set DBSNAP_DSN or "
-                "DATABASE_URL, or set dsn in [tool.dbsnap]."
+                f"The external provider needs a DSN: pass {settings.flag_for('dsn')}, set DBSNAP_DSN, or set "
+                f"dsn in [tool.dbsnap] (DATABASE_URL is not read, so that the database your app uses is never "
+                f"replaced by accident)."
             )
-        return connect_external(settings.dsn, allow_remote=settings.allow_remote, timeout=settings.start_timeout)
+        return connect_external(
+            settings.dsn,
+            allow_remote=settings.allow_remote,
+            timeout=settings.start_timeout,
+            allow_remote_flag=settings.flag_for("allow_remote") or "--dbsnap-allow-remote",
+            dsn_flag=settings.flag_for("dsn") or "--dbsnap-dsn",
+        )
     if provider == "docker":
         from pytest_dbsnap.postgres.compose import start_compose
 

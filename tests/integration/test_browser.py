@@ -11,9 +11,11 @@ from __future__ import annotations
 import base64
 import os
 import re
+import signal
 import subprocess
 import sys
 import threading
+import time
 from collections.abc import Iterator
 from functools import partial
 from http.server import SimpleHTTPRequestHandler, ThreadingHTTPServer
@@ -185,6 +187,78 @@ def test_data_that_never_renders_is_a_clear_error(chromium: Path, site: str, tmp
     assert screenshot.read_bytes() == raised.value.screenshot
 
 
+def test_a_malformed_render_selector_is_named_at_once(chromium: Path, site: str) -> None:
+    """Brackets that pair up pass the settings; Playwright's parser catches the rest without waiting it out."""
+    with pytest.raises(RenderError) as raised:
+        render_page(f"{site}/never.html", browser_path=chromium, render_selector="#node-list li::", timeout=30)
+    message = str(raised.value)
+    assert message.startswith("render_selector '#node-list li::' in [tool.dbsnap.frontend] is not a selector the ")
+    assert 'Unexpected token ":"' in message
+    assert "The page at " in message
+    assert "did not show" not in message
+
+
+CTRL_C_SCRIPT = """
+import sys
+from pathlib import Path
+from pytest_dbsnap.browser import render_page
+try:
+    render_page(sys.argv[1], browser_path=Path(sys.argv[2]), render_selector="#node-list li", timeout=60)
+except KeyboardInterrupt:
+    print("interrupted", flush=True)
+"""
+
+
+def _renders_a_page(pgid: int) -> bool:
+    """Whether Chromium, started by a process of the group (Playwright's driver) in a group of its own, runs a
+    renderer: the page is open and waited on."""
+    processes: dict[int, tuple[int, int, bytes]] = {}  # pid -> (parent, group, command line)
+    for entry in Path("/proc").iterdir():
+        if not entry.name.isdigit():
+            continue
+        try:
+            stat = (entry / "stat").read_text().rsplit(")", 1)[1].split()
+            processes[int(entry.name)] = (int(stat[1]), int(stat[2]), (entry / "cmdline").read_bytes())
+        except (OSError, IndexError):
+            continue
+
+    def descends_from_group(pid: int) -> bool:
+        for _ in range(10):
+            parent, group, _command = processes.get(pid, (0, 0, b""))
+            if group == pgid:
+                return True
+            pid = parent
+        return False
+
+    return any(
+        b"--type=renderer" in command and descends_from_group(pid) for pid, (_p, _g, command) in processes.items()
+    )
+
+
+@pytest.mark.skipif(not Path("/proc").is_dir(), reason="finds the browser's processes through /proc")
+def test_ctrl_c_while_the_page_renders_ends_quietly(chromium: Path, site: str, tmp_path: Path) -> None:
+    """Ctrl-C in a terminal signals the whole process group, Playwright's driver and Chromium included."""
+    script = tmp_path / "render.py"
+    script.write_text(CTRL_C_SCRIPT)
+    with subprocess.Popen(
+        [sys.executable, str(script), f"{site}/never.html", str(chromium)],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+        start_new_session=True,
+    ) as rendering:
+        deadline = time.monotonic() + 60
+        while not _renders_a_page(rendering.pid):
+            assert rendering.poll() is None, rendering.communicate()
+            assert time.monotonic() < deadline, "Chromium never opened the page"
+            time.sleep(0.05)  # polling interval while the browser starts
+        os.killpg(rendering.pid, signal.SIGINT)
+        stdout, stderr = rendering.communicate(timeout=60)
+    assert stdout == "interrupted\n", stderr
+    assert "Future exception was never retrieved" not in stderr
+    assert "Traceback" not in stderr, stderr
+
+
 def test_a_missing_browser_path_says_how_to_install_one(tmp_path: Path) -> None:
     with pytest.raises(BrowserUnavailable, match="is not an executable file") as raised:
         find_chromium(tmp_path / "no-such-chromium")
@@ -203,6 +277,24 @@ def test_phase_fails_on_the_violation_naming_rule_impact_and_element(
     assert "FAILED test_04_frontend.py::test_no_serious_accessibility_violations" in output
     assert "image-alt [critical] Images must have alternative text: #next-arrow" in output
     assert "link-name [serious] Links must have discernible text" in output
+
+
+def test_under_xdist_the_frontend_page_section_comes_from_the_worker(
+    chromium: Path, site: str, project: pytest.Pytester, monkeypatch: pytest.MonkeyPatch, shared_pg_cache: Path
+) -> None:
+    """The xdist controller starts a server for the workers: from the suite's shared pristine cluster."""
+    pytest.importorskip("xdist")
+    monkeypatch.setenv("DBSNAP_CACHE_DIR", str(shared_pg_cache))
+    result = run_phase(project, f"{site}/violation.html", "-n", "2")
+    result.assert_outcomes(passed=1, failed=1)
+    result.stdout.fnmatch_lines(
+        [
+            "*= dbsnap frontend page =*",
+            f"{site}/violation.html in * s: 1 element(s) rendered, 0 console error(s); axe-core *: 1 critical, "
+            "1 serious*",
+            "screenshot: *frontend.png",
+        ]
+    )
 
 
 def test_script_error_shows_in_the_html_report_with_the_screenshot(

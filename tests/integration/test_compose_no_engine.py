@@ -79,8 +79,13 @@ def test_compose_commands_start_one_service_and_remove_volumes(service: str) -> 
 
 
 def test_choose_provider_dsn_means_external(tmp_path: Path) -> None:
+    settings = load_settings(project_root=tmp_path, environ={"DBSNAP_DSN": "postgresql://u@localhost/x"})
+    assert choose_provider(settings) == ("external", "a DSN was given by the environment")
+
+
+def test_choose_provider_database_url_alone_is_not_a_dsn(tmp_path: Path) -> None:
     settings = load_settings(project_root=tmp_path, environ={"DATABASE_URL": "postgresql://u@localhost/x"})
-    assert choose_provider(settings) == ("external", "a DSN was given by the environment variable DATABASE_URL")
+    assert choose_provider(settings) == ("local", "no DSN and no compose file, so the embedded cluster")
 
 
 def test_choose_provider_dsn_beats_a_compose_file(tmp_path: Path, compose_file: Path) -> None:
@@ -105,5 +110,5 @@ def test_choose_provider_without_dsn_or_compose_file_is_local(tmp_path: Path) ->
 
 @pytest.mark.parametrize("provider", ["local", "docker", "external"])
 def test_choose_provider_keeps_an_explicit_provider(provider: str, tmp_path: Path, compose_file: Path) -> None:
-    settings = load_settings(project_root=tmp_path, environ={"DBSNAP_PROVIDER": provider, "DATABASE_URL": "host=/tmp"})
+    settings = load_settings(project_root=tmp_path, environ={"DBSNAP_PROVIDER": provider, "DBSNAP_DSN": "host=/tmp"})
     assert choose_provider(settings) == (provider, "set by the environment")

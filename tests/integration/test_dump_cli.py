@@ -113,10 +113,13 @@ def no_traceback(result: subprocess.CompletedProcess[str]) -> None:
     assert "Traceback" not in result.stdout + result.stderr, result.stderr
 
 
-def marked_database(server: LocalCluster, name: str, note: str) -> None:
+def marked_database(server: LocalCluster, name: str, note: str, *, ours: bool = True) -> None:
+    """A database with a marker row; `ours`: as an earlier restore left it (pytest-dbsnap's comment on it)."""
     with server.connect() as conn:
         databases.drop(conn, name)
         conn.execute(sql.SQL("CREATE DATABASE {}").format(sql.Identifier(name)))
+        if ours:
+            databases.mark(conn, name)
     with server.connect(name) as conn:
         conn.execute("CREATE TABLE marker (note text)")
         conn.execute("INSERT INTO marker VALUES (%s)", (note,))
@@ -299,8 +302,19 @@ def test_restore_without_a_target_server_is_a_usage_error(
     result = run_dbsnap(cli_project.root, "restore", "--env", ENV)
     assert result.returncode == EXIT_USAGE
     assert result.stdout == ""
-    assert result.stderr.startswith("dbsnap: This command needs a target server: pass --dsn, or set DBSNAP_DSN")
+    assert result.stderr.startswith("dbsnap: This command needs a target server: pass --dsn or set DBSNAP_DSN")
     assert len(result.stderr.strip().splitlines()) == 1
+    no_traceback(result)
+
+
+def test_remote_host_refusal_names_the_clis_own_flag(
+    cli_project: CliProject, run_dbsnap: Callable[..., subprocess.CompletedProcess[str]]
+) -> None:
+    result = run_dbsnap(cli_project.root, "restore", "--dsn", "postgresql://u@db.example.com/app", "--no-spare")
+    assert result.returncode == EXIT_USAGE
+    assert "db.example.com, which is not this machine" in result.stderr
+    assert "pass --allow-remote," in result.stderr
+    assert "--dbsnap-allow-remote" not in result.stderr
     no_traceback(result)
 
 

@@ -157,12 +157,12 @@ def test_unreachable_local_port_is_a_quick_server_error_without_the_password(pg_
 
 def test_start_server_external_without_dsn_is_a_config_error(tmp_path: Path) -> None:
     settings = load_settings(project_root=tmp_path, environ={}, cli={"provider": "external"})
-    with pytest.raises(ConfigError, match=r"needs a DSN: pass --dbsnap-dsn, set DBSNAP_DSN or DATABASE_URL"):
+    with pytest.raises(ConfigError, match=r"needs a DSN: pass --dbsnap-dsn, set DBSNAP_DSN, or set dsn in"):
         start_server(settings)
 
 
 def test_start_server_picks_external_for_a_dsn(cluster: LocalCluster, tmp_path: Path) -> None:
-    settings = load_settings(project_root=tmp_path, environ={"DATABASE_URL": cluster.dsn("postgres")})
+    settings = load_settings(project_root=tmp_path, environ={"DBSNAP_DSN": cluster.dsn("postgres")})
     with start_server(settings) as server:
         assert isinstance(server, ExternalServer)
         with server.connect() as conn:

@@ -45,6 +45,8 @@ class Handler(BaseHTTPRequestHandler):
         status, body = 200, b"ok"
         if self.path == "/health" and mode == "unhealthy":
             status, body = 503, b"not yet"
+        elif self.path == "/health" and mode == "redirect":
+            status, body = 301, b"moved"
         elif self.path.startswith("/env/"):
             body = os.environ.get(self.path[len("/env/"):], "<unset>").encode()
         elif self.path == "/prepared":
@@ -52,6 +54,8 @@ class Handler(BaseHTTPRequestHandler):
         elif self.path == "/child":
             body = str(child.pid if child else 0).encode()
         self.send_response(status)
+        if status == 301:
+            self.send_header("Location", "/login")
         self.send_header("Content-Length", str(len(body)))
         self.end_headers()
         self.wfile.write(body)
@@ -233,7 +237,7 @@ def test_exit_during_start_fails_fast(make_service: MakeService, mode: str, reas
     assert service.pid is None
 
 
-def test_log_is_appended_and_an_error_quotes_only_this_start(make_service: MakeService) -> None:
+def test_each_start_writes_a_fresh_log_and_keeps_the_previous_as_dot_1(make_service: MakeService) -> None:
     with make_service() as first:
         first_port = first.port
     second = make_service("exit3")
@@ -241,10 +245,14 @@ def test_log_is_appended_and_an_error_quotes_only_this_start(make_service: MakeS
         second.start()
     assert second.log_path == first.log_path
     log = second.log_path.read_text()
-    assert f"server starting on port {first_port}" in log
+    assert f"server starting on port {first_port}" not in log
     assert f"server starting on port {second.port}" in log
+    previous = second.log_path.with_name("backend.log.1").read_text()
+    assert f"server starting on port {first_port}" in previous
+    assert f"server starting on port {second.port}" not in previous
     assert f"server starting on port {first_port}" not in str(info.value)
     assert f"server starting on port {second.port}" in str(info.value)
+    assert f"server starting on port {first_port}" not in second.log_tail()
 
 
 def test_health_never_ok_times_out_naming_the_url(make_service: MakeService) -> None:
@@ -258,6 +266,14 @@ def test_health_never_ok_times_out_naming_the_url(make_service: MakeService) -> 
     assert "within 2 s" in message
     assert "server starting on port" in message
     assert '"GET /health HTTP/1.1" 503' in message
+    assert "; the last answer was status 503. It was stopped." in message
+
+
+def test_health_timeout_says_what_did_come_back(make_service: MakeService) -> None:
+    service = make_service("redirect", start_timeout=1.0)
+    with pytest.raises(ServiceError) as info:
+        service.start()
+    assert "; the last answer was status 301 (Location: /login). It was stopped." in str(info.value)
 
 
 def test_missing_program_is_named(make_service: MakeService) -> None:

@@ -159,3 +159,44 @@ def test_no_dump_and_no_seed_command_fails_the_fixture_with_one_paragraph(
     assert "--skip-dump-restore" in message
     assert not (project / "dumps" / "dev").exists()
     assert not (project / "dump-name.txt").exists()
+
+
+def test_a_developers_database_url_is_never_restored_over(
+    pytester: pytest.Pytester, project: Path, monkeypatch: pytest.MonkeyPatch, tmp_path_factory: pytest.TempPathFactory
+) -> None:
+    """The issue's reproduction: DATABASE_URL names the developer's own `app`, which is also the project's
+    database. A plain run must not touch it; pointed at its server, the restore refuses until told it may."""
+    cache = tmp_path_factory.getbasetemp() / "pg-cache"
+    with LocalCluster(find_pg_tools(None), cache_dir=cache).start() as developers:
+        assert isinstance(developers, LocalCluster)
+        with developers.connect() as conn:
+            conn.execute("CREATE DATABASE app")
+        with developers.connect("app") as conn:
+            conn.execute("CREATE TABLE customers (name text)")
+            conn.execute("INSERT INTO customers VALUES ('ada'), ('grace'), ('edsger')")
+
+        def customers() -> object:
+            with developers.connect("app") as conn:
+                return conn.execute("SELECT count(*) FROM customers").fetchone()
+
+        monkeypatch.setenv("DATABASE_URL", developers.dsn("app"))
+        pytester.makepyprojecttoml(PYPROJECT.format(seed_line=SEED_LINE))
+        pytester.makepyfile(test_restored=RESTORED_TESTS)
+
+        plain = run(pytester, "-q")
+        plain.assert_outcomes(passed=3)
+        assert customers() == (3,)
+
+        pointed = run(pytester, f"--dbsnap-dsn={developers.dsn('postgres')}", "-k", "seeded_rows")
+        pointed.assert_outcomes(errors=1, deselected=2)
+        [message] = [line for line in pointed.stdout.lines if line.startswith("pytest-dbsnap: could not prepare")]
+        assert f"Refusing to replace the database 'app' on external PostgreSQL at 127.0.0.1:{developers.port}" in (
+            message
+        )
+        assert "--dbsnap-replace-database" in message
+        assert customers() == (3,)
+
+        allowed = run(pytester, f"--dbsnap-dsn={developers.dsn('postgres')}", "--dbsnap-replace-database")
+        allowed.assert_outcomes(passed=3)
+        with developers.connect("app") as conn:
+            assert conn.execute("SELECT to_regclass('public.customers')").fetchone() == (None,)

@@ -111,8 +111,13 @@ def test_bad_environment_value_is_a_usage_error_naming_the_variable(
             {},
             "dbsnap: provider local (*); database 'app'; dump env 'staging' (the command line); dumps in *",
         ),
+        (
+            (),
+            {"DATABASE_URL": "postgresql://postgres@127.0.0.1:5432/app"},
+            "dbsnap: DATABASE_URL is set but not used: the server comes only from --dbsnap-dsn, DBSNAP_DSN or *",
+        ),
     ],
-    ids=["auto", "flag", "dsn", "dump-env"],
+    ids=["auto", "flag", "dsn", "dump-env", "database-url-ignored"],
 )
 def test_report_header_shows_the_provider_and_why(
     pytester: pytest.Pytester,
@@ -153,7 +158,8 @@ def test_external_provider_without_dsn_fails_the_fixture_with_one_paragraph(pyte
     # The error section holds the message alone on its line; the short summary repeats it after the test id.
     [message] = [line for line in result.stdout.lines if line.startswith("pytest-dbsnap: could not get")]
     assert message.endswith(
-        "could not get a PostgreSQL server: The external provider needs a DSN: pass --dbsnap-dsn, "
-        "set DBSNAP_DSN or DATABASE_URL, or set dsn in [tool.dbsnap]."
+        "could not get a PostgreSQL server: The external provider needs a DSN: pass --dbsnap-dsn, set "
+        "DBSNAP_DSN, or set dsn in [tool.dbsnap] (DATABASE_URL is not read, so that the database your app uses "
+        "is never replaced by accident)."
     )
     assert not (pytester.path / "server.txt").exists()

@@ -237,10 +237,11 @@ def test_health_url_that_never_answers_is_a_clear_message_naming_the_url(pyteste
     match = re.match(
         r"^pytest-dbsnap: the backend did not start: The backend service did not answer 200 at "
         r"(?P<url>http://127\.0\.0\.1:(?P<port>\d+)/health) within 2 s \(command: \S+ service\.py backend deaf\); "
-        r"it was stopped\.",
+        r"the last answer was (?P<answer>.+)\. It was stopped\.",
         paragraph[0],
     )
     assert match, paragraph[0]
+    assert match["answer"] == "status 503"
     assert f"backend starting on port {match['port']}" in paragraph
     assert_clean_failure(result, paragraph)
     result.stdout.re_match_lines([LATER_SKIPPED])

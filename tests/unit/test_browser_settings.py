@@ -50,11 +50,17 @@ def test_a_bare_browser_name_is_looked_up_on_path_later(tmp_path: Path) -> None:
         (FRONTEND + 'browser = "sometimes"\n', ["'frontend.browser'", "'sometimes'", "auto, required, off"]),
         (FRONTEND + 'render_selector = ""\n', ["'frontend.render_selector'", "CSS selector"]),
         (
+            FRONTEND + 'render_selector = "#node-list li[data-node-id"\n',
+            ["'frontend.render_selector'", "'[' is never closed in this CSS selector"],
+        ),
+        (FRONTEND + 'render_selector = "li[title=\'x]"\n', ["'frontend.render_selector'", '"\'" is never closed']),
+        (FRONTEND + 'render_selector = "li)"\n', ["'frontend.render_selector'", "')' closes nothing"]),
+        (
             '[tool.dbsnap.backend]\ncommand = "serve"\nbrowser = "off"\n',
             ["[tool.dbsnap.backend]", "browser", "only [tool.dbsnap.frontend] takes"],
         ),
     ],
-    ids=["mode", "empty-selector", "backend-table"],
+    ids=["mode", "empty-selector", "unclosed-bracket", "unclosed-quote", "stray-parenthesis", "backend-table"],
 )
 def test_bad_browser_settings_name_the_key_and_the_fix(tmp_path: Path, table: str, expected: list[str]) -> None:
     with pytest.raises(ConfigError) as raised:

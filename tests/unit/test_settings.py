@@ -110,10 +110,13 @@ def test_values_are_typed(load: LoadFrom) -> None:
 # --- DATABASE_URL -------------------------------------------------------------------------------------------
 
 
-def test_database_url_is_the_dsn_when_nothing_else_gives_one(load: LoadFrom) -> None:
+def test_database_url_never_gives_the_dsn(load: LoadFrom) -> None:
+    """DATABASE_URL usually names a developer's own database, which a restore would replace."""
     settings = load(environ={"DATABASE_URL": "postgresql://app@localhost/app"})
-    assert settings.dsn == "postgresql://app@localhost/app"
-    assert settings.source_of("dsn") == "the environment variable DATABASE_URL"
+    assert settings.dsn is None
+    assert settings.source_of("dsn") == "default"
+    assert settings.database_url_ignored
+    assert not load(environ={}).database_url_ignored
 
 
 @pytest.mark.parametrize(
@@ -135,6 +138,24 @@ def test_database_url_is_ignored_when_dsn_is_given(
     settings = load(pyproject, environ={**environ, "DATABASE_URL": "postgresql://other@localhost/x"}, cli=cli)
     assert settings.dsn == expected
     assert "DATABASE_URL" not in settings.source_of("dsn")
+
+
+# --- lists ---------------------------------------------------------------------------------------------------
+
+
+def test_a_string_where_pyproject_needs_a_list_is_refused_naming_the_list_form(load: LoadFrom) -> None:
+    with pytest.raises(ConfigError) as raised:
+        load('[tool.dbsnap]\nfingerprint_inputs = "migrations"\n')
+    message = str(raised.value)
+    assert "Setting 'fingerprint_inputs' from [tool.dbsnap] in" in message
+    assert "expected a list of strings: fingerprint_inputs = ['migrations']" in message
+    with pytest.raises(ConfigError, match=r"'backend.requires'.*requires = \['node'\]"):
+        load('[tool.dbsnap.backend]\ncommand = "serve"\nrequires = "node"\n')
+
+
+def test_the_environment_keeps_the_comma_separated_form(load: LoadFrom) -> None:
+    settings = load('[tool.dbsnap]\nfingerprint_inputs = ["a"]\n', environ={"DBSNAP_FINGERPRINT_INPUTS": "b, c"})
+    assert settings.fingerprint_inputs == ("b", "c")
 
 
 # --- validation errors --------------------------------------------------------------------------------------
