@@ -15,7 +15,7 @@ from collections.abc import Callable, Iterator, Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING
 
-from pytest_dbsnap import __version__
+from pytest_dbsnap import __version__, reaper
 from pytest_dbsnap.errors import ConfigError, DbsnapError
 from pytest_dbsnap.settings import Settings, find_pyproject, load_settings
 
@@ -72,7 +72,7 @@ def _store(settings: Settings) -> DumpStore:
 @contextlib.contextmanager
 def _server(settings: Settings, *, required: bool) -> Iterator[Server]:
     """The DSN's server, or (for generate) the project's local cluster when no DSN is given."""
-    from pytest_dbsnap.postgres import start_server
+    from pytest_dbsnap.postgres import start_server, watch_server
 
     if settings.dsn:
         server = start_server(settings, "external")
@@ -83,8 +83,12 @@ def _server(settings: Settings, *, required: bool) -> Iterator[Server]:
         )
     else:
         server = start_server(settings, "local")
-    with server:
-        yield server
+    forget = watch_server(server)
+    try:
+        with server:
+            yield server
+    finally:
+        forget()
 
 
 def _target_database(args: argparse.Namespace, settings: Settings) -> str:
@@ -348,6 +352,9 @@ COMMANDS: dict[str, tuple[Command, str]] = {
 }
 
 
+WATCHED = {"generate", "restore", "import", "push", "pull", "prune"}  # the commands that start or write things
+
+
 def _positive(text: str) -> int:
     try:
         value = int(text)
@@ -410,7 +417,12 @@ def main(argv: Sequence[str] | None = None) -> int:
         return EXIT_USAGE
     try:
         settings = load_cli_settings(args)
-        return COMMANDS[args.command][0](args, settings)
+        if args.command not in WATCHED:
+            return COMMANDS[args.command][0](args, settings)
+        # A watchdog ends what the command started (pg_restore, the seed, a local cluster) and removes its
+        # temporary files should the command be killed.
+        with reaper.session(settings.logs_dir / "reaper.log"):
+            return COMMANDS[args.command][0](args, settings)
     except ConfigError as exc:
         print(f"dbsnap: {exc}", file=sys.stderr)
         return EXIT_USAGE

@@ -14,7 +14,7 @@ import signal
 import socket
 import subprocess
 import time
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from datetime import datetime
 from pathlib import Path
 from types import TracebackType
@@ -22,10 +22,13 @@ from typing import IO, Any, Self
 
 import httpx
 from mirakuru import HTTPExecutor
+from mirakuru.base import ENV_UUID
 from mirakuru.exceptions import AlreadyRunning, ProcessExitedWithError, TimeoutExpired
 
+from pytest_dbsnap import reaper
 from pytest_dbsnap.errors import ServiceError, ToolError
 from pytest_dbsnap.proc import resolve_python, run_app_command, tail
+from pytest_dbsnap.reaper import child_setup, group_members
 from pytest_dbsnap.redact import redact
 from pytest_dbsnap.settings import ServiceSettings
 
@@ -49,12 +52,27 @@ class _ServiceExecutor(HTTPExecutor):
     """
 
     pgid: int | None = None
+    forget_group: Callable[[], None] | None = None
+
+    @property
+    def _popen_kwargs(self) -> dict[str, Any]:
+        kwargs: dict[str, Any] = super()._popen_kwargs
+        # mirakuru's os.setsid, plus a parent-death signal for the service's main process (Linux).
+        kwargs["preexec_fn"] = child_setup(new_session=True)
+        return kwargs
 
     def check_subprocess(self) -> bool:
         process: subprocess.Popen[Any] | None = self.process
         if process is not None:
-            # start_new_session (mirakuru's os.setsid) makes the child the leader of its own group.
-            self.pgid = process.pid
+            if self.pgid is None:
+                # The new session makes the child the leader of its own group. mirakuru calls this first right
+                # after starting the process, so the reaper knows the group before the health wait begins, and
+                # mirakuru's environment marker finds the processes that leave the group.
+                self.pgid = process.pid
+                marker = f"{ENV_UUID}={self._uuid}"
+                self.forget_group = reaper.watch(
+                    lambda watchdog: watchdog.watch_group(process.pid, marker=marker, grace=reaper.SERVICE_GRACE)
+                )
             if process.poll() == 0:
                 raise ProcessExitedWithError(self, 0)
         return super().check_subprocess()
@@ -292,6 +310,8 @@ class Service:
         # mirakuru's sweep finds processes that left the group (setsid daemons) by the marker it put in
         # their environment, and closes its Popen.
         executor.kill()
+        if executor.forget_group is not None:
+            executor.forget_group()
         self._executor = None
 
 
@@ -331,37 +351,12 @@ def _bind_localhost(port: int) -> int:
         return int(sock.getsockname()[1])
 
 
-def _group_members(pgid: int) -> list[int]:
-    """The live processes of a process group. A zombie has exited and only waits to be reaped, which a
-    container's PID 1 may never do, so zombies do not count."""
-    try:
-        os.killpg(pgid, 0)
-    except ProcessLookupError:
-        return []
-    except PermissionError:
-        pass  # a member runs as another user: it exists
-    proc = Path("/proc")
-    if not proc.is_dir():
-        return [pgid]  # no /proc (macOS): kill() said the group exists, and zombies there are reaped
-    members = []
-    for entry in proc.iterdir():
-        if not entry.name.isdigit():
-            continue
-        try:
-            fields = (entry / "stat").read_text().rsplit(")", 1)[1].split()
-        except (OSError, IndexError):
-            continue  # gone meanwhile
-        if int(fields[2]) == pgid and fields[0] not in {"Z", "X"}:
-            members.append(int(entry.name))
-    return members
-
-
 def _wait_group_gone(pgid: int, leader: subprocess.Popen[Any] | None, seconds: float) -> bool:
     deadline = time.monotonic() + seconds
     while True:
         if leader is not None:
             leader.poll()  # reap our own child so it does not linger as a zombie
-        if not _group_members(pgid):
+        if not group_members(pgid):
             return True
         if time.monotonic() >= deadline:
             return False
@@ -374,7 +369,7 @@ def _signal_group(pgid: int, sig: signal.Signals) -> None:
 
 
 def _end_process_group(pgid: int, leader: subprocess.Popen[Any] | None, grace: float) -> None:
-    if not _group_members(pgid):
+    if not group_members(pgid):
         return
     _signal_group(pgid, signal.SIGTERM)
     if _wait_group_gone(pgid, leader, grace):
@@ -382,4 +377,4 @@ def _end_process_group(pgid: int, leader: subprocess.Popen[Any] | None, grace: f
     log.info("process group %d outlived SIGTERM by %g s; sending SIGKILL", pgid, grace)
     _signal_group(pgid, signal.SIGKILL)
     if not _wait_group_gone(pgid, leader, _KILL_WAIT):
-        log.warning("process group %d still has processes %s after SIGKILL", pgid, _group_members(pgid))
+        log.warning("process group %d still has processes %s after SIGKILL", pgid, group_members(pgid))
