@@ -1,7 +1,7 @@
-"""Fault drills for a pytest session: a real run on a small project is killed with -9 at one point (seeding,
-pg_restore, a service starting, the tests running), as a cancelled CI job or the OOM killer would; within 15 s
-nothing of it may be left (processes, its cluster, staging databases, temporary files, locks), and the next
-run is green with the dump's data."""
+"""Fault drills: a real run on a small project (a pytest session, or a dbsnap command) is killed with -9 at one
+point (seeding, pg_restore, a service starting, the tests running), as a cancelled CI job or the OOM killer
+would; within 15 s nothing of it may be left (processes, its cluster, staging databases, temporary files,
+locks), and the next run is green with the dump's data."""
 
 from __future__ import annotations
 
@@ -13,6 +13,7 @@ from pathlib import Path
 
 import pytest
 from drills import (
+    ITEMS,
     LEFTOVER_DEADLINE,
     Drilled,
     clusters_of,
@@ -32,6 +33,8 @@ from drills import (
     write_project,
 )
 
+from pytest_dbsnap.dumps import databases
+from pytest_dbsnap.dumps.store import DumpStore
 from pytest_dbsnap.postgres.base import find_pg_tools
 from pytest_dbsnap.postgres.local import LocalCluster
 
@@ -171,3 +174,36 @@ def test_killed_during_the_tests(pg_cache: Path, drilled: Drilled) -> None:
         generate_dump(project, env)
         kill_at(project, env, drilled, PYTEST, hold="tests", reached=lambda _run: (project / "tests.started").exists())
         assert_green(project, env, drilled, PYTEST)
+
+
+# --- the dbsnap command line ---------------------------------------------------------------------------------
+
+
+def test_cli_killed_during_restore(
+    project: Path, pg_cache: Path, outside_server: LocalCluster, drilled: Drilled
+) -> None:
+    env = run_environ(pg_cache)
+    generate_dump(project, env)
+    restore = [DBSNAP, "restore", "--dsn", outside_server.dsn("postgres"), "--database", "restored", "--no-spare"]
+
+    killed = kill_at(project, env, drilled, restore, hold="restore", reached=runs_pg_restore)
+
+    with outside_server.connect() as conn:
+        wait_until(lambda: not temporary_databases(conn, killed), LEFTOVER_DEADLINE, "the drop of its staging database")
+        assert not databases.exists(conn, "restored")
+    assert_green(project, env, drilled, restore)
+    with outside_server.connect("restored") as conn:
+        assert conn.execute("SELECT count(*) FROM drill_items").fetchone() == (ITEMS,)
+
+
+def test_cli_killed_while_generating(project: Path, pg_cache: Path, drilled: Drilled) -> None:
+    env = run_environ(pg_cache)
+    generate = [DBSNAP, "generate"]
+
+    kill_at(project, env, drilled, generate, hold="seed", reached=lambda _run: (project / "seed.started").exists())
+
+    assert DumpStore(project / "dumps").latest("dev") is None
+    assert_green(project, env, drilled, generate)
+    meta = DumpStore(project / "dumps").latest("dev")
+    assert meta is not None
+    assert meta.row_counts["public.drill_items"] == ITEMS
