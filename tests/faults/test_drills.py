@@ -116,6 +116,8 @@ def kill_at(
     assert not leftover_files(project / "dumps")
     assert lock_is_free(project / "dumps" / "dev" / ".generate.lock")
     print(f"killed at {hold}: {len(processes)} process(es) gone {took:.1f} s after the kill")
+    reaper_log = project / "reports" / "logs" / "reaper.log"
+    print(reaper_log.read_text() if reaper_log.exists() else "(no reaper log)")
     (project / f"hold-{hold}").unlink()
     return run.pid
 
@@ -207,3 +209,15 @@ def test_cli_killed_while_generating(project: Path, pg_cache: Path, drilled: Dri
     meta = DumpStore(project / "dumps").latest("dev")
     assert meta is not None
     assert meta.row_counts["public.drill_items"] == ITEMS
+
+
+def test_xdist_controller_killed_during_the_tests(project: Path, pg_cache: Path, drilled: Drilled) -> None:
+    """Under pytest-xdist the controller owns the cluster and each worker its restores and services; a CI
+    cancellation kills the controller (the pytest process it started)."""
+    env = run_environ(pg_cache)
+    generate_dump(project, env)
+    parallel = [*PYTEST, "-n", "2"]
+
+    kill_at(project, env, drilled, parallel, hold="tests", reached=lambda _run: (project / "tests.started").exists())
+
+    assert_green(project, env, drilled, parallel)
