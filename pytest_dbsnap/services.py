@@ -43,12 +43,13 @@ _TAIL_BYTES = 256 * 1024  # enough for any tail we show, without reading a log o
 
 
 class _ServiceExecutor(HTTPExecutor):
-    """mirakuru's HTTPExecutor with two changes a service needs.
+    """mirakuru's HTTPExecutor with the changes a service needs.
 
     mirakuru accepts an exit code of 0 during start (a parent that daemonises), so a service that printed
     its help and exited would be waited for until the timeout; a service must keep running, so any exit
-    fails at once. And mirakuru forgets the process once it exits or is killed, while children in its
-    process group may outlive it, so the group id is kept for the stop.
+    fails at once. mirakuru forgets the process once it exits or is killed, while children in its
+    process group may outlive it, so the group id is kept for the stop. And the group is registered with the
+    session's reaper from the moment it exists, so a killed session does not leave the service running.
     """
 
     pgid: int | None = None

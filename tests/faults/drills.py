@@ -10,6 +10,7 @@ import os
 import shutil
 import signal
 import subprocess
+import sys
 import tempfile
 import time
 import uuid
@@ -26,6 +27,8 @@ from pytest_dbsnap.reaper import process_start
 
 DRILL_VARIABLE = "DBSNAP_DRILL_ID"  # every process a drilled run starts inherits it, daemons included
 LEFTOVER_DEADLINE = 15.0  # the issue's goal: nothing of a killed run alive 15 s after the kill
+REACH_TIMEOUT = 180  # generous: the machine is shared, and a point is reached after a cluster start and a seed
+DBSNAP = str(Path(sys.executable).with_name("dbsnap"))
 
 Process = tuple[int, str | None]  # pid and its start time: a reused pid is another process
 
@@ -134,6 +137,73 @@ def start_run(
             stdout=log,
             stderr=subprocess.STDOUT,
         )
+
+
+# --- killing a run at a point, and the next run -----------------------------------------------------------------
+
+
+def runs_pg_restore(run: subprocess.Popen[bytes]) -> bool:
+    for pid, _started in descendants(run.pid):
+        try:
+            if Path(f"/proc/{pid}/comm").read_text().strip() == "pg_restore":
+                return True
+        except OSError:
+            continue
+    return False
+
+
+def kill_at(
+    project: Path,
+    env: dict[str, str],
+    drilled: Drilled,
+    argv: list[str],
+    *,
+    hold: str,
+    reached: Callable[[subprocess.Popen[bytes]], bool],
+) -> int:
+    """Start a run that holds at `hold`, kill it there with -9, check that nothing of it is left within 15 s;
+    returns the killed pid."""
+    (project / f"hold-{hold}").write_text("")
+    drill_id = drilled.new_id()
+    output = project / "killed-run.out"
+    run = start_run(argv, cwd=project, env=env, drill_id=drill_id, output=output)
+    wait_until(lambda: run.poll() is not None or reached(run), REACH_TIMEOUT, f"reaching {hold}")
+    assert run.poll() is None, output.read_text()
+    clusters = clusters_of(run.pid)
+    processes = descendants(run.pid) | marked(drill_id)
+    for cluster in clusters:
+        processes |= server_processes(cluster)
+
+    run.send_signal(signal.SIGKILL)
+    run.wait()
+
+    took = wait_until(
+        lambda: not still_running(processes) and not marked(drill_id),
+        LEFTOVER_DEADLINE,
+        lambda: f"the end of the run killed at {hold} ({describe(still_running(processes) | marked(drill_id))})",
+    )
+    wait_until(lambda: not any(c.exists() for c in clusters), LEFTOVER_DEADLINE, "the removal of its cluster folder")
+    assert not leftover_files(project / "dumps")
+    assert lock_is_free(project / "dumps" / "dev" / ".generate.lock")
+    print(f"killed at {hold}: {len(processes)} process(es) gone {took:.1f} s after the kill")
+    reaper_log = project / "reports" / "logs" / "reaper.log"
+    print(reaper_log.read_text() if reaper_log.exists() else "(no reaper log)")
+    (project / f"hold-{hold}").unlink()
+    return run.pid
+
+
+def assert_green(project: Path, env: dict[str, str], drilled: Drilled, argv: list[str]) -> None:
+    """The next run passes (its test checks the dump's data) and leaves nothing running either."""
+    drill_id = drilled.new_id()
+    output = project / "next-run.out"
+    run = start_run(argv, cwd=project, env=env, drill_id=drill_id, output=output)
+    assert run.wait(timeout=300) == 0, output.read_text()
+    wait_until(lambda: not marked(drill_id), LEFTOVER_DEADLINE, "the end of the next run's processes")
+
+
+def generate_dump(project: Path, env: dict[str, str]) -> None:
+    done = subprocess.run([DBSNAP, "generate"], cwd=project, env=env, capture_output=True, text=True, timeout=300)
+    assert done.returncode == 0, done.stderr
 
 
 # --- a small project to drill: the reference app's migrations and seed, stand-in services, holds -----------------

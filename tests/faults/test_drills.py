@@ -5,29 +5,23 @@ locks), and the next run is green with the dump's data."""
 
 from __future__ import annotations
 
-import signal
-import subprocess
 import sys
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
 from drills import (
+    DBSNAP,
     ITEMS,
     LEFTOVER_DEADLINE,
     Drilled,
-    clusters_of,
-    descendants,
-    describe,
+    assert_green,
     drill_runs,
-    leftover_files,
-    lock_is_free,
-    marked,
+    generate_dump,
+    kill_at,
     reachable_folder,
     run_environ,
-    server_processes,
-    start_run,
-    still_running,
+    runs_pg_restore,
     temporary_databases,
     wait_until,
     write_project,
@@ -41,8 +35,6 @@ from pytest_dbsnap.postgres.local import LocalCluster
 pytestmark = pytest.mark.faults
 
 PYTEST = [sys.executable, "-m", "pytest", "-p", "no:cacheprovider", "-q", "test_drill.py"]
-DBSNAP = str(Path(sys.executable).with_name("dbsnap"))
-REACH_TIMEOUT = 180  # generous: the machine is shared, and a point is reached after a cluster start and a seed
 
 
 @pytest.fixture
@@ -70,70 +62,6 @@ def outside_server(pg_cache: Path) -> Iterator[LocalCluster]:
 def project() -> Iterator[Path]:
     with reachable_folder() as folder:
         yield write_project(folder / "project")
-
-
-def runs_pg_restore(run: subprocess.Popen[bytes]) -> bool:
-    for pid, _started in descendants(run.pid):
-        try:
-            if Path(f"/proc/{pid}/comm").read_text().strip() == "pg_restore":
-                return True
-        except OSError:
-            continue
-    return False
-
-
-def kill_at(
-    project: Path,
-    env: dict[str, str],
-    drilled: Drilled,
-    argv: list[str],
-    *,
-    hold: str,
-    reached: Callable[[subprocess.Popen[bytes]], bool],
-) -> int:
-    """Start a run that holds at `hold`, kill it there with -9, check that nothing of it is left within 15 s;
-    returns the killed pid."""
-    (project / f"hold-{hold}").write_text("")
-    drill_id = drilled.new_id()
-    output = project / "killed-run.out"
-    run = start_run(argv, cwd=project, env=env, drill_id=drill_id, output=output)
-    wait_until(lambda: run.poll() is not None or reached(run), REACH_TIMEOUT, f"reaching {hold}")
-    assert run.poll() is None, output.read_text()
-    clusters = clusters_of(run.pid)
-    processes = descendants(run.pid) | marked(drill_id)
-    for cluster in clusters:
-        processes |= server_processes(cluster)
-
-    run.send_signal(signal.SIGKILL)
-    run.wait()
-
-    took = wait_until(
-        lambda: not still_running(processes) and not marked(drill_id),
-        LEFTOVER_DEADLINE,
-        lambda: f"the end of the run killed at {hold} ({describe(still_running(processes) | marked(drill_id))})",
-    )
-    wait_until(lambda: not any(c.exists() for c in clusters), LEFTOVER_DEADLINE, "the removal of its cluster folder")
-    assert not leftover_files(project / "dumps")
-    assert lock_is_free(project / "dumps" / "dev" / ".generate.lock")
-    print(f"killed at {hold}: {len(processes)} process(es) gone {took:.1f} s after the kill")
-    reaper_log = project / "reports" / "logs" / "reaper.log"
-    print(reaper_log.read_text() if reaper_log.exists() else "(no reaper log)")
-    (project / f"hold-{hold}").unlink()
-    return run.pid
-
-
-def assert_green(project: Path, env: dict[str, str], drilled: Drilled, argv: list[str]) -> None:
-    """The next run passes (its test checks the dump's data) and leaves nothing running either."""
-    drill_id = drilled.new_id()
-    output = project / "next-run.out"
-    run = start_run(argv, cwd=project, env=env, drill_id=drill_id, output=output)
-    assert run.wait(timeout=300) == 0, output.read_text()
-    wait_until(lambda: not marked(drill_id), LEFTOVER_DEADLINE, "the end of the next run's processes")
-
-
-def generate_dump(project: Path, env: dict[str, str]) -> None:
-    done = subprocess.run([DBSNAP, "generate"], cwd=project, env=env, capture_output=True, text=True, timeout=300)
-    assert done.returncode == 0, done.stderr
 
 
 def test_killed_while_seeding(project: Path, pg_cache: Path, drilled: Drilled) -> None:
