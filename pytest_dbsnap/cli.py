@@ -15,7 +15,7 @@ from collections.abc import Callable, Iterator, Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING
 
-from pytest_dbsnap import __version__
+from pytest_dbsnap import __version__, reaper
 from pytest_dbsnap.errors import ConfigError, DbsnapError, storage_error
 from pytest_dbsnap.proc import SignalStop
 from pytest_dbsnap.settings import Settings, find_pyproject, load_settings
@@ -75,7 +75,7 @@ def _store(settings: Settings) -> DumpStore:
 @contextlib.contextmanager
 def _server(settings: Settings, *, required: bool) -> Iterator[Server]:
     """The DSN's server, or (for generate) the project's local cluster when no DSN is given."""
-    from pytest_dbsnap.postgres import start_server
+    from pytest_dbsnap.postgres import start_server, watch_server
 
     if settings.dsn:
         server = start_server(settings, "external")
@@ -87,8 +87,12 @@ def _server(settings: Settings, *, required: bool) -> Iterator[Server]:
         )
     else:
         server = start_server(settings, "local")
-    with server:
-        yield server
+    forget = watch_server(server)
+    try:
+        with server:
+            yield server
+    finally:
+        forget()
 
 
 def _target_database(args: argparse.Namespace, settings: Settings) -> str:
@@ -353,6 +357,9 @@ COMMANDS: dict[str, tuple[Command, str]] = {
 }
 
 
+WATCHED = {"generate", "restore", "import", "push", "pull", "prune"}  # the commands that start or write things
+
+
 def _positive(text: str) -> int:
     try:
         value = int(text)
@@ -424,7 +431,12 @@ def main(argv: Sequence[str] | None = None) -> int:
         stop.install()  # SIGTERM/SIGHUP (a cancelled CI job) stop like Ctrl-C: children ended, nothing half-done
     try:
         settings = load_cli_settings(args)
-        return COMMANDS[args.command][0](args, settings)
+        if args.command not in WATCHED:
+            return COMMANDS[args.command][0](args, settings)
+        # A watchdog ends what the command started (pg_restore, the seed, a local cluster) and removes its
+        # temporary files should the command be killed.
+        with reaper.session(settings.logs_dir / "reaper.log"):
+            return COMMANDS[args.command][0](args, settings)
     except ConfigError as exc:
         print(f"dbsnap: {exc}", file=sys.stderr)
         return EXIT_USAGE

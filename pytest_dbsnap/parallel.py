@@ -5,13 +5,14 @@ from __future__ import annotations
 
 import dataclasses
 import json
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
 import pytest
 
 from pytest_dbsnap.errors import DbsnapError
-from pytest_dbsnap.postgres import Server, start_server
+from pytest_dbsnap.postgres import Server, start_server, watch_server
 from pytest_dbsnap.report import publish_facts, report_facts
 from pytest_dbsnap.smoke import Phase
 from pytest_dbsnap.stash import (
@@ -25,6 +26,7 @@ from pytest_dbsnap.stash import (
 )
 
 SMOKE_GROUP = "dbsnap-smoke"
+FORGET_SERVER_KEY = pytest.StashKey[Callable[[], None]]()  # the controller's server, given back to its reaper
 
 
 def _is_controller(config: pytest.Config) -> bool:
@@ -88,6 +90,7 @@ def pytest_sessionstart(session: pytest.Session) -> None:
     except DbsnapError as exc:
         raise pytest.UsageError(f"pytest-dbsnap could not get a PostgreSQL server for the workers: {exc}") from None
     config.stash[SERVER_KEY] = server
+    config.stash[FORGET_SERVER_KEY] = watch_server(server)
     server.version  # noqa: B018 - read while it runs: the report is written after the server is gone
 
 
@@ -200,3 +203,4 @@ def pytest_testnodedown(node: Any, error: object) -> None:
 def pytest_unconfigure(config: pytest.Config) -> None:
     if _is_controller(config) and SERVER_KEY in config.stash:
         config.stash[SERVER_KEY].stop()
+        config.stash.get(FORGET_SERVER_KEY, lambda: None)()

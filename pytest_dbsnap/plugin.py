@@ -9,14 +9,22 @@ from typing import TYPE_CHECKING, NoReturn
 
 import pytest
 
-from pytest_dbsnap import parallel, report, signals, smoke
+from pytest_dbsnap import parallel, reaper, report, signals, smoke
 from pytest_dbsnap.errors import DbsnapError, storage_error
 from pytest_dbsnap.parallel import attached_server
-from pytest_dbsnap.postgres import Server, start_server
+from pytest_dbsnap.postgres import Server, start_server, watch_server
 from pytest_dbsnap.report import publish_facts
 from pytest_dbsnap.settings import OPTIONS, ServiceSettings, Settings, load_settings
 from pytest_dbsnap.smoke import PhaseBook
-from pytest_dbsnap.stash import OUTCOME_KEY, PHASES_KEY, SERVER_KEY, SERVICES_KEY, SETTINGS_KEY, provider_choice
+from pytest_dbsnap.stash import (
+    OUTCOME_KEY,
+    PHASES_KEY,
+    REAPER_KEY,
+    SERVER_KEY,
+    SERVICES_KEY,
+    SETTINGS_KEY,
+    provider_choice,
+)
 
 if TYPE_CHECKING:
     import httpx
@@ -79,9 +87,20 @@ def pytest_configure(config: pytest.Config) -> None:
     config.addinivalue_line(
         "markers", "smoke: an ordered end-to-end smoke phase of pytest-dbsnap (a failed phase skips the later ones)"
     )
-    config.stash[SETTINGS_KEY] = build_settings(config)
+    settings = config.stash[SETTINGS_KEY] = build_settings(config)
     config.stash[SERVICES_KEY] = {}
     config.stash[PHASES_KEY] = PhaseBook()
+    # The session's watchdog (one per process: under xdist the controller's owns the server, each worker's its
+    # services and restores). It starts with the first thing registered, so a run that starts nothing has none.
+    config.stash[REAPER_KEY] = reaper.install(reaper.Reaper(settings.logs_dir / "reaper.log"))
+
+
+@pytest.hookimpl(trylast=True)
+def pytest_unconfigure(config: pytest.Config) -> None:
+    """After everything is stopped (the xdist controller stops its server in its own unconfigure)."""
+    watchdog = config.stash.get(REAPER_KEY, None)
+    if watchdog is not None:
+        reaper.uninstall(watchdog)
 
 
 def _fail(what: str, exc: DbsnapError) -> NoReturn:
@@ -114,7 +133,9 @@ def pg_server(pytestconfig: pytest.Config, dbsnap_settings: Settings) -> Iterato
     attached = attached_server(pytestconfig)
     if attached is not None:
         pytestconfig.stash[SERVER_KEY] = attached
+        forget = watch_server(attached)  # this worker's temporary databases on the controller's server
         yield attached
+        forget()
         return
     try:
         server = start_server(dbsnap_settings, provider_choice(pytestconfig)[0])
@@ -123,9 +144,13 @@ def pg_server(pytestconfig: pytest.Config, dbsnap_settings: Settings) -> Iterato
     except OSError as exc:
         _fail("could not get a PostgreSQL server", _storage_or_raise(exc))
     pytestconfig.stash[SERVER_KEY] = server
+    forget = watch_server(server)
     server.version  # noqa: B018 - read while it runs: the report is written after the server is gone
-    with server:
-        yield server
+    try:
+        with server:
+            yield server
+    finally:
+        forget()
 
 
 @pytest.fixture(scope="session")

@@ -15,7 +15,9 @@ from pathlib import Path
 from types import FrameType
 from typing import Any
 
+from pytest_dbsnap import reaper
 from pytest_dbsnap.errors import ToolError
+from pytest_dbsnap.reaper import child_setup
 from pytest_dbsnap.redact import redact
 
 TAIL_LINES = 15
@@ -52,18 +54,21 @@ def run(
     argv = [os.fspath(part) for part in command]
     full_env = dict(os.environ if env is None else env)
     try:
-        result = subprocess.run(
+        process = subprocess.Popen(
             argv,
             env=full_env,
             cwd=cwd,
+            stdin=subprocess.DEVNULL,
             stdout=stdout,
             stderr=subprocess.PIPE,
             text=True,
-            timeout=timeout,
             user=run_as.uid if run_as else None,
             group=run_as.gid if run_as else None,
             extra_groups=[] if run_as else None,
-            check=False,
+            # A group of its own, so that it and its children (pg_restore's jobs) end together; and a parent-death
+            # signal, so that a killed session does not leave it running.
+            process_group=0,
+            preexec_fn=child_setup(),
         )
     except FileNotFoundError as exc:
         raise ToolError(
@@ -71,11 +76,19 @@ def run(
             f"setting that names it at the right place.",
             command=argv,
         ) from exc
-    except subprocess.TimeoutExpired as exc:
-        raise ToolError(
-            f"{what} did not finish within {timeout:.0f} s (command: {redact(shlex.join(argv))}).",
-            command=argv,
-        ) from exc
+    with process, reaper.watched_group(process.pid):
+        try:
+            output, errors = process.communicate(timeout=timeout)
+        except BaseException as exc:
+            # Timed out or interrupted (Ctrl-C reaches only the terminal's group): end the whole group we started.
+            _kill_group(process)
+            if isinstance(exc, subprocess.TimeoutExpired):
+                raise ToolError(
+                    f"{what} did not finish within {timeout:.0f} s (command: {redact(shlex.join(argv))}).",
+                    command=argv,
+                ) from exc
+            raise
+    result = subprocess.CompletedProcess(argv, process.returncode, output, errors)
     if result.returncode != 0:
         stderr_tail = redact(tail(result.stderr or result.stdout or ""))
         raise ToolError(
@@ -164,6 +177,12 @@ class SignalStop:
         return f"pytest-dbsnap: stopped by {self.received.name} {where}"
 
 
+def _kill_group(process: subprocess.Popen[Any]) -> None:
+    with contextlib.suppress(ProcessLookupError, PermissionError):
+        os.killpg(process.pid, signal.SIGKILL)
+    process.wait()
+
+
 def chown_tree(path: Path, run_as: RunAs) -> None:
     """Give a whole folder to the unprivileged account that will run the server in it."""
     os.chown(path, run_as.uid, run_as.gid)
@@ -208,6 +227,7 @@ def run_app_command(
                 stderr=subprocess.STDOUT,
                 stdin=subprocess.DEVNULL,
                 start_new_session=True,
+                preexec_fn=child_setup(),
             )
         except FileNotFoundError as exc:
             raise ToolError(
@@ -216,14 +236,13 @@ def run_app_command(
                 command=list(command),
             ) from exc
         sink.started()
-        try:
-            returncode = process.wait(timeout=timeout)
-        except BaseException:
-            # Interrupted or timed out: end the whole process group we started, nothing else.
-            with contextlib.suppress(ProcessLookupError):
-                os.killpg(process.pid, signal.SIGKILL)
-            process.wait()
-            raise
+        with reaper.watched_group(process.pid):
+            try:
+                returncode = process.wait(timeout=timeout)
+            except BaseException:
+                # Interrupted or timed out: end the whole process group we started, nothing else.
+                _kill_group(process)
+                raise
         # A child that daemonised may hold the pipe on: its later lines still arrive, but we need not wait.
         sink.wait(timeout=5)
     if returncode != 0:

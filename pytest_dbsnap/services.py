@@ -14,7 +14,7 @@ import signal
 import socket
 import subprocess
 import time
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from datetime import datetime
 from http.client import HTTPConnection, HTTPException
 from pathlib import Path
@@ -24,10 +24,13 @@ from urllib.parse import urlunsplit
 
 import httpx
 from mirakuru import HTTPExecutor
+from mirakuru.base import ENV_UUID
 from mirakuru.exceptions import AlreadyRunning, ProcessExitedWithError, TimeoutExpired
 
+from pytest_dbsnap import reaper
 from pytest_dbsnap.errors import ServiceError, ToolError
 from pytest_dbsnap.proc import RedactingLog, resolve_python, run_app_command, tail
+from pytest_dbsnap.reaper import child_setup, group_members
 from pytest_dbsnap.redact import redact
 from pytest_dbsnap.settings import ServiceSettings
 
@@ -42,12 +45,13 @@ _TAIL_BYTES = 256 * 1024  # enough for any tail we show, without reading a log o
 
 
 class _ServiceExecutor(HTTPExecutor):
-    """mirakuru's HTTPExecutor with two changes a service needs.
+    """mirakuru's HTTPExecutor with the changes a service needs.
 
     mirakuru accepts an exit code of 0 during start (a parent that daemonises), so a service that printed
     its help and exited would be waited for until the timeout; a service must keep running, so any exit
-    fails at once. And mirakuru forgets the process once it exits or is killed, while children in its
-    process group may outlive it, so the group id is kept for the stop.
+    fails at once. mirakuru forgets the process once it exits or is killed, while children in its
+    process group may outlive it, so the group id is kept for the stop. And the group is registered with the
+    session's reaper from the moment it exists, so a killed session does not leave the service running.
     """
 
     pgid: int | None = None
@@ -70,11 +74,27 @@ class _ServiceExecutor(HTTPExecutor):
         self.last_answer = f"status {status}" + (f" (Location: {location})" if location else "")
         return status == self.status or bool(self.status_re.match(status))
 
+    forget_group: Callable[[], None] | None = None
+
+    @property
+    def _popen_kwargs(self) -> dict[str, Any]:
+        kwargs: dict[str, Any] = super()._popen_kwargs
+        # mirakuru's os.setsid, plus a parent-death signal for the service's main process (Linux).
+        kwargs["preexec_fn"] = child_setup(new_session=True)
+        return kwargs
+
     def check_subprocess(self) -> bool:
         process: subprocess.Popen[Any] | None = self.process
         if process is not None:
-            # start_new_session (mirakuru's os.setsid) makes the child the leader of its own group.
-            self.pgid = process.pid
+            if self.pgid is None:
+                # The new session makes the child the leader of its own group. mirakuru calls this first right
+                # after starting the process, so the reaper knows the group before the health wait begins, and
+                # mirakuru's environment marker finds the processes that leave the group.
+                self.pgid = process.pid
+                marker = f"{ENV_UUID}={self._uuid}"
+                self.forget_group = reaper.watch(
+                    lambda watchdog: watchdog.watch_group(process.pid, marker=marker, grace=reaper.SERVICE_GRACE)
+                )
             if process.poll() == 0:
                 raise ProcessExitedWithError(self, 0)
         return super().check_subprocess()
@@ -317,6 +337,8 @@ class Service:
         # mirakuru's sweep finds processes that left the group (setsid daemons) by the marker it put in
         # their environment, and closes its Popen.
         executor.kill()
+        if executor.forget_group is not None:
+            executor.forget_group()
         self._executor = None
         if self._sink is not None:
             self._sink.wait(timeout=1)  # its last lines (a shutdown message) reach the file
@@ -364,37 +386,12 @@ def _bind_localhost(port: int) -> int:
         return int(sock.getsockname()[1])
 
 
-def _group_members(pgid: int) -> list[int]:
-    """The live processes of a process group. A zombie has exited and only waits to be reaped, which a
-    container's PID 1 may never do, so zombies do not count."""
-    try:
-        os.killpg(pgid, 0)
-    except ProcessLookupError:
-        return []
-    except PermissionError:
-        pass  # a member runs as another user: it exists
-    proc = Path("/proc")
-    if not proc.is_dir():
-        return [pgid]  # no /proc (macOS): kill() said the group exists, and zombies there are reaped
-    members = []
-    for entry in proc.iterdir():
-        if not entry.name.isdigit():
-            continue
-        try:
-            fields = (entry / "stat").read_text().rsplit(")", 1)[1].split()
-        except (OSError, IndexError):
-            continue  # gone meanwhile
-        if int(fields[2]) == pgid and fields[0] not in {"Z", "X"}:
-            members.append(int(entry.name))
-    return members
-
-
 def _wait_group_gone(pgid: int, leader: subprocess.Popen[Any] | None, seconds: float) -> bool:
     deadline = time.monotonic() + seconds
     while True:
         if leader is not None:
             leader.poll()  # reap our own child so it does not linger as a zombie
-        if not _group_members(pgid):
+        if not group_members(pgid):
             return True
         if time.monotonic() >= deadline:
             return False
@@ -407,7 +404,7 @@ def _signal_group(pgid: int, sig: signal.Signals) -> None:
 
 
 def _end_process_group(pgid: int, leader: subprocess.Popen[Any] | None, grace: float) -> None:
-    if not _group_members(pgid):
+    if not group_members(pgid):
         return
     _signal_group(pgid, signal.SIGTERM)
     if _wait_group_gone(pgid, leader, grace):
@@ -415,4 +412,4 @@ def _end_process_group(pgid: int, leader: subprocess.Popen[Any] | None, grace: f
     log.info("process group %d outlived SIGTERM by %g s; sending SIGKILL", pgid, grace)
     _signal_group(pgid, signal.SIGKILL)
     if not _wait_group_gone(pgid, leader, _KILL_WAIT):
-        log.warning("process group %d still has processes %s after SIGKILL", pgid, _group_members(pgid))
+        log.warning("process group %d still has processes %s after SIGKILL", pgid, group_members(pgid))

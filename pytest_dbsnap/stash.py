@@ -7,6 +7,7 @@ from typing import TYPE_CHECKING
 import pytest
 
 from pytest_dbsnap.postgres import Server, choose_provider
+from pytest_dbsnap.reaper import Reaper
 from pytest_dbsnap.session import DatabaseOutcome
 from pytest_dbsnap.settings import Settings
 from pytest_dbsnap.smoke import PHASES_KEY
@@ -19,10 +20,12 @@ PROVIDER_KEY = pytest.StashKey[tuple[str, str]]()
 OUTCOME_KEY = pytest.StashKey[DatabaseOutcome]()
 SERVER_KEY = pytest.StashKey[Server]()
 SERVICES_KEY = pytest.StashKey[dict[str, "Service"]]()
+REAPER_KEY = pytest.StashKey[Reaper]()
 __all__ = [
     "OUTCOME_KEY",
     "PHASES_KEY",
     "PROVIDER_KEY",
+    "REAPER_KEY",
     "SERVER_KEY",
     "SERVICES_KEY",
     "SETTINGS_KEY",

@@ -170,6 +170,13 @@ def drop_leftovers(conn: Connection) -> list[str]:
     return dropped
 
 
+def temporary_names_of(conn: Connection, pid: int) -> list[str]:
+    """The temporary databases (staging, set aside, per-test) one process made: its reaper drops them."""
+    rows = conn.execute("SELECT datname FROM pg_database WHERE datname LIKE 'dbsnap\\_%'").fetchall()
+    names = [str(name) for (name,) in rows]
+    return sorted(n for n in names if (match := _TEMPORARY.match(n)) is not None and int(match["pid"]) == pid)
+
+
 @contextlib.contextmanager
 def advisory_lock(conn: Connection, name: str) -> Iterator[None]:
     """Serialise work on one template across processes and machines (xdist workers, CI jobs) on this server."""

@@ -10,7 +10,7 @@ import time
 from collections.abc import Callable
 from pathlib import Path
 
-from pytest_dbsnap import __version__
+from pytest_dbsnap import __version__, reaper
 from pytest_dbsnap.dumps import databases
 from pytest_dbsnap.dumps.fingerprint import compute_fingerprint
 from pytest_dbsnap.dumps.meta import DumpMeta
@@ -19,6 +19,7 @@ from pytest_dbsnap.dumps.store import DumpStore
 from pytest_dbsnap.errors import ConfigError, DbsnapError, DumpCorrupt, ToolError, writing
 from pytest_dbsnap.postgres.base import Server
 from pytest_dbsnap.proc import run, run_app_command, tail
+from pytest_dbsnap.reaper import child_setup
 from pytest_dbsnap.redact import redact
 from pytest_dbsnap.settings import Settings
 
@@ -94,7 +95,16 @@ def pg_dump_to(server: Server, database: str, destination: Path) -> tuple[str, i
     with (
         writing(destination),
         destination.open("wb") as out,
-        subprocess.Popen(command, stdout=subprocess.PIPE, stderr=subprocess.PIPE, env=env) as process,
+        subprocess.Popen(
+            command,
+            stdin=subprocess.DEVNULL,
+            stdout=subprocess.PIPE,
+            stderr=subprocess.PIPE,
+            env=env,
+            process_group=0,
+            preexec_fn=child_setup(),
+        ) as process,
+        reaper.watched_group(process.pid),
     ):
         stdout, stderr_pipe = process.stdout, process.stderr
         assert stdout is not None
@@ -138,8 +148,7 @@ def store_dump(
     schema_version = read_schema_version(server, database, settings.schema_version_query)
     with server.connect(database) as conn:
         row_counts = count_rows(conn)
-    temporary = store.new_temporary(env)
-    try:
+    with store.incoming(env) as temporary:
         sha256, size = pg_dump_to(server, database, temporary)
         meta = DumpMeta(
             name=_unused_name(store, env, dump_name(created, commit, dirty, fingerprint or sha256)),
@@ -161,9 +170,6 @@ def store_dump(
             source=source,
         )
         return store.install(temporary, meta)
-    except BaseException:
-        temporary.unlink(missing_ok=True)
-        raise
 
 
 def generate_dump(

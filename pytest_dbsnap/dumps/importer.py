@@ -56,33 +56,28 @@ def import_dump(store: DumpStore, tools: PgTools, source: Path, env: str) -> Dum
         raise DumpCorrupt(f"There is no file {source} to import.")
     header = read_archive_header(tools, source)
     began = time.monotonic()
-    with store.lock(env):
-        temporary = store.new_temporary(env)
-        try:
-            digest = hashlib.sha256()
-            size = 0
-            with source.open("rb") as src, temporary.open("wb") as dst:
-                for chunk in iter(lambda: src.read(1 << 20), b""):
-                    digest.update(chunk)
-                    dst.write(chunk)
-                    size += len(chunk)
-            created = dt.datetime.now(dt.UTC).replace(microsecond=0)
-            sha = digest.hexdigest()
-            meta = DumpMeta(
-                name=f"{created.strftime('%Y%m%dT%H%M%SZ')}-import-{sha[:8]}",
-                environment=env,
-                database=header.get("database", source.stem),
-                created_at=created.isoformat().replace("+00:00", "Z"),
-                sha256=sha,
-                size_bytes=size,
-                pg_dump_version=header.get("pg_dump_version", tools.version),
-                server_version=header.get("server_version", "unknown"),
-                tool_version=__version__,
-                duration_seconds=round(time.monotonic() - began, 3),
-                source="imported",
-                fingerprint_inputs={"imported_from": source.name},
-            )
-            return store.install(temporary, meta)
-        except BaseException:
-            temporary.unlink(missing_ok=True)
-            raise
+    with store.lock(env), store.incoming(env) as temporary:
+        digest = hashlib.sha256()
+        size = 0
+        with source.open("rb") as src, temporary.open("wb") as dst:
+            for chunk in iter(lambda: src.read(1 << 20), b""):
+                digest.update(chunk)
+                dst.write(chunk)
+                size += len(chunk)
+        created = dt.datetime.now(dt.UTC).replace(microsecond=0)
+        sha = digest.hexdigest()
+        meta = DumpMeta(
+            name=f"{created.strftime('%Y%m%dT%H%M%SZ')}-import-{sha[:8]}",
+            environment=env,
+            database=header.get("database", source.stem),
+            created_at=created.isoformat().replace("+00:00", "Z"),
+            sha256=sha,
+            size_bytes=size,
+            pg_dump_version=header.get("pg_dump_version", tools.version),
+            server_version=header.get("server_version", "unknown"),
+            tool_version=__version__,
+            duration_seconds=round(time.monotonic() - began, 3),
+            source="imported",
+            fingerprint_inputs={"imported_from": source.name},
+        )
+        return store.install(temporary, meta)

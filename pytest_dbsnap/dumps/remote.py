@@ -464,8 +464,7 @@ class RemoteStore:
                 store.set_latest(env, meta.name)
                 return Transfer(local, False, time.monotonic() - began)
             dump_key = self.key(env, f"{meta.name}{DUMP_SUFFIX}")
-            temporary = store.new_temporary(env)
-            try:
+            with store.incoming(env) as temporary:
                 client = self._s3()
                 with (
                     self._translated(f"downloading {self.object_url(dump_key)}", needed_bytes=meta.size_bytes),
@@ -484,9 +483,6 @@ class RemoteStore:
                     os.fsync(out.fileno())
                 self._check_download(meta, temporary, dump_key)
                 store.install(temporary, meta)
-            except BaseException:
-                temporary.unlink(missing_ok=True)
-                raise
         return Transfer(meta, True, time.monotonic() - began)
 
     def _check_download(self, meta: DumpMeta, path: Path, key: str) -> None:

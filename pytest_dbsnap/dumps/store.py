@@ -17,6 +17,7 @@ from pathlib import Path
 
 from filelock import FileLock
 
+from pytest_dbsnap import reaper
 from pytest_dbsnap.dumps.meta import DumpMeta
 from pytest_dbsnap.errors import ConfigError, DumpCorrupt, DumpError, DumpNotFound, writing
 
@@ -154,6 +155,17 @@ class DumpStore:
         path = folder / f".incoming-{secrets.token_hex(6)}{DUMP_SUFFIX}.tmp"
         os.close(os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, FILE_MODE))
         return path
+
+    @contextlib.contextmanager
+    def incoming(self, env: str) -> Iterator[Path]:
+        """A temporary file for a dump on its way in: removed unless installed, also when this process is
+        killed (by the session's reaper)."""
+        path = self.new_temporary(env)
+        with reaper.watched_path(path):
+            try:
+                yield path
+            finally:
+                path.unlink(missing_ok=True)  # once installed it has been renamed away
 
     def install(self, temporary_dump: Path, meta: DumpMeta, *, make_latest: bool = True) -> DumpMeta:
         """Move a finished dump into place, then its metadata, then the latest pointer."""

@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+from collections.abc import Callable
+
+from pytest_dbsnap import reaper
 from pytest_dbsnap.postgres.base import Server
 from pytest_dbsnap.settings import Settings
 
@@ -61,3 +64,17 @@ def start_server(settings: Settings, provider: str | None = None) -> Server:
         warm_key=settings.warm_key,
         warm_owner=settings.project_root,
     )
+
+
+def watch_server(server: Server) -> Callable[[], None]:
+    """Tell this process's reaper what to clean up should the process die: a local cluster of ours as a whole
+    (the postmaster and its folder), else the temporary databases the process makes on the server. Returns the
+    call that forgets it, for after a normal stop."""
+    from pytest_dbsnap.postgres.local import LocalCluster
+
+    if isinstance(server, LocalCluster):
+        folder = server.folder
+        if folder is not None:
+            return reaper.watch(lambda watchdog: watchdog.watch_cluster(folder))
+    conninfo = server.conninfo()
+    return reaper.watch(lambda watchdog: watchdog.watch_databases(conninfo))

@@ -1,0 +1,470 @@
+"""A watchdog per session and per long CLI command: when its parent dies by any means (kill -9, the OOM killer,
+a cancelled CI job) it ends what the parent started and removes what the parent left. No pytest import.
+
+The parent writes one JSON line per resource it starts (a process group, a local cluster, a server's temporary
+databases, a temporary file) to the watchdog's stdin and a line to forget it when it is given back. The pipe
+reads end-of-file when the parent is gone, however it died; whatever is still registered then is cleaned up,
+and on a normal teardown nothing is, so the watchdog just exits. Like testcontainers' Ryuk, but one small
+process per session and no container.
+
+Each process that starts resources has its own watchdog (the plugin in the main process and in every xdist
+worker, the CLI in each long command), started lazily at the first registration. Only what was registered is
+touched: a process group is ended only while its leader is the process that was registered (same start
+time), so a reused pid is never signalled.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import ctypes
+import itertools
+import json
+import os
+import shutil
+import signal
+import subprocess
+import sys
+import threading
+import time
+from collections.abc import Callable, Iterator
+from datetime import datetime
+from pathlib import Path
+from typing import IO, Any
+
+SERVICE_GRACE = 2.0  # a service gets SIGTERM and this long before SIGKILL; tools (pg_restore, seed) get SIGKILL
+CLUSTER_GRACE = 5.0  # a postmaster gets an immediate shutdown (SIGQUIT) and this long before SIGKILL
+_KILL_WAIT = 5.0
+_POLL = 0.05
+_PR_SET_PDEATHSIG = 1
+
+
+# --- a parent-death signal for children (Linux), the second line of defence --------------------------------------
+
+
+def _load_prctl() -> Callable[..., int] | None:
+    if not sys.platform.startswith("linux"):
+        return None
+    try:
+        prctl: Callable[..., int] = ctypes.CDLL(None, use_errno=True).prctl
+    except (OSError, AttributeError):
+        return None
+    return prctl
+
+
+# Looked up once here: a preexec_fn runs between fork and exec, where as little as possible should happen.
+_PRCTL = _load_prctl()
+
+
+def child_setup(*, new_session: bool = False) -> Callable[[], None] | None:
+    """A preexec_fn giving the child SIGKILL when the thread that started it ends (Linux), optionally in a new
+    session (what mirakuru asks for). None where there is nothing to do.
+
+    The kernel sends the signal when the starting *thread* exits, so the callers wait for their children in
+    the thread that started them; an app service whose children daemonise is covered only by the watchdog.
+    """
+    if _PRCTL is None and not new_session:
+        return None
+    parent = os.getpid()
+    prctl = _PRCTL
+
+    def setup() -> None:
+        if new_session:
+            os.setsid()
+        if prctl is not None:
+            prctl(_PR_SET_PDEATHSIG, int(signal.SIGKILL), 0, 0, 0)
+            if os.getppid() != parent:  # the parent died before the signal was armed
+                os._exit(1)
+
+    return setup
+
+
+# --- processes, told apart from a later process with the same pid --------------------------------------------
+
+
+def process_start(pid: int) -> str | None:
+    """The kernel's start time of a process (clock ticks since boot), None without /proc or once it is gone."""
+    try:
+        return Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[19]
+    except (OSError, IndexError):
+        return None
+
+
+def group_members(pgid: int) -> list[int]:
+    """The live processes of a process group. A zombie has exited and only waits to be reaped, which a
+    container's PID 1 may never do, so zombies do not count."""
+    try:
+        os.killpg(pgid, 0)
+    except ProcessLookupError:
+        return []
+    except PermissionError:
+        pass  # a member runs as another user: it exists
+    proc = Path("/proc")
+    if not proc.is_dir():
+        return [pgid]  # no /proc (macOS): kill() said the group exists, and zombies there are reaped
+    members = []
+    for entry in proc.iterdir():
+        if not entry.name.isdigit():
+            continue
+        try:
+            fields = (entry / "stat").read_text().rsplit(")", 1)[1].split()
+        except (OSError, IndexError):
+            continue  # gone meanwhile
+        if int(fields[2]) == pgid and fields[0] not in {"Z", "X"}:
+            members.append(int(entry.name))
+    return members
+
+
+def _alive(pid: int) -> bool:
+    try:
+        state = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0]
+    except FileNotFoundError:
+        return False
+    except (OSError, IndexError):
+        return True
+    return state not in {"Z", "X"}
+
+
+def _marked_processes(marker: str) -> list[int]:
+    """Processes carrying `marker` (NAME=value) in their environment: mirakuru marks a service's processes so
+    that those which left its process group (setsid daemons) are found too."""
+    needle = marker.encode()
+    found = []
+    for entry in Path("/proc").glob("[0-9]*"):
+        try:
+            environ = (entry / "environ").read_bytes()
+        except OSError:
+            continue
+        if needle in environ.split(b"\0"):
+            found.append(int(entry.name))
+    return found
+
+
+# --- the client side: what the parent holds -------------------------------------------------------------------
+
+
+class Reaper:
+    """The parent's end: registers resources with its watchdog, which is started at the first registration.
+
+    `close()` on a normal teardown; a parent that dies without it leaves the watchdog to clean up.
+    """
+
+    def __init__(self, log_path: Path | None = None) -> None:
+        self.log_path = log_path
+        self.owner = os.getpid()
+        self._process: subprocess.Popen[bytes] | None = None
+        self._lock = threading.Lock()
+        self._tokens = itertools.count(1)
+        self._registered: set[int] = set()
+        self._broken = False
+
+    @property
+    def watchdog_pid(self) -> int | None:
+        return self._process.pid if self._process is not None else None
+
+    def _spawn(self) -> subprocess.Popen[bytes]:
+        return subprocess.Popen(
+            [sys.executable, "-m", "pytest_dbsnap.reaper", str(self.owner), str(self.log_path or "")],
+            stdin=subprocess.PIPE,
+            stdout=subprocess.DEVNULL,
+            stderr=subprocess.DEVNULL,
+            cwd="/",
+            # Its own session: a kill of the parent's process group (a CI runner, Ctrl-C) does not reach it.
+            start_new_session=True,
+        )
+
+    def _send(self, message: dict[str, Any]) -> None:
+        if self._broken or os.getpid() != self.owner:
+            return
+        try:
+            if self._process is None:
+                self._process = self._spawn()
+            assert self._process.stdin is not None
+            # One write per line, shorter than the pipe's atomic size, so a kill never leaves half a line.
+            self._process.stdin.write(json.dumps(message).encode() + b"\n")
+            self._process.stdin.flush()
+        except OSError:
+            # The watchdog could not start or was killed: the session goes on without its safety net.
+            self._broken = True
+
+    def register(self, kind: str, **fields: Any) -> int:
+        with self._lock:
+            token = next(self._tokens)
+            self._registered.add(token)
+            self._send({"op": "add", "id": token, "kind": kind, **fields})
+        return token
+
+    def forget(self, token: int) -> None:
+        with self._lock:
+            if token in self._registered:
+                self._registered.discard(token)
+                self._send({"op": "forget", "id": token})
+
+    def watch_group(self, pgid: int, *, marker: str | None = None, grace: float = 0.0) -> int:
+        """A process group this process started (its leader's pid); `grace` > 0 asks for SIGTERM first."""
+        return self.register("group", pgid=pgid, started=process_start(pgid), marker=marker, grace=grace)
+
+    def watch_cluster(self, folder: Path) -> int:
+        """A local cluster's folder: its postmaster is shut down immediately and the folder removed."""
+        return self.register("cluster", folder=str(folder))
+
+    def watch_databases(self, conninfo: str) -> int:
+        """A server where this process makes temporary databases (named with its pid): they are dropped."""
+        return self.register("databases", conninfo=conninfo, owner=self.owner)
+
+    def watch_path(self, path: Path) -> int:
+        return self.register("path", path=str(path))
+
+    def close(self, timeout: float = 10.0) -> None:
+        """A normal teardown: forget what is left (nothing, when every resource was given back) and let the
+        watchdog exit."""
+        with self._lock:
+            process, self._process = self._process, None
+        if process is None or os.getpid() != self.owner:
+            return
+        assert process.stdin is not None
+        with contextlib.suppress(OSError):
+            process.stdin.close()
+        with contextlib.suppress(subprocess.TimeoutExpired):
+            process.wait(timeout)
+
+
+_active: list[Reaper] = []
+
+
+def current() -> Reaper | None:
+    """The reaper of this process's session or command, if one is open."""
+    for reaper in reversed(_active):
+        if reaper.owner == os.getpid():
+            return reaper
+    return None
+
+
+def install(reaper: Reaper) -> Reaper:
+    _active.append(reaper)
+    return reaper
+
+
+def uninstall(reaper: Reaper) -> None:
+    with contextlib.suppress(ValueError):
+        _active.remove(reaper)
+    reaper.close()
+
+
+@contextlib.contextmanager
+def session(log_path: Path | None = None) -> Iterator[Reaper]:
+    """`with reaper.session(log):` for a CLI command: a watchdog for whatever the command starts."""
+    reaper = install(Reaper(log_path))
+    try:
+        yield reaper
+    finally:
+        uninstall(reaper)
+
+
+@contextlib.contextmanager
+def _watched(register: Callable[[Reaper], int]) -> Iterator[None]:
+    reaper = current()
+    token = register(reaper) if reaper is not None else None
+    try:
+        yield
+    finally:
+        if reaper is not None and token is not None:
+            reaper.forget(token)
+
+
+def watched_group(pgid: int, *, grace: float = 0.0) -> contextlib.AbstractContextManager[None]:
+    """Register a started process group with the current reaper (if any) while the block runs."""
+    return _watched(lambda reaper: reaper.watch_group(pgid, grace=grace))
+
+
+def watched_path(path: Path) -> contextlib.AbstractContextManager[None]:
+    return _watched(lambda reaper: reaper.watch_path(path))
+
+
+def watch(register: Callable[[Reaper], int]) -> Callable[[], None]:
+    """Register with the current reaper (if any) now; returns the call that forgets it again."""
+    reaper = current()
+    if reaper is None:
+        return lambda: None
+    token = register(reaper)
+    return lambda: reaper.forget(token)
+
+
+# --- the watchdog side ---------------------------------------------------------------------------------------
+
+
+class _Log:
+    """The watchdog's lines, in a file opened only when there is something to say."""
+
+    def __init__(self, path: str, owner: int) -> None:
+        self.path = path
+        self.owner = owner
+        self._file: IO[str] | None = None
+
+    def __call__(self, message: str) -> None:
+        if not self.path:
+            return
+        try:
+            if self._file is None:
+                Path(self.path).parent.mkdir(parents=True, exist_ok=True)
+                self._file = open(self.path, "a")  # noqa: SIM115 - kept open for the watchdog's few lines
+            stamp = datetime.now().isoformat(timespec="milliseconds")
+            self._file.write(f"{stamp} dbsnap reaper of pid {self.owner}: {message}\n")
+            self._file.flush()
+        except OSError:
+            self.path = ""
+
+
+def _signal_group(pgid: int, sig: signal.Signals) -> None:
+    with contextlib.suppress(ProcessLookupError, PermissionError):
+        os.killpg(pgid, sig)
+
+
+def _signal(pid: int, sig: signal.Signals) -> None:
+    with contextlib.suppress(ProcessLookupError, PermissionError):
+        os.kill(pid, sig)
+
+
+def _still_ours(entry: dict[str, Any]) -> bool:
+    """A group id stays taken while any member lives, so a group whose leader is gone is still the one we
+    registered; only a live leader with another start time means the group ended and its pid was reused."""
+    pgid, started = int(entry["pgid"]), entry.get("started")
+    now = process_start(pgid)
+    return started is None or now is None or now == started
+
+
+def _postmaster_of(folder: Path) -> int | None:
+    """The pid of the postmaster serving `folder`'s data, checked against the process itself."""
+    data = folder / "data"
+    try:
+        lines = (data / "postmaster.pid").read_text().splitlines()
+        pid, recorded = int(lines[0]), lines[1]
+    except (OSError, ValueError, IndexError):
+        return None
+    if Path(recorded) != data:
+        return None
+    try:
+        cmdline = Path(f"/proc/{pid}/cmdline").read_bytes().split(b"\0")
+    except FileNotFoundError:
+        return None
+    except OSError:
+        return pid if sys.platform != "linux" else None
+    return pid if os.fsencode(str(data)) in cmdline and _alive(pid) else None
+
+
+def _drop_databases(entry: dict[str, Any], log: _Log) -> None:
+    try:
+        import psycopg
+
+        from pytest_dbsnap.dumps import databases
+
+        with psycopg.connect(entry["conninfo"], autocommit=True, connect_timeout=5) as conn:
+            for name in databases.temporary_names_of(conn, int(entry["owner"])):
+                databases.drop(conn, name)
+                log(f"dropped the temporary database {name}")
+    except Exception as exc:  # the server may be gone too; the next run drops what is left
+        log(f"could not drop temporary databases: {type(exc).__name__}: {str(exc).strip()[:200]}")
+
+
+def _gone(pid: int) -> Callable[[], bool]:
+    return lambda: not _alive(pid)
+
+
+def _wait(condition: Callable[[], bool], seconds: float) -> bool:
+    deadline = time.monotonic() + seconds
+    while not condition():
+        if time.monotonic() >= deadline:
+            return False
+        time.sleep(_POLL)
+    return True
+
+
+def clean_up(entries: list[dict[str, Any]], log: _Log) -> None:
+    """End the registered processes, drop the temporary databases, stop the clusters, remove the files."""
+    groups = [e for e in entries if e["kind"] == "group" and _still_ours(e)]
+    clusters = [Path(e["folder"]) for e in entries if e["kind"] == "cluster"]
+    marked: dict[int, float] = {}  # pid -> grace, for processes that left their group
+    for entry in groups:
+        grace = float(entry.get("grace") or 0)
+        for pid in _marked_processes(entry["marker"]) if entry.get("marker") else []:
+            marked[pid] = max(marked.get(pid, 0.0), grace)
+        sig = signal.SIGTERM if grace else signal.SIGKILL
+        members = group_members(int(entry["pgid"]))
+        if members:
+            log(f"ending process group {entry['pgid']} ({len(members)} process(es)) with {sig.name}")
+        _signal_group(int(entry["pgid"]), sig)
+    for pid, grace in marked.items():
+        _signal(pid, signal.SIGTERM if grace else signal.SIGKILL)
+    postmasters = {folder: _postmaster_of(folder) for folder in clusters}
+    for folder, postmaster in postmasters.items():
+        if postmaster is not None:
+            log(f"shutting down the PostgreSQL of {folder} (pid {postmaster}) immediately")
+            _signal(postmaster, signal.SIGQUIT)
+
+    # Temporary databases on servers that outlive us; a cluster of our own goes away as a whole.
+    for entry in entries:
+        if entry["kind"] == "databases":
+            _drop_databases(entry, log)
+
+    grace = max([float(e.get("grace") or 0) for e in groups] + [max(marked.values(), default=0.0)])
+
+    def processes_gone() -> bool:
+        return not any(group_members(int(e["pgid"])) for e in groups) and not any(_alive(p) for p in marked)
+
+    if not _wait(processes_gone, grace):
+        for entry in groups:
+            _signal_group(int(entry["pgid"]), signal.SIGKILL)
+        for pid in marked:
+            _signal(pid, signal.SIGKILL)
+        if not _wait(processes_gone, _KILL_WAIT):
+            log("some processes outlived SIGKILL (an uninterruptible wait in the kernel)")
+    for folder, postmaster in postmasters.items():
+        if postmaster is not None and not _wait(_gone(postmaster), CLUSTER_GRACE):
+            log(f"the PostgreSQL of {folder} did not shut down; sending SIGKILL")
+            # pg_ctl started it in a session of its own, so its group is the server and its backends.
+            with contextlib.suppress(ProcessLookupError):
+                if os.getpgid(postmaster) == postmaster:
+                    _signal_group(postmaster, signal.SIGKILL)
+                else:
+                    _signal(postmaster, signal.SIGKILL)
+            _wait(_gone(postmaster), _KILL_WAIT)
+    for folder in clusters:
+        if folder.exists():
+            shutil.rmtree(folder, ignore_errors=True)
+            log(f"removed the cluster folder {folder}")
+    for entry in entries:
+        if entry["kind"] == "path":
+            path = Path(entry["path"])
+            if path.is_dir() and not path.is_symlink():
+                shutil.rmtree(path, ignore_errors=True)
+            elif path.exists() or path.is_symlink():
+                path.unlink(missing_ok=True)
+            else:
+                continue
+            log(f"removed {path}")
+
+
+def main(argv: list[str]) -> int:
+    """`python -m pytest_dbsnap.reaper OWNER_PID LOG_PATH`, started by Reaper with its registrations on stdin."""
+    owner, log_path = int(argv[0]), argv[1] if len(argv) > 1 else ""
+    signal.signal(signal.SIGINT, signal.SIG_IGN)  # Ctrl-C is for the parent, which tidies up itself
+    registered: dict[int, dict[str, Any]] = {}
+    for line in sys.stdin.buffer:
+        try:
+            message = json.loads(line)
+        except ValueError:
+            continue  # a torn last line of a dying parent
+        if message.get("op") == "add":
+            registered[int(message["id"])] = message
+        elif message.get("op") == "forget":
+            registered.pop(int(message["id"]), None)
+    # End of file: the parent closed the pipe (a normal teardown, nothing left) or is gone.
+    if registered:
+        log = _Log(log_path, owner)
+        log(f"the pipe closed with {len(registered)} resource(s) still registered (the parent is gone); cleaning up")
+        clean_up(list(registered.values()), log)
+        log("done")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main(sys.argv[1:]))

@@ -1,0 +1,151 @@
+"""Fault drills: a real run on a small project (a pytest session, or a dbsnap command) is killed with -9 at one
+point (seeding, pg_restore, a service starting, the tests running), as a cancelled CI job or the OOM killer
+would; within 15 s nothing of it may be left (processes, its cluster, staging databases, temporary files,
+locks), and the next run is green with the dump's data."""
+
+from __future__ import annotations
+
+import sys
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+from drills import (
+    DBSNAP,
+    ITEMS,
+    LEFTOVER_DEADLINE,
+    Drilled,
+    assert_green,
+    drill_runs,
+    generate_dump,
+    kill_at,
+    reachable_folder,
+    run_environ,
+    runs_pg_restore,
+    temporary_databases,
+    wait_until,
+    write_project,
+)
+
+from pytest_dbsnap.dumps import databases
+from pytest_dbsnap.dumps.store import DumpStore
+from pytest_dbsnap.postgres.base import find_pg_tools
+from pytest_dbsnap.postgres.local import LocalCluster
+
+pytestmark = pytest.mark.faults
+
+PYTEST = [sys.executable, "-m", "pytest", "-p", "no:cacheprovider", "-q", "test_drill.py"]
+
+
+@pytest.fixture
+def drilled() -> Iterator[Drilled]:
+    with drill_runs() as runs:
+        yield runs
+
+
+@pytest.fixture(scope="module")
+def pg_cache(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    cache = tmp_path_factory.getbasetemp() / "pg-cache"  # shared with the other server tests
+    cache.mkdir(exist_ok=True)
+    return cache
+
+
+@pytest.fixture(scope="module")
+def outside_server(pg_cache: Path) -> Iterator[LocalCluster]:
+    """A server the drilled runs use as an external one: it outlives them, so their staging databases show."""
+    with LocalCluster(find_pg_tools(None), cache_dir=pg_cache).start() as server:
+        assert isinstance(server, LocalCluster)
+        yield server
+
+
+@pytest.fixture
+def project() -> Iterator[Path]:
+    with reachable_folder() as folder:
+        yield write_project(folder / "project")
+
+
+def test_killed_while_seeding(project: Path, pg_cache: Path, drilled: Drilled) -> None:
+    env = run_environ(pg_cache)
+    kill_at(project, env, drilled, PYTEST, hold="seed", reached=lambda _run: (project / "seed.started").exists())
+    assert_green(project, env, drilled, PYTEST)
+
+
+def test_killed_during_pg_restore(
+    project: Path, pg_cache: Path, outside_server: LocalCluster, drilled: Drilled
+) -> None:
+    env = run_environ(pg_cache)
+    generate_dump(project, env)
+    env["DBSNAP_DSN"] = outside_server.dsn("postgres")
+
+    killed = kill_at(project, env, drilled, PYTEST, hold="restore", reached=runs_pg_restore)
+
+    with outside_server.connect() as conn:
+        # Its reaper dropped them (ending the backend that pg_restore left building the index).
+        wait_until(lambda: not temporary_databases(conn, killed), LEFTOVER_DEADLINE, "the drop of its staging database")
+    assert_green(project, env, drilled, PYTEST)
+
+
+def test_killed_while_a_service_starts(project: Path, pg_cache: Path, drilled: Drilled) -> None:
+    env = run_environ(pg_cache)
+    generate_dump(project, env)
+    started = project / "service.started"
+
+    kill_at(project, env, drilled, PYTEST, hold="service", reached=lambda _run: started.exists())
+
+    # The service's worker and its daemonised child, which left the process group, are gone too.
+    assert len(started.read_text().split()) == 3
+    assert_green(project, env, drilled, PYTEST)
+
+
+def test_killed_during_the_tests(pg_cache: Path, drilled: Drilled) -> None:
+    with reachable_folder() as folder:
+        project = write_project(folder / "project", backend="python -m refapp.backend")
+        env = run_environ(pg_cache)
+        generate_dump(project, env)
+        kill_at(project, env, drilled, PYTEST, hold="tests", reached=lambda _run: (project / "tests.started").exists())
+        assert_green(project, env, drilled, PYTEST)
+
+
+# --- the dbsnap command line ---------------------------------------------------------------------------------
+
+
+def test_cli_killed_during_restore(
+    project: Path, pg_cache: Path, outside_server: LocalCluster, drilled: Drilled
+) -> None:
+    env = run_environ(pg_cache)
+    generate_dump(project, env)
+    restore = [DBSNAP, "restore", "--dsn", outside_server.dsn("postgres"), "--database", "restored", "--no-spare"]
+
+    killed = kill_at(project, env, drilled, restore, hold="restore", reached=runs_pg_restore)
+
+    with outside_server.connect() as conn:
+        wait_until(lambda: not temporary_databases(conn, killed), LEFTOVER_DEADLINE, "the drop of its staging database")
+        assert not databases.exists(conn, "restored")
+    assert_green(project, env, drilled, restore)
+    with outside_server.connect("restored") as conn:
+        assert conn.execute("SELECT count(*) FROM drill_items").fetchone() == (ITEMS,)
+
+
+def test_cli_killed_while_generating(project: Path, pg_cache: Path, drilled: Drilled) -> None:
+    env = run_environ(pg_cache)
+    generate = [DBSNAP, "generate"]
+
+    kill_at(project, env, drilled, generate, hold="seed", reached=lambda _run: (project / "seed.started").exists())
+
+    assert DumpStore(project / "dumps").latest("dev") is None
+    assert_green(project, env, drilled, generate)
+    meta = DumpStore(project / "dumps").latest("dev")
+    assert meta is not None
+    assert meta.row_counts["public.drill_items"] == ITEMS
+
+
+def test_xdist_controller_killed_during_the_tests(project: Path, pg_cache: Path, drilled: Drilled) -> None:
+    """Under pytest-xdist the controller owns the cluster and each worker its restores and services; a CI
+    cancellation kills the controller (the pytest process it started)."""
+    env = run_environ(pg_cache)
+    generate_dump(project, env)
+    parallel = [*PYTEST, "-n", "2"]
+
+    kill_at(project, env, drilled, parallel, hold="tests", reached=lambda _run: (project / "tests.started").exists())
+
+    assert_green(project, env, drilled, parallel)
