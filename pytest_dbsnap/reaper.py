@@ -261,7 +261,7 @@ def session(log_path: Path | None = None) -> Iterator[Reaper]:
 
 
 @contextlib.contextmanager
-def _watched(register: Callable[[Reaper], int]) -> Iterator[None]:
+def watched(register: Callable[[Reaper], int]) -> Iterator[None]:
     reaper = current()
     token = register(reaper) if reaper is not None else None
     try:
@@ -273,11 +273,11 @@ def _watched(register: Callable[[Reaper], int]) -> Iterator[None]:
 
 def watched_group(pgid: int, *, grace: float = 0.0) -> contextlib.AbstractContextManager[None]:
     """Register a started process group with the current reaper (if any) while the block runs."""
-    return _watched(lambda reaper: reaper.watch_group(pgid, grace=grace))
+    return watched(lambda reaper: reaper.watch_group(pgid, grace=grace))
 
 
 def watched_path(path: Path) -> contextlib.AbstractContextManager[None]:
-    return _watched(lambda reaper: reaper.watch_path(path))
+    return watched(lambda reaper: reaper.watch_path(path))
 
 
 def watch(register: Callable[[Reaper], int]) -> Callable[[], None]:
@@ -362,7 +362,9 @@ def _drop_databases(entry: dict[str, Any], log: _Log) -> None:
                 databases.drop(conn, name)
                 log(f"dropped the temporary database {name}")
     except Exception as exc:  # the server may be gone too; the next run drops what is left
-        log(f"could not drop temporary databases: {type(exc).__name__}: {str(exc).strip()[:200]}")
+        from pytest_dbsnap.redact import redact
+
+        log(f"could not drop temporary databases: {type(exc).__name__}: {redact(str(exc)).strip()[:200]}")
 
 
 def _gone(pid: int) -> Callable[[], bool]:

@@ -29,6 +29,7 @@ import psycopg
 from filelock import FileLock
 from psycopg import sql
 
+from pytest_dbsnap import reaper
 from pytest_dbsnap.errors import ServerError, ToolError
 from pytest_dbsnap.postgres.base import PgTools, Server, find_pg_tools, wait_until_accepting
 from pytest_dbsnap.proc import RunAs, chown_tree, run, tail
@@ -302,6 +303,15 @@ class LocalCluster(Server):
         remove_stale_clusters(base, self.tools)
         pristine = self._pristine()
         self.folder = Path(tempfile.mkdtemp(prefix="cluster-", dir=base))
+        # Killed while starting, the half-made cluster is the reaper's; once started, its owner registers it.
+        folder = self.folder
+        with reaper.watched(lambda watchdog: watchdog.watch_cluster(folder)):
+            self._set_up_folder(pristine)
+        self.start_seconds = time.monotonic() - began
+        return self
+
+    def _set_up_folder(self, pristine: Path) -> None:
+        assert self.folder is not None
         try:
             (self.folder / "owner.json").write_text(
                 json.dumps({"pid": os.getpid(), "started": _process_start(os.getpid())})
@@ -330,8 +340,6 @@ class LocalCluster(Server):
         except BaseException:
             self._remove_folder()
             raise
-        self.start_seconds = time.monotonic() - began
-        return self
 
     def _copy_pristine(self, pristine: Path) -> None:
         # cp -a keeps the server account's ownership and modes, and is quicker than a Python tree copy.
