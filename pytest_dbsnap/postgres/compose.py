@@ -220,48 +220,40 @@ def _inspect_health(command: Sequence[str], container: str, env: Mapping[str, st
         state = json.loads(result.stdout)
     except ValueError:
         return "its state could not be read"
-    health = state.get("Health") or state.get("Healthcheck") or {}
     words = f"state {state.get('Status', '?')} (exit code {state.get('ExitCode', '?')})"
-    if not health:
+    health = state.get("Health") or state.get("Healthcheck") or {}
+    if not health or not health.get("Status"):
         return f"{words}, no health check"
     runs = health.get("Log") or []
-    last = runs[-1] if runs else {}
-    output = " ".join(str(last.get("Output", "")).split())[:300]
-    return (
-        f"{words}, health {health.get('Status', '?')} after {health.get('FailingStreak', 0)} failing checks in a "
-        f"row"
-        + (
-            f"; the last check (exit code {last.get('ExitCode', '?')}) said: {output or '(nothing)'}"
-            if last
-            else "; no check has run"
-        )
-    )
+    words += f", health {health['Status']} after {health.get('FailingStreak', 0)} failing checks in a row"
+    if not runs:
+        return f"{words}; no check has run"
+    last = runs[-1]
+    output = " ".join(str(last.get("Output", "")).split())[:300] or "(nothing)"
+    return f"{words}; the last check (exit code {last.get('ExitCode', '?')}) said: {output}"
 
 
 def describe_failure(
     command: Sequence[str], compose_file: Path, project: str, service: str, env: Mapping[str, str]
-) -> str:
-    """One paragraph on why a start failed: every container's state and health, the service's last log lines."""
+) -> tuple[str, str]:
+    """Why a start failed: every container's state and health check (one paragraph), and the last log lines."""
     base = [*command, "-f", str(compose_file), "-p", project]
-    parts: list[str] = []
-    listed = _quiet([*base, "ps", "-a", "--format", "json"], 15, env)
     containers: list[dict[str, object]] = []
+    listed = _quiet([*base, "ps", "-a", "--format", "json"], 15, env)
     if listed is not None and listed.returncode == 0:
         text = listed.stdout.strip()
         with contextlib.suppress(ValueError):
-            loaded = (
-                json.loads(text) if text.startswith("[") else [json.loads(line) for line in text.splitlines() if line]
-            )
+            loaded = json.loads(text) if text.startswith("[") else [json.loads(line) for line in text.splitlines()]
             containers = [item for item in loaded if isinstance(item, dict)]
-    for item in containers:
-        name = str(item.get("Name") or item.get("Service") or "?")
-        parts.append(f"container {name} (service {item.get('Service', '?')}): {_inspect_health(command, name, env)}")
-    if not containers:
-        parts.append("compose lists no container for the project")
+    containers.sort(key=lambda item: item.get("Service") != service)  # the service first
+    states = [
+        f"Container {item.get('Name', '?')} (service {item.get('Service', '?')}): "
+        f"{_inspect_health(command, str(item.get('Name', '?')), env)}."
+        for item in containers
+    ]
     logs = _quiet([*base, "logs", "--no-color", "--tail", str(LOG_LINES)], 15, env)
-    if logs is not None and (logs.stdout or logs.stderr).strip():
-        parts.append(f"the last log lines: {tail(logs.stdout or logs.stderr, LOG_LINES * 2)}")
-    return redact("; ".join(parts))
+    log_text = tail((logs.stdout or logs.stderr) if logs else "", LOG_LINES * 2)
+    return redact(" ".join(states) or "Compose lists no container for the project."), redact(log_text)
 
 
 def start_compose(
@@ -315,7 +307,8 @@ def start_compose(
         try:
             output, _ = process.communicate(timeout=timeout + START_MARGIN)
             if process.returncode != 0:
-                failure = f"`{shlex.join(up)}` failed (exit code {process.returncode}): {tail(output, 3)}"
+                last = [line.strip() for line in output.splitlines() if line.strip()][-1:] or ["no output"]
+                failure = f"`{shlex.join(up)}` failed (exit code {process.returncode}): {last[0]}"
         except subprocess.TimeoutExpired:
             with contextlib.suppress(ProcessLookupError):
                 os.killpg(process.pid, signal.SIGKILL)
@@ -330,13 +323,14 @@ def start_compose(
         if not port.isdigit():
             failure = f"compose published no port for {service}:{CONTAINER_PORT} (got {published!r})"
     if failure is not None:
-        details = describe_failure(command, compose_file, project, service, env)
+        states, logs = describe_failure(command, compose_file, project, service, env)
         take_down_project(project, compose_command=command, compose_file=compose_file, env=env)
         raise ServerError(
             redact(
                 f"docker compose could not start the {service!r} service of {compose_file} (start_timeout "
-                f"{timeout:.0f} s): {failure}. {details}. The project {project} was taken down (down -v). Fix "
-                f"the cause shown above, or raise start_timeout if the service only needs longer."
+                f"{timeout:.0f} s): {failure.rstrip('.')}. {states} The project {project} was taken down "
+                f"(down -v). Fix the cause the log lines below show, or raise start_timeout if the service only "
+                f"needs longer.\nLast log lines of the project:\n{logs or '(none)'}"
             )
         )
     host = host.strip("[]")

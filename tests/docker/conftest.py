@@ -69,7 +69,9 @@ def container_engine() -> Iterator[str]:
         os.environ["DOCKER_HOST"] = host
     try:
         if not docker_engine_answers(compose_command=find_compose_command()):
-            pytest.fail(f"the container engine at {os.environ.get('DOCKER_HOST')} set up by {ENGINE_SCRIPT} does not answer")
+            pytest.fail(
+                f"the container engine at {os.environ.get('DOCKER_HOST')} set up by {ENGINE_SCRIPT} does not answer"
+            )
         yield os.environ.get("DOCKER_HOST", "")
     finally:
         if before is None:

@@ -25,6 +25,7 @@ from pytest_dbsnap.dumps.meta import DumpMeta
 from pytest_dbsnap.dumps.restore import count_rows
 from pytest_dbsnap.dumps.store import DumpStore
 from pytest_dbsnap.errors import ServerError
+from pytest_dbsnap.postgres.base import Server
 from pytest_dbsnap.postgres.compose import (
     START_MARGIN,
     ComposeServer,
@@ -125,7 +126,7 @@ def start(folder: Path, name: str, *, timeout: float = 60, compose_file: Path | 
     )
 
 
-def user_tables(server: ComposeServer) -> list[str]:
+def user_tables(server: Server) -> list[str]:
     with server.connect("app") as conn:
         return sorted(count_rows(conn))
 
@@ -208,7 +209,7 @@ def test_a_health_check_that_never_passes_fails_within_start_timeout_with_the_re
     assert "state running" in message
     assert "health starting" in message or "health unhealthy" in message
     assert "still-not-ready" in message  # the health check's own output
-    assert "the last log lines" in message
+    assert "Last log lines of the project" in message
     assert "database system is ready to accept connections" in message
     assert PASSWORD not in message
     assert leftovers(name) == []
@@ -246,6 +247,8 @@ def test_a_killed_sessions_project_is_taken_down_by_name(project: tuple[Path, st
         if child.poll() is None:
             child.kill()
             child.wait()
+        if child.stdout is not None:
+            child.stdout.close()
         take_down_project(name)
 
 
