@@ -115,6 +115,17 @@ def docker_engine_answers(timeout: float = 5.0, compose_command: Sequence[str] |
     return result is not None and result.returncode == 0 and (bool(result.stdout.strip()) or probe[1] == "ls")
 
 
+def compose_ready(configured: Sequence[str] | None = None) -> bool:
+    """What --db-provider=auto asks: a container engine answers, and so does a compose command for it."""
+    if not docker_engine_answers(compose_command=configured):
+        return False
+    try:
+        command = find_compose_command(configured)
+    except (ConfigError, ServerError):
+        return False
+    return command == tuple(configured or ()) or docker_engine_answers(compose_command=command)
+
+
 def compose_project_name(pid: int | None = None) -> str:
     """The compose project of the session with this pid (default: ours)."""
     return f"dbsnap{os.getpid() if pid is None else pid}"

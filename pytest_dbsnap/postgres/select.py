@@ -12,9 +12,9 @@ def choose_provider(settings: Settings) -> tuple[str, str]:
         return settings.provider, f"set by {settings.source_of('provider')}"
     if settings.dsn:
         return "external", f"a DSN was given by {settings.source_of('dsn')}"
-    from pytest_dbsnap.postgres.compose import docker_engine_answers
+    from pytest_dbsnap.postgres.compose import compose_ready
 
-    if settings.compose_file.is_file() and docker_engine_answers(compose_command=settings.compose_command):
+    if settings.compose_file.is_file() and compose_ready(settings.compose_command):
         return "docker", f"{settings.compose_file.name} exists and a Docker engine answers"
     if settings.compose_file.is_file():
         return "local", f"no Docker engine answers (for {settings.compose_file.name}), so the embedded cluster"

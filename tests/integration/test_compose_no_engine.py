@@ -13,7 +13,7 @@ import pytest
 
 from pytest_dbsnap.errors import ConfigError, ServerError
 from pytest_dbsnap.postgres import compose
-from pytest_dbsnap.postgres.compose import compose_commands, docker_engine_answers, start_compose
+from pytest_dbsnap.postgres.compose import compose_commands, docker_engine_answers, find_compose_command, start_compose
 from pytest_dbsnap.postgres.select import choose_provider, start_server
 from pytest_dbsnap.settings import load_settings
 
@@ -111,3 +111,24 @@ def test_choose_provider_without_dsn_or_compose_file_is_local(tmp_path: Path) ->
 def test_choose_provider_keeps_an_explicit_provider(provider: str, tmp_path: Path, compose_file: Path) -> None:
     settings = load_settings(project_root=tmp_path, environ={"DBSNAP_PROVIDER": provider, "DATABASE_URL": "host=/tmp"})
     assert choose_provider(settings) == (provider, "set by the environment")
+
+
+def test_compose_command_setting_is_split_like_a_shell_command(tmp_path: Path) -> None:
+    settings = load_settings(project_root=tmp_path, environ={"DBSNAP_COMPOSE_COMMAND": "podman compose"})
+    assert settings.compose_command == ("podman", "compose")
+    assert load_settings(project_root=tmp_path, environ={}).compose_command is None
+
+
+def test_a_compose_command_that_does_not_answer_is_a_config_error_naming_the_setting() -> None:
+    with pytest.raises(ConfigError) as caught:
+        find_compose_command(("no-such-compose-dbsnap",))
+    message = str(caught.value)
+    assert "compose_command" in message
+    assert "'no-such-compose-dbsnap'" in message
+    assert "podman-compose" in message
+
+
+def test_auto_does_not_pick_docker_when_the_configured_compose_command_is_missing(compose_file: Path) -> None:
+    environ = {"DBSNAP_COMPOSE_COMMAND": "no-such-compose-dbsnap"}
+    settings = load_settings(project_root=compose_file.parent, environ=environ)
+    assert choose_provider(settings)[0] == "local"
