@@ -203,6 +203,16 @@ def test_a_health_check_that_never_passes_fails_within_start_timeout_with_the_re
     assert not worker.is_alive(), "the docker provider hung on a health check that never passes"
     assert len(outcome) == 1
     error = outcome[0]
+    if isinstance(error, ComposeServer):  # it should not start: say what the engine reported, then clean up
+        health = subprocess.run(
+            [engine_cli(), "inspect", "--format", "{{json .State.Health}}", f"{name}-postgres-1"],
+            capture_output=True,
+            text=True,
+            timeout=60,
+            check=False,
+        )
+        error.stop()
+        pytest.fail(f"compose reported the never-healthy service ready; its health: {health.stdout}{health.stderr}")
     assert isinstance(error, ServerError), error
     message = str(error)
     assert "start_timeout 8 s" in message
