@@ -26,7 +26,7 @@ from pathlib import Path
 from pytest_dbsnap.errors import ConfigError, ServerError
 from pytest_dbsnap.postgres.base import PgTools, Server, find_pg_tools, wait_until_accepting
 from pytest_dbsnap.proc import tail
-from pytest_dbsnap.redact import redact
+from pytest_dbsnap.redact import add_secret, redact
 
 CONTAINER_PORT = 5432
 # Tried in this order when compose_command is not set: Compose v2 as a docker CLI plugin, the standalone
@@ -284,6 +284,7 @@ def start_compose(
             f"The docker provider needs the compose file {compose_file}, which does not exist. "
             f"Create it or set compose_file in [tool.dbsnap]."
         )
+    add_secret(password)  # before anything that may quote compose's output
     command = find_compose_command(compose_command)
     if not docker_engine_answers(compose_command=command):
         raise ServerError(
