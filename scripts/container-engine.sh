@@ -110,6 +110,10 @@ fi
 plugin_dir=/usr/local/lib/docker/cli-plugins
 mkdir -p "$plugin_dir"
 [ "$(readlink "$plugin_dir/docker-compose" 2>/dev/null)" = "$compose_bin" ] || ln -sf "$compose_bin" "$plugin_dir/docker-compose"
+# Without the docker CLI there is no `docker compose`: offer the standalone `docker-compose` instead.
+if ! command -v docker >/dev/null && ! command -v docker-compose >/dev/null; then
+    ln -sf "$compose_bin" /usr/local/bin/docker-compose
+fi
 
 # 5. The postgres image, from Debian's packages (no registry to pull from).
 if ! podman image exists "$image"; then
