@@ -38,7 +38,8 @@ service_answers() {
 if [ "${1:-}" = stop ]; then
     if [ -f "$pid_file" ]; then
         pid=$(cat "$pid_file")
-        if kill -0 "$pid" 2>/dev/null && grep -q 'system.service' "/proc/$pid/cmdline" 2>/dev/null; then
+        # Only if that pid is still our service (pids are reused).
+        if kill -0 "$pid" 2>/dev/null && tr '\0' ' ' <"/proc/$pid/cmdline" | grep -q "system service --time=0 unix://$socket"; then
             kill "$pid"
             say "stopped the podman API service (pid $pid)"
         fi
