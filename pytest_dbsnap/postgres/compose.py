@@ -244,6 +244,29 @@ def _inspect_health(command: Sequence[str], container: str, env: Mapping[str, st
     return f"{words}; the last check (exit code {last.get('ExitCode', '?')}) said: {output}"
 
 
+def _await_healthy(
+    command: Sequence[str], base: Sequence[str], service: str, env: Mapping[str, str], deadline: float
+) -> str | None:
+    """Compose may report a service ready while its health check still says `starting` (seen with podman's
+    API); the service's own health status decides, within the same bound. None when healthy or unchecked."""
+    client = "podman" if _uses_podman(command) or not shutil.which("docker") else "docker"
+    listed = _quiet([*base, "ps", "-q", service], 30, env)
+    containers = listed.stdout.split() if listed is not None and listed.returncode == 0 else []
+    while containers:
+        state = _quiet([client, "inspect", "--format", "{{json .State.Health}}", containers[0]], 15, env)
+        try:
+            health = json.loads(state.stdout) if state is not None and state.returncode == 0 else None
+        except ValueError:
+            health = None
+        status = str(health.get("Status") or "") if isinstance(health, dict) else ""
+        if status in {"", "healthy"}:
+            return None
+        if time.monotonic() >= deadline:
+            return f"compose reported {service} started, but its health check still says {status}"
+        time.sleep(0.5)  # polling interval of the health status, not a readiness stand-in
+    return None
+
+
 def describe_failure(
     command: Sequence[str], compose_file: Path, project: str, service: str, env: Mapping[str, str]
 ) -> tuple[str, str]:
@@ -326,6 +349,8 @@ def start_compose(
                 os.killpg(process.pid, signal.SIGKILL)
             process.communicate()
             failure = f"`{shlex.join(up)}` did not return within {timeout + START_MARGIN:.0f} s"
+        if failure is None:
+            failure = _await_healthy(command, base, service, env, time.monotonic() + timeout)
     if failure is None:
         ports = _quiet([*base, "port", service, str(CONTAINER_PORT)], 30, env)
         published = (
