@@ -279,6 +279,13 @@ OPTIONS: tuple[Option, ...] = (
     Option("compose_user", parse_str, "postgres", "user of the compose PostgreSQL service"),
     Option("compose_password", parse_str, "postgres", "password of the compose PostgreSQL service"),
     Option(
+        "compose_command",
+        parse_command,
+        None,
+        "compose program of the docker provider, e.g. docker compose, docker-compose, podman compose or "
+        "podman-compose (default: the first of these that answers)",
+    ),
+    Option(
         "allow_remote",
         parse_bool,
         False,
@@ -422,6 +429,7 @@ class Settings:
     compose_service: str = "postgres"
     compose_user: str = "postgres"
     compose_password: str = "postgres"  # noqa: S105 - the compose file's development default, not a secret
+    compose_command: tuple[str, ...] | None = None
     allow_remote: bool = False
     replace_database: bool = False
     migrate_command: tuple[str, ...] | None = None

@@ -143,20 +143,35 @@ def check_versions(server: Server, meta: DumpMeta) -> None:
         )
 
 
+def _name(value: object) -> str:
+    """A name as text: a server whose encoding is SQL_ASCII returns text as bytes, since psycopg cannot know
+    which encoding they are in; the names we meet are UTF-8 or ASCII."""
+    if isinstance(value, bytes | bytearray | memoryview):
+        return bytes(value).decode("utf-8", errors="replace")
+    return str(value)
+
+
 def count_rows(conn: psycopg.Connection[tuple[object, ...]]) -> dict[str, int]:
-    """Exact row counts of every user table, keyed schema.table."""
+    """Exact row counts of every user table, keyed schema.table.
+
+    The server quotes each name (format %I), and the query is sent as bytes, so a name whose bytes are not
+    in the client encoding (SQL_ASCII servers) is counted too.
+    """
     tables = conn.execute(
-        "SELECT n.nspname, c.relname FROM pg_class c JOIN pg_namespace n ON n.oid = c.relnamespace "
+        "SELECT n.nspname, c.relname, format('%I.%I', n.nspname, c.relname) FROM pg_class c "
+        "JOIN pg_namespace n ON n.oid = c.relnamespace "
         "WHERE c.relkind IN ('r', 'p') AND n.nspname NOT IN ('pg_catalog', 'information_schema') "
         "AND n.nspname NOT LIKE 'pg\\_toast%%' AND NOT c.relispartition ORDER BY 1, 2"
     ).fetchall()
     counts: dict[str, int] = {}
-    for schema, table in tables:
-        query = psycopg.sql.SQL("SELECT count(*) FROM {}.{}").format(
-            psycopg.sql.Identifier(str(schema)), psycopg.sql.Identifier(str(table))
+    for schema, table, quoted in tables:
+        target = (
+            bytes(quoted)
+            if isinstance(quoted, bytes | bytearray | memoryview)
+            else str(quoted).encode(conn.info.encoding)
         )
-        row = conn.execute(query).fetchone()
-        counts[f"{schema}.{table}"] = int(str(row[0])) if row else 0
+        row = conn.execute(b"SELECT count(*) FROM " + target).fetchone()
+        counts[f"{_name(schema)}.{_name(table)}"] = int(str(row[0])) if row else 0
     return counts
 
 

@@ -160,9 +160,14 @@ class Server(abc.ABC):
     def connect(
         self, database: str = "postgres", *, connect_timeout: int = 10
     ) -> psycopg.Connection[tuple[object, ...]]:
-        """An autocommit connection: admin work (CREATE/DROP DATABASE) cannot run in a transaction."""
+        """An autocommit connection: admin work (CREATE/DROP DATABASE) cannot run in a transaction.
+
+        In UTF8 whatever the server's encoding: on a SQL_ASCII server psycopg would otherwise return every
+        text value (names, versions) as bytes."""
         try:
-            return psycopg.connect(self.conninfo(database), autocommit=True, connect_timeout=connect_timeout)
+            return psycopg.connect(
+                self.conninfo(database), autocommit=True, connect_timeout=connect_timeout, client_encoding="UTF8"
+            )
         except psycopg.OperationalError as exc:
             raise ServerError(
                 f"Cannot connect to database {database!r} on {self.describe()}: {redact(str(exc)).strip()}"

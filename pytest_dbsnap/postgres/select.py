@@ -1,4 +1,4 @@
-"""Pick a provider (auto: DSN given -> external; compose file and a Docker engine -> docker; else local)."""
+"""Pick a provider (auto: DSN given -> external; compose file and a container engine -> docker; else local)."""
 
 from __future__ import annotations
 
@@ -15,9 +15,9 @@ def choose_provider(settings: Settings) -> tuple[str, str]:
         return settings.provider, f"set by {settings.source_of('provider')}"
     if settings.dsn:
         return "external", f"a DSN was given by {settings.source_of('dsn')}"
-    from pytest_dbsnap.postgres.compose import docker_engine_answers
+    from pytest_dbsnap.postgres.compose import compose_ready
 
-    if settings.compose_file.is_file() and docker_engine_answers():
+    if settings.compose_file.is_file() and compose_ready(settings.compose_command):
         return "docker", f"{settings.compose_file.name} exists and a Docker engine answers"
     if settings.compose_file.is_file():
         return "local", f"no Docker engine answers (for {settings.compose_file.name}), so the embedded cluster"
@@ -54,6 +54,7 @@ def start_server(settings: Settings, provider: str | None = None) -> Server:
             password=settings.compose_password,
             timeout=settings.start_timeout,
             pg_bindir=settings.pg_bindir,
+            compose_command=settings.compose_command,
         )
     from pytest_dbsnap.postgres.local import start_local_cluster
 

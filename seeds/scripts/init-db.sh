@@ -7,11 +7,21 @@
 # <env>/latest (the name). Only what the image ships is used: POSIX sh, coreutils, sed, grep and pg_restore.
 # A dump that cannot be verified is refused before the database is touched, and the restore runs in one
 # transaction, so the database ends up restored or empty, never half-restored.
+#
+# `init-db.sh stage DEST` (the `dumps` service of docker-compose.dev.yml, as root) only picks the dump the same
+# way and copies it, its metadata and a `latest` pointer into DEST/<env>/, owned by the server's account
+# ($DBSNAP_DUMPS_OWNER, default postgres) and private to it: the store writes its files 0600, and the server
+# runs as its own account, which could not read them where they are (e.g. when they belong to root).
 set -eu
 # Byte-wise globs and character ranges, whatever locale the image sets.
 LC_ALL=C
 export LC_ALL
 
+mode=restore
+if [ "${1:-}" = stage ]; then
+    mode=stage
+    stage_dir=${2:?usage: init-db.sh stage DEST}
+fi
 dumps_dir=${DBSNAP_DUMPS_DIR:-/dumps}
 env_name=${DBSNAP_ENV:-dev}
 db_user=${POSTGRES_USER:-postgres}
@@ -36,7 +46,7 @@ is_plain_name() {
 }
 
 refuse_unreadable() {
-    refuse "cannot read $1 as uid $(id -u) (it belongs to uid $(stat -c %u "$1"), mode $(stat -c %a "$1")): set DBSNAP_UID and DBSNAP_GID to the owner's ids (id -u, id -g) so the container runs as them, or make the dumps readable (chmod a+r)"
+    refuse "cannot read $1 as uid $(id -u) (it belongs to uid $(stat -c %u "$1"), mode $(stat -c %a "$1")): with docker-compose.dev.yml the dumps service stages the chosen dump for the server's account, so mount the dumps volume it fills at $dumps_dir; a server run by hand must run as the files' owner"
 }
 
 # The distinct values of "key": VALUE in the metadata, where VALUE matches the pattern. DumpMeta writes one
@@ -77,7 +87,12 @@ else
             [ -f "$orphan" ] || continue
             log "ignoring $orphan: it has no metadata (wrap it with: dbsnap import FILE --env $env_name)"
         done
-        log "no dump for environment $env_name in $dumps_dir; leaving the empty database for migrations"
+        if [ "$mode" = stage ]; then
+            rm -rf "${stage_dir:?}/$env_name"
+            log "no dump for environment $env_name in $dumps_dir; nothing to stage"
+        else
+            log "no dump for environment $env_name in $dumps_dir; leaving the empty database for migrations"
+        fi
         exit 0
     fi
     chosen_by="the newest metadata file (there is no $env_dir/latest)"
@@ -93,6 +108,23 @@ if [ ! -f "$dump" ]; then
     refuse "the dump file $dump is missing although its metadata $meta exists; copy it again or regenerate it (dbsnap generate --env $env_name)"
 fi
 [ -r "$dump" ] || refuse_unreadable "$dump"
+
+if [ "$mode" = stage ]; then
+    # The copy is checked when it is restored; here only what the server needs is handed over, privately.
+    owner=${DBSNAP_DUMPS_OWNER:-postgres}
+    target=$stage_dir/$env_name
+    rm -rf "${stage_dir:?}/$env_name"
+    umask 077
+    mkdir -p "$target"
+    cp "$dump" "$target/$name.dump.part"
+    mv "$target/$name.dump.part" "$target/$name.dump"
+    cp "$meta" "$target/$name.json"
+    printf '%s\n' "$name" >"$target/latest"
+    chown -R "$owner:$owner" "$stage_dir"
+    chmod 0700 "$stage_dir"
+    log "staged dump $name of environment $env_name (chosen by $chosen_by) for $owner in $target"
+    exit 0
+fi
 
 expected_sha=$(json_values sha256 '"[0-9a-f]*"')
 expected_size=$(json_values size_bytes '[0-9][0-9]*')

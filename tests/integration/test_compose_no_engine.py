@@ -13,7 +13,7 @@ import pytest
 
 from pytest_dbsnap.errors import ConfigError, ServerError
 from pytest_dbsnap.postgres import compose
-from pytest_dbsnap.postgres.compose import compose_commands, docker_engine_answers, start_compose
+from pytest_dbsnap.postgres.compose import compose_commands, docker_engine_answers, find_compose_command, start_compose
 from pytest_dbsnap.postgres.select import choose_provider, start_server
 from pytest_dbsnap.settings import load_settings
 
@@ -28,7 +28,7 @@ def engine_answers() -> bool:
 @pytest.fixture
 def without_docker_engine(engine_answers: bool, monkeypatch: pytest.MonkeyPatch) -> None:
     if engine_answers:
-        monkeypatch.setattr(compose, "docker_engine_answers", lambda timeout=5.0: False)
+        monkeypatch.setattr(compose, "docker_engine_answers", lambda timeout=5.0, compose_command=None: False)
 
 
 @pytest.fixture
@@ -60,7 +60,8 @@ def test_start_compose_without_docker_engine_says_start_docker_or_use_local(
     with pytest.raises(ServerError) as caught:
         start_compose(compose_file, "postgres", user="postgres", password=CANARY, timeout=1)
     message = str(caught.value)
-    assert "Start Docker" in message
+    # Where no compose command exists at all, that is what the message is about; else the engine.
+    assert "Start Docker" in message or "needs a compose command" in message
     assert "--db-provider=local" in message
     assert CANARY not in message
 
@@ -74,8 +75,11 @@ def test_start_server_docker_provider_without_docker_engine_is_a_server_error(
 
 
 @pytest.mark.parametrize("service", ["postgres", "db"])
-def test_compose_commands_start_one_service_and_remove_volumes(service: str) -> None:
-    assert compose_commands(service) == ([f"up -d --wait {service}"], ["down -v"])
+def test_compose_commands_start_one_service_bounded_and_remove_volumes(service: str) -> None:
+    assert compose_commands(service, 19.2) == (
+        ["up", "-d", "--wait", "--wait-timeout", "20", service],
+        ["down", "-v", "--remove-orphans"],
+    )
 
 
 def test_choose_provider_dsn_means_external(tmp_path: Path) -> None:
@@ -112,3 +116,24 @@ def test_choose_provider_without_dsn_or_compose_file_is_local(tmp_path: Path) ->
 def test_choose_provider_keeps_an_explicit_provider(provider: str, tmp_path: Path, compose_file: Path) -> None:
     settings = load_settings(project_root=tmp_path, environ={"DBSNAP_PROVIDER": provider, "DBSNAP_DSN": "host=/tmp"})
     assert choose_provider(settings) == (provider, "set by the environment")
+
+
+def test_compose_command_setting_is_split_like_a_shell_command(tmp_path: Path) -> None:
+    settings = load_settings(project_root=tmp_path, environ={"DBSNAP_COMPOSE_COMMAND": "podman compose"})
+    assert settings.compose_command == ("podman", "compose")
+    assert load_settings(project_root=tmp_path, environ={}).compose_command is None
+
+
+def test_a_compose_command_that_does_not_answer_is_a_config_error_naming_the_setting() -> None:
+    with pytest.raises(ConfigError) as caught:
+        find_compose_command(("no-such-compose-dbsnap",))
+    message = str(caught.value)
+    assert "compose_command" in message
+    assert "'no-such-compose-dbsnap'" in message
+    assert "podman-compose" in message
+
+
+def test_auto_does_not_pick_docker_when_the_configured_compose_command_is_missing(compose_file: Path) -> None:
+    environ = {"DBSNAP_COMPOSE_COMMAND": "no-such-compose-dbsnap"}
+    settings = load_settings(project_root=compose_file.parent, environ=environ)
+    assert choose_provider(settings)[0] == "local"

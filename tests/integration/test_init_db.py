@@ -89,7 +89,7 @@ def script_account(cluster: LocalCluster) -> RunAs | None:
 
 def store_dump(cluster: LocalCluster, dumps_dir: Path, source: Path) -> DumpMeta:
     """Import a dump the way `dbsnap import` does (real metadata, `latest` pointer), owned by the script's
-    account as it would be with DBSNAP_UID set to the owner of the files."""
+    account, as the dumps service of docker-compose.dev.yml stages them for the server."""
     meta = import_dump(DumpStore(dumps_dir), cluster.tools, source, ENV)
     hand_over(cluster, dumps_dir)
     return meta
@@ -388,7 +388,7 @@ def test_init_db_script_outside_container_refuses_what_its_account_cannot_read(
     finally:
         unreadable.chmod(0o700 if unreadable.is_dir() else 0o600)  # so the fixture can remove it
     assert f"cannot read {unreadable} as uid" in message
-    assert "set DBSNAP_UID and DBSNAP_GID to the owner's ids" in message
+    assert "the dumps service stages the chosen dump" in message
     assert user_relations(cluster, target_db) == []
 
 

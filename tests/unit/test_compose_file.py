@@ -145,10 +145,21 @@ def test_compose_file_no_engine_mounts_init_script_read_only_into_initdb_dir(pos
 
 
 def test_compose_file_no_engine_mounts_the_dump_store_read_only_where_the_script_looks(
-    postgres: dict[str, Any], postgres_env: dict[str, str]
+    compose: dict[str, Any], postgres: dict[str, Any], postgres_env: dict[str, str]
 ) -> None:
+    # The server reads a private copy that the one-shot `dumps` service stages into a volume as root, so
+    # 0600 dumps work whoever owns them (root included) without loosening their permissions.
     target = postgres_env["DBSNAP_DUMPS_DIR"]
-    store = mount_at(postgres, target)
+    staged = mount_at(postgres, target)
+    assert staged["type"] == "volume"
+    assert staged["read_only"] is True
+    assert staged["source"] in compose["volumes"]
+    assert postgres["depends_on"]["dumps"]["condition"] == "service_completed_successfully"
+    stager = compose["services"]["dumps"]
+    assert mount_at(stager, target)["source"] == staged["source"]
+    assert stager["entrypoint"][-2:] == ["stage", target]
+    source_dir = {key: str(value) for key, value in stager["environment"].items()}["DBSNAP_DUMPS_DIR"]
+    store = mount_at(stager, source_dir)
     assert store["type"] == "bind"
     assert store["read_only"] is True
     assert store["source"] == "./seeds/dumps"
@@ -223,7 +234,7 @@ def test_compose_file_no_engine_publishes_ports_on_loopback_only(compose: dict[s
 def test_compose_file_no_engine_app_services_sit_behind_the_app_profile(compose: dict[str, Any]) -> None:
     services = compose["services"]
     assert "profiles" not in services[SERVICE], "postgres must start with a plain `docker compose up`"
-    others = {name: service for name, service in services.items() if name != SERVICE}
+    others = {name: service for name, service in services.items() if name not in {SERVICE, "dumps"}}
     assert set(others) >= {"backend", "frontend"}
     for name, service in others.items():
         assert "app" in service["profiles"], name
@@ -246,4 +257,7 @@ def test_compose_file_no_engine_matches_the_plugin_docker_provider(compose: dict
     assert settings.compose_file == COMPOSE_FILE
     assert settings.compose_service == SERVICE
     assert settings.compose_service in compose["services"]
-    assert compose_commands(settings.compose_service) == ([f"up -d --wait {SERVICE}"], ["down -v"])
+    up, down = compose_commands(settings.compose_service, settings.start_timeout)
+    assert up[:3] == ["up", "-d", "--wait"]
+    assert up[-1] == SERVICE
+    assert down[:2] == ["down", "-v"]
