@@ -107,6 +107,7 @@ def pytest_configure_node(node: Any) -> None:
                 "params": server.params,
                 "bindir": str(server.tools.bindir),
                 "version": server.tools.version,
+                "throwaway": server.is_throwaway,
             }
         )
 
@@ -124,7 +125,7 @@ def attached_server(config: pytest.Config) -> Server | None:
         info["params"],
         PgTools(Path(info["bindir"]), info["version"]),
         provider=f"{info['provider']} (shared by the xdist workers)",
-        throwaway=info["provider"] == "local",
+        throwaway=bool(info.get("throwaway")),
     )
 
 

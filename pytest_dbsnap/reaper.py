@@ -211,6 +211,14 @@ class Reaper:
         """A server where this process makes temporary databases (named with its pid): they are dropped."""
         return self.register("databases", conninfo=conninfo, owner=self.owner)
 
+    def watch_compose(
+        self, project: str, compose_command: list[str], compose_file: Path, *, docker_host: str | None
+    ) -> int:
+        """A docker compose project this process brings up: `down -v` (containers, network, volumes)."""
+        return self.register(
+            "compose", project=project, command=compose_command, file=str(compose_file), docker_host=docker_host
+        )
+
     def watch_path(self, path: Path) -> int:
         return self.register("path", path=str(path))
 
@@ -367,6 +375,16 @@ def _drop_databases(entry: dict[str, Any], log: _Log) -> None:
         log(f"could not drop temporary databases: {type(exc).__name__}: {redact(str(exc)).strip()[:200]}")
 
 
+def _take_down(entry: dict[str, Any], log: _Log) -> None:
+    from pytest_dbsnap.postgres.compose import take_down_project
+
+    env = {**os.environ, **({"DOCKER_HOST": entry["docker_host"]} if entry.get("docker_host") else {})}
+    done = take_down_project(
+        entry["project"], compose_command=entry["command"], compose_file=Path(entry["file"]), env=env
+    )
+    log(f"{'took' if done else 'could not take'} down the compose project {entry['project']} (down -v)")
+
+
 def _gone(pid: int) -> Callable[[], bool]:
     return lambda: not _alive(pid)
 
@@ -429,6 +447,9 @@ def clean_up(entries: list[dict[str, Any]], log: _Log) -> None:
                 else:
                     _signal(postmaster, signal.SIGKILL)
             _wait(_gone(postmaster), _KILL_WAIT)
+    for entry in entries:
+        if entry["kind"] == "compose":
+            _take_down(entry, log)
     for folder in clusters:
         if folder.exists():
             shutil.rmtree(folder, ignore_errors=True)

@@ -20,9 +20,10 @@ import socket
 import subprocess
 import threading
 import time
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
 
+from pytest_dbsnap import reaper
 from pytest_dbsnap.errors import ConfigError, ServerError
 from pytest_dbsnap.postgres.base import PgTools, Server, find_pg_tools, wait_until_accepting
 from pytest_dbsnap.proc import tail
@@ -213,10 +214,21 @@ class ComposeServer(Server):
         self.project = project
         self._env = dict(env)
 
+    forget_reaper: Callable[[], None] | None = None
+
+    @property
+    def is_throwaway(self) -> bool:
+        """This session brought the project up and takes it down with its volume (`down -v`): everything in it,
+        the database init-db.sh restored included, is the tool's own."""
+        return True
+
     def stop(self) -> None:
         take_down_project(
             self.project, compose_command=self.compose_command, compose_file=self.compose_file, env=self._env
         )
+        if self.forget_reaper is not None:
+            self.forget_reaper()
+            self.forget_reaper = None
 
     def describe(self) -> str:
         return f"docker compose PostgreSQL at {self.params['host']}:{self.params['port']} (project {self.project})"
@@ -327,6 +339,34 @@ def start_compose(
     }
     base = [*command, "-f", str(compose_file), "-p", project]
     up, _ = compose_commands(service, timeout)
+    # From before `up` until the server's stop, a killed session's project is taken down by its reaper.
+    forget = reaper.watch(
+        lambda watchdog: watchdog.watch_compose(
+            project, list(command), compose_file, docker_host=env.get("DOCKER_HOST")
+        )
+    )
+    try:
+        server = _up(command, base, up, service, project, compose_file, env, timeout, tools, user, password)
+    except BaseException:
+        forget()
+        raise
+    server.forget_reaper = forget
+    return server
+
+
+def _up(
+    command: Sequence[str],
+    base: list[str],
+    up: list[str],
+    service: str,
+    project: str,
+    compose_file: Path,
+    env: dict[str, str],
+    timeout: float,
+    tools: PgTools,
+    user: str,
+    password: str,
+) -> ComposeServer:
     deadline = time.monotonic() + timeout + START_MARGIN
     failure: str | None = None
     with _HealthTicker(project, deadline):
@@ -378,7 +418,9 @@ def start_compose(
         "user": user,
         "password": password,
     }
-    server = ComposeServer(params, tools, compose_command=command, compose_file=compose_file, project=project, env=env)
+    server = ComposeServer(
+        params, tools, compose_command=tuple(command), compose_file=compose_file, project=project, env=env
+    )
     try:
         wait_until_accepting(server, timeout)
     except BaseException:

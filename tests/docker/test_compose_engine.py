@@ -15,6 +15,7 @@ import socket
 import subprocess
 import sys
 import threading
+import time
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -253,6 +254,46 @@ def test_a_killed_sessions_project_is_taken_down_by_name(project: tuple[Path, st
         assert leftovers(name) != [], "the killed session left its project running"
         assert take_down_project(name) is True
         assert leftovers(name) == []
+    finally:
+        if child.poll() is None:
+            child.kill()
+            child.wait()
+        if child.stdout is not None:
+            child.stdout.close()
+        take_down_project(name)
+
+
+def test_the_reaper_takes_down_the_project_of_a_session_killed_with_sigkill(project: tuple[Path, str]) -> None:
+    folder, _ = project
+    child = subprocess.Popen(
+        [
+            sys.executable,
+            "-c",
+            "import sys, time\n"
+            "from pathlib import Path\n"
+            "from pytest_dbsnap import reaper\n"
+            "from pytest_dbsnap.postgres.compose import start_compose\n"
+            "with reaper.session():\n"
+            "    start_compose(Path(sys.argv[1]), 'postgres', user='postgres', password='pw', timeout=60)\n"
+            "    print('up', flush=True)\n"
+            "    time.sleep(600)\n",
+            str(folder / "docker-compose.dev.yml"),
+        ],
+        stdout=subprocess.PIPE,
+        text=True,
+        env={**os.environ, "PYTHONPATH": str(REPO)},
+    )
+    name = compose_project_name(child.pid)
+    try:
+        assert child.stdout is not None
+        assert child.stdout.readline().strip() == "up"
+        assert leftovers(name) != []
+        os.kill(child.pid, signal.SIGKILL)
+        child.wait(timeout=30)
+        deadline = time.monotonic() + 60
+        while leftovers(name):
+            assert time.monotonic() < deadline, f"the reaper left the project {name}: {leftovers(name)}"
+            time.sleep(0.5)  # polling interval while compose takes the project down
     finally:
         if child.poll() is None:
             child.kill()
