@@ -192,11 +192,18 @@ class RunningService:
 
 
 def _start_service(
-    config: pytest.Config, settings: ServiceSettings, env: dict[str, str], logs_dir: Path
+    config: pytest.Config, settings: ServiceSettings, env: dict[str, str], placeholders: dict[str, str]
 ) -> Iterator[RunningService]:
     from pytest_dbsnap.services import Service
 
-    service = Service(settings, env=env, logs_dir=logs_dir)
+    session_settings = config.stash[SETTINGS_KEY]
+    service = Service(
+        settings,
+        env=env,
+        logs_dir=session_settings.logs_dir,
+        placeholders=placeholders,
+        shared_env=session_settings.app_env,
+    )
     config.stash[SERVICES_KEY][settings.name] = service
     try:
         service.start()
@@ -210,12 +217,27 @@ def _start_service(
         service.stop()
 
 
+def _database_placeholders(server: Server, database: str) -> dict[str, str]:
+    from pytest_dbsnap.template import database_values
+
+    return database_values(server.params, server.dsn(database), database)
+
+
 @pytest.fixture(scope="session")
-def backend(pytestconfig: pytest.Config, dbsnap_settings: Settings, db_dsn: str) -> Iterator[RunningService]:
-    """The app's backend as a real process on DATABASE_URL = the restored database, healthy before use."""
+def backend(
+    pytestconfig: pytest.Config,
+    dbsnap_settings: Settings,
+    pg_server: Server,
+    dbsnap_database: DatabaseOutcome,
+    db_dsn: str,
+) -> Iterator[RunningService]:
+    """The app's backend as a real process on DATABASE_URL = the restored database, healthy before use (or,
+    given only by `url`, a backend that runs already: health-checked, neither started nor stopped)."""
     if dbsnap_settings.backend is None:
         pytest.skip("no [tool.dbsnap.backend] is configured")
-    yield from _start_service(pytestconfig, dbsnap_settings.backend, {"DATABASE_URL": db_dsn}, dbsnap_settings.logs_dir)
+    values = {**_database_placeholders(pg_server, dbsnap_database.database), "database_url": db_dsn}
+    env = {"DATABASE_URL": db_dsn}
+    yield from _start_service(pytestconfig, dbsnap_settings.backend, env, values)
 
 
 @pytest.fixture(scope="session")
@@ -227,5 +249,5 @@ def frontend(
         pytest.skip("--skip-frontend was given, so the frontend was not started")
     if dbsnap_settings.frontend is None:
         pytest.skip("no [tool.dbsnap.frontend] is configured")
-    env = {"BACKEND_URL": backend.url}
-    yield from _start_service(pytestconfig, dbsnap_settings.frontend, env, dbsnap_settings.logs_dir)
+    values = {**backend.service.placeholders, "backend_url": backend.url.rstrip("/")}
+    yield from _start_service(pytestconfig, dbsnap_settings.frontend, {"BACKEND_URL": backend.url}, values)

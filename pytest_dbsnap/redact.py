@@ -14,7 +14,20 @@ _KEYWORD_PASSWORD = re.compile(
 )
 
 
+# Passwords a placeholder ({pg_password}) put into a command line, where no pattern above would find them.
+_SECRETS: set[str] = set()
+
+
+def remember_secret(value: str) -> None:
+    """From now on, redact() hides `value` wherever it stands as a word of its own."""
+    if value:
+        _SECRETS.add(value)
+
+
 def redact(text: str) -> str:
-    """Replace every password in a DSN, URL or key=value string with ***."""
+    """Replace every password in a DSN, URL or key=value string, and every remembered secret, with ***."""
     text = _URL_PASSWORD.sub(lambda m: f"{m['head']}***{m['tail']}", text)
-    return _KEYWORD_PASSWORD.sub(lambda m: f"{m['head']}***", text)
+    text = _KEYWORD_PASSWORD.sub(lambda m: f"{m['head']}***", text)
+    for secret in sorted(_SECRETS, key=len, reverse=True):
+        text = re.sub(rf"(?<![A-Za-z0-9]){re.escape(secret)}(?![A-Za-z0-9])", "***", text)
+    return text
