@@ -84,6 +84,17 @@ def pytest_configure(config: pytest.Config) -> None:
     config.stash[PHASES_KEY] = PhaseBook()
 
 
+@pytest.hookimpl(tryfirst=True)
+def pytest_collection_modifyitems(session: pytest.Session, config: pytest.Config, items: list[pytest.Item]) -> None:
+    """A run that selects smoke in a project with [tool.dbsnap] gets the plugin's own checks, first in each phase
+    (before -m deselects and pytest-order sorts), so a project with no test files still has a whole suite."""
+    from pytest_dbsnap.checks.items import make_items, smoke_selected
+
+    settings = config.stash[SETTINGS_KEY]
+    if settings.has_table and smoke_selected(config):
+        items[:0] = make_items(session, settings)
+
+
 def _fail(what: str, exc: DbsnapError) -> NoReturn:
     """A setup failure the user can fix: the message only, no traceback into our internals."""
     # `from None`: pytest shows the chained exceptions even with pytrace=False, which would repeat the

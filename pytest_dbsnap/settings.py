@@ -527,6 +527,7 @@ def _parse_service(name: str, table: object, project_root: Path, pyproject: Path
     browser_path = values.get("browser_path")
     if browser_path is not None and len(browser_path.parts) > 1:
         values["browser_path"] = project_root / browser_path
+    values.setdefault("command", None)
     return ServiceSettings(name=name, cwd=(project_root / cwd).resolve(), **values)
 
 

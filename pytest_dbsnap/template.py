@@ -67,7 +67,7 @@ def command_argv(command: Command, values: Mapping[str, str], *, key: str) -> li
     """
     if isinstance(command, tuple | list):
         return [fill(part, values, key=key) for part in command]
-    for name in {match[1] for match in _TOKEN.finditer(command) if match[1]}:
+    for name in names_in(command):
         if name in values and _SPLITS.search(values[name]):
             raise ConfigError(
                 f"Setting {key!r} is one string that is split into arguments after {{{name}}} is filled in, and "
@@ -76,6 +76,11 @@ def command_argv(command: Command, values: Mapping[str, str], *, key: str) -> li
                 f"is filled on its own and never split."
             )
     return split_command(fill(command, values, key=key), key=key)
+
+
+def names_in(*texts: str) -> set[str]:
+    """The placeholder names the texts use."""
+    return {match[1] for text in texts for match in _TOKEN.finditer(text) if match[1]}
 
 
 def split_command(text: str, *, key: str) -> list[str]:
@@ -114,7 +119,6 @@ def fill_env(env: Mapping[str, str], values: Mapping[str, str], *, key: str) -> 
     checked at start, so what is missing here is only not there yet."""
     filled: dict[str, str] = {}
     for variable, value in env.items():
-        names = {match[1] for match in _TOKEN.finditer(value) if match[1]}
-        if names <= set(values):
+        if names_in(value) <= set(values):
             filled[variable] = fill(value, values, key=f"{key}.{variable}")
     return filled
