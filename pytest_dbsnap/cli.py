@@ -399,7 +399,32 @@ def build_parser() -> argparse.ArgumentParser:
     sub["verify"].add_argument("name", nargs="?", help="dump name (default: every dump of the environment)")
     sub["prune"].add_argument("--keep", type=_positive, required=True, help="how many newest dumps to keep")
     sub["import"].add_argument("file", help="a pg_dump -Fc file")
+    init = commands.add_parser(
+        "init",
+        help="write a commented [tool.dbsnap] block for this project into pyproject.toml",
+        description="Detect Alembic, Django, Node (Prisma, Knex, Drizzle, Sequelize) and a compose file with "
+        "PostgreSQL, write a commented [tool.dbsnap] block into pyproject.toml (created if missing) and say what is "
+        "left to fill. An existing block is never replaced.",
+    )
+    init.add_argument("--dry-run", action="store_true", help="print the block instead of writing it")
+    init.add_argument("--path", default=".", help="the project folder (default: the current one)")
     return parser
+
+
+def cmd_init(args: argparse.Namespace) -> int:
+    from pytest_dbsnap.init import init_project
+
+    block, todo, pyproject = init_project(Path(args.path).resolve(), dry_run=args.dry_run)
+    if args.dry_run:
+        print(block)
+    else:
+        print(f"wrote a [tool.dbsnap] block into {pyproject}")
+    if todo:
+        print("left to fill:")
+        for item in todo:
+            print(f"  - {item}")
+    print("then run: pytest -m smoke")
+    return EXIT_OK
 
 
 def main(argv: Sequence[str] | None = None) -> int:
@@ -409,6 +434,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         parser.print_help()
         return EXIT_USAGE
     try:
+        if args.command == "init":  # before the settings: there may be none yet
+            return cmd_init(args)
         settings = load_cli_settings(args)
         return COMMANDS[args.command][0](args, settings)
     except ConfigError as exc:
