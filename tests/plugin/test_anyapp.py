@@ -512,3 +512,60 @@ def test_a_malformed_check_stops_the_run_at_start_naming_its_number_and_key(
     error = result.stderr.str()
     assert re.search(expected, error), error
     assert "Traceback" not in error
+
+
+@pytest.fixture
+def deployed_database(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
+    """A server that is not the run's own (started here, as a deployed one would run already), with a database
+    `shop` holding three users: the DSN of that database."""
+    from pytest_dbsnap.postgres.base import find_pg_tools
+    from pytest_dbsnap.postgres.local import LocalCluster
+
+    cache = tmp_path_factory.getbasetemp() / "pg-cache"
+    cache.mkdir(exist_ok=True)
+    with LocalCluster(find_pg_tools(None), cache_dir=cache).start() as cluster:
+        with cluster.connect() as conn:
+            conn.execute("CREATE DATABASE shop")
+        with cluster.connect("shop") as conn:
+            conn.execute("CREATE TABLE users (id int); INSERT INTO users VALUES (1), (2), (3)")
+        yield cluster.dsn("shop")
+
+
+def test_the_deployed_environment_recipe_checks_without_starting_or_restoring_anything(
+    pytester: pytest.Pytester, deployed_backend: str, deployed_database: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The README's recipe: an external server, --skip-dump-restore and url-only services."""
+    pytester.makepyprojecttoml(
+        f"""
+        [tool.dbsnap]
+        provider = "external"
+        database = "shop"
+        skip_dump_restore = true
+        skip_checks = ["database"]
+
+        [tool.dbsnap.backend]
+        url = "{deployed_backend}"
+
+        [tool.dbsnap.frontend]
+        url = "{{backend_url}}/admin/"
+        browser = "off"
+
+        [[tool.dbsnap.checks]]
+        name = "users"
+        sql = "SELECT count(*) FROM users"
+        at_least = 3
+        """
+    )
+    monkeypatch.setenv("DBSNAP_DSN", deployed_database)
+
+    result = run_smoke(pytester, "-v")
+
+    assert result.ret == 0, result.stdout.str()
+    for nodeid in ("backend::health", "frontend::answers", "data::users"):
+        result.stdout.fnmatch_lines([f"dbsnap::{nodeid} PASSED*"])
+    result.stdout.fnmatch_lines(["dbsnap::environment::postgres_programs SKIPPED*"])
+    result.stdout.fnmatch_lines(["*database 'shop' kept as it was*"])
+    assert not (pytester.path / "reports" / "logs" / "backend.log").exists()
+    import httpx
+
+    assert httpx.get(f"{deployed_backend}/health", timeout=5).status_code == 200
