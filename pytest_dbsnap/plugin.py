@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from collections.abc import Iterator
+from collections.abc import Generator, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, NoReturn
@@ -84,15 +84,19 @@ def pytest_configure(config: pytest.Config) -> None:
     config.stash[PHASES_KEY] = PhaseBook()
 
 
-@pytest.hookimpl(tryfirst=True)
-def pytest_collection_modifyitems(session: pytest.Session, config: pytest.Config, items: list[pytest.Item]) -> None:
-    """A run that selects smoke in a project with [tool.dbsnap] gets the plugin's own checks, first in each phase
-    (before -m deselects and pytest-order sorts), so a project with no test files still has a whole suite."""
+@pytest.hookimpl(wrapper=True, tryfirst=True)
+def pytest_collection_modifyitems(
+    session: pytest.Session, config: pytest.Config, items: list[pytest.Item]
+) -> Generator[None, None, None]:
+    """A run that selects smoke in a project with [tool.dbsnap] gets the plugin's own checks, first in each phase,
+    so a project with no test files still has a whole suite. A wrapper, so that they are there before any other
+    plugin looks at the items (-m deselects, pytest-order sorts, the xdist smoke group is given)."""
     from pytest_dbsnap.checks.items import make_items, smoke_selected
 
     settings = config.stash[SETTINGS_KEY]
     if settings.has_table and smoke_selected(config):
         items[:0] = make_items(session, settings)
+    return (yield)
 
 
 def _fail(what: str, exc: DbsnapError) -> NoReturn:

@@ -569,3 +569,20 @@ def test_the_deployed_environment_recipe_checks_without_starting_or_restoring_an
     import httpx
 
     assert httpx.get(f"{deployed_backend}/health", timeout=5).status_code == 200
+
+
+def test_under_xdist_the_checks_run_in_one_worker_in_phase_order(
+    pytester: pytest.Pytester, tmp_path_factory: pytest.TempPathFactory
+) -> None:
+    write_app(pytester, tmp_path_factory.mktemp("dumps"))
+
+    result = run_smoke(pytester, "-n", "2", "-v")
+
+    assert result.ret == 0, result.stdout.str()
+    line_of_a_check = re.compile(r"^\[(?P<worker>gw\d)\] \[ *\d+%\] (PASSED|SKIPPED) (?P<id>dbsnap::[^@\s]+)\S*\s*$")
+    ran = [(match["worker"], match["id"]) for line in result.stdout.lines if (match := line_of_a_check.match(line))]
+    assert len(ran) == len(BUILTIN_IDS) + 7
+    assert len({worker for worker, _ in ran}) == 1, "the smoke checks were spread over workers"
+    phases = [nodeid.split("::")[1] for _, nodeid in ran]
+    order = ["environment", "database", "backend", "frontend", "data", "after_data"]
+    assert phases == sorted(phases, key=order.index)
