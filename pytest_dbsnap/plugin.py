@@ -16,7 +16,15 @@ from pytest_dbsnap.postgres import Server, start_server
 from pytest_dbsnap.report import publish_facts
 from pytest_dbsnap.settings import OPTIONS, ServiceSettings, Settings, load_settings
 from pytest_dbsnap.smoke import PhaseBook
-from pytest_dbsnap.stash import OUTCOME_KEY, PHASES_KEY, SERVER_KEY, SERVICES_KEY, SETTINGS_KEY, provider_choice
+from pytest_dbsnap.stash import (
+    OUTCOME_KEY,
+    OWN_CHECKS_KEY,
+    PHASES_KEY,
+    SERVER_KEY,
+    SERVICES_KEY,
+    SETTINGS_KEY,
+    provider_choice,
+)
 
 if TYPE_CHECKING:
     import httpx
@@ -95,8 +103,18 @@ def pytest_collection_modifyitems(
 
     settings = config.stash[SETTINGS_KEY]
     if settings.has_table and smoke_selected(config):
-        items[:0] = make_items(session, settings)
+        own = make_items(session, settings)
+        items[:0] = own
+        config.stash[OWN_CHECKS_KEY] = len(own)
     return (yield)
+
+
+def pytest_report_collectionfinish(config: pytest.Config) -> list[str]:
+    """pytest's "collected N items" counts test files only; say what the plugin added."""
+    added = config.stash.get(OWN_CHECKS_KEY, 0)
+    if not added:
+        return []
+    return [f"dbsnap: {added} checks of its own joined this smoke run (built-ins and [[tool.dbsnap.checks]])"]
 
 
 def _fail(what: str, exc: DbsnapError) -> NoReturn:

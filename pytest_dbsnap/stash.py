@@ -19,8 +19,10 @@ PROVIDER_KEY = pytest.StashKey[tuple[str, str]]()
 OUTCOME_KEY = pytest.StashKey[DatabaseOutcome]()
 SERVER_KEY = pytest.StashKey[Server]()
 SERVICES_KEY = pytest.StashKey[dict[str, "Service"]]()
+OWN_CHECKS_KEY = pytest.StashKey[int]()  # how many checks of its own the plugin added to the run
 __all__ = [
     "OUTCOME_KEY",
+    "OWN_CHECKS_KEY",
     "PHASES_KEY",
     "PROVIDER_KEY",
     "SERVER_KEY",
