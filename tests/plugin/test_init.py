@@ -32,15 +32,20 @@ def downgrade() -> None:
 """
 
 
-def test_an_alembic_project_made_by_alembic_init_runs_unchanged(
-    pytester: pytest.Pytester, monkeypatch: pytest.MonkeyPatch, tmp_path_factory: pytest.TempPathFactory
-) -> None:
+@pytest.fixture
+def isolated(monkeypatch: pytest.MonkeyPatch, tmp_path_factory: pytest.TempPathFactory) -> None:
+    """The inner runs must not see the caller's DBSNAP_* or DATABASE_URL, and share one pristine-cluster cache;
+    their clusters are not parked (warm_cluster), as init's block does not say."""
     for name in list(os.environ):
         if name.startswith("DBSNAP_") or name == "DATABASE_URL":
             monkeypatch.delenv(name)
     cache = tmp_path_factory.getbasetemp() / "pg-cache"
     cache.mkdir(exist_ok=True)
     monkeypatch.setenv("DBSNAP_CACHE_DIR", str(cache))
+    monkeypatch.setenv("DBSNAP_WARM_CLUSTER", "false")
+
+
+def test_an_alembic_project_made_by_alembic_init_runs_unchanged(pytester: pytest.Pytester, isolated: None) -> None:
     alembic = shutil.which("alembic", path=str(Path(sys.executable).parent))
     assert alembic is not None
     subprocess.run([alembic, "init", "migrations"], cwd=pytester.path, check=True, capture_output=True)
@@ -54,6 +59,50 @@ def test_an_alembic_project_made_by_alembic_init_runs_unchanged(
     result = pytester.runpytest_subprocess("-m", "smoke", "-v", "-p", "no:cacheprovider", timeout=180)
     assert result.ret == 0, result.stdout.str()
     result.stdout.fnmatch_lines(["dbsnap::database::schema_version PASSED*", "dbsnap::database::row_counts PASSED*"])
+
+
+# A Django-like manage.py: `migrate` reads DATABASE_URL and is idempotent, `runserver HOST:PORT --noreload`
+# serves the admin login page, as a project set up with dj-database-url does.
+MANAGE_PY = """\
+import os, sys
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+import psycopg
+
+if sys.argv[1] == "migrate":
+    with psycopg.connect(os.environ["DATABASE_URL"]) as conn:
+        conn.execute("CREATE TABLE IF NOT EXISTS django_migrations (id serial PRIMARY KEY, app text, name text)")
+        conn.execute("INSERT INTO django_migrations (app, name) SELECT 'auth', '0001_initial' "
+                     "WHERE NOT EXISTS (SELECT 1 FROM django_migrations)")
+    sys.exit(0)
+assert sys.argv[1] == "runserver" and sys.argv[3] == "--noreload", sys.argv
+host, port = sys.argv[2].rsplit(":", 1)
+PAGE = (b'<!doctype html><html lang="en"><head><title>Log in</title></head>'
+        b'<body><main><h1>Site administration</h1></main></body></html>')
+
+
+class Handler(BaseHTTPRequestHandler):
+    def do_GET(self):
+        found = self.path == "/admin/login/"
+        self.send_response(200 if found else 404)
+        self.send_header("Content-Type", "text/html")
+        self.send_header("Content-Length", str(len(PAGE)))
+        self.end_headers()
+        self.wfile.write(PAGE)
+
+
+ThreadingHTTPServer((host, int(port)), Handler).serve_forever()
+"""
+
+
+def test_a_django_like_project_runs_unchanged(pytester: pytest.Pytester, isolated: None) -> None:
+    (pytester.path / "manage.py").write_text(MANAGE_PY)
+
+    assert main(["init", "--path", str(pytester.path)]) == 0
+
+    result = pytester.runpytest_subprocess("-m", "smoke", "-v", "-p", "no:cacheprovider", timeout=180)
+    assert result.ret == 0, result.stdout.str()
+    for nodeid in ("database::schema_version", "database::row_counts", "backend::health", "frontend::answers"):
+        result.stdout.fnmatch_lines([f"dbsnap::{nodeid} PASSED*"])
 
 
 def test_it_never_replaces_a_block_and_dry_run_writes_nothing(
