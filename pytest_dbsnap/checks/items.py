@@ -35,8 +35,12 @@ _SHOWN_BODY = 300  # characters of a response body a failure quotes
 
 
 def smoke_selected(config: pytest.Config) -> bool:
-    """Whether the run's -m expression selects tests marked smoke: `-m smoke` does, no -m does not (so a plain
-    `pytest` of a project's unit tests never starts the stack), and neither does `-m "not smoke"`."""
+    """Whether this run is a smoke run that wants the plugin's checks: its -m expression selects tests marked
+    smoke (`-m smoke` does, no -m does not, so a plain `pytest` of a project's unit tests never starts the
+    stack, and neither does `-m "not smoke"`), and it names no test paths (`pytest -m smoke tests/x.py` runs
+    just that file's tests)."""
+    if config.args_source == pytest.Config.ArgsSource.ARGS:
+        return False
     expression = str(config.getoption("markexpr", "") or "").strip()
     if not expression:
         return False
