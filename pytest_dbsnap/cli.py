@@ -447,6 +447,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     except KeyboardInterrupt:
         print("dbsnap: interrupted; nothing half-written was left in the dump store.", file=sys.stderr)
         return 130
+    except BrokenPipeError:  # `dbsnap init --dry-run | head`: the reader has what it wanted
+        sys.stderr.close()
+        return EXIT_OK
 
 
 if __name__ == "__main__":

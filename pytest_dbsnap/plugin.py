@@ -87,6 +87,10 @@ def pytest_configure(config: pytest.Config) -> None:
     config.addinivalue_line(
         "markers", "smoke: an ordered end-to-end smoke phase of pytest-dbsnap (a failed phase skips the later ones)"
     )
+    if not config.pluginmanager.hasplugin("xdist"):
+        # The smoke items carry xdist_group (parallel.py); without pytest-xdist nobody else declares it, and a
+        # project with --strict-markers or warnings as errors would stop on it.
+        config.addinivalue_line("markers", "xdist_group(name): the pytest-xdist group (unused without pytest-xdist)")
     config.stash[SETTINGS_KEY] = build_settings(config)
     config.stash[SERVICES_KEY] = {}
     config.stash[PHASES_KEY] = PhaseBook()

@@ -360,8 +360,11 @@ def _request_check(spec: CheckSpec, label: str, request: pytest.FixtureRequest) 
     service: RunningService = request.getfixturevalue(spec.service)
     values = {**service.service.values, **_values(request, names_in(spec.path, *spec.headers.values()))}
     key = f"checks[{spec.index}]"
-    path = fill(spec.path, values, key=f"{key}.request")
-    headers = {name: fill(value, values, key=f"{key}.headers.{name}") for name, value in spec.headers.items()}
+    try:
+        path = fill(spec.path, values, key=f"{key}.request")
+        headers = {name: fill(value, values, key=f"{key}.headers.{name}") for name, value in spec.headers.items()}
+    except DbsnapError as exc:  # {port} of a service that was not started has no value
+        fail(f"{label}: {exc}")
     try:
         response = service.client.request(spec.method, path.lstrip("/"), json=spec.json, headers=headers)
     except httpx.HTTPError as exc:  # no answer at all is the check failing, quoted
@@ -379,7 +382,10 @@ def _command_check(spec: CheckSpec, label: str, request: pytest.FixtureRequest, 
     assert spec.command is not None
     parts = [spec.command] if isinstance(spec.command, str) else list(spec.command)
     values = _values(request, names_in(*parts))  # env values without a value here are left out
-    argv = resolve_python(command_argv(spec.command, values, key=f"checks[{spec.index}].command"))
+    try:
+        argv = resolve_python(command_argv(spec.command, values, key=f"checks[{spec.index}].command"))
+    except DbsnapError as exc:  # a filled value that a string command cannot take
+        fail(f"{label}: {exc}")
     env = {**fill_env(settings.app_env, values, key="env")}
     if "database_url" in values:
         env["DATABASE_URL"] = values["database_url"]

@@ -478,6 +478,9 @@ def test_built_ins_join_only_runs_that_select_smoke_and_can_be_switched_off(pyte
         "dbsnap::data::check_1",
     ]
     assert collected(pytester, "-m", "smoke", "-o", "dbsnap_builtin_checks=false") == ["dbsnap::data::check_1"]
+    # Without pytest-xdist, the xdist group the smoke items carry is still a known marker.
+    strict = ("-p", "no:xdist", "--strict-markers", "-W", "error::pytest.PytestUnknownMarkWarning")
+    assert collected(pytester, "-m", "smoke", *strict)[-1] == "dbsnap::data::check_1"
     # A run that names its test paths runs just those.
     pytester.makepyfile(test_02_database="import pytest\n\n@pytest.mark.smoke\ndef test_mine():\n    pass\n")
     assert collected(pytester, "-m", "smoke", "test_02_database.py") == ["test_02_database.py::test_mine"]
