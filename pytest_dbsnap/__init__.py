@@ -1,9 +1,89 @@
 """pytest-dbsnap: a seeded PostgreSQL database and a running stack in seconds.
 
-The public surface is small on purpose: settings, servers, the dump store and its errors.
+What a project's own smoke phase modules need is importable from here, typed (the fixtures hand out these
+types): `from pytest_dbsnap import RunningService, DatabaseOutcome, Settings`. The names are loaded on first use,
+so `import pytest_dbsnap` stays cheap and pulls in neither pytest nor a browser.
+
+    Settings, ServiceSettings   what `dbsnap_settings` gives: the resolved configuration
+    Server, PgTools             what `pg_server` gives, and `find_pg_tools` (where the Postgres programs are)
+    DatabaseOutcome, DumpMeta   what `dbsnap_database` / `dbsnap_dump` give; `verify_restored_dump` checks its sha256
+    RunningService              what `backend` / `frontend` give: url, client, log_path
+    RenderedPage, describe_violations   what `frontend_page` gives, and its axe-core violations as text
+    count_rows                  exact row counts of every table of a connection, as dump metadata records them
+    DbsnapError and its family  the errors a user can cause (see pytest_dbsnap.errors)
 """
 
-from pytest_dbsnap.errors import DbsnapError
+from __future__ import annotations
+
+import importlib
+from typing import TYPE_CHECKING, Any
+
+from pytest_dbsnap.errors import (
+    ConfigError,
+    DbsnapError,
+    DumpCorrupt,
+    DumpError,
+    DumpNotFound,
+    RenderError,
+    ServerError,
+    ServiceError,
+    ToolError,
+)
+
+if TYPE_CHECKING:
+    from pytest_dbsnap.browser import RenderedPage, describe_violations
+    from pytest_dbsnap.dumps.meta import DumpMeta
+    from pytest_dbsnap.dumps.restore import count_rows
+    from pytest_dbsnap.plugin import RunningService
+    from pytest_dbsnap.postgres.base import PgTools, Server, find_pg_tools
+    from pytest_dbsnap.session import DatabaseOutcome, verify_restored_dump
+    from pytest_dbsnap.settings import ServiceSettings, Settings
 
 __version__ = "0.1.0"
-__all__ = ["DbsnapError", "__version__"]
+
+_LAZY = {
+    "RenderedPage": "pytest_dbsnap.browser",
+    "describe_violations": "pytest_dbsnap.browser",
+    "DumpMeta": "pytest_dbsnap.dumps.meta",
+    "count_rows": "pytest_dbsnap.dumps.restore",
+    "RunningService": "pytest_dbsnap.plugin",
+    "PgTools": "pytest_dbsnap.postgres.base",
+    "Server": "pytest_dbsnap.postgres.base",
+    "find_pg_tools": "pytest_dbsnap.postgres.base",
+    "DatabaseOutcome": "pytest_dbsnap.session",
+    "verify_restored_dump": "pytest_dbsnap.session",
+    "ServiceSettings": "pytest_dbsnap.settings",
+    "Settings": "pytest_dbsnap.settings",
+}
+
+__all__ = [
+    "ConfigError",
+    "DatabaseOutcome",
+    "DbsnapError",
+    "DumpCorrupt",
+    "DumpError",
+    "DumpMeta",
+    "DumpNotFound",
+    "PgTools",
+    "RenderError",
+    "RenderedPage",
+    "RunningService",
+    "Server",
+    "ServerError",
+    "ServiceError",
+    "ServiceSettings",
+    "Settings",
+    "ToolError",
+    "__version__",
+    "count_rows",
+    "describe_violations",
+    "find_pg_tools",
+    "verify_restored_dump",
+]
+
+
+def __getattr__(name: str) -> Any:
+    module = _LAZY.get(name)
+    if module is None:
+        raise AttributeError(f"module 'pytest_dbsnap' has no attribute {name!r}")
+    return getattr(importlib.import_module(module), name)

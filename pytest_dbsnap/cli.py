@@ -417,7 +417,32 @@ def build_parser() -> argparse.ArgumentParser:
     sub["verify"].add_argument("name", nargs="?", help="dump name (default: every dump of the environment)")
     sub["prune"].add_argument("--keep", type=_positive, required=True, help="how many newest dumps to keep")
     sub["import"].add_argument("file", help="a pg_dump -Fc file")
+    init = commands.add_parser(
+        "init",
+        help="write a commented [tool.dbsnap] block for this project into pyproject.toml",
+        description="Detect Alembic, Django, Node (Prisma, Knex, Drizzle, Sequelize) and a compose file with "
+        "PostgreSQL, write a commented [tool.dbsnap] block into pyproject.toml (created if missing) and say what is "
+        "left to fill. An existing block is never replaced.",
+    )
+    init.add_argument("--dry-run", action="store_true", help="print the block instead of writing it")
+    init.add_argument("--path", default=".", help="the project folder (default: the current one)")
     return parser
+
+
+def cmd_init(args: argparse.Namespace) -> int:
+    from pytest_dbsnap.init import init_project
+
+    block, todo, pyproject = init_project(Path(args.path).resolve(), dry_run=args.dry_run)
+    if args.dry_run:
+        print(block)
+    else:
+        print(f"wrote a [tool.dbsnap] block into {pyproject}")
+    if todo:
+        print("left to fill:")
+        for item in todo:
+            print(f"  - {item}")
+    print("then run: pytest -m smoke")
+    return EXIT_OK
 
 
 def main(argv: Sequence[str] | None = None) -> int:
@@ -430,6 +455,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     with contextlib.suppress(ValueError):  # not the main thread: leave signals alone
         stop.install()  # SIGTERM/SIGHUP (a cancelled CI job) stop like Ctrl-C: children ended, nothing half-done
     try:
+        if args.command == "init":  # before the settings: there may be none yet
+            return cmd_init(args)
         settings = load_cli_settings(args)
         if args.command not in WATCHED:
             return COMMANDS[args.command][0](args, settings)
@@ -453,6 +480,9 @@ def main(argv: Sequence[str] | None = None) -> int:
         how = f"stopped by {stop.received.name}" if stop.received else "interrupted"
         print(f"dbsnap: {how}; nothing half-written was left in the dump store.", file=sys.stderr)
         return 128 + stop.received.value if stop.received else 130
+    except BrokenPipeError:  # `dbsnap init --dry-run | head`: the reader has what it wanted
+        sys.stderr.close()
+        return EXIT_OK
     finally:
         stop.uninstall()
 

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from collections.abc import Iterator
+from collections.abc import Generator, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, NoReturn
@@ -18,6 +18,7 @@ from pytest_dbsnap.settings import OPTIONS, ServiceSettings, Settings, load_sett
 from pytest_dbsnap.smoke import PhaseBook
 from pytest_dbsnap.stash import (
     OUTCOME_KEY,
+    OWN_CHECKS_KEY,
     PHASES_KEY,
     REAPER_KEY,
     SERVER_KEY,
@@ -101,6 +102,31 @@ def pytest_unconfigure(config: pytest.Config) -> None:
     watchdog = config.stash.get(REAPER_KEY, None)
     if watchdog is not None:
         reaper.uninstall(watchdog)
+
+
+@pytest.hookimpl(wrapper=True, tryfirst=True)
+def pytest_collection_modifyitems(
+    session: pytest.Session, config: pytest.Config, items: list[pytest.Item]
+) -> Generator[None, None, None]:
+    """A run that selects smoke in a project with [tool.dbsnap] gets the plugin's own checks, first in each phase,
+    so a project with no test files still has a whole suite. A wrapper, so that they are there before any other
+    plugin looks at the items (-m deselects, pytest-order sorts, the xdist smoke group is given)."""
+    from pytest_dbsnap.checks.items import make_items, smoke_selected
+
+    settings = config.stash[SETTINGS_KEY]
+    if settings.has_table and smoke_selected(config):
+        own = make_items(session, settings)
+        items[:0] = own
+        config.stash[OWN_CHECKS_KEY] = len(own)
+    return (yield)
+
+
+def pytest_report_collectionfinish(config: pytest.Config) -> list[str]:
+    """pytest's "collected N items" counts test files only; say what the plugin added."""
+    added = config.stash.get(OWN_CHECKS_KEY, 0)
+    if not added:
+        return []
+    return [f"dbsnap: {added} checks of its own joined this smoke run (built-ins and [[tool.dbsnap.checks]])"]
 
 
 def _fail(what: str, exc: DbsnapError) -> NoReturn:
@@ -229,11 +255,18 @@ class RunningService:
 
 
 def _start_service(
-    config: pytest.Config, settings: ServiceSettings, env: dict[str, str], logs_dir: Path
+    config: pytest.Config, settings: ServiceSettings, env: dict[str, str], placeholders: dict[str, str]
 ) -> Iterator[RunningService]:
     from pytest_dbsnap.services import Service
 
-    service = Service(settings, env=env, logs_dir=logs_dir)
+    session_settings = config.stash[SETTINGS_KEY]
+    service = Service(
+        settings,
+        env=env,
+        logs_dir=session_settings.logs_dir,
+        placeholders=placeholders,
+        shared_env=session_settings.app_env,
+    )
     config.stash[SERVICES_KEY][settings.name] = service
     try:
         service.start()
@@ -250,12 +283,27 @@ def _start_service(
         service.stop()
 
 
+def _database_placeholders(server: Server, database: str) -> dict[str, str]:
+    from pytest_dbsnap.template import database_values
+
+    return database_values(server.params, server.dsn(database), database)
+
+
 @pytest.fixture(scope="session")
-def backend(pytestconfig: pytest.Config, dbsnap_settings: Settings, db_dsn: str) -> Iterator[RunningService]:
-    """The app's backend as a real process on DATABASE_URL = the restored database, healthy before use."""
+def backend(
+    pytestconfig: pytest.Config,
+    dbsnap_settings: Settings,
+    pg_server: Server,
+    dbsnap_database: DatabaseOutcome,
+    db_dsn: str,
+) -> Iterator[RunningService]:
+    """The app's backend as a real process on DATABASE_URL = the restored database, healthy before use (or,
+    given only by `url`, a backend that runs already: health-checked, neither started nor stopped)."""
     if dbsnap_settings.backend is None:
         pytest.skip("no [tool.dbsnap.backend] is configured")
-    yield from _start_service(pytestconfig, dbsnap_settings.backend, {"DATABASE_URL": db_dsn}, dbsnap_settings.logs_dir)
+    values = {**_database_placeholders(pg_server, dbsnap_database.database), "database_url": db_dsn}
+    env = {"DATABASE_URL": db_dsn}
+    yield from _start_service(pytestconfig, dbsnap_settings.backend, env, values)
 
 
 @pytest.fixture(scope="session")
@@ -267,5 +315,5 @@ def frontend(
         pytest.skip("--skip-frontend was given, so the frontend was not started")
     if dbsnap_settings.frontend is None:
         pytest.skip("no [tool.dbsnap.frontend] is configured")
-    env = {"BACKEND_URL": backend.url}
-    yield from _start_service(pytestconfig, dbsnap_settings.frontend, env, dbsnap_settings.logs_dir)
+    values = {**backend.service.placeholders, "backend_url": backend.url.rstrip("/")}
+    yield from _start_service(pytestconfig, dbsnap_settings.frontend, {"BACKEND_URL": backend.url}, values)

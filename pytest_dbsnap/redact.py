@@ -32,5 +32,5 @@ def redact(text: str) -> str:
     text = _URL_PASSWORD.sub(lambda m: f"{m['head']}***{m['tail']}", text)
     text = _KEYWORD_PASSWORD.sub(lambda m: f"{m['head']}***", text)
     for secret in sorted(_SECRETS, key=len, reverse=True):
-        text = text.replace(secret, "***")
+        text = re.sub(rf"(?<![A-Za-z0-9]){re.escape(secret)}(?![A-Za-z0-9])", "***", text)
     return text

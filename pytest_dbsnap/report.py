@@ -126,6 +126,8 @@ def pytest_runtest_makereport(
         book.record(item, report)
         if report.failed:
             for name, service in item.config.stash[SERVICES_KEY].items():
+                if not service.log_path.exists():  # a url-only service: nothing was started, nothing logged
+                    continue
                 report.sections.append((f"{name} log, last lines ({service.log_path})", service.log_tail()))
     _redact_report(report)
     return report

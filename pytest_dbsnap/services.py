@@ -33,6 +33,7 @@ from pytest_dbsnap.proc import RedactingLog, resolve_python, run_app_command, ta
 from pytest_dbsnap.reaper import child_setup, group_members
 from pytest_dbsnap.redact import redact
 from pytest_dbsnap.settings import ServiceSettings
+from pytest_dbsnap.template import command_argv, fill, fill_env
 
 log = logging.getLogger(__name__)
 
@@ -114,9 +115,14 @@ class Service:
         env: Mapping[str, str],
         logs_dir: Path,
         stop_grace: float = STOP_GRACE,
+        placeholders: Mapping[str, str] | None = None,
+        shared_env: Mapping[str, str] | None = None,
     ) -> None:
         self.settings = settings
         self.env = dict(env)
+        # Placeholder values known before start (the database's, the backend's URL); {port} is added at start.
+        self.placeholders = dict(placeholders or {})
+        self.shared_env = dict(shared_env or {})  # [tool.dbsnap.env]; the service's own env wins over it
         self.logs_dir = logs_dir
         self.stop_grace = stop_grace
         self._port: int | None = None
@@ -144,13 +150,32 @@ class Service:
         return self._port
 
     @property
+    def started(self) -> bool:
+        """False for a service given only by `url`: it runs already, so this session neither starts nor stops it."""
+        return self.settings.command is not None
+
+    @property
+    def values(self) -> dict[str, str]:
+        """The placeholder values of this service: the given ones, its {port} and its own URL."""
+        values = dict(self.placeholders)
+        if self.started:
+            values["port"] = str(self.port)
+        own = f"{self.name}_url"
+        if self.settings.url is None:
+            values[own] = f"http://127.0.0.1:{self.port}"
+        elif own not in values:
+            values[own] = fill(self.settings.url, values, key=f"{self.name}.url").rstrip("/")
+        return values
+
+    @property
     def url(self) -> str:
-        return f"http://127.0.0.1:{self.port}"
+        if self.settings.url is None:
+            return f"http://127.0.0.1:{self.port}"
+        return fill(self.settings.url, self.values, key=f"{self.name}.url")
 
     @property
     def health_url(self) -> str:
-        # replace(), not format(): a health URL may hold other braces (a query) that are not placeholders.
-        return self.settings.health_url.replace("{port}", str(self.port))
+        return fill(self.settings.health_url, self.values, key=f"{self.name}.health_url")
 
     @property
     def pid(self) -> int | None:
@@ -195,9 +220,13 @@ class Service:
         # Each start writes fresh logs, so a failure never quotes an earlier run; the previous ones stay as .1.
         _keep_previous(self.prepare_log_path)
         _keep_previous(self.log_path)
+        if self.settings.command is None:
+            self._prepare()
+            self._wait_for_url()
+            return self
+        self._port = self._choose_port()  # before prepare: a prepare step may use {port}
         self._prepare()
-        self._port = self._choose_port()
-        command = resolve_python(self.settings.command)
+        command = resolve_python(command_argv(self.settings.command, self.values, key=f"{self.name}.command"))
         with self.log_path.open("wb") as log_file:
             stamp = datetime.now().isoformat(timespec="seconds")
             shown = redact(shlex.join(command))
@@ -224,7 +253,7 @@ class Service:
                 method="GET",
                 timeout=self.settings.start_timeout,
                 cwd=str(self.settings.cwd),
-                envvars={**self.settings.env, **self.env, "PORT": str(self._port)},
+                envvars={**self._environment(), "PORT": str(self._port)},
                 stdin=subprocess.DEVNULL,
                 stdout=log_fd,
                 stderr=subprocess.STDOUT,
@@ -238,8 +267,9 @@ class Service:
 
     def _prepare(self) -> None:
         steps = self.settings.prepare
-        full_env = {**os.environ, **self.settings.env, **self.env}
-        for number, step in enumerate(steps, start=1):
+        full_env = {**os.environ, **self._environment()}
+        for number, configured in enumerate(steps, start=1):
+            step = command_argv(configured, self.values, key=f"{self.name}.prepare[{number}]")
             shown = redact(shlex.join(step))
             try:
                 run_app_command(
@@ -258,6 +288,41 @@ class Service:
                     f"{self.settings.cwd} to see why, or fix prepare in [tool.dbsnap.{self.name}].\n"
                     f"Last lines of {self.prepare_log_path}:\n{exc.stderr_tail or '(empty)'}"
                 ) from exc
+
+    def _environment(self) -> dict[str, str]:
+        """What the service adds to its environment: [tool.dbsnap.env], then its own env, then what the caller
+        gives (DATABASE_URL, BACKEND_URL), each later one winning."""
+        values = self.values
+        return {
+            **fill_env(self.shared_env, values, key="env"),
+            **fill_env(self.settings.env, values, key=f"{self.name}.env"),
+            **self.env,
+        }
+
+    def _wait_for_url(self) -> None:
+        """A service given only by `url` is not started: poll its health URL until it answers the expected
+        status, or fail with the last answer at the deadline."""
+        url, expected = self.health_url, self.settings.expected_status
+        deadline = time.monotonic() + self.settings.start_timeout
+        last = "no answer yet"
+        with httpx.Client(timeout=5, follow_redirects=False) as client:
+            while True:
+                try:
+                    status = client.get(url).status_code
+                    if status == expected:
+                        return
+                    last = f"it answered {status}"
+                except httpx.HTTPError as exc:
+                    last = f"{type(exc).__name__}: {exc}"
+                if time.monotonic() >= deadline:
+                    raise ServiceError(
+                        redact(
+                            f"The {self.name} is given only by its url (no command, so nothing was started), and "
+                            f"{url} did not answer {expected} within {self.settings.start_timeout:g} s: {last}. "
+                            f"Check that it runs and that url (or health_url) in [tool.dbsnap.{self.name}] is right."
+                        )
+                    )
+                time.sleep(_POLL)  # polling interval between health checks, not a readiness stand-in
 
     def _choose_port(self) -> int:
         port = self.settings.port

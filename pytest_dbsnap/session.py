@@ -198,3 +198,14 @@ def _spare_quietly(server: Server, meta: DumpMeta) -> None:
     """A spare that cannot be made only costs the next restore its fast path; never fail the session for it."""
     with contextlib.suppress(Exception):
         prepare_spare(server, meta)
+
+
+def verify_restored_dump(outcome: DatabaseOutcome, settings: Settings) -> None:
+    """Check that the dump this session restored still has the sha256 its metadata recorded (DumpCorrupt if
+    not); for a user's own database phase."""
+    from pytest_dbsnap.dumps.restore import verify_file
+
+    if outcome.meta is None:
+        raise DumpError(f"No dump was restored into {outcome.database!r} in this session, so there is none to verify.")
+    meta = outcome.meta
+    verify_file(meta, DumpStore(settings.dumps_dir).dump_path(meta.environment, meta.name))

@@ -19,8 +19,10 @@ from dataclasses import dataclass, field, fields
 from pathlib import Path
 from typing import Any
 
+from pytest_dbsnap.checks.spec import CheckSpec, parse_checks, parse_skip_checks
 from pytest_dbsnap.errors import ConfigError
 from pytest_dbsnap.redact import redact
+from pytest_dbsnap.template import DATABASE_NAMES, NAMES, Command, check
 
 PROVIDERS = ("auto", "local", "docker", "external")
 # auto: render in Chromium when one is found, skip with the reason otherwise; required: fail without one.
@@ -86,23 +88,28 @@ def parse_positive_float(value: object) -> float:
     return number
 
 
-def parse_command(value: object) -> tuple[str, ...]:
-    """A command is a list of arguments, or one string split the way a POSIX shell would split it."""
+def parse_command(value: object) -> Command:
+    """A command is a list of arguments, or one string split the way a POSIX shell would split it.
+
+    A string is kept as written: its placeholders are filled first and it is split afterwards (template.py);
+    here it is only checked that it splits at all.
+    """
     if isinstance(value, str):
         try:
             parts = shlex.split(value)
         except ValueError as exc:
             raise ValueError(f"cannot split the command: {exc}") from None
-    elif isinstance(value, list) and all(isinstance(part, str) for part in value):
-        parts = list(value)
-    else:
-        raise ValueError('expected a command as a string ("python -m app.seed") or a list of strings')
-    if not parts:
-        raise ValueError("expected a command, got an empty one")
-    return tuple(parts)
+        if not parts:
+            raise ValueError("expected a command, got an empty one")
+        return value
+    if isinstance(value, list | tuple) and all(isinstance(part, str) for part in value):
+        if not value:
+            raise ValueError("expected a command, got an empty one")
+        return tuple(value)
+    raise ValueError('expected a command as a string ("python -m app.seed") or a list of strings')
 
 
-def parse_commands(value: object) -> tuple[tuple[str, ...], ...]:
+def parse_commands(value: object) -> tuple[Command, ...]:
     if isinstance(value, str):
         return tuple(parse_command(line) for line in value.splitlines() if line.strip())
     if isinstance(value, list):
@@ -365,6 +372,18 @@ OPTIONS: tuple[Option, ...] = (
         "endpoint of an S3-compatible store (MinIO, Ceph, R2...); unset for AWS S3",
     ),
     Option(
+        "builtin_checks",
+        parse_bool,
+        True,
+        "add the built-in smoke checks (environment, database, backend, frontend) to a smoke run",
+    ),
+    Option(
+        "skip_checks",
+        parse_skip_checks,
+        (),
+        "built-in checks to leave out: a phase (all of its built-ins) or phase.check, e.g. frontend.accessibility",
+    ),
+    Option(
         "push_dump",
         parse_bool,
         False,
@@ -381,14 +400,15 @@ class ServiceSettings:
     """How to start one app service ([tool.dbsnap.backend] or [tool.dbsnap.frontend])."""
 
     name: str
-    command: tuple[str, ...]
+    command: Command | None  # None: not started; `url` is a service that runs already (or is served by another)
     cwd: Path
     env: Mapping[str, str] = field(default_factory=dict)
     port: int | None = None  # None: pick a free port at start
     health_url: str = "http://127.0.0.1:{port}/"
     expected_status: int = 200
     start_timeout: float = 30.0
-    prepare: tuple[tuple[str, ...], ...] = ()
+    prepare: tuple[Command, ...] = ()
+    url: str | None = None  # None: http://127.0.0.1:{port}; placeholders allowed
     requires: tuple[str, ...] = ()  # programs the environment phase checks for (node, npm...)
     # The frontend's browser checks (frontend table only): whether to run them, which Chromium, what to wait for.
     browser: str = "auto"
@@ -398,6 +418,7 @@ class ServiceSettings:
 
 _SERVICE_KEYS: dict[str, Callable[[object], Any]] = {
     "command": parse_command,
+    "url": parse_str,
     "cwd": parse_path,
     "env": parse_env_table,
     "port": parse_port,
@@ -432,8 +453,8 @@ class Settings:
     compose_command: tuple[str, ...] | None = None
     allow_remote: bool = False
     replace_database: bool = False
-    migrate_command: tuple[str, ...] | None = None
-    seed_command: tuple[str, ...] | None = None
+    migrate_command: Command | None = None
+    seed_command: Command | None = None
     schema_version_query: str | None = None
     fingerprint_inputs: tuple[str, ...] = ()
     verify: bool = True
@@ -448,8 +469,13 @@ class Settings:
     remote: str | None = None
     remote_endpoint_url: str | None = None
     push_dump: bool = False
+    builtin_checks: bool = True
+    skip_checks: tuple[str, ...] = ()
     backend: ServiceSettings | None = None
     frontend: ServiceSettings | None = None
+    app_env: Mapping[str, str] = field(default_factory=dict)  # [tool.dbsnap.env]: for commands and services
+    checks: tuple[CheckSpec, ...] = ()  # [[tool.dbsnap.checks]]
+    has_table: bool = False  # [tool.dbsnap] exists: a smoke run then gets the built-in checks
     sources: Mapping[str, str] = field(default_factory=dict, compare=False)
     flags: Mapping[str, str] = field(default_factory=dict, compare=False)  # the caller's own flag names (CLI)
     database_url_ignored: bool = field(default=False, compare=False)  # DATABASE_URL was set; it never picks a server
@@ -519,8 +545,12 @@ def _parse_service(name: str, table: object, project_root: Path, pyproject: Path
         raise ConfigError(
             f"{where} has unknown key(s) {', '.join(unknown)}; accepted keys: {', '.join(_SERVICE_KEYS)}."
         )
-    if "command" not in table:
-        raise ConfigError(f'{where} has no command; add command = "..." (the program that serves the {name}).')
+    if "command" not in table and "url" not in table:
+        raise ConfigError(
+            f'{where} has neither a command nor a url; add command = "..." (the program that serves the {name}) '
+            f'or url = "..." (where it answers already, e.g. url = "{{backend_url}}/admin/" for a UI the backend '
+            f"serves)."
+        )
     misplaced = [key for key in _FRONTEND_ONLY_KEYS if key in table and name != "frontend"]
     if misplaced:
         raise ConfigError(
@@ -536,11 +566,40 @@ def _parse_service(name: str, table: object, project_root: Path, pyproject: Path
         except ValueError as exc:
             raise _bad_value(f"{name}.{key}", where, raw, str(exc)) from None
     cwd = values.pop("cwd", Path("."))
+    if "url" in values and "health_url" not in values:
+        values["health_url"] = values["url"]
+    _check_service_placeholders(name, values)
     # "chromium" is looked up on PATH; a path with a folder in it is relative to the project.
     browser_path = values.get("browser_path")
     if browser_path is not None and len(browser_path.parts) > 1:
         values["browser_path"] = project_root / browser_path
+    values.setdefault("command", None)
     return ServiceSettings(name=name, cwd=(project_root / cwd).resolve(), **values)
+
+
+# Where each placeholder has a value: the database ones everywhere, {port} and the service URLs in the services
+# (a backend starts before the frontend, and a service's url cannot be made of itself).
+_MIGRATE_NAMES = DATABASE_NAMES
+_SERVICE_NAMES = {
+    "backend": (*DATABASE_NAMES, "port", "backend_url"),
+    "frontend": (*DATABASE_NAMES, "port", "backend_url", "frontend_url"),
+}
+
+
+def _check_service_placeholders(name: str, values: dict[str, Any]) -> None:
+    known = _SERVICE_NAMES[name]
+    if "command" not in values:  # nothing is started, so nothing gets a port
+        known = tuple(n for n in known if n != "port")
+    for key in ("command", "health_url"):
+        if key in values:
+            check(values[key], known, key=f"{name}.{key}")
+    for number, step in enumerate(values.get("prepare", ()), start=1):
+        check(step, known, key=f"{name}.prepare[{number}]")
+    for variable, value in values.get("env", {}).items():
+        check(value, known, key=f"{name}.env.{variable}")
+    if "url" in values:
+        own = f"{name}_url"
+        check(values["url"], [n for n in known if n != own], key=f"{name}.url")
 
 
 def load_settings(
@@ -557,12 +616,24 @@ def load_settings(
     `ini` and `cli` are keyed by setting key; None means "not given there".
     """
     table = read_pyproject_table(pyproject)
+    has_table = bool(table) or _declares_table(pyproject)
     services = {name: table.pop(name) for name in ("backend", "frontend") if name in table}
+    where = f"[tool.dbsnap] in {pyproject}"
+    # `env` is the dump environment as a string, and [tool.dbsnap.env] (a table) the app's environment variables.
+    app_env: dict[str, str] = {}
+    if isinstance(table.get("env"), dict):
+        try:
+            app_env = parse_env_table(table.pop("env"))
+        except ValueError as exc:
+            raise ConfigError(f"[tool.dbsnap.env] in {pyproject}: {exc}.") from None
+        for variable, value in app_env.items():
+            check(value, NAMES, key=f"env.{variable}")
+    checks = parse_checks(table.pop("checks"), where) if "checks" in table else ()
     unknown = sorted(set(table) - set(OPTIONS_BY_KEY))
     if unknown:
         raise ConfigError(
             f"[tool.dbsnap] in {pyproject} has unknown key(s) {', '.join(unknown)}; accepted keys: "
-            f"{', '.join(OPTIONS_BY_KEY)}, backend, frontend."
+            f"{', '.join(OPTIONS_BY_KEY)}, backend, frontend, env (a table), checks."
         )
     environ = os.environ if environ is None else environ
     layers: list[tuple[str, Mapping[str, object | None]]] = [
@@ -604,6 +675,9 @@ def load_settings(
     defaults: dict[str, Any] = {f.name: f.default for f in fields(Settings)}
     for key in ("dumps_dir", "compose_file", "logs_dir"):
         values.setdefault(key, (project_root / defaults[key]).resolve())
+    for key in ("migrate_command", "seed_command"):
+        if values.get(key) is not None:
+            check(values[key], _MIGRATE_NAMES, key=key)
     parsed_services: dict[str, Any] = {
         name: _parse_service(name, raw, project_root, pyproject) for name, raw in services.items()
     }
@@ -612,9 +686,22 @@ def load_settings(
         sources=sources,
         flags=dict(cli_flags or {}),
         database_url_ignored=bool(environ.get("DATABASE_URL")),
+        app_env=app_env,
+        checks=checks,
+        has_table=has_table,
         **values,
         **parsed_services,
     )
+
+
+def _declares_table(pyproject: Path | None) -> bool:
+    """An empty [tool.dbsnap] table still asks for the built-in checks; read_pyproject_table cannot tell it
+    from no table."""
+    if pyproject is None or not pyproject.is_file():
+        return False
+    with pyproject.open("rb") as handle:
+        tool = tomllib.load(handle).get("tool", {})
+    return isinstance(tool, dict) and "dbsnap" in tool
 
 
 def cli_values(namespace: object, keys: Sequence[str] | None = None) -> dict[str, object | None]:

@@ -21,8 +21,10 @@ OUTCOME_KEY = pytest.StashKey[DatabaseOutcome]()
 SERVER_KEY = pytest.StashKey[Server]()
 SERVICES_KEY = pytest.StashKey[dict[str, "Service"]]()
 REAPER_KEY = pytest.StashKey[Reaper]()
+OWN_CHECKS_KEY = pytest.StashKey[int]()  # how many checks of its own the plugin added to the run
 __all__ = [
     "OUTCOME_KEY",
+    "OWN_CHECKS_KEY",
     "PHASES_KEY",
     "PROVIDER_KEY",
     "REAPER_KEY",

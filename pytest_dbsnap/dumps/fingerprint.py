@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import shlex
 from pathlib import Path
 
 from pytest_dbsnap.settings import Settings
@@ -50,8 +51,9 @@ def compute_fingerprint(settings: Settings) -> tuple[str, dict[str, str]]:
                 key = str(path)
             inputs[key] = file_sha256(path)
     shaping = {
-        "migrate_command": settings.migrate_command,
-        "seed_command": settings.seed_command,
+        # Split as before commands were kept as written, so that existing dumps stay current.
+        "migrate_command": _as_argv(settings.migrate_command),
+        "seed_command": _as_argv(settings.seed_command),
         "schema_version_query": settings.schema_version_query,
     }
     inputs["setting:commands"] = hashlib.sha256(json.dumps(shaping, sort_keys=True).encode()).hexdigest()
@@ -59,3 +61,7 @@ def compute_fingerprint(settings: Settings) -> tuple[str, dict[str, str]]:
     for key in sorted(inputs):
         digest.update(f"{key}\0{inputs[key]}\n".encode())
     return digest.hexdigest(), inputs
+
+
+def _as_argv(command: str | tuple[str, ...] | None) -> list[str] | tuple[str, ...] | None:
+    return shlex.split(command) if isinstance(command, str) else command

@@ -22,6 +22,7 @@ from pytest_dbsnap.proc import run, run_app_command, tail
 from pytest_dbsnap.reaper import child_setup
 from pytest_dbsnap.redact import redact
 from pytest_dbsnap.settings import Settings
+from pytest_dbsnap.template import command_argv, database_values, fill_env
 
 Progress = Callable[[str], None]
 
@@ -70,20 +71,34 @@ def read_schema_version(server: Server, database: str, query: str | None) -> str
     return None if row is None or row[0] is None else str(row[0])
 
 
-def app_env(server: Server, database: str) -> dict[str, str]:
-    """The environment the app's own commands get: ours plus DATABASE_URL of the database to work on."""
-    return {**os.environ, "DATABASE_URL": server.dsn(database)}
+def app_env(server: Server, database: str, settings: Settings | None = None) -> dict[str, str]:
+    """The environment the app's own commands get: ours, the [tool.dbsnap.env] table, and DATABASE_URL of the
+    database to work on (which must win: during generation it is a scratch database)."""
+    env = dict(os.environ)
+    if settings is not None:
+        env.update(fill_env(settings.app_env, database_placeholders(server, database), key="env"))
+    return {**env, "DATABASE_URL": server.dsn(database)}
+
+
+def database_placeholders(server: Server, database: str) -> dict[str, str]:
+    return database_values(server.params, server.dsn(database), database)
+
+
+def run_configured(server: Server, settings: Settings, database: str, key: str, log_name: str) -> None:
+    """Run migrate_command or seed_command on `database`, its placeholders filled for that database."""
+    command = getattr(settings, key)
+    run_app_command(
+        command_argv(command, database_placeholders(server, database), key=key),
+        what=f"the {key.removesuffix('_command')} command",
+        env=app_env(server, database, settings),
+        cwd=settings.project_root,
+        log_path=settings.logs_dir / log_name,
+    )
 
 
 def migrate(server: Server, settings: Settings, database: str) -> None:
     if settings.migrate_command:
-        run_app_command(
-            settings.migrate_command,
-            what="the migrate command",
-            env=app_env(server, database),
-            cwd=settings.project_root,
-            log_path=settings.logs_dir / "migrate.log",
-        )
+        run_configured(server, settings, database, "migrate_command", "migrate.log")
 
 
 def pg_dump_to(server: Server, database: str, destination: Path) -> tuple[str, int]:
@@ -213,13 +228,7 @@ def generate_dump(
             progress("running the migrate command")
             migrate(server, settings, scratch)
             progress("running the seed command (this is the slow part a dump saves next time)")
-            run_app_command(
-                settings.seed_command,
-                what="the seed command",
-                env=app_env(server, scratch),
-                cwd=settings.project_root,
-                log_path=settings.logs_dir / "seed.log",
-            )
+            run_configured(server, settings, scratch, "seed_command", "seed.log")
             progress("pg_dump -Fc")
             meta = store_dump(
                 server, settings, store, env, scratch, fingerprint=fingerprint, inputs=inputs, began=began

@@ -103,7 +103,8 @@ def shared_dumps(tmp_path_factory: pytest.TempPathFactory) -> Path:
 
 def write_project(pytester: pytest.Pytester, dumps_dir: Path | None = None, *, services: bool = False) -> None:
     """pyproject.toml with [tool.dbsnap] (a fresh cluster per run); with a dump store, the refapp's commands."""
-    lines = ["[tool.dbsnap]", "warm_cluster = false"]
+    # These tests follow the user's own phase modules; the built-in checks have their own (test_anyapp.py).
+    lines = ["[tool.dbsnap]", "warm_cluster = false", "builtin_checks = false"]
     if dumps_dir is not None:
         lines += [f'dumps_dir = "{dumps_dir}"', SEED]
     if services:

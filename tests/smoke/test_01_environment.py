@@ -6,8 +6,7 @@ import shutil
 
 import pytest
 
-from pytest_dbsnap.postgres import find_pg_tools
-from pytest_dbsnap.settings import Settings
+from pytest_dbsnap import Settings, find_pg_tools
 
 pytestmark = [pytest.mark.smoke, pytest.mark.order(1)]
 

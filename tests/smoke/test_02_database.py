@@ -7,11 +7,7 @@ from typing import Any
 import psycopg
 import pytest
 
-from pytest_dbsnap.dumps.restore import verify_file
-from pytest_dbsnap.dumps.store import DumpStore
-from pytest_dbsnap.postgres import Server
-from pytest_dbsnap.session import DatabaseOutcome
-from pytest_dbsnap.settings import Settings
+from pytest_dbsnap import DatabaseOutcome, Server, Settings, verify_restored_dump
 from refapp.migrate import head_revision
 
 pytestmark = [pytest.mark.smoke, pytest.mark.order(2)]
@@ -29,8 +25,7 @@ def test_dump_was_restored_with_its_checksum(dbsnap_database: DatabaseOutcome, d
     meta = dbsnap_database.meta
     assert meta is not None
     assert dbsnap_database.method in {"spare swap", "template clone", "pg_restore"}
-    store = DumpStore(dbsnap_settings.dumps_dir)
-    verify_file(meta, store.dump_path(meta.environment, meta.name))  # raises DumpCorrupt on any changed byte
+    verify_restored_dump(dbsnap_database, dbsnap_settings)  # raises DumpCorrupt on any changed byte
 
 
 def test_migrations_are_at_head(db: psycopg.Connection[Any], dbsnap_database: DatabaseOutcome) -> None:

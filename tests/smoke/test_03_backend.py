@@ -7,8 +7,7 @@ from typing import Any
 import psycopg
 import pytest
 
-from pytest_dbsnap.plugin import RunningService
-from pytest_dbsnap.settings import Settings
+from pytest_dbsnap import RunningService, Settings
 
 pytestmark = [pytest.mark.smoke, pytest.mark.order(3)]
 
@@ -20,7 +19,10 @@ def test_prepare_steps_ran(backend: RunningService, dbsnap_settings: Settings) -
     prepare_log = dbsnap_settings.logs_dir / "backend-prepare.log"
     assert prepare_log.is_file()
     logged = prepare_log.read_text()
-    assert all(step[-1] in logged for step in dbsnap_settings.backend.prepare)
+    assert all(
+        (step if isinstance(step, str) else " ".join(step)).split()[-1] in logged
+        for step in dbsnap_settings.backend.prepare
+    )
 
 
 def test_health_endpoint_is_ok(backend: RunningService) -> None:

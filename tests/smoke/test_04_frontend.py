@@ -9,8 +9,7 @@ from typing import Any
 import psycopg
 import pytest
 
-from pytest_dbsnap.browser import RenderedPage, describe_violations
-from pytest_dbsnap.plugin import RunningService
+from pytest_dbsnap import RenderedPage, RunningService, describe_violations
 
 pytestmark = [pytest.mark.smoke, pytest.mark.order(4)]
 

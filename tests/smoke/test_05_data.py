@@ -7,8 +7,7 @@ from typing import Any
 import psycopg
 import pytest
 
-from pytest_dbsnap.plugin import RunningService
-from pytest_dbsnap.session import DatabaseOutcome
+from pytest_dbsnap import DatabaseOutcome, RunningService
 
 pytestmark = [pytest.mark.smoke, pytest.mark.order(5)]
 

@@ -100,7 +100,8 @@ def test_values_are_typed(load: LoadFrom) -> None:
         ini={"fingerprint_inputs": "migrations/**/*.py, seeds/*.py\napp/models.py"},
     )
     assert settings.seed_command == ("python", "-m", "app.seed")
-    assert settings.migrate_command == ("alembic", "upgrade", "head")
+    # A string is kept as written: placeholders are filled first, and it is split afterwards.
+    assert settings.migrate_command == "alembic upgrade 'head'"
     assert settings.restore_jobs == 3
     assert settings.jobs == 3
     assert settings.start_timeout == 2.5
@@ -245,7 +246,7 @@ def test_the_environment_keeps_the_comma_separated_form(load: LoadFrom) -> None:
             '[tool.dbsnap.frontend]\ncwd = "web"\n',
             {},
             None,
-            ["[tool.dbsnap.frontend]", "no command", 'command = "..."'],
+            ["[tool.dbsnap.frontend]", "neither a command nor a url", 'command = "..."', 'url = "..."'],
             id="service-without-command",
         ),
     ],
@@ -349,11 +350,11 @@ def test_services_are_parsed_with_cwd_relative_to_the_project(load: LoadFrom, tm
     )
     assert settings.backend == ServiceSettings(
         name="backend",
-        command=("uvicorn", "app:app", "--port", "{port}"),
+        command="uvicorn app:app --port {port}",  # kept as written: filled first, split afterwards
         cwd=(tmp_path / "backend").resolve(),
         env={"APP_MODE": "test", "WORKERS": "2"},
         port=None,
-        prepare=(("npm", "ci"), ("npm", "run", "build")),
+        prepare=("npm ci", ("npm", "run", "build")),
     )
     assert settings.frontend is not None
     assert settings.frontend.port == 5173
