@@ -5,6 +5,7 @@ from __future__ import annotations
 import contextlib
 import os
 import shlex
+import shutil
 import signal
 import subprocess
 import sys
@@ -192,10 +193,19 @@ def chown_tree(path: Path, run_as: RunAs) -> None:
 
 
 def resolve_python(command: Sequence[str]) -> list[str]:
-    """`python ...` in a configured command means the interpreter running us, so an un-activated virtual
-    environment still finds the app's packages."""
-    if command and command[0] in {"python", "python3"}:
+    """`python ...` in a configured command means the interpreter running us, and a program found only beside
+    it (`mlflow`, `alembic`, `gunicorn`: the console scripts of its virtual environment) is taken from there, so
+    `.venv/bin/pytest` in an un-activated virtual environment runs the app's commands as an activated one would.
+    """
+    if not command:
+        return []
+    if command[0] in {"python", "python3"}:
         return [sys.executable, *command[1:]]
+    program = command[0]
+    if os.sep not in program and shutil.which(program) is None:
+        beside = Path(sys.executable).parent / program
+        if beside.is_file() and os.access(beside, os.X_OK):
+            return [str(beside), *command[1:]]
     return list(command)
 
 
