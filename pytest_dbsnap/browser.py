@@ -38,6 +38,7 @@ IMPACTS = ("minor", "moderate", "serious", "critical")
 BLOCKING_IMPACTS = ("serious", "critical")
 # After the data shows, wait this long at most for the page's other requests (totals, filters) to finish.
 SETTLE_SECONDS = 5.0
+LAUNCH_TIMEOUT = 60.0  # seconds for Chromium itself to start, apart from the page's own time
 OFF_HINT = 'Set browser = "off" in [tool.dbsnap.frontend] to skip the browser checks.'
 CHROMIUM_HINT = (
     "Install Chromium (Debian: apt-get install chromium; macOS: brew install --cask chromium) or give the path "
@@ -168,7 +169,9 @@ def render_page(
             f"{exc.name} is not installed. {PLAYWRIGHT_HINT}"
         ) from None
     started = time.monotonic()
-    deadline = started + timeout
+    # Starting Chromium is ours to wait for, not the page's: on a loaded CI runner it can take seconds, and the
+    # page's time (`timeout`) starts when the browser is ready.
+    launch_ms = max(LAUNCH_TIMEOUT, timeout) * 1000
 
     def remaining_ms() -> float:
         return max(1.0, (deadline - time.monotonic()) * 1000)
@@ -179,7 +182,7 @@ def render_page(
         _quiet_when_the_driver_dies(manager)
         try:
             browser = playwright.chromium.launch(
-                executable_path=executable, args=list(CHROMIUM_FLAGS), headless=True, timeout=remaining_ms()
+                executable_path=executable, args=list(CHROMIUM_FLAGS), headless=True, timeout=launch_ms
             )
         except PlaywrightError as exc:
             what = f"Chromium at {executable}" if executable else "Playwright's own Chromium"
@@ -187,6 +190,7 @@ def render_page(
             raise BrowserUnavailable(
                 f"{what} did not start ({_first_line(exc.message)}).{looked} {CHROMIUM_HINT}"
             ) from None
+        deadline = time.monotonic() + timeout
         try:
             page = browser.new_page(viewport=VIEWPORT)
             page.on("console", lambda message: _keep_console_error(message, console_errors))

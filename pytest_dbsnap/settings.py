@@ -109,6 +109,12 @@ def parse_command(value: object) -> Command:
     raise ValueError('expected a command as a string ("python -m app.seed") or a list of strings')
 
 
+def parse_argv(value: object) -> tuple[str, ...]:
+    """A program and its fixed arguments (no placeholders), split at once: `docker compose` -> (docker, compose)."""
+    command = parse_command(value)
+    return tuple(shlex.split(command)) if isinstance(command, str) else command
+
+
 def parse_commands(value: object) -> tuple[Command, ...]:
     if isinstance(value, str):
         return tuple(parse_command(line) for line in value.splitlines() if line.strip())
@@ -287,7 +293,7 @@ OPTIONS: tuple[Option, ...] = (
     Option("compose_password", parse_str, "postgres", "password of the compose PostgreSQL service"),
     Option(
         "compose_command",
-        parse_command,
+        parse_argv,
         None,
         "compose program of the docker provider, e.g. docker compose, docker-compose, podman compose or "
         "podman-compose (default: the first of these that answers)",
