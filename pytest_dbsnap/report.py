@@ -92,11 +92,17 @@ def pytest_terminal_summary(terminalreporter: pytest.TerminalReporter) -> None:
     book = config.stash.get(PHASES_KEY, None)
     outcome = config.stash.get(OUTCOME_KEY, None)
     workers = config.stash.get(WORKER_DATABASES_KEY, [])
-    if outcome is None and not workers and not (book and book.phases):
+    server = config.stash.get(SERVER_KEY, None)
+    written = getattr(server, "snapshot_written", None)  # a local cluster says what it wrote when it stopped
+    if outcome is None and not workers and not (book and book.phases) and not written:
         return
     terminalreporter.section("dbsnap")
     if outcome is not None:
         terminalreporter.write_line(f"database: {outcome.describe()}")
+        for warning in outcome.warnings:
+            terminalreporter.write_line(f"warning: {warning}", yellow=True)
+    if written:
+        terminalreporter.write_line(str(written))
     for line in sorted(workers):
         terminalreporter.write_line(f"database {line}")
     if book and book.phases:

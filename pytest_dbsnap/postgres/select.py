@@ -46,6 +46,7 @@ def start_server(settings: Settings, provider: str | None = None) -> Server:
             pg_bindir=settings.pg_bindir,
         )
     from pytest_dbsnap.postgres.local import start_local_cluster
+    from pytest_dbsnap.session import snapshot_source
 
     return start_local_cluster(
         settings.pg_bindir,
@@ -53,4 +54,5 @@ def start_server(settings: Settings, provider: str | None = None) -> Server:
         settings.start_timeout,
         warm_key=settings.warm_key,
         warm_owner=settings.project_root,
+        snapshot_of=snapshot_source(settings),
     )

@@ -28,7 +28,7 @@ def test_dump_was_restored_with_its_checksum(dbsnap_database: DatabaseOutcome, d
         pytest.skip("--skip-dump-restore: the database was kept as it was")
     meta = dbsnap_database.meta
     assert meta is not None
-    assert dbsnap_database.method in {"spare swap", "template clone", "pg_restore"}
+    assert dbsnap_database.method in {"spare swap", "template clone", "cluster snapshot", "pg_restore"}
     store = DumpStore(dbsnap_settings.dumps_dir)
     verify_file(meta, store.dump_path(meta.environment, meta.name))  # raises DumpCorrupt on any changed byte
 
