@@ -410,3 +410,32 @@ def test_snapshot_metadata_that_is_not_json_is_reported_not_raised(tmp_path: Pat
     with pytest.raises(Exception, match="not readable JSON") as caught:
         SnapshotMeta.read(path)
     assert type(caught.value).__name__ == "SnapshotUnusable"
+
+
+# --- the command line -------------------------------------------------------------------------------------------
+
+
+def test_dbsnap_list_show_and_verify_show_snapshots_and_prune_removes_them_with_the_dump(
+    original: Original, tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    from pytest_dbsnap.cli import main
+
+    settings = fresh_machine(original, tmp_path)
+    snapshot = copied(original, settings)
+    monkeypatch.chdir(settings.project_root)
+
+    assert main(["list", "--env", ENV]) == 0
+    listed = capsys.readouterr().out
+    assert f"cluster snapshot {snapshot.archive.name.removeprefix(original.dump_name)}: " in listed
+    assert main(["show", "--json"]) == 0
+    shown = json.loads(capsys.readouterr().out)
+    assert [s["archive"] for s in shown["snapshots"]] == [snapshot.archive.name]
+    assert main(["verify"]) == 0
+    assert f"ok      {ENV}/{snapshot.archive.name}" in capsys.readouterr().out
+
+    _flip_a_byte(snapshot)
+    assert main(["verify"]) == 1
+    assert f"FAILED  {ENV}/{snapshot.archive.name}: " in capsys.readouterr().err
+
+    DumpStore(settings.dumps_dir).remove(ENV, original.dump_name)  # what prune does with each dump it removes
+    assert list((settings.dumps_dir / ENV).glob(f"*{original.dump_name}*")) == []
