@@ -322,7 +322,9 @@ class LocalCluster(Server):
                 if self.started_from_snapshot is not None:
                     # Files of another build (catalog version, block size): the server refuses them. The dump
                     # is restored instead, and the next cold restore writes a snapshot that fits.
-                    self._snapshot_not_used(self.started_from_snapshot, f"the server did not start from it: {exc}")
+                    fatal = [line for line in self._log_tail().splitlines() if "FATAL" in line]
+                    reason = fatal[-1].split("FATAL:", 1)[-1].strip() if fatal else str(exc)
+                    self._snapshot_not_used(self.started_from_snapshot, f"the server did not start from it: {reason}")
                     self._snapshot_files(self.started_from_snapshot).discard()
                 else:
                     # A parked folder that does not start again is only a lost cache: begin from pristine.

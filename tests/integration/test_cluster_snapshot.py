@@ -286,6 +286,7 @@ def test_a_snapshot_the_server_refuses_falls_back_to_the_dump(original: Original
         assert cluster.started_from_snapshot is None
         assert cluster.snapshot_problem is not None
         assert "the server did not start from it" in cluster.snapshot_problem
+        assert "control file" in cluster.snapshot_problem, "the server's own reason is not named"
         assert not snapshot.meta_path.exists(), "the snapshot the server refused was kept"
         outcome = prepare_database(cluster, settings, spare_in_background=False)
         assert outcome.method == "pg_restore"
