@@ -53,6 +53,11 @@ def report_facts(config: pytest.Config) -> dict[str, str]:
             facts["dbsnap schema version"] = str(outcome.meta.schema_version or "-")
             if outcome.generated:
                 facts["dbsnap generated"] = f"in {outcome.generate_seconds:.1f} s ({outcome.stale_reason})"
+        for number, warning in enumerate(outcome.warnings, 1):
+            facts[f"dbsnap warning {number}"] = warning
+    written = getattr(config.stash.get(SERVER_KEY, None), "snapshot_written", None)
+    if written:
+        facts["dbsnap cluster snapshot"] = str(written)
     return facts
 
 
