@@ -38,6 +38,7 @@ from pytest_dbsnap.postgres.snapshot import (
     check_snapshot,
     controldata,
     locate_snapshot,
+    require_programs,
     unpack,
     write_snapshot,
 )
@@ -605,6 +606,7 @@ class LocalCluster(Server):
         that cannot be written is a warning. True when the folder is stopped cleanly (it may be parked)."""
         began = time.monotonic()
         try:
+            require_programs()
             server_version = self._prepare_for_snapshot(f"{TEMPLATE_PREFIX}{ref.meta.template_key}")
             facts = controldata(self.tools, self.data_dir)
             written = write_snapshot(self.tools, self.data_dir, ref, facts, server_version, began=began)

@@ -294,6 +294,12 @@ def _program(name: str) -> str:
     return found
 
 
+def require_programs() -> None:
+    """Before anything is changed for a snapshot: the programs that pack and unpack it are there."""
+    _program("tar")
+    _program("zstd")
+
+
 def write_snapshot(
     tools: PgTools,
     data_dir: Path,
