@@ -264,6 +264,8 @@ def cmd_push(args: argparse.Namespace, settings: Settings) -> int:
         f"{settings.env}/{done.meta.name} {what} ({done.meta.size_bytes / 1e6:.1f} MB, sha256 "
         f"{done.meta.sha256[:16]}...); it is now the latest of {settings.env!r} in {remote.url}"
     )
+    for archive in done.snapshots:
+        print(f"cluster snapshot {archive} pushed with it")
     return EXIT_OK
 
 
@@ -271,12 +273,24 @@ def cmd_pull(args: argparse.Namespace, settings: Settings) -> int:
     from pytest_dbsnap.dumps.remote import RemoteStore
 
     store = _store(settings)
-    done = RemoteStore.from_settings(settings).pull(store, settings.env, args.name)
+    remote = RemoteStore.from_settings(settings)
+    done = remote.pull(store, settings.env, args.name)
     what = f"pulled in {done.seconds:.1f} s, sha256 verified" if done.moved else "was already here"
     print(
         f"{settings.env}/{done.meta.name} {what} ({done.meta.size_bytes / 1e6:.1f} MB); it is now the latest "
         f"of {settings.env!r} in {store.root}"
     )
+    # This machine's cluster snapshot of the dump, when one was pushed: the next pytest session starts from it.
+    from pytest_dbsnap.postgres.base import find_pg_tools
+    from pytest_dbsnap.postgres.snapshot import machine_key
+
+    try:
+        key = machine_key(find_pg_tools(settings.pg_bindir), done.meta.sha256)
+    except DbsnapError:
+        return EXIT_OK  # no local server binaries: no local cluster to start from a snapshot either
+    archive = remote.pull_snapshot(store, done.meta, key)
+    if archive is not None:
+        print(f"cluster snapshot {archive} pulled with it (sha256 verified)")
     return EXIT_OK
 
 
@@ -394,8 +408,14 @@ COMMANDS: dict[str, tuple[Command, str]] = {
     "verify": (cmd_verify, "check dumps and their cluster snapshots against their sha256 (and that pg_restore reads)"),
     "prune": (cmd_prune, "remove old dumps with their cluster snapshots (and, with a DSN, their template databases)"),
     "import": (cmd_import, "wrap an existing pg_dump -Fc file into the store"),
-    "push": (cmd_push, "upload a dump to the remote store (setting remote) and make it the remote latest"),
-    "pull": (cmd_pull, "download a dump from the remote store, verify it and make it the local latest"),
+    "push": (
+        cmd_push,
+        "upload a dump (and its cluster snapshots) to the remote store (setting remote), make it the remote latest",
+    ),
+    "pull": (
+        cmd_pull,
+        "download a dump (and this machine's cluster snapshot of it), verify them, make it the local latest",
+    ),
 }
 
 

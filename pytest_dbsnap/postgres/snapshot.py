@@ -132,11 +132,19 @@ class SnapshotMeta:
     @classmethod
     def read(cls, path: Path) -> SnapshotMeta:
         try:
-            data = json.loads(path.read_text())
+            return cls.parse(path.read_text(), path.name)
         except FileNotFoundError as exc:
             raise SnapshotUnusable(f"its metadata {path.name} is missing") from exc
-        except (OSError, ValueError) as exc:
-            raise SnapshotUnusable(f"its metadata {path.name} is not readable JSON ({exc})") from exc
+        except OSError as exc:
+            raise SnapshotUnusable(f"its metadata {path.name} is not readable ({exc})") from exc
+
+    @classmethod
+    def parse(cls, text: str, where: str) -> SnapshotMeta:
+        try:
+            data = json.loads(text)
+        except ValueError as exc:
+            raise SnapshotUnusable(f"its metadata {where} is not readable JSON ({exc})") from exc
+        path = Path(where)
         try:
             if data.get("format") != SNAPSHOT_FORMAT:
                 raise SnapshotUnusable(
