@@ -25,6 +25,7 @@ import platform
 import resource
 import shutil
 import statistics
+import subprocess
 import sys
 import tempfile
 import time
@@ -61,6 +62,9 @@ def main() -> int:
     parser.add_argument("--scales", nargs="+", default=["200MB"])
     parser.add_argument("--reps", type=int, default=3)
     parser.add_argument("--out", type=Path)
+    parser.add_argument(
+        "--sessions", type=int, default=0, help="also time N pairs of whole `pytest -m smoke --skip-frontend` sessions"
+    )
     args = parser.parse_args()
     cores = os.cpu_count() or 1
     scratch = Path(tempfile.mkdtemp(prefix="dbsnap-snapbench-"))
@@ -157,6 +161,8 @@ def main() -> int:
                 samples["snap"].append(done - began)
                 warm.stop()
                 shutil.rmtree(scratch / f"snap-cache-{rep}", ignore_errors=True)
+            if args.sessions:
+                sessions(args.sessions, scratch, settings.dumps_dir, scale.env, ref, samples)
             rows.append(
                 {
                     "scale": scale.label,
@@ -185,6 +191,59 @@ def main() -> int:
     return 0
 
 
+def session_env(folder: Path, dumps_dir: Path, env_name: str) -> dict[str, str]:
+    """A session of this repository on a fresh machine: its own TMPDIR, an empty cache, nothing parked."""
+    tmp = folder / "tmp"
+    tmp.mkdir(parents=True)
+    folder.chmod(0o755)
+    tmp.chmod(0o755)
+    env = {k: v for k, v in os.environ.items() if not k.startswith("DBSNAP_") and k not in {"DATABASE_URL"}}
+    return env | {
+        "TMPDIR": str(tmp),
+        "DBSNAP_DUMPS_DIR": str(dumps_dir),
+        "DBSNAP_CACHE_DIR": str(folder / "cache"),
+        "DBSNAP_LOGS_DIR": str(folder / "logs"),
+        "DBSNAP_WARM_CLUSTER": "false",
+        "DBSNAP_ENV": env_name,
+    }
+
+
+def run_session(env: dict[str, str], log_path: Path) -> float:
+    command = [sys.executable, "-m", "pytest", "-m", "smoke", "--skip-frontend", "-q", "-p", "no:cacheprovider"]
+    began = time.monotonic()
+    with log_path.open("wb") as log:
+        code = subprocess.run(
+            command, cwd=ROOT, env=env, stdout=log, stderr=subprocess.STDOUT, timeout=900, check=False
+        ).returncode
+    seconds = time.monotonic() - began
+    if code != 0:
+        raise RuntimeError(f"the smoke session exited with {code}; see {log_path}")
+    return seconds
+
+
+def sessions(
+    pairs: int, scratch: Path, dumps_dir: Path, env_name: str, ref: DumpRef, samples: dict[str, list[float]]
+) -> None:
+    """Whole sessions on a fresh machine: the first (no snapshot) pays initdb + pg_restore and writes the
+    snapshot at its end; the second starts from it."""
+    samples["session_cold"], samples["session_snap"] = [], []
+    for rep in range(pairs):
+        for old in snapshots_of(ref.dump_path):
+            old.discard()
+        progress(f"whole session, fresh machine, cold ({rep + 1}/{pairs})")
+        folder = scratch / f"session-cold-{rep}"
+        log = scratch / f"session-cold-{rep}.log"
+        samples["session_cold"].append(run_session(session_env(folder, dumps_dir, env_name), log))
+        assert snapshots_of(ref.dump_path), f"the cold session wrote no snapshot; see {log}"
+        shutil.rmtree(folder, ignore_errors=True)
+        progress(f"whole session, fresh machine, from the snapshot ({rep + 1}/{pairs})")
+        folder = scratch / f"session-snap-{rep}"
+        log = scratch / f"session-snap-{rep}.log"
+        samples["session_snap"].append(run_session(session_env(folder, dumps_dir, env_name), log))
+        assert "cluster snapshot in" in log.read_text(errors="replace"), f"not started from the snapshot; see {log}"
+        shutil.rmtree(folder, ignore_errors=True)
+
+
 def render(rows: list[dict[str, object]], cores: int, load_start: tuple[float, float, float]) -> str:
     lines = [
         f"Fresh-machine database step, {dt.datetime.now(dt.UTC):%Y-%m-%d %H:%M UTC}, {cores} cores, "
@@ -208,10 +267,19 @@ def render(rows: list[dict[str, object]], cores: int, load_start: tuple[float, f
             ("snap_start", "  of which the cluster start (unpack with sha256, ownership, start, new secret)"),
             ("snap_restore", "  of which the template clone + swap"),
             ("write", "writing the snapshot at stop (drop other databases, stop, tar \\| zstd -1, rename)"),
+            (
+                "session_cold",
+                "whole `pytest -m smoke --skip-frontend` session, fresh machine, cold (writes the snapshot)",
+            ),
+            ("session_snap", "whole `pytest -m smoke --skip-frontend` session, fresh, from the snapshot"),
         ):
+            if key not in samples:
+                continue
             values = samples[key]
             ratio = cold / median(values)
-            shown = f"{ratio:.1f}x faster" if key.startswith("snap") and key == "snap" else ""
+            shown = f"{ratio:.1f}x faster" if key == "snap" else ""
+            if key == "session_snap":
+                shown = f"{median(samples['session_cold']) / median(values):.1f}x faster than the cold session"
             if key == "write":
                 shown = f"{median(values) / cold:.0%} of cold"
             lines.append(
