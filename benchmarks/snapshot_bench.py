@@ -43,6 +43,7 @@ from pytest_dbsnap.settings import load_settings
 
 ROOT = Path(__file__).resolve().parent.parent
 SOURCE_DB, BUILD_DB, TARGET_DB = "bench_seeded", "bench_build", "app"
+LOGS = ROOT / "benchmarks" / "out" / "snapshot-sessions"  # the sessions' logs (gitignored)
 
 
 def progress(message: str) -> None:
@@ -210,6 +211,7 @@ def session_env(folder: Path, dumps_dir: Path, env_name: str) -> dict[str, str]:
 
 def run_session(env: dict[str, str], log_path: Path) -> float:
     command = [sys.executable, "-m", "pytest", "-m", "smoke", "--skip-frontend", "-q", "-p", "no:cacheprovider"]
+    command.append("--durations=6")  # where a session's time goes, in its log (kept beside --out)
     began = time.monotonic()
     with log_path.open("wb") as log:
         code = subprocess.run(
@@ -227,6 +229,7 @@ def sessions(
     """Whole sessions on a fresh machine: the first (no snapshot) pays initdb + pg_restore and writes the
     snapshot at its end; the second starts from it."""
     samples["session_cold"], samples["session_snap"] = [], []
+    LOGS.mkdir(parents=True, exist_ok=True)
     for rep in range(pairs):
         for old in snapshots_of(ref.dump_path):
             old.discard()
@@ -234,12 +237,14 @@ def sessions(
         folder = scratch / f"session-cold-{rep}"
         log = scratch / f"session-cold-{rep}.log"
         samples["session_cold"].append(run_session(session_env(folder, dumps_dir, env_name), log))
+        shutil.copy(log, LOGS / f"{env_name}-{log.name}")
         assert snapshots_of(ref.dump_path), f"the cold session wrote no snapshot; see {log}"
         shutil.rmtree(folder, ignore_errors=True)
         progress(f"whole session, fresh machine, from the snapshot ({rep + 1}/{pairs})")
         folder = scratch / f"session-snap-{rep}"
         log = scratch / f"session-snap-{rep}.log"
         samples["session_snap"].append(run_session(session_env(folder, dumps_dir, env_name), log))
+        shutil.copy(log, LOGS / f"{env_name}-{log.name}")
         assert "cluster snapshot in" in log.read_text(errors="replace"), f"not started from the snapshot; see {log}"
         shutil.rmtree(folder, ignore_errors=True)
 
