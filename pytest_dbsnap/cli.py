@@ -155,8 +155,10 @@ def cmd_generate(args: argparse.Namespace, settings: Settings) -> int:
         f"{settings.env}/{meta.name} {verb}: {meta.size_bytes / 1e6:.1f} MB, "
         f"{sum(meta.row_counts.values())} rows, schema {meta.schema_version or '-'}, sha256 {meta.sha256[:16]}..."
     )
-    if isinstance(server, LocalCluster) and (server.snapshot_written or server.snapshot_problem):
-        print(server.snapshot_written or f"warning: {server.snapshot_problem}")
+    if isinstance(server, LocalCluster) and server.snapshot_written:
+        print(server.snapshot_written)
+    elif isinstance(server, LocalCluster) and server.snapshot_write_problem:
+        print(f"warning: {server.snapshot_write_problem}", file=sys.stderr)
     return EXIT_OK
 
 

@@ -98,8 +98,10 @@ def pytest_terminal_summary(terminalreporter: pytest.TerminalReporter) -> None:
     outcome = config.stash.get(OUTCOME_KEY, None)
     workers = config.stash.get(WORKER_DATABASES_KEY, [])
     server = config.stash.get(SERVER_KEY, None)
-    written = getattr(server, "snapshot_written", None)  # a local cluster says what it wrote when it stopped
-    if outcome is None and not workers and not (book and book.phases) and not written:
+    # A local cluster says what it wrote when it stopped, or why it wrote nothing.
+    written = getattr(server, "snapshot_written", None)
+    not_written = getattr(server, "snapshot_write_problem", None)
+    if outcome is None and not workers and not (book and book.phases) and not written and not not_written:
         return
     terminalreporter.section("dbsnap")
     if outcome is not None:
@@ -108,6 +110,8 @@ def pytest_terminal_summary(terminalreporter: pytest.TerminalReporter) -> None:
             terminalreporter.write_line(f"warning: {warning}", yellow=True)
     if written:
         terminalreporter.write_line(str(written))
+    if not_written:
+        terminalreporter.write_line(f"warning: {not_written}", yellow=True)
     for line in sorted(workers):
         terminalreporter.write_line(f"database {line}")
     if book and book.phases:

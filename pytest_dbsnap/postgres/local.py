@@ -268,6 +268,7 @@ class LocalCluster(Server):
         self.snapshot_seconds = 0.0  # unpack + start, when started from a snapshot
         self.snapshot_problem: str | None = None  # why a snapshot was not used (a warning for the summary)
         self.snapshot_written: str | None = None  # what stop() wrote, for the summary
+        self.snapshot_write_problem: str | None = None  # why stop() wrote none although asked to
         self._snapshot_request: DumpRef | None = None
 
     def _warm_slot(self, warm_key: str) -> Path:
@@ -612,7 +613,9 @@ class LocalCluster(Server):
             written = write_snapshot(self.tools, self.data_dir, ref, facts, server_version, began=began)
         except (DbsnapError, OSError, psycopg.Error) as exc:
             log.warning("no cluster snapshot of %s was written: %s", ref.meta.name, exc)
-            self.snapshot_problem = f"no cluster snapshot of {ref.meta.name} was written: {str(exc).splitlines()[0]}"
+            self.snapshot_write_problem = (
+                f"no cluster snapshot of {ref.meta.name} was written: {str(exc).splitlines()[0]}"
+            )
             return stop_postmaster(self.tools, self.data_dir, self.account)
         if written is not None:
             snapshot, meta = written
