@@ -76,9 +76,10 @@ def archive_members(snapshot: Snapshot) -> list[str]:
 
 
 @pytest.fixture(scope="module")
-def runtime() -> Iterator[Path]:
+def runtime(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Path]:
     """A runtime folder of this module's own (short, under /tmp, world-traversable): parked folders and clusters
     of other sessions on this machine are neither seen nor touched."""
+    tmp_path_factory.getbasetemp()  # fixed before tempfile's folder is patched, so it does not move in here
     folder = Path(tempfile.mkdtemp(prefix="dbsnap-s-", dir="/tmp"))
     folder.chmod(0o755)
     with pytest.MonkeyPatch.context() as patch:
