@@ -117,17 +117,35 @@ def _meta_line(meta: DumpMeta, latest: str | None) -> str:
     )
 
 
+def _snapshots(store: DumpStore, env: str, name: str) -> list[tuple[str, dict[str, object] | None, str]]:
+    """(archive name, metadata as a dict or None, one-line description) of each cluster snapshot of a dump."""
+    from pytest_dbsnap.postgres.snapshot import SnapshotMeta, describe, snapshot_meta_dict, snapshots_of
+
+    found: list[tuple[str, dict[str, object] | None, str]] = []
+    for snapshot in snapshots_of(store.dump_path(env, name)):
+        try:
+            meta = SnapshotMeta.read(snapshot.meta_path)
+        except DbsnapError as exc:
+            found.append((snapshot.name, None, f"unusable: {exc}"))
+            continue
+        found.append((snapshot.name, snapshot_meta_dict(meta), describe(meta)))
+    return found
+
+
 # --- commands -----------------------------------------------------------------------------------------------
 
 
 def cmd_generate(args: argparse.Namespace, settings: Settings) -> int:
     from pytest_dbsnap.dumps.generate import generate_dump
+    from pytest_dbsnap.postgres.local import LocalCluster
+    from pytest_dbsnap.postgres.snapshot import DumpRef
 
     store = _store(settings)
     with _server(settings, required=False) as server:
         # On the parked local cluster the seeded database stays as the dump's template: the next pytest
         # session then restores it with a rename instead of a pg_restore.
-        keep = server.provider == "local" and settings.warm_cluster
+        local = isinstance(server, LocalCluster)
+        keep = local and (settings.warm_cluster or settings.cluster_snapshot)
         meta, made = generate_dump(
             server,
             settings,
@@ -137,11 +155,18 @@ def cmd_generate(args: argparse.Namespace, settings: Settings) -> int:
             keep_as_template=keep,
             progress=progress_printer(),
         )
+        if made and isinstance(server, LocalCluster) and settings.cluster_snapshot:
+            # The next fresh machine starts its cluster from this snapshot instead of initdb and pg_restore.
+            server.snapshot_after_stop(DumpRef(meta, store.dump_path(settings.env, meta.name)))
     verb = "generated" if made else "is current, kept"
     print(
         f"{settings.env}/{meta.name} {verb}: {meta.size_bytes / 1e6:.1f} MB, "
         f"{sum(meta.row_counts.values())} rows, schema {meta.schema_version or '-'}, sha256 {meta.sha256[:16]}..."
     )
+    if isinstance(server, LocalCluster) and server.snapshot_written:
+        print(server.snapshot_written)
+    elif isinstance(server, LocalCluster) and server.snapshot_write_problem:
+        print(f"warning: {server.snapshot_write_problem}", file=sys.stderr)
     return EXIT_OK
 
 
@@ -193,7 +218,18 @@ def cmd_list(args: argparse.Namespace, settings: Settings) -> int:
     envs = [args.env] if args.env else store.environments()
     listing = {env: store.list(env) for env in envs}
     if args.json:
-        print(json.dumps({env: [json.loads(m.to_json()) for m in metas] for env, metas in listing.items()}, indent=2))
+        print(
+            json.dumps(
+                {
+                    env: [
+                        {**json.loads(m.to_json()), "snapshots": [d for _, d, _ in _snapshots(store, env, m.name) if d]}
+                        for m in metas
+                    ]
+                    for env, metas in listing.items()
+                },
+                indent=2,
+            )
+        )
         return EXIT_OK
     if not any(listing.values()):
         print(f"no dumps in {store.root}" + (f" for environment {args.env!r}" if args.env else ""))
@@ -203,6 +239,8 @@ def cmd_list(args: argparse.Namespace, settings: Settings) -> int:
         print(f"[{env}] ({len(metas)} dump(s), * = latest)")
         for meta in metas:
             print(_meta_line(meta, latest))
+            for archive, _data, line in _snapshots(store, env, meta.name):
+                print(f"    cluster snapshot {archive.removeprefix(meta.name)}: {line}")
     return EXIT_OK
 
 
@@ -237,6 +275,8 @@ def cmd_push(args: argparse.Namespace, settings: Settings) -> int:
         f"{settings.env}/{done.meta.name} {what} ({done.meta.size_bytes / 1e6:.1f} MB, sha256 "
         f"{done.meta.sha256[:16]}...); it is now the latest of {settings.env!r} in {remote.url}"
     )
+    for archive in done.snapshots:
+        print(f"cluster snapshot {archive} pushed with it")
     return EXIT_OK
 
 
@@ -244,12 +284,24 @@ def cmd_pull(args: argparse.Namespace, settings: Settings) -> int:
     from pytest_dbsnap.dumps.remote import RemoteStore
 
     store = _store(settings)
-    done = RemoteStore.from_settings(settings).pull(store, settings.env, args.name)
+    remote = RemoteStore.from_settings(settings)
+    done = remote.pull(store, settings.env, args.name)
     what = f"pulled in {done.seconds:.1f} s, sha256 verified" if done.moved else "was already here"
     print(
         f"{settings.env}/{done.meta.name} {what} ({done.meta.size_bytes / 1e6:.1f} MB); it is now the latest "
         f"of {settings.env!r} in {store.root}"
     )
+    # This machine's cluster snapshot of the dump, when one was pushed: the next pytest session starts from it.
+    from pytest_dbsnap.postgres.base import find_pg_tools
+    from pytest_dbsnap.postgres.snapshot import machine_key
+
+    try:
+        key = machine_key(find_pg_tools(settings.pg_bindir), done.meta.sha256)
+    except DbsnapError:
+        return EXIT_OK  # no local server binaries: no local cluster to start from a snapshot either
+    archive = remote.pull_snapshot(store, done.meta, key)
+    if archive is not None:
+        print(f"cluster snapshot {archive} pulled with it (sha256 verified)")
     return EXIT_OK
 
 
@@ -263,7 +315,12 @@ def cmd_show(args: argparse.Namespace, settings: Settings) -> int:
     if args.json:
         print(
             json.dumps(
-                {**json.loads(meta.to_json()), "stale": stale, "path": str(store.dump_path(settings.env, meta.name))},
+                {
+                    **json.loads(meta.to_json()),
+                    "stale": stale,
+                    "path": str(store.dump_path(settings.env, meta.name)),
+                    "snapshots": [d for _, d, _ in _snapshots(store, settings.env, meta.name) if d],
+                },
                 indent=2,
             )
         )
@@ -288,6 +345,8 @@ def cmd_show(args: argparse.Namespace, settings: Settings) -> int:
     print(f"  {'stale':<17} {stale}" + ("  (migrations or seed inputs changed since)" if stale else ""))
     for table, count in sorted(meta.row_counts.items()):
         print(f"  rows {table:<40} {count}")
+    for archive, _data, line in _snapshots(store, settings.env, meta.name):
+        print(f"  {'cluster snapshot':<17} {archive}: {line}")
     return EXIT_OK
 
 
@@ -295,6 +354,7 @@ def cmd_verify(args: argparse.Namespace, settings: Settings) -> int:
     from pytest_dbsnap.dumps.importer import read_archive_header
     from pytest_dbsnap.dumps.restore import verify_file
     from pytest_dbsnap.postgres.base import find_pg_tools
+    from pytest_dbsnap.postgres.snapshot import snapshots_of, verify_snapshot
 
     store = _store(settings)
     names = [args.name] if args.name else store.names(settings.env)
@@ -312,6 +372,13 @@ def cmd_verify(args: argparse.Namespace, settings: Settings) -> int:
         except DbsnapError as exc:
             failed += 1
             print(f"FAILED  {settings.env}/{name}: {exc}", file=sys.stderr)
+        for snapshot in snapshots_of(store.dump_path(settings.env, name)):
+            try:
+                verify_snapshot(snapshot)
+                print(f"ok      {settings.env}/{snapshot.name}")
+            except DbsnapError as exc:
+                failed += 1
+                print(f"FAILED  {settings.env}/{snapshot.name}: {exc}", file=sys.stderr)
     return EXIT_FAILED if failed else EXIT_OK
 
 
@@ -349,11 +416,17 @@ COMMANDS: dict[str, tuple[Command, str]] = {
     "restore": (cmd_restore, "restore a dump into a database (verified; the old database survives failures)"),
     "list": (cmd_list, "list the dumps of one or all environments"),
     "show": (cmd_show, "show one dump's metadata and whether it is stale"),
-    "verify": (cmd_verify, "check dumps against their sha256 and that pg_restore can read them"),
-    "prune": (cmd_prune, "remove old dumps (and, with a DSN, their template databases)"),
+    "verify": (cmd_verify, "check dumps and their cluster snapshots against their sha256 (and that pg_restore reads)"),
+    "prune": (cmd_prune, "remove old dumps with their cluster snapshots (and, with a DSN, their template databases)"),
     "import": (cmd_import, "wrap an existing pg_dump -Fc file into the store"),
-    "push": (cmd_push, "upload a dump to the remote store (setting remote) and make it the remote latest"),
-    "pull": (cmd_pull, "download a dump from the remote store, verify it and make it the local latest"),
+    "push": (
+        cmd_push,
+        "upload a dump (and its cluster snapshots) to the remote store (setting remote), make it the remote latest",
+    ),
+    "pull": (
+        cmd_pull,
+        "download a dump (and this machine's cluster snapshot of it), verify them, make it the local latest",
+    ),
 }
 
 

@@ -8,6 +8,7 @@ DbsnapError
  +-- DumpError            a dump is missing, corrupt, stale or unreadable
  |    +-- DumpNotFound
  |    +-- DumpCorrupt
+ +-- SnapshotUnusable     a cluster snapshot does not fit this machine or is damaged (the dump is used instead)
  +-- RestoreError         a restore failed; the target database was left as it was
  +-- StorageError         the disk refused a write (full, read-only, no permission, over quota)
  +-- ServiceError         a backend/frontend process did not become healthy
@@ -72,6 +73,11 @@ class DumpNotFound(DumpError):
 
 class DumpCorrupt(DumpError):
     """A dump's bytes or metadata do not match what was recorded."""
+
+
+class SnapshotUnusable(DbsnapError):
+    """A cluster snapshot cannot be used here (another machine's key, a damaged or missing file): the session
+    falls back to the dump, so this is reported as a warning, never a failure."""
 
 
 class RestoreError(DbsnapError):

@@ -59,6 +59,11 @@ def report_facts(config: pytest.Config) -> dict[str, str]:
             facts["dbsnap schema version"] = str(outcome.meta.schema_version or "-")
             if outcome.generated:
                 facts["dbsnap generated"] = f"in {outcome.generate_seconds:.1f} s ({outcome.stale_reason})"
+        for number, warning in enumerate(outcome.warnings, 1):
+            facts[f"dbsnap warning {number}"] = warning
+    written = getattr(config.stash.get(SERVER_KEY, None), "snapshot_written", None)
+    if written:
+        facts["dbsnap cluster snapshot"] = str(written)
     return facts
 
 
@@ -98,11 +103,21 @@ def pytest_terminal_summary(terminalreporter: pytest.TerminalReporter) -> None:
     book = config.stash.get(PHASES_KEY, None)
     outcome = config.stash.get(OUTCOME_KEY, None)
     workers = config.stash.get(WORKER_DATABASES_KEY, [])
-    if outcome is None and not workers and not (book and book.phases):
+    server = config.stash.get(SERVER_KEY, None)
+    # A local cluster says what it wrote when it stopped, or why it wrote nothing.
+    written = getattr(server, "snapshot_written", None)
+    not_written = getattr(server, "snapshot_write_problem", None)
+    if outcome is None and not workers and not (book and book.phases) and not written and not not_written:
         return
     terminalreporter.section("dbsnap")
     if outcome is not None:
         terminalreporter.write_line(f"database: {outcome.describe()}")
+        for warning in outcome.warnings:
+            terminalreporter.write_line(f"warning: {warning}", yellow=True)
+    if written:
+        terminalreporter.write_line(str(written))
+    if not_written:
+        terminalreporter.write_line(f"warning: {not_written}", yellow=True)
     for line in sorted(workers):
         terminalreporter.write_line(f"database {line}")
     if book and book.phases:

@@ -16,8 +16,10 @@ from pytest_dbsnap.dumps.meta import DumpMeta
 from pytest_dbsnap.dumps.remote import RemoteStore
 from pytest_dbsnap.dumps.restore import check_target, drop_orphan_templates, prepare_spare, restore_dump
 from pytest_dbsnap.dumps.store import DumpStore
-from pytest_dbsnap.errors import DumpError
+from pytest_dbsnap.errors import DbsnapError, DumpError
 from pytest_dbsnap.postgres.base import Server
+from pytest_dbsnap.postgres.local import LocalCluster
+from pytest_dbsnap.postgres.snapshot import DumpRef
 from pytest_dbsnap.settings import Settings
 
 Progress = Callable[[str], None]
@@ -32,7 +34,7 @@ class DatabaseOutcome:
     """What the session did to get its database, for the header, the summary and the reports."""
 
     database: str
-    method: str  # "spare swap" | "template clone" | "pg_restore" | "kept as it was"
+    method: str  # "spare swap" | "template clone" | "cluster snapshot" | "pg_restore" | "kept as it was"
     seconds: float
     meta: DumpMeta | None
     generated: bool = False
@@ -42,6 +44,7 @@ class DatabaseOutcome:
     pulled: bool = False  # brought from the remote dump store (setting remote) instead of generated
     pull_seconds: float = 0.0
     pushed: bool = False  # sent to the remote dump store (--push-dump)
+    warnings: list[str] = field(default_factory=list)  # one line each in the terminal summary
     _spare_thread: threading.Thread | None = field(default=None, repr=False)
 
     def describe(self) -> str:
@@ -90,6 +93,22 @@ def staleness(settings: Settings, meta: DumpMeta | None) -> str | None:
     if meta.fingerprint == fingerprint:
         return None
     return f"stale: {describe_input_changes(meta, inputs)}"
+
+
+def snapshot_source(settings: Settings) -> DumpRef | None:
+    """The dump this session will restore, when a local cluster may start from its snapshot: the latest dump
+    of the environment, current (not to be regenerated), with its file present."""
+    if not settings.cluster_snapshot or settings.skip_dump_restore or settings.regenerate_dump:
+        return None
+    store = DumpStore(settings.dumps_dir)
+    try:
+        meta = store.latest(settings.env)
+        if meta is None or staleness(settings, meta) is not None:
+            return None
+    except DbsnapError:
+        return None  # the database step says what is wrong with the dump
+    dump_path = store.dump_path(settings.env, meta.name)
+    return DumpRef(meta, dump_path) if dump_path.is_file() else None
 
 
 def ensure_database(server: Server, name: str) -> None:
@@ -163,6 +182,16 @@ def prepare_database(
         progress=progress,
         replace=settings.replace_database,
     )
+    method, seconds = result.method, result.seconds
+    warnings: list[str] = []
+    if isinstance(server, LocalCluster):
+        if server.started_from_snapshot is not None and result.method == "template clone":
+            # The template came with the snapshot: the database step is the unpack and start plus the clone.
+            method, seconds = "cluster snapshot", server.snapshot_seconds + result.seconds
+        if server.snapshot_problem is not None:
+            warnings.append(server.snapshot_problem)
+        if settings.cluster_snapshot and (generated or result.method == "pg_restore"):
+            server.snapshot_after_stop(DumpRef(meta, store.dump_path(settings.env, meta.name)))
     migrate(server, settings, target)
     pushed = False
     if settings.push_dump and not pulled:
@@ -175,8 +204,8 @@ def prepare_database(
         drop_orphan_templates(server, store.all_sha256())
     outcome = DatabaseOutcome(
         target,
-        result.method,
-        result.seconds,
+        method,
+        seconds,
         meta,
         generated,
         generate_seconds,
@@ -185,6 +214,7 @@ def prepare_database(
         pulled,
         pull_seconds,
         pushed,
+        warnings,
     )
     if spare_in_background:
         outcome._spare_thread = threading.Thread(

@@ -363,6 +363,14 @@ OPTIONS: tuple[Option, ...] = (
         "park the local cluster at the end of a session and start the next one from it, so dump templates "
         "survive and warm restores are a rename (false: every session starts from the pristine copy)",
     ),
+    Option(
+        "cluster_snapshot",
+        parse_bool,
+        True,
+        "keep a physical snapshot of the local cluster beside each dump (written after a cold restore or a "
+        "generate) and start a fresh machine's cluster from it, skipping initdb and pg_restore",
+        negative_flag="--no-cluster-snapshot",
+    ),
     Option("start_timeout", parse_positive_float, 30.0, "seconds to wait for PostgreSQL to accept connections"),
     Option(
         "remote",
@@ -471,6 +479,7 @@ class Settings:
     logs_dir: Path = Path("reports/logs")
     required_tools: tuple[str, ...] = ()
     warm_cluster: bool = True
+    cluster_snapshot: bool = True
     start_timeout: float = 30.0
     remote: str | None = None
     remote_endpoint_url: str | None = None

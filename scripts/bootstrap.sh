@@ -50,6 +50,12 @@ ensure() {
 ensure have_postgres postgresql "PostgreSQL binaries" \
   "Install PostgreSQL (apt-get install postgresql, brew install postgresql) or set DBSNAP_PG_BINDIR to the folder of initdb and pg_ctl."
 
+# Cluster snapshots are packed with the zstd program: without it they are neither written nor used (and their
+# tests need it).
+have_zstd() { command -v zstd >/dev/null; }
+ensure have_zstd zstd "zstd program (cluster snapshots)" \
+  "Install it (apt-get install zstd, brew install zstd); without it cluster snapshots are turned off."
+
 # The frontend phase renders the page in headless Chromium through Playwright, driving the system's Chromium by
 # its path: no `playwright install` download, which closed CI networks refuse.
 have_chromium() {

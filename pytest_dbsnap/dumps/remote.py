@@ -15,18 +15,28 @@ import builtins
 import contextlib
 import json
 import os
+import secrets
 import sys
 import threading
 import time
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from pytest_dbsnap.dumps.fingerprint import file_sha256
 from pytest_dbsnap.dumps.meta import DumpMeta
 from pytest_dbsnap.dumps.restore import verify_file
-from pytest_dbsnap.dumps.store import DUMP_SUFFIX, LATEST, META_SUFFIX, SAFE_NAME, DumpStore
+from pytest_dbsnap.dumps.store import (
+    DUMP_SUFFIX,
+    FILE_MODE,
+    LATEST,
+    META_SUFFIX,
+    SAFE_NAME,
+    SNAPSHOT_MARK,
+    DumpStore,
+    write_atomic,
+)
 from pytest_dbsnap.errors import (
     ConfigError,
     DbsnapError,
@@ -43,6 +53,9 @@ from pytest_dbsnap.errors import (
 )
 from pytest_dbsnap.redact import redact
 from pytest_dbsnap.settings import Settings, split_s3_url
+
+if TYPE_CHECKING:
+    from pytest_dbsnap.postgres.snapshot import SnapshotKey
 
 MiB = 1024 * 1024
 DEFAULT_PART_SIZE = 16 * MiB
@@ -84,6 +97,7 @@ class Transfer:
     meta: DumpMeta
     moved: bool
     seconds: float
+    snapshots: tuple[str, ...] = ()  # cluster snapshots of the dump that moved with it (archive names)
 
 
 class _Percent:
@@ -359,6 +373,8 @@ class RemoteStore:
                     folder, _, filename = relative.partition("/")
                     if "/" in filename or not filename.endswith(META_SUFFIX) or not SAFE_NAME.match(filename):
                         continue
+                    if SNAPSHOT_MARK in filename:
+                        continue  # a cluster snapshot's metadata, not a dump's
                     found.append((folder, filename[: -len(META_SUFFIX)]))
         return sorted(found)
 
@@ -404,7 +420,84 @@ class RemoteStore:
                 )
             self._put_text(self.key(env, f"{meta.name}{META_SUFFIX}"), meta.to_json(), "application/json")
         self._put_text(self.key(env, LATEST), meta.name + "\n", "text/plain")
-        return Transfer(meta, existing is None, time.monotonic() - began)
+        snapshots = self._push_snapshots(path, env, on_transfer)
+        return Transfer(meta, existing is None, time.monotonic() - began, snapshots)
+
+    def _push_snapshots(self, dump_path: Path, env: str, on_transfer: OnTransfer | None) -> tuple[str, ...]:
+        """The dump's cluster snapshots that verify and are not there yet, archive first, then metadata (a
+        reader that finds the metadata finds the whole archive). A damaged local one stays here."""
+        from pytest_dbsnap.postgres.snapshot import snapshots_of, verify_snapshot
+
+        pushed: list[str] = []
+        for snapshot in snapshots_of(dump_path):
+            try:
+                snapshot_meta = verify_snapshot(snapshot)
+            except DbsnapError:
+                continue
+            meta_key = self.key(env, snapshot.meta_path.name)
+            if self._read_text(meta_key, f"reading {self.object_url(meta_key)}") is not None:
+                continue
+            archive_key = self.key(env, snapshot.archive.name)
+            with self._translated(f"uploading {self.object_url(archive_key)}"):
+                self._s3().upload_file(
+                    str(snapshot.archive),
+                    self.bucket,
+                    archive_key,
+                    Config=self._transfer_config(),
+                    ExtraArgs={"ContentType": "application/zstd", "Metadata": {"sha256": snapshot_meta.sha256}},
+                    Callback=self._callback(f"pushing {snapshot.name}", snapshot_meta.size_bytes, on_transfer),
+                )
+            self._put_text(meta_key, snapshot.meta_path.read_text(), "application/json")
+            pushed.append(snapshot.name)
+        return tuple(pushed)
+
+    def pull_snapshot(
+        self, store: DumpStore, meta: DumpMeta, key: SnapshotKey, *, on_transfer: OnTransfer | None = None
+    ) -> str | None:
+        """Bring this machine's cluster snapshot of a local dump (the one with `key`), when the remote store has
+        it and the local store does not; verified before it is installed. Returns its archive name, or None."""
+        from pytest_dbsnap.postgres.snapshot import SnapshotMeta, snapshot_for
+
+        env = meta.environment
+        snapshot = snapshot_for(store.dump_path(env, meta.name), key)
+        if snapshot.archive.is_file() and snapshot.meta_path.is_file():
+            return None
+        meta_key, archive_key = self.key(env, snapshot.meta_path.name), self.key(env, snapshot.archive.name)
+        text = self._read_text(meta_key, f"reading {self.object_url(meta_key)}")
+        if text is None:
+            return None
+        try:
+            snapshot_meta = SnapshotMeta.parse(text, self.object_url(meta_key))
+        except DbsnapError:
+            return None  # not usable here; the dump is restored as usual
+        if snapshot_meta.key != key or snapshot_meta.archive != snapshot.archive.name:
+            return None
+        temporary = snapshot.archive.with_name(f".{snapshot.archive.name}.{secrets.token_hex(4)}.tmp")
+        fd = os.open(temporary, os.O_WRONLY | os.O_CREAT | os.O_EXCL, FILE_MODE)
+        try:
+            with self._translated(f"downloading {self.object_url(archive_key)}"), os.fdopen(fd, "wb") as out:
+                self._s3().download_fileobj(
+                    self.bucket,
+                    archive_key,
+                    out,
+                    Config=self._transfer_config(),
+                    Callback=self._callback(f"pulling {snapshot.name}", snapshot_meta.size_bytes, on_transfer),
+                )
+                out.flush()
+                os.fsync(out.fileno())
+            size = temporary.stat().st_size
+            if size != snapshot_meta.size_bytes or file_sha256(temporary) != snapshot_meta.sha256:
+                raise DumpCorrupt(
+                    f"The remote cluster snapshot {self.object_url(archive_key)} does not match its remote metadata "
+                    f"(size or sha256): it is corrupt or was replaced. Nothing was installed; the dump is restored "
+                    f"as usual. Push a good copy again (dbsnap push --env {env} {meta.name})."
+                )
+            os.replace(temporary, snapshot.archive)
+        except BaseException:
+            temporary.unlink(missing_ok=True)
+            raise
+        write_atomic(snapshot.meta_path, text)
+        return snapshot.name
 
     # --- pull ---------------------------------------------------------------------------------------------
 

@@ -27,6 +27,8 @@ META_SUFFIX = ".json"
 # Environment and dump names become file names: nothing that could climb out of the store folder.
 SAFE_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]*$")
 FILE_MODE = 0o600  # dumps hold real-looking data
+# A dump's cluster snapshots sit beside it as <name>.pgdata-<key>.tar.zst and .json (postgres/snapshot.py).
+SNAPSHOT_MARK = ".pgdata-"
 
 
 def fsync_dir(folder: Path) -> None:
@@ -91,7 +93,11 @@ class DumpStore:
         folder = self.env_dir(env)
         if not folder.is_dir():
             return []
-        return sorted(p.name[: -len(META_SUFFIX)] for p in folder.glob(f"*{META_SUFFIX}") if not p.name.startswith("."))
+        return sorted(
+            p.name[: -len(META_SUFFIX)]
+            for p in folder.glob(f"*{META_SUFFIX}")
+            if not p.name.startswith(".") and SNAPSHOT_MARK not in p.name
+        )
 
     def list(self, env: str) -> builtins.list[DumpMeta]:
         return [self.read_meta(env, name) for name in self.names(env)]
@@ -185,9 +191,12 @@ class DumpStore:
         write_atomic(self.env_dir(env) / LATEST, name + "\n")
 
     def remove(self, env: str, name: str) -> None:
-        """Metadata first: from then on readers no longer see the dump."""
+        """Metadata first: from then on readers no longer see the dump. Its cluster snapshots go with it."""
         self.meta_path(env, name).unlink(missing_ok=True)
         self.dump_path(env, name).unlink(missing_ok=True)
+        folder = self.env_dir(env)
+        for snapshot in [*folder.glob(f"{name}{SNAPSHOT_MARK}*"), *folder.glob(f".{name}{SNAPSHOT_MARK}*")]:
+            snapshot.unlink(missing_ok=True)
 
     def prune(self, env: str, keep: int) -> builtins.list[str]:
         """Remove all but the newest `keep` dumps; the one `latest` points at is always kept."""

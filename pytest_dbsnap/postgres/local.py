@@ -30,8 +30,19 @@ from filelock import FileLock
 from psycopg import sql
 
 from pytest_dbsnap import reaper
-from pytest_dbsnap.errors import ServerError, ToolError
+from pytest_dbsnap.dumps.databases import TEMPLATE_PREFIX
+from pytest_dbsnap.errors import DbsnapError, ServerError, SnapshotUnusable, ToolError
 from pytest_dbsnap.postgres.base import PgTools, Server, find_pg_tools, wait_until_accepting
+from pytest_dbsnap.postgres.snapshot import (
+    DumpRef,
+    Snapshot,
+    check_snapshot,
+    controldata,
+    locate_snapshot,
+    require_programs,
+    unpack,
+    write_snapshot,
+)
 from pytest_dbsnap.proc import RunAs, chown_tree, run, tail
 from pytest_dbsnap.redact import add_secret
 
@@ -242,6 +253,7 @@ class LocalCluster(Server):
         port: int | None = None,
         warm_key: str | None = None,
         warm_owner: Path | None = None,
+        snapshot_of: DumpRef | None = None,
     ) -> None:
         super().__init__({"host": "127.0.0.1", "port": "0", "user": SUPERUSER}, tools)
         self.cache_dir = cache_dir
@@ -257,6 +269,15 @@ class LocalCluster(Server):
         # made in this session (a dump's template and spare) make the next session's restore a rename.
         self.warm_slot = self._warm_slot(warm_key) if warm_key else None
         self.warm_owner = warm_owner  # the project a parked folder belongs to: gone project, evicted folder
+        # With no parked folder, a cluster snapshot of this dump (if one fits this machine) replaces initdb and
+        # the pg_restore that would follow.
+        self.snapshot_of = snapshot_of
+        self.started_from_snapshot: str | None = None  # the archive's file name
+        self.snapshot_seconds = 0.0  # unpack + start, when started from a snapshot
+        self.snapshot_problem: str | None = None  # why a snapshot was not used (a warning for the summary)
+        self.snapshot_written: str | None = None  # what stop() wrote, for the summary
+        self.snapshot_write_problem: str | None = None  # why stop() wrote none although asked to
+        self._snapshot_request: DumpRef | None = None
 
     def _warm_slot(self, warm_key: str) -> Path:
         account = self.account.user if self.account else str(os.geteuid())
@@ -301,16 +322,17 @@ class LocalCluster(Server):
         began = time.monotonic()
         base = runtime_base()
         remove_stale_clusters(base, self.tools)
-        pristine = self._pristine()
         self.folder = Path(tempfile.mkdtemp(prefix="cluster-", dir=base))
         # Killed while starting, the half-made cluster is the reaper's; once started, its owner registers it.
         folder = self.folder
         with reaper.watched(lambda watchdog: watchdog.watch_cluster(folder)):
-            self._set_up_folder(pristine)
+            self._set_up_folder()
         self.start_seconds = time.monotonic() - began
+        if self.started_from_snapshot is not None:
+            self.snapshot_seconds = self.start_seconds
         return self
 
-    def _set_up_folder(self, pristine: Path) -> None:
+    def _set_up_folder(self) -> None:
         assert self.folder is not None
         try:
             (self.folder / "owner.json").write_text(
@@ -318,9 +340,10 @@ class LocalCluster(Server):
             )
             # The socket folder is the server account's alone: only it (and root) may knock on the socket.
             self.socket_dir.mkdir(mode=0o700)
+            # Parked folder > cluster snapshot of the dump > pristine copy > initdb.
             self.started_warm = self._claim_warm()
-            if not self.started_warm:
-                self._copy_pristine(pristine)
+            if not self.started_warm and not self._unpack_snapshot():
+                self._copy_pristine(self._pristine())
             if self.account:
                 os.chown(self.folder, self.account.uid, self.account.gid)
                 os.chown(self.socket_dir, self.account.uid, self.account.gid)
@@ -328,18 +351,73 @@ class LocalCluster(Server):
             self.folder.chmod(0o755)
             try:
                 self._start_postmaster()
-            except ServerError:
-                if not self.started_warm:
+            except ServerError as exc:
+                if not self.started_warm and self.started_from_snapshot is None:
                     raise
-                # A parked folder that does not start again is only a lost cache: begin from pristine.
-                log.warning("the parked warm cluster did not start; starting from the pristine copy")
+                if self.started_from_snapshot is not None:
+                    # Files of another build (catalog version, block size): the server refuses them. The dump
+                    # is restored instead, and the next cold restore writes a snapshot that fits.
+                    fatal = [line for line in self._log_tail().splitlines() if "FATAL" in line]
+                    reason = fatal[-1].split("FATAL:", 1)[-1].strip() if fatal else str(exc)
+                    self._snapshot_not_used(self.started_from_snapshot, f"the server did not start from it: {reason}")
+                    self._snapshot_files(self.started_from_snapshot).discard()
+                else:
+                    # A parked folder that does not start again is only a lost cache: begin from pristine.
+                    log.warning("the parked warm cluster did not start; starting from the pristine copy")
+                stop_postmaster(self.tools, self.data_dir, self.account)
                 shutil.rmtree(self.data_dir, ignore_errors=True)
                 self.started_warm = False
-                self._copy_pristine(pristine)
+                self.started_from_snapshot = None
+                self._copy_pristine(self._pristine())
                 self._start_postmaster()
         except BaseException:
             self._remove_folder()
             raise
+
+    def _snapshot_files(self, archive_name: str) -> Snapshot:
+        assert self.snapshot_of is not None
+        folder = self.snapshot_of.dump_path.parent
+        return Snapshot(folder / archive_name, folder / archive_name.replace(".tar.zst", ".json"))
+
+    def _snapshot_not_used(self, archive_name: str, reason: str) -> None:
+        self.snapshot_problem = (
+            f"the cluster snapshot {archive_name} was not used ({reason.splitlines()[0]}); the dump was restored "
+            f"instead"
+        )
+        log.warning("%s", self.snapshot_problem)
+
+    def _unpack_snapshot(self) -> bool:
+        """Start from this machine's snapshot of the dump, if there is one: True when unpacked (not yet started).
+
+        Anything wrong with it (another machine's key, a missing file, a damaged or truncated archive) is a
+        warning, the partial folder is removed, and so is the snapshot (the next cold restore writes a new one).
+        """
+        if self.snapshot_of is None:
+            return False
+        try:
+            snapshot, key = locate_snapshot(self.tools, self.snapshot_of)
+        except ToolError as exc:
+            log.warning("cannot tell whether a cluster snapshot fits this machine: %s", exc)
+            return False
+        try:
+            meta = check_snapshot(snapshot, key)
+            if meta is None:
+                return False
+            unpack(self.tools, snapshot, meta, self.data_dir)
+        except (SnapshotUnusable, ToolError, OSError) as exc:
+            shutil.rmtree(self.data_dir, ignore_errors=True)
+            self._snapshot_not_used(snapshot.name, str(exc))
+            if isinstance(exc, SnapshotUnusable):
+                snapshot.discard()
+            return False
+        if self.account:
+            chown_tree(self.data_dir, self.account)
+        # Machine-specific: the ident map names this machine's OS users. No secret came with it: the first
+        # start sets a new one through the socket.
+        self._write_auth_files(self.data_dir)
+        (self.data_dir / SECRET_FILE).unlink(missing_ok=True)
+        self.started_from_snapshot = snapshot.name
+        return True
 
     def _copy_pristine(self, pristine: Path) -> None:
         # cp -a keeps the server account's ownership and modes, and is quicker than a Python tree copy.
@@ -438,22 +516,27 @@ class LocalCluster(Server):
         (data_dir / "pg_hba.conf").write_text(PG_HBA)
         # The server's own account may use the socket too: it owns the data files anyway.
         users = dict.fromkeys([_invoking_user(), *([self.account.user] if self.account else [])])
-        with (data_dir / "pg_ident.conf").open("a") as ident:
+        with (data_dir / "pg_ident.conf").open("w") as ident:
+            ident.write("# pytest-dbsnap: the OS users that may connect on the socket as the superuser.\n")
             ident.writelines(f"{IDENT_MAP}   {user}   {SUPERUSER}\n" for user in users)
         if self.account:
             for name in ("pg_hba.conf", "pg_ident.conf"):
                 os.chown(data_dir / name, self.account.uid, self.account.gid)
 
     def _use_secret(self) -> None:
-        """Connect over TCP with the cluster's secret from now on; a new cluster gets its secret here."""
+        """Connect over TCP with the cluster's secret from now on; a new cluster gets its secret here.
+
+        The password is set at every start, through the socket: a folder that was snapshotted had its password
+        removed (a snapshot carries none) and is parked without one.
+        """
         secret = read_secret(self.data_dir)
+        new = secret is None
         if secret is None:
             secret = secrets.token_urlsafe(24)
-            with psycopg.connect(self.conninfo("postgres"), autocommit=True, connect_timeout=10) as conn:
-                conn.execute("SET password_encryption = 'scram-sha-256'")
-                conn.execute(
-                    sql.SQL("ALTER ROLE {} PASSWORD {}").format(sql.Identifier(SUPERUSER), sql.Literal(secret))
-                )
+        with psycopg.connect(self.conninfo("postgres"), autocommit=True, connect_timeout=10) as conn:
+            conn.execute("SET password_encryption = 'scram-sha-256'")
+            conn.execute(sql.SQL("ALTER ROLE {} PASSWORD {}").format(sql.Identifier(SUPERUSER), sql.Literal(secret)))
+        if new:
             secret_path = self.data_dir / SECRET_FILE
             fd = os.open(secret_path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
             with os.fdopen(fd, "w") as handle:
@@ -533,6 +616,8 @@ class LocalCluster(Server):
             return
         try:
             stopped_cleanly = stop_postmaster(self.tools, self.data_dir, self.account)
+            if stopped_cleanly and self._snapshot_request is not None:
+                stopped_cleanly = self._write_snapshot(self._snapshot_request)
             if stopped_cleanly and self.warm_slot is not None:
                 try:
                     self._park()
@@ -540,6 +625,90 @@ class LocalCluster(Server):
                     log.warning("could not park the local cluster for the next session: %s", exc)
         finally:
             self._remove_folder()
+
+    def snapshot_after_stop(self, ref: DumpRef) -> None:
+        """Write a cluster snapshot of this dump when the cluster stops (the session's data came from a cold
+        restore or was generated): the next fresh machine starts from it."""
+        self._snapshot_request = ref
+
+    def _write_snapshot(self, ref: DumpRef) -> bool:
+        """Keep only the dump's template, remove the password, stop, pack. Never fails the session: a snapshot
+        that cannot be written is a warning. True when the folder is stopped cleanly (it may be parked)."""
+        began = time.monotonic()
+        try:
+            require_programs()
+            server_version = self._prepare_for_snapshot(f"{TEMPLATE_PREFIX}{ref.meta.template_key}")
+            facts = controldata(self.tools, self.data_dir)
+            written = write_snapshot(self.tools, self.data_dir, ref, facts, server_version, began=began)
+        except (DbsnapError, OSError, psycopg.Error) as exc:
+            log.warning("no cluster snapshot of %s was written: %s", ref.meta.name, exc)
+            self.snapshot_write_problem = (
+                f"no cluster snapshot of {ref.meta.name} was written: {str(exc).splitlines()[0]}"
+            )
+            return stop_postmaster(self.tools, self.data_dir, self.account)
+        if written is not None:
+            snapshot, meta = written
+            self.snapshot_written = (
+                f"cluster snapshot {snapshot.name} written in {meta.write_seconds:.1f} s "
+                f"({meta.size_bytes / 1e6:.1f} MB)"
+            )
+        return True
+
+    def _prepare_for_snapshot(self, keep: str) -> str:
+        """On the stopped folder, a server reachable only on the socket drops every database but the system
+        ones and `keep` (the app database, spares, other dumps' templates) and forgets the superuser's password;
+        then it stops cleanly (a shutdown checkpoint, so no WAL before it is needed)."""
+        port = self.params["port"]
+        options = [
+            "-c",
+            "listen_addresses=",
+            "-p",
+            port,
+            "-k",
+            str(self.socket_dir),
+            *[arg for key, value in FAST_SETTINGS.items() for arg in ("-c", f"{key}={value}")],
+        ]
+        run(
+            [
+                self.tools.path("pg_ctl"),
+                "start",
+                "-w",
+                "-t",
+                str(int(self.start_timeout)),
+                "-D",
+                str(self.data_dir),
+                "-l",
+                str(self.log_path),
+                "-o",
+                shlex.join(options),
+            ],
+            what="pg_ctl start (socket only, to prepare the cluster snapshot)",
+            run_as=self.account,
+            cwd=self.folder,
+            timeout=self.start_timeout + 10,
+        )
+        try:
+            with psycopg.connect(
+                host=str(self.socket_dir), port=port, user=SUPERUSER, dbname="postgres", autocommit=True
+            ) as conn:
+                if conn.execute("SELECT 1 FROM pg_database WHERE datname = %s", (keep,)).fetchone() is None:
+                    raise SnapshotUnusable(f"the cluster has no template database {keep}")
+                rows = conn.execute(
+                    "SELECT datname, datistemplate FROM pg_database "
+                    "WHERE datname NOT IN ('postgres', 'template0', 'template1') AND datname <> %s",
+                    (keep,),
+                ).fetchall()
+                for name, is_template in rows:
+                    database = sql.Identifier(str(name))
+                    if is_template:
+                        conn.execute(sql.SQL("ALTER DATABASE {} WITH IS_TEMPLATE false").format(database))
+                    conn.execute(sql.SQL("DROP DATABASE {} WITH (FORCE)").format(database))
+                conn.execute(sql.SQL("ALTER ROLE {} PASSWORD NULL").format(sql.Identifier(SUPERUSER)))
+                row = conn.execute("SHOW server_version").fetchone()
+                return str(row[0]).split()[0] if row else self.tools.version
+        finally:
+            if not stop_postmaster(self.tools, self.data_dir, self.account):
+                raise ServerError(f"the local PostgreSQL in {self.data_dir} did not stop cleanly")
 
     def _remove_folder(self) -> None:
         if self.folder is not None:
@@ -646,6 +815,7 @@ def start_local_cluster(
     start_timeout: float,
     warm_key: str | None = None,
     warm_owner: Path | None = None,
+    snapshot_of: DumpRef | None = None,
 ) -> LocalCluster:
     return LocalCluster(
         find_pg_tools(pg_bindir),
@@ -653,4 +823,5 @@ def start_local_cluster(
         start_timeout=start_timeout,
         warm_key=warm_key,
         warm_owner=warm_owner,
+        snapshot_of=snapshot_of,
     ).start()

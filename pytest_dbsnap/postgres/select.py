@@ -57,6 +57,7 @@ def start_server(settings: Settings, provider: str | None = None) -> Server:
             compose_command=settings.compose_command,
         )
     from pytest_dbsnap.postgres.local import start_local_cluster
+    from pytest_dbsnap.session import snapshot_source
 
     return start_local_cluster(
         settings.pg_bindir,
@@ -64,6 +65,7 @@ def start_server(settings: Settings, provider: str | None = None) -> Server:
         settings.start_timeout,
         warm_key=settings.warm_key,
         warm_owner=settings.project_root,
+        snapshot_of=snapshot_source(settings),
     )
 
 

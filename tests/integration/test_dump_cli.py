@@ -146,10 +146,13 @@ def database_exists(server: LocalCluster, name: str) -> bool:
 
 
 def test_generate_without_a_dsn_stores_a_dump_and_stops_its_cluster(cli_project: CliProject) -> None:
-    out = cli_project.generate.stdout.strip()
+    out, *after = cli_project.generate.stdout.strip().splitlines()
     match = re.fullmatch(r"dev/(\S+) generated: \d+\.\d MB, 301 rows, schema 0002, sha256 ([0-9a-f]{16})\.\.\.", out)
     assert match, out
     assert match[1] == cli_project.meta.name
+    # The local cluster it seeded left a cluster snapshot of the dump for the next fresh machine.
+    assert len(after) == 1
+    assert after[0].startswith(f"cluster snapshot {cli_project.meta.name}.pgdata-"), after
     assert match[2] == cli_project.meta.sha256[:16]
     assert cli_project.store.names(ENV) == [cli_project.meta.name]
     assert cli_project.meta.sha256 == file_sha256(cli_project.dump_path)
@@ -242,7 +245,9 @@ def test_verify_passes_a_sound_dump_and_fails_a_damaged_one(
 ) -> None:
     sound = run_dbsnap(cli_project.root, "verify", "--env", ENV)
     assert sound.returncode == EXIT_OK, sound.stderr
-    assert sound.stdout == f"ok      dev/{cli_project.meta.name}\n"
+    dump_line, *snapshot_lines = sound.stdout.splitlines()
+    assert dump_line == f"ok      dev/{cli_project.meta.name}"
+    assert [line.startswith(f"ok      dev/{cli_project.meta.name}.pgdata-") for line in snapshot_lines] == [True]
 
     damaged = project_copy / "dumps" / ENV / f"{cli_project.meta.name}.dump"
     data = bytearray(damaged.read_bytes())

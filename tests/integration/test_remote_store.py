@@ -709,3 +709,61 @@ def test_session_push_dump_without_remote_is_a_configuration_error(
     no_remote = dataclasses.replace(settings, remote=None, push_dump=True)
     with pytest.raises(ConfigError, match="No remote dump store is configured"):
         prepare_database(cluster, no_remote, spare_in_background=False)
+
+
+def test_cluster_snapshots_travel_with_push_and_pull(
+    pg_tools: PgTools, moto: MotoServer, bucket: str, tmp_path: Path, tmp_path_factory: pytest.TempPathFactory
+) -> None:
+    from pytest_dbsnap.postgres.snapshot import DumpRef, machine_key, snapshots_of, verify_snapshot
+
+    url = f"s3://{bucket}/snapshots"
+    remote = RemoteStore(url, moto.endpoint, show_progress=False)
+    cache = tmp_path_factory.getbasetemp() / "pg-cache"
+    generator = tmp_path / "generator"
+    generator.mkdir()
+    (generator / "inputs.txt").write_text("schema v1\n")
+    with LocalCluster(pg_tools, cache_dir=cache).start() as first:
+        assert isinstance(first, LocalCluster)
+        outcome = prepare_database(
+            first, session_settings(generator, url, moto.endpoint, SEED), spare_in_background=False
+        )
+    assert outcome.meta is not None
+    meta = outcome.meta
+    store = DumpStore(generator / "dumps")
+    [snapshot] = snapshots_of(store.dump_path(ENV, meta.name))  # written when the generating cluster stopped
+
+    pushed = remote.push(store, ENV)
+    assert pushed.snapshots == (snapshot.name,)
+    assert remote.push(store, ENV).snapshots == (), "a snapshot already there is not uploaded again"
+    assert [m.name for m in remote.list_remote(ENV)] == [meta.name], "a snapshot's metadata is not a dump"
+
+    runner = tmp_path / "runner"
+    runner.mkdir()
+    (runner / "inputs.txt").write_text("schema v1\n")
+    runner_store = DumpStore(runner / "dumps")
+    assert remote.pull(runner_store, ENV).meta == meta
+    key = machine_key(pg_tools, meta.sha256)
+    assert remote.pull_snapshot(runner_store, meta, key) == snapshot.name
+    [pulled] = snapshots_of(runner_store.dump_path(ENV, meta.name))
+    assert verify_snapshot(pulled).sha256 == verify_snapshot(snapshot).sha256
+    assert remote.pull_snapshot(runner_store, meta, key) is None, "one that is here is not pulled again"
+
+    # The runner's first session starts its cluster from the pulled snapshot.
+    ref = DumpRef(meta, runner_store.dump_path(ENV, meta.name))
+    with LocalCluster(pg_tools, cache_dir=tmp_path / "empty-cache", snapshot_of=ref).start() as fresh:
+        assert isinstance(fresh, LocalCluster)
+        assert fresh.started_from_snapshot == snapshot.name
+        settings = session_settings(runner, url, moto.endpoint, SEED)  # the same inputs: the dump is current
+        restored = prepare_database(fresh, settings, spare_in_background=False)
+        assert (restored.method, restored.generated, restored.pulled) == ("cluster snapshot", False, False)
+        assert count_rows(fresh, "planet") == 2
+
+    # A remote archive that does not match its metadata is refused, and nothing is left behind.
+    admin_client(moto.endpoint).put_object(
+        Bucket=bucket, Key=f"snapshots/{ENV}/{snapshot.name}", Body=b"not the archive"
+    )
+    third = DumpStore(tmp_path / "third" / "dumps")
+    remote.pull(third, ENV)
+    with pytest.raises(DumpCorrupt, match="does not match its remote metadata"):
+        remote.pull_snapshot(third, meta, key)
+    assert store_files(third) == sorted([f"{meta.name}.dump", f"{meta.name}.json", "latest"])

@@ -24,7 +24,7 @@ def test_dump_was_restored_with_its_checksum(dbsnap_database: DatabaseOutcome, d
         pytest.skip("--skip-dump-restore: the database was kept as it was")
     meta = dbsnap_database.meta
     assert meta is not None
-    assert dbsnap_database.method in {"spare swap", "template clone", "pg_restore"}
+    assert dbsnap_database.method in {"spare swap", "template clone", "cluster snapshot", "pg_restore"}
     verify_restored_dump(dbsnap_database, dbsnap_settings)  # raises DumpCorrupt on any changed byte
 
 
