@@ -550,35 +550,8 @@ class LocalCluster(Server):
         for _attempt in range(_PORT_TRIES):
             port = self.requested_port or free_port()
             self.params["port"] = str(port)
-            options = [
-                "-p",
-                str(port),
-                "-h",
-                "127.0.0.1",
-                "-k",
-                str(self.folder / "sock"),
-                *[arg for key, value in FAST_SETTINGS.items() for arg in ("-c", f"{key}={value}")],
-            ]
             try:
-                run(
-                    [
-                        self.tools.path("pg_ctl"),
-                        "start",
-                        "-w",
-                        "-t",
-                        str(int(self.start_timeout)),
-                        "-D",
-                        str(self.data_dir),
-                        "-l",
-                        str(self.log_path),
-                        "-o",
-                        shlex.join(options),
-                    ],
-                    what="pg_ctl start",
-                    run_as=self.account,
-                    cwd=self.folder,
-                    timeout=self.start_timeout + 10,
-                )
+                self._pg_ctl_start(["-p", str(port), "-h", "127.0.0.1"], what="pg_ctl start")
             except ToolError as exc:
                 server_log = self._log_tail()
                 if "could not bind" in server_log or "already in use" in server_log:
@@ -601,6 +574,35 @@ class LocalCluster(Server):
             return
         raise ServerError(
             f"Could not find a free port for the local PostgreSQL after {_PORT_TRIES} tries:\n{last_error}"
+        )
+
+    def _pg_ctl_start(self, listen: list[str], *, what: str) -> None:
+        """Start the postmaster on this data folder with `listen` options, the private socket and the fast
+        settings; as the server account, waiting until it accepts connections."""
+        options = [
+            *listen,
+            "-k",
+            str(self.socket_dir),
+            *[arg for key, value in FAST_SETTINGS.items() for arg in ("-c", f"{key}={value}")],
+        ]
+        run(
+            [
+                self.tools.path("pg_ctl"),
+                "start",
+                "-w",
+                "-t",
+                str(int(self.start_timeout)),
+                "-D",
+                str(self.data_dir),
+                "-l",
+                str(self.log_path),
+                "-o",
+                shlex.join(options),
+            ],
+            what=what,
+            run_as=self.account,
+            cwd=self.folder,
+            timeout=self.start_timeout + 10,
         )
 
     def _log_tail(self) -> str:
@@ -659,33 +661,8 @@ class LocalCluster(Server):
         ones and `keep` (the app database, spares, other dumps' templates) and forgets the superuser's password;
         then it stops cleanly (a shutdown checkpoint, so no WAL before it is needed)."""
         port = self.params["port"]
-        options = [
-            "-c",
-            "listen_addresses=",
-            "-p",
-            port,
-            "-k",
-            str(self.socket_dir),
-            *[arg for key, value in FAST_SETTINGS.items() for arg in ("-c", f"{key}={value}")],
-        ]
-        run(
-            [
-                self.tools.path("pg_ctl"),
-                "start",
-                "-w",
-                "-t",
-                str(int(self.start_timeout)),
-                "-D",
-                str(self.data_dir),
-                "-l",
-                str(self.log_path),
-                "-o",
-                shlex.join(options),
-            ],
-            what="pg_ctl start (socket only, to prepare the cluster snapshot)",
-            run_as=self.account,
-            cwd=self.folder,
-            timeout=self.start_timeout + 10,
+        self._pg_ctl_start(
+            ["-c", "listen_addresses=", "-p", port], what="pg_ctl start (socket only, to prepare the cluster snapshot)"
         )
         try:
             with psycopg.connect(
