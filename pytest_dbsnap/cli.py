@@ -411,6 +411,33 @@ def cmd_import(args: argparse.Namespace, settings: Settings) -> int:
 
 
 Command = Callable[[argparse.Namespace, Settings], int]
+
+
+def cmd_up(args: argparse.Namespace, settings: Settings) -> int:
+    from pytest_dbsnap.up import bring_up
+
+    if settings.dsn:
+        raise UsageError(
+            "dbsnap up starts the project's own local cluster; it takes no DSN (unset DBSNAP_DSN). To restore into "
+            "an existing server use dbsnap restore --dsn."
+        )
+    started = bring_up(settings, port=args.port)
+    # stdout carries only the variable, so that `eval "$(dbsnap up)"` or `dbsnap up >> .env` works.
+    print(f"DATABASE_URL={started.database_url}")
+    print(f"dbsnap: {started.how}; stop it with `dbsnap down`", file=sys.stderr)
+    return EXIT_OK
+
+
+def cmd_down(args: argparse.Namespace, settings: Settings) -> int:
+    from pytest_dbsnap.up import bring_down
+
+    if bring_down(settings):
+        print("dbsnap: stopped the project's cluster (its data folder is parked for the next start)")
+    else:
+        print("dbsnap: no cluster of this project was running (nothing to stop)")
+    return EXIT_OK
+
+
 COMMANDS: dict[str, tuple[Command, str]] = {
     "generate": (cmd_generate, "migrate + seed a fresh database and store its dump as the latest"),
     "restore": (cmd_restore, "restore a dump into a database (verified; the old database survives failures)"),
@@ -427,10 +454,15 @@ COMMANDS: dict[str, tuple[Command, str]] = {
         cmd_pull,
         "download a dump (and this machine's cluster snapshot of it), verify them, make it the local latest",
     ),
+    "up": (
+        cmd_up,
+        "start the project's local cluster with the dump restored, print its DATABASE_URL, keep it running",
+    ),
+    "down": (cmd_down, "stop the cluster `dbsnap up` started (its data folder is parked for the next start)"),
 }
 
 
-WATCHED = {"generate", "restore", "import", "push", "pull", "prune"}  # the commands that start or write things
+WATCHED = {"generate", "restore", "import", "push", "pull", "prune", "up"}  # the commands that start or write things
 
 
 def _positive(text: str) -> int:
@@ -443,12 +475,19 @@ def _positive(text: str) -> int:
     return value
 
 
+def _port(text: str) -> int:
+    value = _positive(text)
+    if value > 65535:
+        raise argparse.ArgumentTypeError(f"expected a port from 1 to 65535, got {text!r}")
+    return value
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="dbsnap",
         description="Versioned PostgreSQL dumps: generate, restore, list, show, verify, prune, "
-        "import, push, pull. Settings come from [tool.dbsnap] in the nearest pyproject.toml, then DBSNAP_* "
-        "variables, then flags.",
+        "import, push, pull; up and down for a seeded local database that keeps running. Settings come from "
+        "[tool.dbsnap] in the nearest pyproject.toml, then DBSNAP_* variables, then flags.",
     )
     parser.add_argument("--version", action="version", version=f"%(prog)s {__version__}")
     commands = parser.add_subparsers(dest="command", metavar="COMMAND")
@@ -490,6 +529,7 @@ def build_parser() -> argparse.ArgumentParser:
     sub["verify"].add_argument("name", nargs="?", help="dump name (default: every dump of the environment)")
     sub["prune"].add_argument("--keep", type=_positive, required=True, help="how many newest dumps to keep")
     sub["import"].add_argument("file", help="a pg_dump -Fc file")
+    sub["up"].add_argument("--port", type=_port, help="port on 127.0.0.1 (default: a free one)")
     init = commands.add_parser(
         "init",
         help="write a commented [tool.dbsnap] block for this project into pyproject.toml",

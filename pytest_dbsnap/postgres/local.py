@@ -766,6 +766,8 @@ def remove_stale_clusters(base: Path, tools: PgTools) -> list[Path]:
     for folder in base.glob("cluster-*"):
         try:
             owner = json.loads((folder / "owner.json").read_text())
+            if owner.get("up") and Path(str(owner.get("project_root"))).is_dir():
+                continue  # kept running by `dbsnap up` until `dbsnap down` (or its project is gone)
             pid, started = int(owner["pid"]), owner.get("started")
         except (OSError, ValueError, KeyError, TypeError):
             # A folder without a readable owner file is only stale once it is old (it may be starting now).
