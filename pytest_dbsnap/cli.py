@@ -18,6 +18,7 @@ from typing import TYPE_CHECKING
 from pytest_dbsnap import __version__, reaper
 from pytest_dbsnap.errors import ConfigError, DbsnapError, storage_error
 from pytest_dbsnap.proc import SignalStop
+from pytest_dbsnap.progress import Reporter, for_stream
 from pytest_dbsnap.settings import Settings, find_pyproject, load_settings
 
 if TYPE_CHECKING:
@@ -32,11 +33,19 @@ class UsageError(ConfigError):
     """A command-line mistake (exit 2)."""
 
 
+# The command's progress on stderr (stdout stays the command's answer: --json, DATABASE_URL=...): a live line
+# on a terminal, a line per finished step with its duration otherwise, nothing with --quiet. Set by main().
+_progress = Reporter()
+
+
 def progress_printer() -> Callable[[str], None]:
-    """Progress lines on a terminal; nothing in CI or when stderr is a file."""
-    if sys.stderr.isatty() and not os.environ.get("CI"):
-        return lambda message: print(f"dbsnap: {message}...", file=sys.stderr, flush=True)
-    return lambda _message: None
+    """The progress callback of the library's slow calls (generate, restore, up)."""
+    return _progress.step
+
+
+def _progress_done() -> None:
+    """The last step is over: its live line is erased (or its duration line printed) before the command's answer."""
+    _progress.end()
 
 
 def load_cli_settings(args: argparse.Namespace) -> Settings:
@@ -155,6 +164,7 @@ def cmd_generate(args: argparse.Namespace, settings: Settings) -> int:
             keep_as_template=keep,
             progress=progress_printer(),
         )
+        _progress_done()
         if made and isinstance(server, LocalCluster) and settings.cluster_snapshot:
             # The next fresh machine starts its cluster from this snapshot instead of initdb and pg_restore.
             server.snapshot_after_stop(DumpRef(meta, store.dump_path(settings.env, meta.name)))
@@ -187,6 +197,7 @@ def cmd_restore(args: argparse.Namespace, settings: Settings) -> int:
             progress=progress_printer(),
             replace=settings.replace_database,
         )
+        _progress_done()
         print(
             f"restored {settings.env}/{meta.name} into {target!r} by {result.method} in {result.seconds:.2f} s"
             f"{' (sha256 verified)' if result.verified else ''}"
@@ -421,7 +432,8 @@ def cmd_up(args: argparse.Namespace, settings: Settings) -> int:
             "dbsnap up starts the project's own local cluster; it takes no DSN (unset DBSNAP_DSN). To restore into "
             "an existing server use dbsnap restore --dsn."
         )
-    started = bring_up(settings, port=args.port)
+    started = bring_up(settings, port=args.port, progress=progress_printer())
+    _progress_done()
     # stdout carries only the variable, so that `eval "$(dbsnap up)"` or `dbsnap up >> .env` works.
     print(f"DATABASE_URL={started.database_url}")
     print(f"dbsnap: {started.how}; stop it with `dbsnap down`", file=sys.stderr)
@@ -498,6 +510,9 @@ def build_parser() -> argparse.ArgumentParser:
         )
         command_parser.add_argument("--dumps-dir", help="dump store folder (default: seeds/dumps)")
         command_parser.add_argument("--pg-bindir", help="folder of the Postgres programs")
+        command_parser.add_argument(
+            "-q", "--quiet", action="store_true", help="no progress on stderr (the result and errors still show)"
+        )
     for name in ("generate", "restore", "prune"):
         sub[name].add_argument(
             "--dsn",
@@ -564,6 +579,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     if not args.command:
         parser.print_help()
         return EXIT_USAGE
+    global _progress
+    _progress = for_stream(sys.stderr, quiet=bool(getattr(args, "quiet", False)))
     stop = SignalStop()
     with contextlib.suppress(ValueError):  # not the main thread: leave signals alone
         stop.install()  # SIGTERM/SIGHUP (a cancelled CI job) stop like Ctrl-C: children ended, nothing half-done
@@ -571,12 +588,18 @@ def main(argv: Sequence[str] | None = None) -> int:
         if args.command == "init":  # before the settings: there may be none yet
             return cmd_init(args)
         settings = load_cli_settings(args)
-        if args.command not in WATCHED:
-            return COMMANDS[args.command][0](args, settings)
-        # A watchdog ends what the command started (pg_restore, the seed, a local cluster) and removes its
-        # temporary files should the command be killed.
-        with reaper.session(settings.logs_dir / "reaper.log"):
-            return COMMANDS[args.command][0](args, settings)
+        try:
+            if args.command not in WATCHED:
+                return COMMANDS[args.command][0](args, settings)
+            # A watchdog ends what the command started (pg_restore, the seed, a local cluster) and removes its
+            # temporary files should the command be killed.
+            with reaper.session(settings.logs_dir / "reaper.log"):
+                return COMMANDS[args.command][0](args, settings)
+        except BaseException:
+            _progress.end(failed=True)  # its live line is gone before the error is printed
+            raise
+        finally:
+            _progress.end()
     except ConfigError as exc:
         print(f"dbsnap: {exc}", file=sys.stderr)
         return EXIT_USAGE

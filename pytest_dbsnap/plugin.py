@@ -13,7 +13,7 @@ from pytest_dbsnap import parallel, reaper, report, signals, smoke
 from pytest_dbsnap.errors import DbsnapError, storage_error
 from pytest_dbsnap.parallel import attached_server
 from pytest_dbsnap.postgres import Server, start_server, watch_server
-from pytest_dbsnap.report import publish_facts
+from pytest_dbsnap.report import progress_reporter, publish_facts
 from pytest_dbsnap.settings import OPTIONS, ServiceSettings, Settings, load_settings
 from pytest_dbsnap.smoke import PhaseBook
 from pytest_dbsnap.stash import (
@@ -163,12 +163,18 @@ def pg_server(pytestconfig: pytest.Config, dbsnap_settings: Settings) -> Iterato
         yield attached
         forget()
         return
+    progress = progress_reporter(pytestconfig)
+    progress.step(f"starting PostgreSQL ({provider_choice(pytestconfig)[0]})")
     try:
         server = start_server(dbsnap_settings, provider_choice(pytestconfig)[0])
     except DbsnapError as exc:
+        progress.end(failed=True)
         _fail("could not get a PostgreSQL server", exc)
     except OSError as exc:
+        progress.end(failed=True)
         _fail("could not get a PostgreSQL server", _storage_or_raise(exc))
+    finally:
+        progress.end()
     pytestconfig.stash[SERVER_KEY] = server
     forget = watch_server(server)
     server.version  # noqa: B018 - read while it runs: the report is written after the server is gone
@@ -186,12 +192,18 @@ def dbsnap_database(
     """The app database, restored from the latest dump of --dump-env (generated first when missing or stale)."""
     from pytest_dbsnap.session import prepare_database
 
+    progress = progress_reporter(pytestconfig)
+    progress.step(f"preparing {dbsnap_settings.database!r} from {dbsnap_settings.env}")
     try:
-        outcome = prepare_database(pg_server, dbsnap_settings)
+        outcome = prepare_database(pg_server, dbsnap_settings, progress=progress.step)
     except DbsnapError as exc:
+        progress.end(failed=True)
         _fail("could not prepare the app database", exc)
     except OSError as exc:
+        progress.end(failed=True)
         _fail("could not prepare the app database", _storage_or_raise(exc))
+    finally:
+        progress.end()
     pytestconfig.stash[OUTCOME_KEY] = outcome
     publish_facts(pytestconfig)
     yield outcome
@@ -268,14 +280,19 @@ def _start_service(
         shared_env=session_settings.app_env,
     )
     config.stash[SERVICES_KEY][settings.name] = service
+    progress = progress_reporter(config)
+    progress.step(f"starting the {settings.name}")
     try:
         service.start()
     except DbsnapError as exc:
+        progress.end(failed=True)
         service.stop()
         _fail(f"the {settings.name} did not start", exc)
     except OSError as exc:  # its log folder is full or read-only
+        progress.end(failed=True)
         service.stop()
         _fail(f"the {settings.name} did not start", _storage_or_raise(exc))
+    progress.end()
     try:
         with service.client() as client:
             yield RunningService(settings.name, service.url, client, service.log_path, service)

@@ -16,7 +16,7 @@ from pathlib import Path
 from types import FrameType
 from typing import Any
 
-from pytest_dbsnap import reaper
+from pytest_dbsnap import progress, reaper
 from pytest_dbsnap.errors import ToolError
 from pytest_dbsnap.reaper import child_setup
 from pytest_dbsnap.redact import redact
@@ -120,9 +120,10 @@ class RedactingLog:
     def _copy(self) -> None:
         with self._reader, self._log:
             for line in self._reader:  # ends when every process holding the pipe's write end has exited
-                text = line.decode("utf-8", "surrogateescape")
-                self._log.write(redact(text).encode("utf-8", "surrogateescape"))
+                text = redact(line.decode("utf-8", "surrogateescape"))
+                self._log.write(text.encode("utf-8", "surrogateescape"))
                 self._log.flush()
+                progress.note_output(text)  # the live status line shows the latest one
 
     def started(self) -> None:
         """The child holds its own copy of the write end now; ours must go, or the copy never sees the end."""

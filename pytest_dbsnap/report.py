@@ -3,15 +3,20 @@ service log tails on failures and the terminal summary. Never a password."""
 
 from __future__ import annotations
 
+import contextlib
 import html
+import os
+import sys
 from collections.abc import Generator
 
 import pytest
 
+from pytest_dbsnap.progress import Reporter, interactive
 from pytest_dbsnap.redact import redact
 from pytest_dbsnap.stash import (
     OUTCOME_KEY,
     PHASES_KEY,
+    PROGRESS_KEY,
     SERVER_KEY,
     SERVICES_KEY,
     SETTINGS_KEY,
@@ -25,6 +30,54 @@ _PHASE_TABLE_STYLE = (
     "#dbsnap-phases th{background:#f3f3f3}#dbsnap-phases td.failed{color:#b00020;font-weight:bold}"
     "#dbsnap-phases td.passed{color:#1b5e20}#dbsnap-phases td.skipped{color:#7a4f00}</style>"
 )
+
+
+@pytest.hookimpl(trylast=True)
+def pytest_configure(config: pytest.Config) -> None:
+    """The session's progress reporter, made while pytest's capture is off so that it sees the real stdout.
+
+    The live line is drawn by a background thread while a fixture runs, when pytest captures file descriptor 1;
+    so it goes to a copy of the terminal's descriptor taken here, placed behind the terminal writer's current
+    line (whose bookkeeping it leaves alone). Finished steps' lines go through the terminal reporter.
+    """
+    terminal = config.pluginmanager.get_plugin("terminalreporter")
+    if terminal is None or hasattr(config, "workerinput"):  # an xdist worker's terminal is nobody's
+        config.stash[PROGRESS_KEY] = Reporter()
+        return
+    live = None
+    if interactive(sys.stdout):
+        with contextlib.suppress(OSError, ValueError):
+            live = os.fdopen(os.dup(sys.stdout.fileno()), "w", encoding="utf-8", errors="replace")
+    verbose = config.get_verbosity() > 0
+
+    def finished(line: str) -> None:
+        capture = config.pluginmanager.get_plugin("capturemanager")
+        with capture.global_and_fixture_disabled() if capture is not None else contextlib.nullcontext():
+            terminal.write_line(line)
+
+    tw = config.get_terminal_writer()
+    config.stash[PROGRESS_KEY] = Reporter(
+        live=live,
+        finished=finished if live is None or verbose else None,
+        width=lambda: tw.fullwidth,
+        column=lambda: tw.width_of_current_line,
+    )
+
+
+def pytest_unconfigure(config: pytest.Config) -> None:
+    reporter = config.stash.get(PROGRESS_KEY, None)
+    if reporter is not None:
+        reporter.end()
+        if reporter.live is not None:
+            with contextlib.suppress(OSError):
+                reporter.live.close()
+
+
+def progress_reporter(config: pytest.Config) -> Reporter:
+    """The session's reporter (a silent one when the plugin's configure did not run, e.g. a conftest's config)."""
+    if PROGRESS_KEY not in config.stash:
+        config.stash[PROGRESS_KEY] = Reporter()
+    return config.stash[PROGRESS_KEY]
 
 
 def pytest_report_header(config: pytest.Config) -> list[str]:
@@ -64,6 +117,9 @@ def report_facts(config: pytest.Config) -> dict[str, str]:
     written = getattr(config.stash.get(SERVER_KEY, None), "snapshot_written", None)
     if written:
         facts["dbsnap cluster snapshot"] = str(written)
+    reporter = config.stash.get(PROGRESS_KEY, None)
+    if reporter is not None and reporter.steps:
+        facts["dbsnap steps"] = "; ".join(s.line().removeprefix("dbsnap: ") for s in reporter.steps)
     return facts
 
 
@@ -81,6 +137,16 @@ def publish_facts(config: pytest.Config, facts: dict[str, str] | None = None) ->
 def pytest_html_results_summary(
     prefix: list[str], summary: list[str], postfix: list[str], session: pytest.Session
 ) -> None:
+    reporter = session.config.stash.get(PROGRESS_KEY, None)
+    if reporter is not None and reporter.steps:
+        steps = "".join(
+            f"<tr><td>{html.escape(s.label)}</td><td>{'failed after ' if s.failed else ''}{s.seconds:.1f} s</td></tr>"
+            for s in reporter.steps
+        )
+        prefix.append(
+            f"<h2>Where the session's time went</h2><table id='dbsnap-steps'><thead><tr>"
+            f"<th scope='col'>Step</th><th scope='col'>Duration</th></tr></thead><tbody>{steps}</tbody></table>"
+        )
     book = session.config.stash[PHASES_KEY]
     if not book.phases:
         return
@@ -107,9 +173,13 @@ def pytest_terminal_summary(terminalreporter: pytest.TerminalReporter) -> None:
     # A local cluster says what it wrote when it stopped, or why it wrote nothing.
     written = getattr(server, "snapshot_written", None)
     not_written = getattr(server, "snapshot_write_problem", None)
-    if outcome is None and not workers and not (book and book.phases) and not written and not not_written:
+    reporter = config.stash.get(PROGRESS_KEY, None)
+    steps = reporter.steps if reporter is not None else []
+    if not (outcome or workers or (book and book.phases) or written or not_written or steps):
         return
     terminalreporter.section("dbsnap")
+    for step in steps:
+        terminalreporter.write_line(step.line().replace("dbsnap: ", "step: ", 1))
     if outcome is not None:
         terminalreporter.write_line(f"database: {outcome.describe()}")
         for warning in outcome.warnings:

@@ -129,6 +129,8 @@ def prepare_database(
     began = time.monotonic()
     if settings.skip_dump_restore:
         ensure_database(server, target)
+        if settings.migrate_command:
+            progress(f"migrating {target!r}")
         migrate(server, settings, target)
         latest = None
         with contextlib.suppress(DumpError):  # an unreadable dump only costs the report its dump name
@@ -192,6 +194,8 @@ def prepare_database(
             warnings.append(server.snapshot_problem)
         if settings.cluster_snapshot and (generated or result.method == "pg_restore"):
             server.snapshot_after_stop(DumpRef(meta, store.dump_path(settings.env, meta.name)))
+    if settings.migrate_command:
+        progress(f"migrating {target!r}")
     migrate(server, settings, target)
     pushed = False
     if settings.push_dump and not pulled:

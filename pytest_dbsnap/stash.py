@@ -7,6 +7,7 @@ from typing import TYPE_CHECKING
 import pytest
 
 from pytest_dbsnap.postgres import Server, choose_provider
+from pytest_dbsnap.progress import Reporter
 from pytest_dbsnap.reaper import Reaper
 from pytest_dbsnap.session import DatabaseOutcome
 from pytest_dbsnap.settings import Settings
@@ -21,11 +22,13 @@ OUTCOME_KEY = pytest.StashKey[DatabaseOutcome]()
 SERVER_KEY = pytest.StashKey[Server]()
 SERVICES_KEY = pytest.StashKey[dict[str, "Service"]]()
 REAPER_KEY = pytest.StashKey[Reaper]()
+PROGRESS_KEY = pytest.StashKey[Reporter]()  # the slow steps: live line, CI lines, durations
 OWN_CHECKS_KEY = pytest.StashKey[int]()  # how many checks of its own the plugin added to the run
 __all__ = [
     "OUTCOME_KEY",
     "OWN_CHECKS_KEY",
     "PHASES_KEY",
+    "PROGRESS_KEY",
     "PROVIDER_KEY",
     "REAPER_KEY",
     "SERVER_KEY",

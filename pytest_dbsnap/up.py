@@ -16,7 +16,7 @@ from pytest_dbsnap import reaper
 from pytest_dbsnap.errors import ServerError
 from pytest_dbsnap.postgres.base import find_pg_tools, wait_until_accepting
 from pytest_dbsnap.postgres.local import LocalCluster, runtime_base, stop_postmaster
-from pytest_dbsnap.session import DatabaseOutcome, prepare_database, snapshot_source
+from pytest_dbsnap.session import DatabaseOutcome, Progress, prepare_database, snapshot_source
 from pytest_dbsnap.settings import Settings
 
 
@@ -68,18 +68,22 @@ def _running(settings: Settings) -> LocalCluster | None:
     return cluster
 
 
-def bring_up(settings: Settings, *, port: int | None = None) -> Up:
+def bring_up(settings: Settings, *, port: int | None = None, progress: Progress | None = None) -> Up:
     """Start (or find) the project's cluster with the app database restored, and leave it running."""
     running = _running(settings)
     if running is not None:
         return Up(running.dsn(settings.database), True, "already running")
+    if progress is not None:
+        progress("starting the local cluster")
     cluster = _cluster(settings, port=port).start()
     assert cluster.folder is not None
     folder = cluster.folder
     try:
         # Killed before the hand-over, the cluster is this command's: its reaper stops it.
         with reaper.watched(lambda watchdog: watchdog.watch_cluster(folder)):
-            outcome: DatabaseOutcome = prepare_database(cluster, settings, spare_in_background=False)
+            outcome: DatabaseOutcome = prepare_database(
+                cluster, settings, spare_in_background=False, **({"progress": progress} if progress else {})
+            )
         # From now on the folder belongs to the project, not to this short-lived process.
         (cluster.folder / "owner.json").write_text(
             json.dumps({"up": True, "project_root": str(settings.project_root.resolve())})

@@ -225,11 +225,11 @@ def generate_dump(
             databases.drop_leftovers(conn)
             databases.create_empty(conn, scratch)
         try:
-            progress("running the migrate command")
+            progress(f"migrating the new {env} database")
             migrate(server, settings, scratch)
-            progress("running the seed command (this is the slow part a dump saves next time)")
+            progress(f"seeding {env}")  # the slow part a dump saves next time
             run_configured(server, settings, scratch, "seed_command", "seed.log")
-            progress("pg_dump -Fc")
+            progress(f"pg_dump of {env}")
             meta = store_dump(
                 server, settings, store, env, scratch, fingerprint=fingerprint, inputs=inputs, began=began
             )
