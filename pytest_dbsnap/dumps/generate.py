@@ -225,7 +225,8 @@ def generate_dump(
             databases.drop_leftovers(conn)
             databases.create_empty(conn, scratch)
         try:
-            progress(f"migrating the new {env} database")
+            if settings.migrate_command:
+                progress(f"migrating the new {env} database")
             migrate(server, settings, scratch)
             progress(f"seeding {env}")  # the slow part a dump saves next time
             run_configured(server, settings, scratch, "seed_command", "seed.log")
