@@ -150,6 +150,16 @@ def test_a_slow_seed_shows_a_live_line_with_its_latest_output_redacted_on_a_term
     assert re.search(r"step: seeding dev: \d+\.\d s", shown)
     assert "1 passed" in shown
 
+    # -v: the live line and also a line per finished step with its duration.
+    returncode, shown, _ = run_in_pty(
+        [sys.executable, "-m", "pytest", "-p", "no:cacheprovider", "-v", "--regenerate-dump", "test_rows.py"], project
+    )
+    assert returncode == 0, shown
+    assert "\x1b7" in shown
+    visible = re.sub(r"\x1b7.*?\x1b8", "", shown)  # what stays on the screen once each live line is erased
+    finished = [m["label"] for m in (STEP_LINE.match(line.strip()) for line in visible.splitlines()) if m]
+    assert "seeding dev" in finished, shown
+
 
 def test_under_ci_each_step_is_one_line_with_its_duration_and_no_carriage_return(
     project: Path, pytester: pytest.Pytester, monkeypatch: pytest.MonkeyPatch

@@ -1,0 +1,41 @@
+"""The progress reporter on its own: steps end one another, output lines are redacted and cut to the width, and
+only the step in progress hears the app's output."""
+
+from __future__ import annotations
+
+import io
+
+from pytest_dbsnap import progress
+from pytest_dbsnap.progress import Reporter
+
+
+def test_steps_end_one_another_and_record_their_durations() -> None:
+    lines: list[str] = []
+    reporter = Reporter(finished=lines.append)
+    reporter.step("seeding dev")
+    reporter.step("pg_dump of dev")
+    reporter.end(failed=True)
+    reporter.end()  # nothing in progress: nothing more recorded
+    assert [s.label for s in reporter.steps] == ["seeding dev", "pg_dump of dev"]
+    assert lines[0].startswith("dbsnap: seeding dev: ")
+    assert lines[0].endswith(" s")
+    assert lines[1].startswith("dbsnap: pg_dump of dev: failed after ")
+
+
+def test_the_live_line_shows_the_latest_output_redacted_cut_to_the_width_and_is_erased() -> None:
+    terminal = io.StringIO()
+    reporter = Reporter(live=terminal, width=lambda: 60, column=lambda: 20)
+    reporter.step("seeding dev")
+    progress.note_output("first line\n")
+    progress.note_output("connecting to postgresql://app:hunter2secret@127.0.0.1/app " + "x" * 80 + "\n")
+    status = reporter.status()
+    assert status.startswith("dbsnap: seeding dev (")
+    assert "postgresql://app:***@127.0.0.1" in status
+    assert "hunter2secret" not in status
+    reporter._draw()
+    drawn = terminal.getvalue().rsplit("\x1b7", 1)[-1]
+    assert len(drawn.split("\x1b[K")[0]) <= 60 - 20
+    reporter.end()
+    assert terminal.getvalue().endswith("\x1b7\x1b[K\x1b8")
+    progress.note_output("after the step\n")  # no step in progress: nobody listens
+    assert reporter.status() == ""
