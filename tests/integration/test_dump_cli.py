@@ -158,7 +158,11 @@ def test_generate_without_a_dsn_stores_a_dump_and_stops_its_cluster(cli_project:
     assert cli_project.meta.sha256 == file_sha256(cli_project.dump_path)
     assert cli_project.meta.git_commit is None
     assert "-nogit-" in cli_project.meta.name
-    assert cli_project.generate.stderr == "", "progress is for terminals, not for captured output"
+    # Captured (not a terminal): no live line, one line per finished step with its duration.
+    steps = cli_project.generate.stderr.splitlines()
+    assert "\r" not in cli_project.generate.stderr
+    assert all(re.fullmatch(r"dbsnap: .+: \d+\.\d s", line) for line in steps), steps
+    assert any(line.startswith("dbsnap: seeding dev: ") for line in steps), steps
     for folder in runtime_base().glob("cluster-*"):
         owner = folder / "owner.json"
         if owner.is_file():
