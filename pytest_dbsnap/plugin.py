@@ -292,7 +292,8 @@ def _start_service(
         progress.end(failed=True)
         service.stop()
         _fail(f"the {settings.name} did not start", _storage_or_raise(exc))
-    progress.end()
+    finally:
+        progress.end()
     try:
         with service.client() as client:
             yield RunningService(settings.name, service.url, client, service.log_path, service)

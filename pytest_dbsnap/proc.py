@@ -114,6 +114,7 @@ class RedactingLog:
         read_fd, self.fd = os.pipe()
         self._reader = os.fdopen(read_fd, "rb")
         self._log = log_path.open("ab")
+        self._progress = progress.listener()  # the live status line of the step that starts this program
         self._thread = threading.Thread(target=self._copy, name=f"dbsnap-log-{log_path.name}", daemon=True)
         self._thread.start()
 
@@ -123,7 +124,7 @@ class RedactingLog:
                 text = redact(line.decode("utf-8", "surrogateescape"))
                 self._log.write(text.encode("utf-8", "surrogateescape"))
                 self._log.flush()
-                progress.note_output(text)  # the live status line shows the latest one
+                self._progress(text)  # the live status line shows the latest one
 
     def started(self) -> None:
         """The child holds its own copy of the write end now; ours must go, or the copy never sees the end."""

@@ -67,6 +67,7 @@ class Reporter:
         self.width = width
         self.column = column
         self.steps: list[Step] = []
+        self.serial = 0  # counts the steps begun, so that a program's output reaches only its own step
         self._lock = threading.RLock()
         self._label: str | None = None
         self._began = 0.0
@@ -82,6 +83,7 @@ class Reporter:
         self.end()
         with self._lock:
             self._label, self._began, self._latest = _oneline(label), time.monotonic(), ""
+            self.serial += 1
         global _current
         _current = self
         if self.live is not None:
@@ -108,6 +110,7 @@ class Reporter:
                 return
             step = Step(self._label, time.monotonic() - self._began, failed)
             self._label = None
+            self.serial += 1
             self.steps.append(step)
             self._erase()
         if _current is self:
@@ -163,11 +166,23 @@ class Reporter:
 _current: Reporter | None = None
 
 
-def note_output(line: str) -> None:
-    """A line of the app's output (migrate, seed, a service): the step in progress shows it as its latest."""
+def _ignore(_line: str) -> None:
+    """Output that no step listens to."""
+
+
+def listener() -> Callable[[str], None]:
+    """Where a program started now (migrate, seed, a service) sends its output lines: to the step in progress as
+    its latest line, and nowhere once that step has ended (a running backend's log is not the frontend's start)."""
     reporter = _current
-    if reporter is not None:
-        reporter.output(line)
+    if reporter is None:
+        return _ignore
+    serial = reporter.serial
+
+    def hear(line: str) -> None:
+        if reporter.serial == serial:
+            reporter.output(line)
+
+    return hear
 
 
 def for_stream(stream: TextIO, *, quiet: bool = False) -> Reporter:

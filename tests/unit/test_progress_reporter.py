@@ -26,8 +26,9 @@ def test_the_live_line_shows_the_latest_output_redacted_cut_to_the_width_and_is_
     terminal = io.StringIO()
     reporter = Reporter(live=terminal, width=lambda: 60, column=lambda: 20)
     reporter.step("seeding dev")
-    progress.note_output("first line\n")
-    progress.note_output("connecting to postgresql://app:hunter2secret@127.0.0.1/app " + "x" * 80 + "\n")
+    seed = progress.listener()
+    seed("first line\n")
+    seed("connecting to postgresql://app:hunter2secret@127.0.0.1/app " + "x" * 80 + "\n")
     status = reporter.status()
     assert status.startswith("dbsnap: seeding dev (")
     assert "postgresql://app:***@127.0.0.1" in status
@@ -37,5 +38,7 @@ def test_the_live_line_shows_the_latest_output_redacted_cut_to_the_width_and_is_
     assert len(drawn.split("\x1b[K")[0]) <= 60 - 20
     reporter.end()
     assert terminal.getvalue().endswith("\x1b7\x1b[K\x1b8")
-    progress.note_output("after the step\n")  # no step in progress: nobody listens
-    assert reporter.status() == ""
+    reporter.step("starting the frontend")
+    seed("a line of the seed after its step\n")  # heard by no later step
+    assert "a line of the seed" not in reporter.status()
+    reporter.end()
