@@ -16,6 +16,7 @@ import pytest
 from pytest_dbsnap.browser import RenderedPage, describe_violations, render_page
 from pytest_dbsnap.errors import BrowserUnavailable, RenderError
 from pytest_dbsnap.plugin import RunningService, _fail
+from pytest_dbsnap.report import progress_reporter
 from pytest_dbsnap.settings import ServiceSettings, Settings
 
 FIXTURE = "frontend_page"
@@ -53,6 +54,8 @@ def frontend_page(pytestconfig: pytest.Config, dbsnap_settings: Settings, fronte
     options = dbsnap_settings.frontend or ServiceSettings(name="frontend", command=(), cwd=dbsnap_settings.project_root)
     if options.browser == "off":
         pytest.skip('the browser checks are off (browser = "off" in [tool.dbsnap.frontend])')
+    progress = progress_reporter(pytestconfig)
+    progress.step(f"rendering {frontend.url} in headless Chromium")
     try:
         page = render_page(
             frontend.url,
@@ -62,15 +65,19 @@ def frontend_page(pytestconfig: pytest.Config, dbsnap_settings: Settings, fronte
             screenshot_path=dbsnap_settings.logs_dir.parent / "frontend.png",
         )
     except BrowserUnavailable as exc:
+        progress.end(failed=True)
         if options.browser == "required":
             _fail(
                 'the browser checks are required (browser = "required" in [tool.dbsnap.frontend]) but cannot run', exc
             )
         pytest.skip(f"no browser for the frontend page checks: {exc}")
     except RenderError as exc:
+        progress.end(failed=True)
         screenshots = _screenshots(exc.first_screen, exc.screenshot)
         pytestconfig.stash[EVIDENCE_KEY] = PageEvidence(exc.url, screenshots, exc.console_errors, None)
         _fail("the frontend page did not render", exc)
+    finally:
+        progress.end()
     screenshots = _screenshots(page.first_screen, page.screenshot)
     pytestconfig.stash[EVIDENCE_KEY] = PageEvidence(page.url, screenshots, page.console_errors, page)
     return page
