@@ -19,6 +19,7 @@ from typing import TextIO
 from pytest_dbsnap.redact import redact
 
 REFRESH_SECONDS = 0.25
+BAR_WIDTH = 20
 _SAVE, _RESTORE, _ERASE = "\x1b7", "\x1b8", "\x1b[K"
 
 
@@ -72,6 +73,7 @@ class Reporter:
         self._label: str | None = None
         self._began = 0.0
         self._latest = ""
+        self._fraction: float | None = None  # of the step's known total (bytes verified), for the bar
         self._drawn = False
         self._stop = threading.Event()
         self._thread: threading.Thread | None = None
@@ -83,6 +85,7 @@ class Reporter:
         self.end()
         with self._lock:
             self._label, self._began, self._latest = _oneline(label), time.monotonic(), ""
+            self._fraction = None
             self.serial += 1
         global _current
         _current = self
@@ -97,6 +100,12 @@ class Reporter:
         if text:
             with self._lock:
                 self._latest = text
+
+    def advance(self, done: int, total: int) -> None:
+        """How far the step is, where its total is known (bytes of a file): the live line shows a bar."""
+        if total > 0:
+            with self._lock:
+                self._fraction = min(1.0, max(0.0, done / total))
 
     def end(self, *, failed: bool = False) -> None:
         """The step in progress (if any) is finished: its line is erased and its duration recorded."""
@@ -124,6 +133,9 @@ class Reporter:
             if self._label is None:
                 return ""
             text = f"dbsnap: {self._label} ({time.monotonic() - self._began:.0f} s)"
+            if self._fraction is not None:
+                filled = round(self._fraction * BAR_WIDTH)
+                text += f" [{'#' * filled}{'.' * (BAR_WIDTH - filled)}] {self._fraction:.0%}"
             if self._latest:
                 text += f" | {self._latest}"
             return text
@@ -168,6 +180,25 @@ _current: Reporter | None = None
 
 def _ignore(_line: str) -> None:
     """Output that no step listens to."""
+
+
+def _ignore_count(_done: int, _total: int) -> None:
+    """A count that no step shows."""
+
+
+def meter() -> Callable[[int, int], None]:
+    """Where a loop with a known total (the bytes of a dump being verified) reports how far it is: to the step
+    in progress as its bar, and nowhere once that step has ended."""
+    reporter = _current
+    if reporter is None:
+        return _ignore_count
+    serial = reporter.serial
+
+    def count(done: int, total: int) -> None:
+        if reporter.serial == serial:
+            reporter.advance(done, total)
+
+    return count
 
 
 def listener() -> Callable[[str], None]:

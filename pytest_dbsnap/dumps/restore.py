@@ -35,6 +35,7 @@ from pytest_dbsnap.errors import (
 )
 from pytest_dbsnap.postgres.base import Server
 from pytest_dbsnap.proc import run
+from pytest_dbsnap.progress import meter
 
 Progress = Callable[[str], None]
 SYSTEM_DATABASES = {"postgres", "template0", "template1"}
@@ -121,9 +122,12 @@ def verify_file(meta: DumpMeta, path: Path) -> None:
             f"or was replaced. Nothing was restored. Copy the dump again or regenerate it (dbsnap generate)."
         )
     digest = hashlib.sha256()
+    count, done = meter(), 0  # the live line's bar, when a step is in progress
     with path.open("rb") as handle:
         for chunk in iter(lambda: handle.read(1 << 20), b""):
             digest.update(chunk)
+            done += len(chunk)
+            count(done, size)
     if digest.hexdigest() != meta.sha256:
         raise DumpCorrupt(
             f"The dump {path} does not match its recorded sha256 (expected {meta.sha256[:16]}..., got "

@@ -42,3 +42,18 @@ def test_the_live_line_shows_the_latest_output_redacted_cut_to_the_width_and_is_
     seed("a line of the seed after its step\n")  # heard by no later step
     assert "a line of the seed" not in reporter.status()
     reporter.end()
+
+
+def test_a_step_with_a_known_total_shows_a_bar_that_only_its_own_meter_moves() -> None:
+    reporter = Reporter()
+    reporter.step("verifying the sha256 of x.dump")
+    count = progress.meter()
+    assert "[" not in reporter.status()  # no total known yet: no bar
+    count(50, 200)
+    assert reporter.status().endswith("[#####...............] 25%")
+    count(200, 200)
+    assert reporter.status().endswith("[####################] 100%")
+    reporter.step("pg_restore of x")
+    count(100, 200)  # the verify's meter no longer moves anything
+    assert "[" not in reporter.status()
+    reporter.end()
