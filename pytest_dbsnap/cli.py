@@ -280,7 +280,9 @@ def cmd_push(args: argparse.Namespace, settings: Settings) -> int:
     from pytest_dbsnap.dumps.remote import RemoteStore
 
     remote = RemoteStore.from_settings(settings)
+    _progress.step(f"pushing {settings.env}/{args.name} to {remote.url}")
     done = remote.push(_store(settings), settings.env, args.name)
+    _progress_done()
     what = f"pushed in {done.seconds:.1f} s" if done.moved else "was already there"
     print(
         f"{settings.env}/{done.meta.name} {what} ({done.meta.size_bytes / 1e6:.1f} MB, sha256 "
@@ -296,7 +298,9 @@ def cmd_pull(args: argparse.Namespace, settings: Settings) -> int:
 
     store = _store(settings)
     remote = RemoteStore.from_settings(settings)
+    _progress.step(f"pulling {settings.env}/{args.name} from {remote.url}")
     done = remote.pull(store, settings.env, args.name)
+    _progress_done()
     what = f"pulled in {done.seconds:.1f} s, sha256 verified" if done.moved else "was already here"
     print(
         f"{settings.env}/{done.meta.name} {what} ({done.meta.size_bytes / 1e6:.1f} MB); it is now the latest "

@@ -186,6 +186,11 @@ def _ignore_count(_done: int, _total: int) -> None:
     """A count that no step shows."""
 
 
+def active() -> bool:
+    """Whether a step is in progress (its live line or its CI line will say what happens)."""
+    return _current is not None
+
+
 def meter() -> Callable[[int, int], None]:
     """Where a loop with a known total (the bytes of a dump being verified) reports how far it is: to the step
     in progress as its bar, and nowhere once that step has ended."""

@@ -24,6 +24,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
+from pytest_dbsnap import progress
 from pytest_dbsnap.dumps.fingerprint import file_sha256
 from pytest_dbsnap.dumps.meta import DumpMeta
 from pytest_dbsnap.dumps.restore import verify_file
@@ -118,6 +119,21 @@ class _Percent:
                 self.shown = percent
                 end = "\n" if percent == 100 else ""
                 print(f"\rdbsnap: {self.label}: {percent:3d}%", end=end, file=sys.stderr, flush=True)
+
+
+class _Meter:
+    """Bytes moved, as the bar of the step in progress; s3transfer calls this from several threads at once."""
+
+    def __init__(self, total: int) -> None:
+        self.total = total
+        self.done = 0
+        self.count = progress.meter()
+        self.lock = threading.Lock()
+
+    def __call__(self, amount: int) -> None:
+        with self.lock:
+            self.done += amount
+            self.count(self.done, self.total)
 
 
 class RemoteStore:
@@ -299,7 +315,11 @@ class RemoteStore:
         )
 
     def _callback(self, label: str, total: int, on_transfer: OnTransfer | None) -> OnTransfer | None:
-        sinks: list[OnTransfer] = [_Percent(label, total)] if self.show_progress else []
+        sinks: list[OnTransfer] = []
+        if progress.active():  # the step's live line shows the transfer as its bar (and CI its duration)
+            sinks.append(_Meter(total))
+        elif self.show_progress:
+            sinks.append(_Percent(label, total))
         if on_transfer is not None:
             sinks.append(on_transfer)
         if not sinks:

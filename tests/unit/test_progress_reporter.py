@@ -57,3 +57,17 @@ def test_a_step_with_a_known_total_shows_a_bar_that_only_its_own_meter_moves() -
     count(100, 200)  # the verify's meter no longer moves anything
     assert "[" not in reporter.status()
     reporter.end()
+
+
+def test_a_transfer_during_a_step_moves_its_bar_instead_of_printing_percents() -> None:
+    from pytest_dbsnap.dumps.remote import RemoteStore
+
+    store = RemoteStore("s3://bucket/dumps", show_progress=True)
+    reporter = Reporter()
+    reporter.step("pulling dev/latest")
+    callback = store._callback("pulling x", 400, None)
+    assert callback is not None
+    callback(100)
+    callback(100)
+    assert reporter.status().endswith("] 50%")
+    reporter.end()
