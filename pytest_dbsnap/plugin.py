@@ -211,7 +211,7 @@ def db_dsn(pg_server: Server, dbsnap_database: DatabaseOutcome) -> str:
 
 
 @pytest.fixture
-def db(pg_server: Server, dbsnap_database: DatabaseOutcome) -> Iterator[psycopg.Connection[tuple[object, ...]]]:
+def dbsnap_db(pg_server: Server, dbsnap_database: DatabaseOutcome) -> Iterator[psycopg.Connection[tuple[object, ...]]]:
     """A connection to the app database for one test (closed after it)."""
     import psycopg
 

@@ -31,33 +31,33 @@ SEED_LINE = 'seed_command = "python -m refapp.seed --scale 100"'
 RESTORED_TESTS = """
 from pathlib import Path
 
-def test_the_seeded_rows_are_there(db, dbsnap_dump):
-    assert db.execute("SELECT count(*) FROM reality_nodes").fetchone() == (100,)
-    assert db.execute("SELECT version_num FROM alembic_version").fetchone() == (dbsnap_dump.schema_version,)
+def test_the_seeded_rows_are_there(dbsnap_db, dbsnap_dump):
+    assert dbsnap_db.execute("SELECT count(*) FROM reality_nodes").fetchone() == (100,)
+    assert dbsnap_db.execute("SELECT version_num FROM alembic_version").fetchone() == (dbsnap_dump.schema_version,)
     assert dbsnap_dump.row_counts["public.reality_nodes"] == 100
     Path("dump-name.txt").write_text(dbsnap_dump.name)
 
-def test_the_restore_replaced_what_an_earlier_run_wrote(db):
-    assert db.execute("SELECT to_regclass('public.written_by_a_test')").fetchone() == (None,)
+def test_the_restore_replaced_what_an_earlier_run_wrote(dbsnap_db):
+    assert dbsnap_db.execute("SELECT to_regclass('public.written_by_a_test')").fetchone() == (None,)
 
-def test_write_a_row(db):
-    db.execute("CREATE TABLE written_by_a_test (note text)")
-    db.execute("INSERT INTO written_by_a_test VALUES ('from an earlier run')")
+def test_write_a_row(dbsnap_db):
+    dbsnap_db.execute("CREATE TABLE written_by_a_test (note text)")
+    dbsnap_db.execute("INSERT INTO written_by_a_test VALUES ('from an earlier run')")
 """
 
 KEPT_TESTS = """
-def test_the_database_was_kept(db, dbsnap_database):
+def test_the_database_was_kept(dbsnap_db, dbsnap_database):
     assert dbsnap_database.method == "kept as it was"
-    assert db.execute("SELECT note FROM written_by_a_test").fetchall() == [("from an earlier run",)]
-    assert db.execute("SELECT count(*) FROM reality_nodes").fetchone() == (100,)
+    assert dbsnap_db.execute("SELECT note FROM written_by_a_test").fetchall() == [("from an earlier run",)]
+    assert dbsnap_db.execute("SELECT count(*) FROM reality_nodes").fetchone() == (100,)
 """
 
 FRESH_TESTS = """
-def test_a_new_database_was_created_and_migrated(db, dbsnap_database):
+def test_a_new_database_was_created_and_migrated(dbsnap_db, dbsnap_database):
     assert dbsnap_database.method == "kept as it was"
-    assert db.execute("SELECT to_regclass('public.written_by_a_test')").fetchone() == (None,)
-    assert db.execute("SELECT count(*) FROM reality_nodes").fetchone() == (0,)
-    assert db.execute("SELECT count(*) FROM alembic_version").fetchone() == (1,)
+    assert dbsnap_db.execute("SELECT to_regclass('public.written_by_a_test')").fetchone() == (None,)
+    assert dbsnap_db.execute("SELECT count(*) FROM reality_nodes").fetchone() == (0,)
+    assert dbsnap_db.execute("SELECT count(*) FROM alembic_version").fetchone() == (1,)
 """
 
 
