@@ -6,6 +6,8 @@ from __future__ import annotations
 
 import os
 import shutil
+import subprocess
+import sys
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -137,6 +139,57 @@ def test_first_run_generates_later_runs_restore_and_skip_keeps_the_database(
 
     fresh.assert_outcomes(passed=1)
     assert store.names("dev") == [name]
+
+
+def _dbsnap(project: Path, *args: str) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(
+        [sys.executable, "-m", "pytest_dbsnap.cli", *args],
+        cwd=project,
+        capture_output=True,
+        text=True,
+        timeout=60,
+        check=False,
+    )
+
+
+def test_switching_back_to_a_branch_restores_its_dump_without_seeding(pytester: pytest.Pytester, project: Path) -> None:
+    """Change an input, run, change it back, run: the first dump is restored again, with no seeding, although
+    `latest` is the second one."""
+    pytester.makepyprojecttoml(PYPROJECT.format(seed_line=SEED_LINE))
+    pytester.makepyfile(test_restored="def test_it(dbsnap_db):\n    assert dbsnap_db.execute('SELECT 1').fetchone()\n")
+    store = DumpStore(project / "dumps")
+    universe = project / "seed-inputs" / "universe.txt"
+
+    run(pytester).assert_outcomes(passed=1)
+    [main] = store.names("dev")
+    universe.write_text("galaxies: spiral, elliptical\n")  # another branch
+    branch = run(pytester)
+    branch.assert_outcomes(passed=1)
+    assert "generated in " in summary_line(branch)
+    [_, other] = store.names("dev")
+    assert store.latest_name("dev") == other
+
+    universe.write_text("galaxies: spiral\n")  # back on the first branch
+    fingerprint = _dbsnap(project, "fingerprint")
+    assert fingerprint.returncode == 0, fingerprint.stderr
+    assert fingerprint.stdout == f"{store.read_meta('dev', main).fingerprint}\n"  # alone on stdout
+    listed = _dbsnap(project, "list", "--env", "dev")
+    assert listed.returncode == 0, listed.stderr
+    [main_line] = [line for line in listed.stdout.splitlines() if main in line]
+    [other_line] = [line for line in listed.stdout.splitlines() if other in line]
+    assert main_line.endswith("= working tree")
+    assert main_line.startswith("  ")
+    assert other_line.startswith("* ")
+    assert not other_line.endswith("= working tree")
+
+    back = run(pytester)
+
+    back.assert_outcomes(passed=1)
+    assert store.names("dev") == [main, other], "switching back seeded a new dump"
+    line = summary_line(back)
+    assert line.startswith(f"database: dev/{main} -> 'app': the earlier dump matching the working tree "), line
+    assert "(latest is stale: seed-inputs/universe.txt changed)" in line
+    assert "generated" not in line
 
 
 def test_no_dump_and_no_seed_command_fails_the_fixture_with_one_paragraph(
