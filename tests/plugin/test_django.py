@@ -74,6 +74,7 @@ migrate_command = "python manage.py migrate --noinput"
 seed_command = "python manage.py seed"
 fingerprint_inputs = ["shop"]
 fingerprint_packages = ["django"]
+schema_version_query = "SELECT app, name FROM django_migrations ORDER BY app, name"
 
 [tool.pytest.ini_options]
 DJANGO_SETTINGS_MODULE = "proj.settings"
@@ -112,6 +113,7 @@ def test_the_shared_database_kept_its_rows_and_the_plugin_fixtures_work(dbsnap_d
     assert dbsnap_db.execute("SELECT name FROM shop_item ORDER BY name").fetchall() == [
         ("apple",), ("pear",), ("plum",)
     ]
+    assert dbsnap_database.meta.schema_version.startswith("sha256:")  # the applied migrations, hashed
     clones = dbsnap_db.execute("SELECT count(*) FROM pg_database WHERE datname LIKE 'dbsnap_test_%'").fetchone()
     assert clones == (0,)
 """
