@@ -117,12 +117,14 @@ def _target_database(args: argparse.Namespace, settings: Settings) -> str:
     return settings.database
 
 
-def _meta_line(meta: DumpMeta, latest: str | None) -> str:
+def _meta_line(meta: DumpMeta, latest: str | None, tree: str | None = None) -> str:
+    """One dump: `*` marks latest; `= working tree` one whose fingerprint is the working tree's (`tree`)."""
     rows = sum(meta.row_counts.values())
     mark = "*" if meta.name == latest else " "
+    matches = "  = working tree" if tree is not None and meta.fingerprint == tree else ""
     return (
         f"{mark} {meta.name:<48} {meta.created_at:<21} {meta.size_bytes / 1e6:>9.1f} MB {rows:>10} rows  "
-        f"schema {meta.schema_version or '-'}"
+        f"schema {meta.schema_version or '-'}{matches}"
     )
 
 
@@ -228,12 +230,19 @@ def cmd_list(args: argparse.Namespace, settings: Settings) -> int:
     store = _store(settings)
     envs = [args.env] if args.env else store.environments()
     listing = {env: store.list(env) for env in envs}
+    from pytest_dbsnap.dumps.fingerprint import compute_fingerprint
+
+    tree, _inputs = compute_fingerprint(settings)
     if args.json:
         print(
             json.dumps(
                 {
                     env: [
-                        {**json.loads(m.to_json()), "snapshots": [d for _, d, _ in _snapshots(store, env, m.name) if d]}
+                        {
+                            **json.loads(m.to_json()),
+                            "snapshots": [d for _, d, _ in _snapshots(store, env, m.name) if d],
+                            "matches_working_tree": m.fingerprint == tree,
+                        }
                         for m in metas
                     ]
                     for env, metas in listing.items()
@@ -247,11 +256,23 @@ def cmd_list(args: argparse.Namespace, settings: Settings) -> int:
         return EXIT_OK
     for env, metas in listing.items():
         latest = store.latest_name(env)
-        print(f"[{env}] ({len(metas)} dump(s), * = latest)")
+        print(f"[{env}] ({len(metas)} dump(s), * = latest, '= working tree' = its fingerprint is the tree's)")
         for meta in metas:
-            print(_meta_line(meta, latest))
+            print(_meta_line(meta, latest, tree))
             for archive, _data, line in _snapshots(store, env, meta.name):
                 print(f"    cluster snapshot {archive.removeprefix(meta.name)}: {line}")
+    return EXIT_OK
+
+
+def cmd_fingerprint(args: argparse.Namespace, settings: Settings) -> int:
+    """The working tree's fingerprint alone on stdout, for CI cache keys (`--inputs`: each input's sha256)."""
+    from pytest_dbsnap.dumps.fingerprint import compute_fingerprint
+
+    fingerprint, inputs = compute_fingerprint(settings)
+    print(fingerprint)
+    if args.inputs:
+        for key in sorted(inputs):
+            print(f"{inputs[key]}  {key}")
     return EXIT_OK
 
 
@@ -458,6 +479,7 @@ COMMANDS: dict[str, tuple[Command, str]] = {
     "generate": (cmd_generate, "migrate + seed a fresh database and store its dump as the latest"),
     "restore": (cmd_restore, "restore a dump into a database (verified; the old database survives failures)"),
     "list": (cmd_list, "list the dumps of one or all environments"),
+    "fingerprint": (cmd_fingerprint, "print the working tree's fingerprint (for CI cache keys)"),
     "show": (cmd_show, "show one dump's metadata and whether it is stale"),
     "verify": (cmd_verify, "check dumps and their cluster snapshots against their sha256 (and that pg_restore reads)"),
     "prune": (cmd_prune, "remove old dumps with their cluster snapshots (and, with a DSN, their template databases)"),
@@ -540,6 +562,7 @@ def build_parser() -> argparse.ArgumentParser:
         "--no-spare", action="store_true", help="do not prepare the spare copy that makes the next restore instant"
     )
     sub["list"].add_argument("--json", action="store_true", help="print JSON")
+    sub["fingerprint"].add_argument("--inputs", action="store_true", help="also list each input with its sha256")
     sub["list"].add_argument("--remote", action="store_true", help="list the remote store's dumps (setting remote)")
     for name in ("push", "pull"):
         sub[name].add_argument("name", nargs="?", default="latest", help="dump name or latest (default: latest)")

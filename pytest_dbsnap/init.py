@@ -70,7 +70,7 @@ def _django(root: Path, found: Detected) -> bool:
     found.top += [
         "# Django: settings.py must read the database from DATABASE_URL (dj-database-url or django-environ).",
         'migrate_command = "python manage.py migrate --noinput"',
-        'schema_version_query = "SELECT count(*) FROM django_migrations"',
+        'schema_version_query = "SELECT app, name FROM django_migrations ORDER BY app, name"  # hashed',
         'fingerprint_inputs = ["**/migrations/*.py"]',
     ]
     found.backend += [

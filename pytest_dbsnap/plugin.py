@@ -94,6 +94,10 @@ def pytest_configure(config: pytest.Config) -> None:
     # The session's watchdog (one per process: under xdist the controller's owns the server, each worker's its
     # services and restores). It starts with the first thing registered, so a run that starts nothing has none.
     config.stash[REAPER_KEY] = reaper.install(reaper.Reaper(settings.logs_dir / "reaper.log"))
+    # After pytest-django (an entry point too), so that its django_db_setup is overridden by ours.
+    from pytest_dbsnap import djangodb
+
+    djangodb.maybe_register(config, settings)
 
 
 @pytest.hookimpl(trylast=True)
@@ -223,7 +227,7 @@ def db_dsn(pg_server: Server, dbsnap_database: DatabaseOutcome) -> str:
 
 
 @pytest.fixture
-def db(pg_server: Server, dbsnap_database: DatabaseOutcome) -> Iterator[psycopg.Connection[tuple[object, ...]]]:
+def dbsnap_db(pg_server: Server, dbsnap_database: DatabaseOutcome) -> Iterator[psycopg.Connection[tuple[object, ...]]]:
     """A connection to the app database for one test (closed after it)."""
     import psycopg
 

@@ -16,7 +16,7 @@ from pytest_dbsnap.dumps.meta import DumpMeta
 from pytest_dbsnap.dumps.remote import RemoteStore
 from pytest_dbsnap.dumps.restore import check_target, drop_orphan_templates, prepare_spare, restore_dump
 from pytest_dbsnap.dumps.store import DumpStore
-from pytest_dbsnap.errors import DbsnapError, DumpError
+from pytest_dbsnap.errors import DbsnapError, DumpCorrupt, DumpError
 from pytest_dbsnap.postgres.base import Server
 from pytest_dbsnap.postgres.local import LocalCluster
 from pytest_dbsnap.postgres.snapshot import DumpRef
@@ -45,6 +45,9 @@ class DatabaseOutcome:
     pull_seconds: float = 0.0
     pushed: bool = False  # sent to the remote dump store (--push-dump)
     warnings: list[str] = field(default_factory=list)  # one line each in the terminal summary
+    # An earlier dump whose fingerprint matches the working tree, restored because `latest` is stale (the
+    # reason it is): switching back to a branch reuses its dump instead of seeding again.
+    matched_earlier: str | None = None
     _spare_thread: threading.Thread | None = field(default=None, repr=False)
 
     def describe(self) -> str:
@@ -55,6 +58,8 @@ class DatabaseOutcome:
             how = f"generated in {self.generate_seconds:.1f} s ({self.stale_reason}), then {how}"
         if self.pulled:
             how = f"pulled from the remote store in {self.pull_seconds:.1f} s, then {how}"
+        if self.matched_earlier:
+            how = f"the earlier dump matching the working tree (latest is {self.matched_earlier}), {how}"
         verified = ", sha256 verified" if self.verified else ""
         pushed = ", pushed to the remote store" if self.pushed else ""
         return f"{self.meta.environment}/{self.meta.name} -> {self.database!r}: {how}{verified}{pushed}"
@@ -95,15 +100,42 @@ def staleness(settings: Settings, meta: DumpMeta | None) -> str | None:
     return f"stale: {describe_input_changes(meta, inputs)}"
 
 
+def matching_dump(store: DumpStore, settings: Settings) -> DumpMeta | None:
+    """The newest dump of the environment whose fingerprint is the working tree's, with its file present (an
+    unreadable one is passed over: it cannot be the one restored)."""
+    fingerprint, _inputs = compute_fingerprint(settings)
+    for name in reversed(store.names(settings.env)):
+        try:
+            meta = store.read_meta(settings.env, name)
+        except DumpCorrupt:
+            continue
+        if meta.fingerprint == fingerprint and store.dump_path(settings.env, name).is_file():
+            return meta
+    return None
+
+
+def usable_dump(store: DumpStore, settings: Settings) -> tuple[DumpMeta | None, str | None, str | None]:
+    """(dump to restore, why a new one is needed, why latest was passed over): latest when current, else the
+    newest dump matching the working tree (a branch switched back to), else latest with its staleness."""
+    meta = store.latest(settings.env)
+    reason = staleness(settings, meta)
+    if reason is None or meta is None or settings.regenerate_dump:
+        return meta, reason, None
+    earlier = matching_dump(store, settings)
+    if earlier is None:
+        return meta, reason, None
+    return earlier, None, reason
+
+
 def snapshot_source(settings: Settings) -> DumpRef | None:
     """The dump this session will restore, when a local cluster may start from its snapshot: the latest dump
-    of the environment, current (not to be regenerated), with its file present."""
+    of the environment when current, else the newest matching the working tree; with its file present."""
     if not settings.cluster_snapshot or settings.skip_dump_restore or settings.regenerate_dump:
         return None
     store = DumpStore(settings.dumps_dir)
     try:
-        meta = store.latest(settings.env)
-        if meta is None or staleness(settings, meta) is not None:
+        meta, reason, _passed_over = usable_dump(store, settings)
+        if meta is None or reason is not None:
             return None
     except DbsnapError:
         return None  # the database step says what is wrong with the dump
@@ -137,8 +169,9 @@ def prepare_database(
             latest = store.latest(settings.env)
         return DatabaseOutcome(target, "kept as it was", time.monotonic() - began, latest)
 
-    meta = store.latest(settings.env)
-    reason = staleness(settings, meta)
+    meta, reason, matched_earlier = usable_dump(store, settings)
+    if matched_earlier is not None and meta is not None:
+        progress(f"latest dump of {settings.env!r} is {matched_earlier}; restoring {meta.name}, which matches")
     generated, generate_seconds = False, 0.0
     pulled, pull_seconds = False, 0.0
     if reason is not None and settings.remote and not settings.regenerate_dump:
@@ -219,6 +252,7 @@ def prepare_database(
         pull_seconds,
         pushed,
         warnings,
+        matched_earlier,
     )
     if spare_in_background:
         outcome._spare_thread = threading.Thread(

@@ -328,6 +328,19 @@ OPTIONS: tuple[Option, ...] = (
         (),
         "files and globs (relative to the project) whose content makes a dump stale when it changes",
     ),
+    Option(
+        "fingerprint_packages",
+        parse_str_list,
+        (),
+        "installed packages (distribution names) whose version makes a dump stale when it changes, e.g. wagtail",
+    ),
+    Option(
+        "django",
+        parse_bool,
+        True,
+        "with pytest-django active and Django settings configured, run Django's tests on the restored database",
+        negative_flag="--no-dbsnap-django",
+    ),
     Option("verify", parse_bool, True, "check a dump's sha256 before restoring it", negative_flag="--no-dump-verify"),
     Option("restore_jobs", parse_positive_int, None, "parallel pg_restore jobs (default: the number of cores)"),
     Option(
@@ -471,6 +484,8 @@ class Settings:
     seed_command: Command | None = None
     schema_version_query: str | None = None
     fingerprint_inputs: tuple[str, ...] = ()
+    fingerprint_packages: tuple[str, ...] = ()
+    django: bool = True
     verify: bool = True
     restore_jobs: int | None = None
     skip_dump_restore: bool = False

@@ -3,7 +3,9 @@
 from __future__ import annotations
 
 import hashlib
+import importlib.metadata
 import json
+import re
 import shlex
 from pathlib import Path
 
@@ -35,8 +37,31 @@ def file_sha256(path: Path) -> str:
     return digest.hexdigest()
 
 
+NOT_INSTALLED = "not installed"
+
+
+def _canonical(name: str) -> str:
+    """PEP 503 form, so that `Wagtail` and `wagtail` are one input."""
+    return re.sub(r"[-_.]+", "-", name).lower()
+
+
+def package_version(name: str) -> str:
+    """The installed version of a distribution, or "not installed" (recorded, so installing it makes dumps
+    stale rather than failing the run of a project that lists an optional package)."""
+    try:
+        return importlib.metadata.version(name)
+    except importlib.metadata.PackageNotFoundError:
+        return NOT_INSTALLED
+
+
+def package_sha256(name: str) -> str:
+    """Name plus installed version: migrations shipped inside a package change when it is upgraded."""
+    return hashlib.sha256(f"{_canonical(name)}\0{package_version(name)}".encode()).hexdigest()
+
+
 def compute_fingerprint(settings: Settings) -> tuple[str, dict[str, str]]:
-    """(fingerprint, {input: sha256}) over the configured globs and the seed-shaping settings."""
+    """(fingerprint, {input: sha256}) over the configured globs, the listed packages' versions and the
+    seed-shaping settings."""
     root = settings.project_root
     inputs: dict[str, str] = {}
     for pattern in settings.fingerprint_inputs:
@@ -50,6 +75,8 @@ def compute_fingerprint(settings: Settings) -> tuple[str, dict[str, str]]:
             except ValueError:
                 key = str(path)
             inputs[key] = file_sha256(path)
+    for name in settings.fingerprint_packages:
+        inputs[f"package:{_canonical(name)}"] = package_sha256(name)
     shaping = {
         # Split as before commands were kept as written, so that existing dumps stay current.
         "migrate_command": _as_argv(settings.migrate_command),

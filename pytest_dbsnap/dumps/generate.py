@@ -4,10 +4,11 @@ from __future__ import annotations
 
 import datetime as dt
 import hashlib
+import json
 import os
 import subprocess
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from pathlib import Path
 
 from pytest_dbsnap import __version__, reaper
@@ -62,13 +63,25 @@ def read_schema_version(server: Server, database: str, query: str | None) -> str
         return None
     with server.connect(database) as conn:
         try:
-            row = conn.execute(query.encode()).fetchone()
+            rows = conn.execute(query.encode()).fetchall()
         except Exception as exc:
             raise ConfigError(
                 f"The schema_version_query {query!r} failed on database {database!r}: "
                 f"{redact(str(exc)).strip()}. Fix the query in [tool.dbsnap]."
             ) from exc
-    return None if row is None or row[0] is None else str(row[0])
+    return schema_version_of(rows)
+
+
+def schema_version_of(rows: Sequence[Sequence[object]]) -> str | None:
+    """One value as it is (an Alembic revision); several rows or columns (Django's applied migrations:
+    `SELECT app, name FROM django_migrations ORDER BY app, name`) as a hash of them all, so a schema version
+    needs no SQL written for it. The query's ORDER BY decides the order: rows are hashed as returned."""
+    if not rows:
+        return None
+    if len(rows) == 1 and len(rows[0]) == 1:
+        return None if rows[0][0] is None else str(rows[0][0])
+    digest = hashlib.sha256(json.dumps([[None if v is None else str(v) for v in row] for row in rows]).encode())
+    return f"sha256:{digest.hexdigest()[:16]} ({len(rows)} rows)"
 
 
 def app_env(server: Server, database: str, settings: Settings | None = None) -> dict[str, str]:

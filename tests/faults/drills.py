@@ -286,10 +286,10 @@ import time
 from pathlib import Path
 
 
-def test_backend_serves_the_restored_data(backend, db, dbsnap_dump):
+def test_backend_serves_the_restored_data(backend, dbsnap_db, dbsnap_dump):
     assert backend.client.get("/health").status_code == 200
-    assert db.execute("SELECT count(*) FROM drill_items").fetchone() == (ITEMS,)
-    nodes = db.execute("SELECT count(*) FROM reality_nodes").fetchone()
+    assert dbsnap_db.execute("SELECT count(*) FROM drill_items").fetchone() == (ITEMS,)
+    nodes = dbsnap_db.execute("SELECT count(*) FROM reality_nodes").fetchone()
     assert nodes == (dbsnap_dump.row_counts["public.reality_nodes"],)
     here = Path(__file__).resolve().parent
     (here / "tests.started").write_text("")

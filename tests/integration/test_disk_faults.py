@@ -133,9 +133,9 @@ def test_a_read_only_store_serves_reads_and_restores_and_refuses_writes_in_one_p
 
 
 CHECK_ROWS = """\
-def test_the_dump_was_restored(db, dbsnap_dump, dbsnap_database):
+def test_the_dump_was_restored(dbsnap_db, dbsnap_dump, dbsnap_database):
     assert dbsnap_database.method in {"spare swap", "template clone", "pg_restore"}
-    count = db.execute("SELECT count(*) FROM reality_nodes").fetchone()[0]
+    count = dbsnap_db.execute("SELECT count(*) FROM reality_nodes").fetchone()[0]
     assert count == dbsnap_dump.row_counts["public.reality_nodes"] > 0
 """
 

@@ -228,8 +228,12 @@ def test_list_and_show_print_the_metadata(
         "public.reality_edges": 100,
         "public.reality_nodes": 200,
     }
-    assert text.stdout.splitlines()[0] == "[dev] (1 dump(s), * = latest)"
+    assert (
+        text.stdout.splitlines()[0] == "[dev] (1 dump(s), * = latest, '= working tree' = its fingerprint is the tree's)"
+    )
     assert text.stdout.splitlines()[1].startswith(f"* {cli_project.meta.name} ")
+    assert text.stdout.splitlines()[1].endswith("  = working tree")  # current: shown as not stale too
+    assert entry["matches_working_tree"] is True
     assert "schema 0002" in text.stdout
 
 

@@ -24,8 +24,8 @@ fingerprint_inputs = ["seed-inputs"]
 warm_cluster = false
 """
 TESTS = """
-def test_the_seeded_rows_are_there(db):
-    assert db.execute("SELECT count(*) FROM reality_nodes").fetchone() == (100,)
+def test_the_seeded_rows_are_there(dbsnap_db):
+    assert dbsnap_db.execute("SELECT count(*) FROM reality_nodes").fetchone() == (100,)
 """
 
 

@@ -6,6 +6,8 @@ from __future__ import annotations
 
 import os
 import shutil
+import subprocess
+import sys
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -31,33 +33,33 @@ SEED_LINE = 'seed_command = "python -m refapp.seed --scale 100"'
 RESTORED_TESTS = """
 from pathlib import Path
 
-def test_the_seeded_rows_are_there(db, dbsnap_dump):
-    assert db.execute("SELECT count(*) FROM reality_nodes").fetchone() == (100,)
-    assert db.execute("SELECT version_num FROM alembic_version").fetchone() == (dbsnap_dump.schema_version,)
+def test_the_seeded_rows_are_there(dbsnap_db, dbsnap_dump):
+    assert dbsnap_db.execute("SELECT count(*) FROM reality_nodes").fetchone() == (100,)
+    assert dbsnap_db.execute("SELECT version_num FROM alembic_version").fetchone() == (dbsnap_dump.schema_version,)
     assert dbsnap_dump.row_counts["public.reality_nodes"] == 100
     Path("dump-name.txt").write_text(dbsnap_dump.name)
 
-def test_the_restore_replaced_what_an_earlier_run_wrote(db):
-    assert db.execute("SELECT to_regclass('public.written_by_a_test')").fetchone() == (None,)
+def test_the_restore_replaced_what_an_earlier_run_wrote(dbsnap_db):
+    assert dbsnap_db.execute("SELECT to_regclass('public.written_by_a_test')").fetchone() == (None,)
 
-def test_write_a_row(db):
-    db.execute("CREATE TABLE written_by_a_test (note text)")
-    db.execute("INSERT INTO written_by_a_test VALUES ('from an earlier run')")
+def test_write_a_row(dbsnap_db):
+    dbsnap_db.execute("CREATE TABLE written_by_a_test (note text)")
+    dbsnap_db.execute("INSERT INTO written_by_a_test VALUES ('from an earlier run')")
 """
 
 KEPT_TESTS = """
-def test_the_database_was_kept(db, dbsnap_database):
+def test_the_database_was_kept(dbsnap_db, dbsnap_database):
     assert dbsnap_database.method == "kept as it was"
-    assert db.execute("SELECT note FROM written_by_a_test").fetchall() == [("from an earlier run",)]
-    assert db.execute("SELECT count(*) FROM reality_nodes").fetchone() == (100,)
+    assert dbsnap_db.execute("SELECT note FROM written_by_a_test").fetchall() == [("from an earlier run",)]
+    assert dbsnap_db.execute("SELECT count(*) FROM reality_nodes").fetchone() == (100,)
 """
 
 FRESH_TESTS = """
-def test_a_new_database_was_created_and_migrated(db, dbsnap_database):
+def test_a_new_database_was_created_and_migrated(dbsnap_db, dbsnap_database):
     assert dbsnap_database.method == "kept as it was"
-    assert db.execute("SELECT to_regclass('public.written_by_a_test')").fetchone() == (None,)
-    assert db.execute("SELECT count(*) FROM reality_nodes").fetchone() == (0,)
-    assert db.execute("SELECT count(*) FROM alembic_version").fetchone() == (1,)
+    assert dbsnap_db.execute("SELECT to_regclass('public.written_by_a_test')").fetchone() == (None,)
+    assert dbsnap_db.execute("SELECT count(*) FROM reality_nodes").fetchone() == (0,)
+    assert dbsnap_db.execute("SELECT count(*) FROM alembic_version").fetchone() == (1,)
 """
 
 
@@ -137,6 +139,57 @@ def test_first_run_generates_later_runs_restore_and_skip_keeps_the_database(
 
     fresh.assert_outcomes(passed=1)
     assert store.names("dev") == [name]
+
+
+def _dbsnap(project: Path, *args: str) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(
+        [sys.executable, "-m", "pytest_dbsnap.cli", *args],
+        cwd=project,
+        capture_output=True,
+        text=True,
+        timeout=60,
+        check=False,
+    )
+
+
+def test_switching_back_to_a_branch_restores_its_dump_without_seeding(pytester: pytest.Pytester, project: Path) -> None:
+    """Change an input, run, change it back, run: the first dump is restored again, with no seeding, although
+    `latest` is the second one."""
+    pytester.makepyprojecttoml(PYPROJECT.format(seed_line=SEED_LINE))
+    pytester.makepyfile(test_restored="def test_it(dbsnap_db):\n    assert dbsnap_db.execute('SELECT 1').fetchone()\n")
+    store = DumpStore(project / "dumps")
+    universe = project / "seed-inputs" / "universe.txt"
+
+    run(pytester).assert_outcomes(passed=1)
+    [main] = store.names("dev")
+    universe.write_text("galaxies: spiral, elliptical\n")  # another branch
+    branch = run(pytester)
+    branch.assert_outcomes(passed=1)
+    assert "generated in " in summary_line(branch)
+    [_, other] = store.names("dev")
+    assert store.latest_name("dev") == other
+
+    universe.write_text("galaxies: spiral\n")  # back on the first branch
+    fingerprint = _dbsnap(project, "fingerprint")
+    assert fingerprint.returncode == 0, fingerprint.stderr
+    assert fingerprint.stdout == f"{store.read_meta('dev', main).fingerprint}\n"  # alone on stdout
+    listed = _dbsnap(project, "list", "--env", "dev")
+    assert listed.returncode == 0, listed.stderr
+    [main_line] = [line for line in listed.stdout.splitlines() if main in line]
+    [other_line] = [line for line in listed.stdout.splitlines() if other in line]
+    assert main_line.endswith("= working tree")
+    assert main_line.startswith("  ")
+    assert other_line.startswith("* ")
+    assert not other_line.endswith("= working tree")
+
+    back = run(pytester)
+
+    back.assert_outcomes(passed=1)
+    assert store.names("dev") == [main, other], "switching back seeded a new dump"
+    line = summary_line(back)
+    assert line.startswith(f"database: dev/{main} -> 'app': the earlier dump matching the working tree "), line
+    assert "(latest is stale: seed-inputs/universe.txt changed)" in line
+    assert "generated" not in line
 
 
 def test_no_dump_and_no_seed_command_fails_the_fixture_with_one_paragraph(

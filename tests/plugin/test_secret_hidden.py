@@ -53,9 +53,9 @@ from pathlib import Path
 from urllib.parse import unquote, urlsplit
 
 
-def test_the_app_gets_the_secret(db_dsn, backend, db):
+def test_the_app_gets_the_secret(db_dsn, backend, dbsnap_db):
     Path("secret.txt").write_text(unquote(urlsplit(db_dsn).password))
-    assert db.execute("SELECT count(*) FROM reality_nodes").fetchone()[0] > 0
+    assert dbsnap_db.execute("SELECT count(*) FROM reality_nodes").fetchone()[0] > 0
     print("captured output with", db_dsn)
     assert backend.client.get("/").text == db_dsn
 

@@ -48,8 +48,8 @@ import time
 from pathlib import Path
 
 
-def test_before(db):
-    assert db.execute("SELECT 1").fetchone() == (1,)
+def test_before(dbsnap_db):
+    assert dbsnap_db.execute("SELECT 1").fetchone() == (1,)
 
 
 def test_waits(backend, pg_server):

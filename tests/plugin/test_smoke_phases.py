@@ -308,11 +308,11 @@ def test_skip_dump_restore_keeps_the_database_creating_and_migrating_it_when_mis
     write_project(pytester, dumps_dir)
     pytester.makepyfile(
         test_kept="""
-        def test_database_is_migrated_and_empty(db, dbsnap_database):
+        def test_database_is_migrated_and_empty(dbsnap_db, dbsnap_database):
             assert dbsnap_database.method == "kept as it was"
-            assert db.execute("SELECT to_regclass('public.reality_nodes') IS NOT NULL").fetchone() == (True,)
-            assert db.execute("SELECT count(*) FROM reality_nodes").fetchone() == (0,)
-            assert db.execute("SELECT count(*) FROM alembic_version").fetchone() == (1,)
+            assert dbsnap_db.execute("SELECT to_regclass('public.reality_nodes') IS NOT NULL").fetchone() == (True,)
+            assert dbsnap_db.execute("SELECT count(*) FROM reality_nodes").fetchone() == (0,)
+            assert dbsnap_db.execute("SELECT count(*) FROM alembic_version").fetchone() == (1,)
     """
     )
 

@@ -46,7 +46,7 @@ def test_{letter}1(db_dsn):
     record("{letter}1")
 
 
-def test_{letter}2(db):
+def test_{letter}2(dbsnap_db):
     record("{letter}2")
 """
 
@@ -95,8 +95,8 @@ def test_crashes_its_worker(fresh_db):
 
 
 @pytest.mark.parametrize("number", range(6))
-def test_survivor(db, number):
-    assert db.execute("SELECT count(*) FROM reality_nodes").fetchone()[0] > 0
+def test_survivor(dbsnap_db, number):
+    assert dbsnap_db.execute("SELECT count(*) FROM reality_nodes").fetchone()[0] > 0
 """
 
 FRESH_DB_TESTS = """\

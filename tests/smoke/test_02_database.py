@@ -28,15 +28,15 @@ def test_dump_was_restored_with_its_checksum(dbsnap_database: DatabaseOutcome, d
     verify_restored_dump(dbsnap_database, dbsnap_settings)  # raises DumpCorrupt on any changed byte
 
 
-def test_migrations_are_at_head(db: psycopg.Connection[Any], dbsnap_database: DatabaseOutcome) -> None:
-    row = db.execute("SELECT version_num FROM alembic_version").fetchone()
+def test_migrations_are_at_head(dbsnap_db: psycopg.Connection[Any], dbsnap_database: DatabaseOutcome) -> None:
+    row = dbsnap_db.execute("SELECT version_num FROM alembic_version").fetchone()
     assert row is not None
     assert row[0] == head_revision()
     if dbsnap_database.meta is not None and dbsnap_database.method != "kept as it was":
         assert row[0] == dbsnap_database.meta.schema_version
 
 
-def test_app_database_accepts_connections(db: psycopg.Connection[Any], dbsnap_settings: Settings) -> None:
-    row = db.execute("SELECT current_database(), count(*) FROM reality_nodes").fetchone()
+def test_app_database_accepts_connections(dbsnap_db: psycopg.Connection[Any], dbsnap_settings: Settings) -> None:
+    row = dbsnap_db.execute("SELECT current_database(), count(*) FROM reality_nodes").fetchone()
     assert row is not None
     assert row[0] == dbsnap_settings.database

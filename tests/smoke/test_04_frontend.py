@@ -46,12 +46,12 @@ def test_frontend_is_pointed_at_the_backend(frontend: RunningService, backend: R
 # --- in a real browser: the page renders the database's data, is accessible, and logs no errors ---------------
 
 
-def test_rendered_list_shows_the_database(frontend_page: RenderedPage, db: psycopg.Connection[Any]) -> None:
+def test_rendered_list_shows_the_database(frontend_page: RenderedPage, dbsnap_db: psycopg.Connection[Any]) -> None:
     shown = [int(element.attributes["data-node-id"]) for element in frontend_page.rendered]
-    first_rows = db.execute("SELECT id FROM reality_nodes ORDER BY id LIMIT %s", (len(shown),)).fetchall()
+    first_rows = dbsnap_db.execute("SELECT id FROM reality_nodes ORDER BY id LIMIT %s", (len(shown),)).fetchall()
     assert shown, "the page rendered no nodes"
     assert shown == [row[0] for row in first_rows], "the page lists other nodes than the database's first rows"
-    total = db.execute("SELECT count(*) FROM reality_nodes").fetchone()
+    total = dbsnap_db.execute("SELECT count(*) FROM reality_nodes").fetchone()
     assert total is not None
     shown_total = re.search(r'id="total-nodes"[^>]*>([^<]*)<', frontend_page.html)
     assert shown_total is not None, "the page has no #total-nodes"
