@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
 # CI for a plain install: `pip install .` with no extras into a throwaway virtual environment, then a tiny project
-# that uses the plugin (the db fixture and a smoke phase) with warnings as errors and without pytest-xdist, as a
+# that uses the plugin (the dbsnap_db fixture and a smoke phase) with warnings as errors and without pytest-xdist, as a
 # strict user project would. Exits non-zero when the plain install cannot do that, and when no test ran.
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -35,8 +35,8 @@ import pytest
 pytestmark = pytest.mark.smoke
 
 
-def test_the_database_answers(db):
-    assert db.execute("SELECT 1").fetchone() == (1,)
+def test_the_database_answers(dbsnap_db):
+    assert dbsnap_db.execute("SELECT 1").fetchone() == (1,)
 
 
 def test_it_was_kept_as_it_was(dbsnap_database):

@@ -51,8 +51,8 @@ while not Path("go").exists() and time.monotonic() < deadline:
 """
 
 TESTS = """\
-def test_rows(db):
-    assert db.execute("SELECT count(*) FROM galaxies").fetchone()[0] == 7
+def test_rows(dbsnap_db):
+    assert dbsnap_db.execute("SELECT count(*) FROM galaxies").fetchone()[0] == 7
 """
 
 STEP_LINE = re.compile(r"^dbsnap: (?P<label>.+): (?P<seconds>\d+\.\d) s$")
