@@ -128,30 +128,29 @@ def _dbsnap_django_private(
     if not _is_transactional(request):
         yield None
         return
-    from pytest_dbsnap.dumps import databases
-    from pytest_dbsnap.dumps.restore import template_name
+    from pytest_dbsnap.errors import DumpError
+    from pytest_dbsnap.session import template_clone
 
-    meta = dbsnap_database.meta
-    template = template_name(meta) if meta is not None else None
-    name = databases.temporary_name(databases.FRESH_PREFIX)
-    with pg_server.connect() as conn:
-        if template is None or not databases.exists(conn, template):
-            pytest.fail(
-                "pytest-dbsnap: a transactional Django test gets a private clone of the restored dump's template, "
-                "and this session has none (--skip-dump-restore, or no dump). Run without --skip-dump-restore, or "
-                "set django = false in [tool.dbsnap] to let pytest-django create its own test database.",
-                pytrace=False,
+    with contextlib.ExitStack() as stack:
+        try:
+            name = stack.enter_context(
+                template_clone(
+                    pg_server,
+                    dbsnap_database,
+                    need="a transactional Django test gets a private clone of the restored dump's template",
+                    fix="Run without --skip-dump-restore, or set django = false in [tool.dbsnap] to let "
+                    "pytest-django create its own test database.",
+                )
             )
-        databases.clone(conn, template, name)
-    with django_db_blocker.unblock():
-        rename_default(name)
-    try:
-        yield name
-    finally:
+        except DumpError as exc:
+            pytest.fail(f"pytest-dbsnap: {exc}", pytrace=False)
         with django_db_blocker.unblock():
-            rename_default(dbsnap_database.database)
-        with pg_server.connect() as conn:
-            databases.drop(conn, name)
+            rename_default(name)
+        try:
+            yield name
+        finally:
+            with django_db_blocker.unblock():
+                rename_default(dbsnap_database.database)
 
 
 @pytest.fixture

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 from collections.abc import Generator, Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -238,25 +239,22 @@ def dbsnap_db(pg_server: Server, dbsnap_database: DatabaseOutcome) -> Iterator[p
 @pytest.fixture
 def fresh_db(pg_server: Server, dbsnap_database: DatabaseOutcome) -> Iterator[str]:
     """URL of a private database cloned from the dump's template for one test, dropped after it (pass or fail)."""
-    from pytest_dbsnap.dumps import databases
-    from pytest_dbsnap.dumps.restore import template_name
+    from pytest_dbsnap.errors import DumpError
+    from pytest_dbsnap.session import template_clone
 
-    meta = dbsnap_database.meta
-    template = template_name(meta) if meta is not None else None
-    name = databases.temporary_name(databases.FRESH_PREFIX)
-    with pg_server.connect() as conn:
-        if template is None or not databases.exists(conn, template):
-            pytest.fail(
-                "pytest-dbsnap: fresh_db clones the restored dump's template, and this session has none "
-                "(--skip-dump-restore, or no dump). Run without --skip-dump-restore.",
-                pytrace=False,
+    with contextlib.ExitStack() as stack:
+        try:
+            name = stack.enter_context(
+                template_clone(
+                    pg_server,
+                    dbsnap_database,
+                    need="fresh_db clones the restored dump's template",
+                    fix="Run without --skip-dump-restore.",
+                )
             )
-        databases.clone(conn, template, name)
-    try:
+        except DumpError as exc:
+            pytest.fail(f"pytest-dbsnap: {exc}", pytrace=False)
         yield pg_server.dsn(name)
-    finally:
-        with pg_server.connect() as conn:
-            databases.drop(conn, name)
 
 
 @dataclass(frozen=True)

@@ -6,7 +6,7 @@ from __future__ import annotations
 import contextlib
 import threading
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 
 from pytest_dbsnap.dumps import databases
@@ -14,7 +14,13 @@ from pytest_dbsnap.dumps.fingerprint import compute_fingerprint
 from pytest_dbsnap.dumps.generate import generate_dump, migrate
 from pytest_dbsnap.dumps.meta import DumpMeta
 from pytest_dbsnap.dumps.remote import RemoteStore
-from pytest_dbsnap.dumps.restore import check_target, drop_orphan_templates, prepare_spare, restore_dump
+from pytest_dbsnap.dumps.restore import (
+    check_target,
+    drop_orphan_templates,
+    prepare_spare,
+    restore_dump,
+    template_name,
+)
 from pytest_dbsnap.dumps.store import DumpStore
 from pytest_dbsnap.errors import DbsnapError, DumpCorrupt, DumpError
 from pytest_dbsnap.postgres.base import Server
@@ -277,3 +283,21 @@ def verify_restored_dump(outcome: DatabaseOutcome, settings: Settings) -> None:
         raise DumpError(f"No dump was restored into {outcome.database!r} in this session, so there is none to verify.")
     meta = outcome.meta
     verify_file(meta, DumpStore(settings.dumps_dir).dump_path(meta.environment, meta.name))
+
+
+@contextlib.contextmanager
+def template_clone(server: Server, outcome: DatabaseOutcome, *, need: str, fix: str) -> Iterator[str]:
+    """A private database cloned from the restored dump's template, dropped afterwards (pass or fail): what
+    `fresh_db` and transactional Django tests get. DumpError (`need`, then `fix`) when the session has no template."""
+    meta = outcome.meta
+    template = template_name(meta) if meta is not None else None
+    name = databases.temporary_name(databases.FRESH_PREFIX)
+    with server.connect() as conn:
+        if template is None or not databases.exists(conn, template):
+            raise DumpError(f"{need}, and this session has none (--skip-dump-restore, or no dump). {fix}")
+        databases.clone(conn, template, name)
+    try:
+        yield name
+    finally:
+        with server.connect() as conn:
+            databases.drop(conn, name)
