@@ -92,24 +92,28 @@ def describe_input_changes(meta: DumpMeta, current: dict[str, str], limit: int =
     return ", ".join(shown) + more if shown else "inputs changed"
 
 
-def staleness(settings: Settings, meta: DumpMeta | None) -> str | None:
-    """Why the latest dump cannot be used as it is, or None when it is current."""
+def staleness(
+    settings: Settings, meta: DumpMeta | None, current: tuple[str, dict[str, str]] | None = None
+) -> str | None:
+    """Why the latest dump cannot be used as it is, or None when it is current. `current` is the working tree's
+    fingerprint when the caller has it already (hashing the inputs reads every input file)."""
     if meta is None:
         return "no dump yet"
     if settings.regenerate_dump:
         return "--regenerate-dump"
     if meta.fingerprint is None:  # imported: not made from our inputs, used as given
         return None
-    fingerprint, inputs = compute_fingerprint(settings)
+    fingerprint, inputs = current or compute_fingerprint(settings)
     if meta.fingerprint == fingerprint:
         return None
     return f"stale: {describe_input_changes(meta, inputs)}"
 
 
-def matching_dump(store: DumpStore, settings: Settings) -> DumpMeta | None:
+def matching_dump(store: DumpStore, settings: Settings, fingerprint: str | None = None) -> DumpMeta | None:
     """The newest dump of the environment whose fingerprint is the working tree's, with its file present (an
     unreadable one is passed over: it cannot be the one restored)."""
-    fingerprint, _inputs = compute_fingerprint(settings)
+    if fingerprint is None:
+        fingerprint, _inputs = compute_fingerprint(settings)
     for name in reversed(store.names(settings.env)):
         try:
             meta = store.read_meta(settings.env, name)
@@ -124,10 +128,13 @@ def usable_dump(store: DumpStore, settings: Settings) -> tuple[DumpMeta | None, 
     """(dump to restore, why a new one is needed, why latest was passed over): latest when current, else the
     newest dump matching the working tree (a branch switched back to), else latest with its staleness."""
     meta = store.latest(settings.env)
-    reason = staleness(settings, meta)
+    # Hashed once here for both questions: is latest current, and else which dump matches the tree.
+    needs_hash = meta is not None and meta.fingerprint is not None and not settings.regenerate_dump
+    current = compute_fingerprint(settings) if needs_hash else None
+    reason = staleness(settings, meta, current)
     if reason is None or meta is None or settings.regenerate_dump:
         return meta, reason, None
-    earlier = matching_dump(store, settings)
+    earlier = matching_dump(store, settings, current[0] if current else None)
     if earlier is None:
         return meta, reason, None
     return earlier, None, reason
