@@ -585,13 +585,17 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def cmd_init(args: argparse.Namespace) -> int:
-    from pytest_dbsnap.init import init_project
+    from pytest_dbsnap.init import ignore_outputs, init_project
 
-    block, todo, pyproject = init_project(Path(args.path).resolve(), dry_run=args.dry_run)
+    root = Path(args.path).resolve()
+    block, todo, pyproject = init_project(root, dry_run=args.dry_run)
     if args.dry_run:
         print(block)
     else:
         print(f"wrote a [tool.dbsnap] block into {pyproject}")
+        ignored = ignore_outputs(root)
+        if ignored:
+            print(f"added to {root / '.gitignore'}: {' '.join(ignored)}")
     if todo:
         print("left to fill:")
         for item in todo:
