@@ -41,3 +41,20 @@ def test_a_newer_major_is_refused_with_the_fix(written_by: str) -> None:
 
 def test_a_version_without_a_number_is_left_to_pg_restore() -> None:
     check_readable("unknown", PG15, dump="dev/a (x.dump)")
+
+
+def test_the_compose_error_leads_with_the_init_scripts_refusal() -> None:
+    """The container's log lines as compose prints them: the refusal of init-db.sh is picked out of them."""
+    from pytest_dbsnap.postgres.compose import init_refusal
+
+    logs = (
+        "dumps-1     | init-db: staged dump 20260101T000000Z-abc of environment dev (chosen by /dumps/dev/latest)\n"
+        "postgres-1  | init-db: refusing to restore: the dump dev/20260101T000000Z-abc (/dumps/dev/x.dump) was "
+        "written by pg_dump 18.6, and the pg_restore of this image is PostgreSQL 15.18, ... start again.\n"
+        "postgres-1  | \n"
+    )
+    assert init_refusal(logs) == (
+        "the dump dev/20260101T000000Z-abc (/dumps/dev/x.dump) was written by pg_dump 18.6, and the pg_restore "
+        "of this image is PostgreSQL 15.18, ... start again."
+    )
+    assert init_refusal("postgres-1  | database system is ready to accept connections\n") is None
