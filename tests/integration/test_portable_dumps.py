@@ -110,6 +110,26 @@ def test_a_session_refuses_a_dump_of_a_newer_pg_dump_before_touching_anything(
     assert not template_exists(dumps_cluster, template_name(dump_by_newer_pg.meta))
 
 
+def test_a_session_on_its_own_local_cluster_refuses_it_too(
+    pytester: pytest.Pytester, dump_by_newer_pg: Any, shared_pg_cache: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The usual setup: no DSN, a throwaway cluster of the system's PostgreSQL, a seed_command that could make a
+    dump it can read, and still no dump is made in place of the shared one."""
+    shutil.copytree(dump_by_newer_pg.root, pytester.path, dirs_exist_ok=True)
+    before = files_of(pytester.path / "dumps")
+    monkeypatch.setenv("DBSNAP_CACHE_DIR", str(shared_pg_cache))
+    monkeypatch.setenv("DBSNAP_WARM_CLUSTER", "false")  # nothing parked for this one-off project
+    pytester.makepyfile(test_app="def test_uses_the_database(dbsnap_db):\n    pass\n")
+
+    result = pytester.runpytest_subprocess("--db-provider=local", "-p", "no:cacheprovider")
+
+    text = result.stdout.str() + result.stderr.str()
+    result.assert_outcomes(errors=1)
+    assert_the_paragraph(text, dump_by_newer_pg, find_pg_tools(None).version)
+    assert "generating a dump" not in text
+    assert files_of(pytester.path / "dumps") == before
+
+
 def test_dbsnap_restore_refuses_a_dump_of_a_newer_pg_dump_before_touching_anything(
     newer_project: Path, dump_by_newer_pg: Any, dumps_cluster: LocalCluster
 ) -> None:
