@@ -316,11 +316,15 @@ def cmd_push(args: argparse.Namespace, settings: Settings) -> int:
 
 def cmd_pull(args: argparse.Namespace, settings: Settings) -> int:
     from pytest_dbsnap.dumps.remote import RemoteStore
+    from pytest_dbsnap.postgres.base import PgTools, find_pg_tools
 
     store = _store(settings)
     remote = RemoteStore.from_settings(settings)
+    tools: PgTools | None = None
+    with contextlib.suppress(DbsnapError):  # no pg_restore here: nothing to compare the dump's version with
+        tools = find_pg_tools(settings.pg_bindir, need_server=False)
     _progress.step(f"pulling {settings.env}/{args.name} from {remote.url}")
-    done = remote.pull(store, settings.env, args.name)
+    done = remote.pull(store, settings.env, args.name, tools=tools)
     _progress_done()
     what = f"pulled in {done.seconds:.1f} s, sha256 verified" if done.moved else "was already here"
     print(
@@ -328,7 +332,6 @@ def cmd_pull(args: argparse.Namespace, settings: Settings) -> int:
         f"of {settings.env!r} in {store.root}"
     )
     # This machine's cluster snapshot of the dump, when one was pushed: the next pytest session starts from it.
-    from pytest_dbsnap.postgres.base import find_pg_tools
     from pytest_dbsnap.postgres.snapshot import machine_key
 
     try:

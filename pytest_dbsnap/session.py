@@ -192,7 +192,9 @@ def prepare_database(
         progress(f"looking for a current dump of {settings.env!r} in {settings.remote}")
         started = time.monotonic()
         fingerprint, _inputs = compute_fingerprint(settings)
-        fetched = RemoteStore.from_settings(settings).pull_matching(store, settings.env, fingerprint)
+        fetched = RemoteStore.from_settings(settings).pull_matching(
+            store, settings.env, fingerprint, tools=server.tools
+        )
         if fetched is not None:
             meta, reason, pulled = fetched.meta, None, True
             pull_seconds = time.monotonic() - started
