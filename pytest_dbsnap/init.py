@@ -113,6 +113,7 @@ def _django(root: Path, found: Detected) -> bool:
 
 
 def _node(root: Path, found: Detected) -> bool:
+    """A package.json: its migration tool or npm scripts; True when a migrate command was found."""
     package = root / "package.json"
     if not package.is_file():
         return False
@@ -157,7 +158,7 @@ def _node(root: Path, found: Detected) -> bool:
             'requires = ["node", "npm"]',
         ]
         found.todo.append("check that `npm run start` listens on $PORT and set health_url to its health route")
-    return True
+    return migrate is not None  # no migration tool found: the summary asks for migrate_command
 
 
 def _compose(root: Path, found: Detected) -> bool:

@@ -143,6 +143,13 @@ def test_a_git_project_gets_reports_and_snapshots_ignored_once(
     assert (tmp_path / ".gitignore").read_text().splitlines() == lines  # nothing twice
 
 
+def test_a_node_project_without_migrations_is_asked_for_its_migrate_command(tmp_path: Path) -> None:
+    (tmp_path / "package.json").write_text(json.dumps({"dependencies": {"directus": "11"}}))
+    block, todo, _path = init_project(tmp_path, dry_run=True)
+    assert "Node (package.json)" in block
+    assert any("migrate_command" in item for item in todo)
+
+
 def test_a_folder_outside_git_gets_no_gitignore(tmp_path: Path) -> None:
     assert main(["init", "--path", str(tmp_path)]) == 0
     assert not (tmp_path / ".gitignore").exists()
