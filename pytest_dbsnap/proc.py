@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import contextlib
+import io
 import os
 import shlex
 import shutil
@@ -117,16 +118,25 @@ def _follow(
     kept: deque[str] = deque(maxlen=10 * TAIL_LINES)  # what a failure message can quote, and a bound on memory
     output: list[str] = []
 
+    # Bytes, decoded leniently, and a listener's failure only costs the progress: a reader that stopped would
+    # leave the pipe to fill up and the program to wait on it forever.
     def hear() -> None:
-        assert process.stderr is not None
-        for line in process.stderr:
-            if stderr_line(line):
+        assert isinstance(process.stderr, io.TextIOWrapper)
+        for raw in process.stderr.buffer:
+            line = raw.decode(errors="replace")
+            try:
+                keep = stderr_line(line)
+            except Exception:
+                keep = True
+            if keep:
                 kept.append(line)
 
     readers = [threading.Thread(target=hear, name="dbsnap-stderr", daemon=True)]
-    if process.stdout is not None:
-        stdout = process.stdout
-        readers.append(threading.Thread(target=lambda: output.append(stdout.read()), daemon=True))
+    if isinstance(process.stdout, io.TextIOWrapper):
+        stdout = process.stdout.buffer
+        readers.append(
+            threading.Thread(target=lambda: output.append(stdout.read().decode(errors="replace")), daemon=True)
+        )
     for reader in readers:
         reader.start()
     process.wait(timeout=timeout)
