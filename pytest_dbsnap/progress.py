@@ -1,7 +1,11 @@
 """Progress of the slow steps (seeding, pg_restore, a service start): one live status line on a terminal, one
 line per finished step with its duration in CI, and the list of steps with durations for the reports.
 
-No pytest here: the plugin (progress_plugin.py) and the CLI give a Reporter its streams. The live line is drawn
+Where a total is known the live line has a bar (bytes hashed or moved, pg_restore's table-of-contents entries),
+moved through `meter()` by whoever loops; a part of a step (a snapshot's unpack while the server starts) is a
+`substep` with a duration of its own.
+
+No pytest here: the plugin (report.py) and the CLI give a Reporter its streams. The live line is drawn
 by hand with three ANSI sequences (save cursor, erase to the end of the line, restore cursor) after whatever the
 current line holds, so pytest's own line and its column bookkeeping stay as they were; rich's Live display
 wants to own the console and stdout, which pytest's capture and terminal writer already do.
