@@ -123,8 +123,7 @@ class Reporter:
         PostgreSQL starts); the step goes on when it ends, its own duration still counting the part."""
         with self._lock:
             parent = None if self._label is None or self._parent is not None else self._label
-        if parent is None:  # no step in progress, or already in a part: the part is just a new step
-            self.step(label)
+        if parent is None:  # no step in progress, or already in a part (parts do not nest): nothing to record
             yield
             return
         self._parent = (parent, self._began, self._announce)

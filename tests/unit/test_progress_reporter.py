@@ -91,9 +91,13 @@ def test_a_part_of_a_step_has_its_own_line_and_the_step_counts_it() -> None:
     assert whole.seconds >= part.seconds
     assert lines[0].startswith("dbsnap: starting PostgreSQL (local) > unpacking the cluster snapshot a.tar.zst: ")
     assert lines[1].startswith("dbsnap: starting PostgreSQL (local): ")
-    with progress.substep("outside any step"):  # no step in progress: nothing to be part of, nothing recorded
+    with progress.substep("outside any step"), reporter.substep("also outside"):  # nothing to be part of
         pass
-    assert len(reporter.steps) == 2
+    reporter.step("preparing 'app' from dev")
+    with reporter.substep("a part"), reporter.substep("a part of a part"):  # parts do not nest: the inner is not one
+        assert reporter.status().startswith("dbsnap: a part (")
+    reporter.end()
+    assert [s.label for s in reporter.steps[2:]] == ["a part", "preparing 'app' from dev"]
 
 
 def test_a_failed_part_ends_failed_and_a_step_ended_inside_a_part_ends_both() -> None:
