@@ -90,6 +90,7 @@ class Reporter:
         self._count = ""  # "37/120 entries" where the total is a count of things rather than bytes
         self._announce = True
         self._parent: tuple[str, float, bool] | None = None  # the step a substep interrupts: label, began, announce
+        self._first = 0
         self._drawn = False
         self._stop = threading.Event()
         self._thread: threading.Thread | None = None
@@ -103,6 +104,7 @@ class Reporter:
         that prints its own line per step (dbsnap verify's `ok` or `FAILED`).
         """
         self.end()
+        self._first = len(self.steps)  # where it goes in the list: before its parts, which finish first
         self._begin(_oneline(label), time.monotonic(), announce)
 
     def _begin(self, label: str, began: float, announce: bool) -> None:
@@ -178,7 +180,7 @@ class Reporter:
             announce = self._announce
             self._label = None
             self.serial += 1
-            self.steps.append(step)
+            self.steps.insert(len(self.steps) if within else self._first, step)
             self._erase()
         if self.finished is not None and announce:
             self.finished(step.line())

@@ -175,7 +175,7 @@ def test_a_fresh_machine_starts_from_the_snapshot_with_the_same_data(original: O
     reporter.step("starting PostgreSQL (local)")
     with start_fresh(settings, cache) as cluster:
         reporter.end()
-        unpacked, started = reporter.steps
+        started, unpacked = reporter.steps
         assert unpacked.label == f"unpacking the cluster snapshot {original.snapshot.archive.name}"
         assert unpacked.within == started.label == "starting PostgreSQL (local)"
         assert started.seconds >= unpacked.seconds > 0

@@ -85,7 +85,7 @@ def test_a_part_of_a_step_has_its_own_line_and_the_step_counts_it() -> None:
     assert reporter.status().startswith("dbsnap: starting PostgreSQL (local) (")  # the step goes on
     assert "]" not in reporter.status()  # the part's bar went with it
     reporter.end()
-    part, whole = reporter.steps
+    whole, part = reporter.steps  # listed as read: the step, then its part (though the part finished first)
     assert (part.label, part.within, part.phase) == ("unpacking the cluster snapshot a.tar.zst", whole.label, "server")
     assert (whole.within, whole.phase) == (None, "server")
     assert whole.seconds >= part.seconds
@@ -97,7 +97,7 @@ def test_a_part_of_a_step_has_its_own_line_and_the_step_counts_it() -> None:
     with reporter.substep("a part"), reporter.substep("a part of a part"):  # parts do not nest: the inner is not one
         assert reporter.status().startswith("dbsnap: a part (")
     reporter.end()
-    assert [s.label for s in reporter.steps[2:]] == ["a part", "preparing 'app' from dev"]
+    assert [s.label for s in reporter.steps[2:]] == ["preparing 'app' from dev", "a part"]
 
 
 def test_a_failed_part_ends_failed_and_a_step_ended_inside_a_part_ends_both() -> None:
@@ -112,10 +112,10 @@ def test_a_failed_part_ends_failed_and_a_step_ended_inside_a_part_ends_both() ->
     with progress.substep("pg_restore of x"):
         reporter.end(failed=True)  # the plugin ends the step when the call under it fails
     assert [(s.label, s.failed) for s in reporter.steps] == [
-        ("unpacking the cluster snapshot a.tar.zst", True),
         ("starting PostgreSQL (local)", False),
-        ("pg_restore of x", True),
+        ("unpacking the cluster snapshot a.tar.zst", True),
         ("preparing 'app' from dev", True),
+        ("pg_restore of x", True),
     ]
     assert not progress.active()
 
