@@ -280,9 +280,11 @@ def _list_remote(args: argparse.Namespace, settings: Settings) -> int:
     from pytest_dbsnap.dumps.remote import RemoteStore
 
     remote = RemoteStore.from_settings(settings)
+    _progress.step(f"listing the dumps in {remote.url}")
     listing: dict[str, list[DumpMeta]] = {}
     for meta in remote.list_remote(args.env):
         listing.setdefault(meta.environment, []).append(meta)
+    _progress_done()
     if args.json:
         print(json.dumps({env: [json.loads(m.to_json()) for m in metas] for env, metas in listing.items()}, indent=2))
         return EXIT_OK
@@ -401,23 +403,33 @@ def cmd_verify(args: argparse.Namespace, settings: Settings) -> int:
         store.get(settings.env)  # raises the "no dumps" message
     tools = find_pg_tools(settings.pg_bindir, need_server=False)
     failed = 0
+    # Each file's own `ok` or `FAILED` line is its step's line: the steps show only as the live line (a bar of
+    # the bytes hashed), erased before that line, so that a FAILED line is never preceded by progress.
     for name in names:
+        _progress.step(f"verifying {settings.env}/{name}", announce=False)
         try:
             meta = store.get(settings.env, name)
             path = store.dump_path(settings.env, meta.name)
             verify_file(meta, path)
             read_archive_header(tools, path)
-            print(f"ok      {settings.env}/{meta.name}")
         except DbsnapError as exc:
             failed += 1
+            _progress.end(failed=True)
             print(f"FAILED  {settings.env}/{name}: {exc}", file=sys.stderr)
+        else:
+            _progress_done()
+            print(f"ok      {settings.env}/{meta.name}")
         for snapshot in snapshots_of(store.dump_path(settings.env, name)):
+            _progress.step(f"verifying {settings.env}/{snapshot.name}", announce=False)
             try:
                 verify_snapshot(snapshot)
-                print(f"ok      {settings.env}/{snapshot.name}")
             except DbsnapError as exc:
                 failed += 1
+                _progress.end(failed=True)
                 print(f"FAILED  {settings.env}/{snapshot.name}: {exc}", file=sys.stderr)
+            else:
+                _progress_done()
+                print(f"ok      {settings.env}/{snapshot.name}")
     return EXIT_FAILED if failed else EXIT_OK
 
 
@@ -441,7 +453,9 @@ def cmd_import(args: argparse.Namespace, settings: Settings) -> int:
     from pytest_dbsnap.postgres.base import find_pg_tools
 
     store = _store(settings)
-    meta = import_dump(store, find_pg_tools(settings.pg_bindir, need_server=False), Path(args.file), settings.env)
+    tools = find_pg_tools(settings.pg_bindir, need_server=False)
+    meta = import_dump(store, tools, Path(args.file), settings.env, progress=progress_printer())
+    _progress_done()
     print(
         f"imported {args.file} as {settings.env}/{meta.name} ({meta.size_bytes / 1e6:.1f} MB, "
         f"pg_dump {meta.pg_dump_version}); it is now the latest of {settings.env!r}"

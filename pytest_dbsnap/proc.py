@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import contextlib
+import io
 import os
 import shlex
 import shutil
@@ -10,7 +11,8 @@ import signal
 import subprocess
 import sys
 import threading
-from collections.abc import Mapping, Sequence
+from collections import deque
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from types import FrameType
@@ -47,10 +49,14 @@ def run(
     run_as: RunAs | None = None,
     stdout: int | None = subprocess.PIPE,
     timeout: float | None = None,
+    stderr_line: Callable[[str], bool] | None = None,
 ) -> subprocess.CompletedProcess[str]:
     """Run a command to completion; on failure raise ToolError quoting the tail of stderr.
 
-    `what` is the human name of the step ("initdb", "the seed command") used in messages.
+    `what` is the human name of the step ("initdb", "the seed command") used in messages. `stderr_line`, when
+    given, hears each line of stderr as it comes (`pg_restore --verbose` saying which entry it is at) and returns
+    whether the line is worth keeping: a line that is only progress is left out of the result's stderr and of
+    the failure message's tail, so that thousands of them cannot push the real error out.
     """
     argv = [os.fspath(part) for part in command]
     full_env = dict(os.environ if env is None else env)
@@ -79,7 +85,10 @@ def run(
         ) from exc
     with process, reaper.watched_group(process.pid):
         try:
-            output, errors = process.communicate(timeout=timeout)
+            if stderr_line is None:
+                output, errors = process.communicate(timeout=timeout)
+            else:
+                output, errors = _follow(process, stderr_line, timeout)
         except BaseException as exc:
             # Timed out or interrupted (Ctrl-C reaches only the terminal's group): end the whole group we started.
             _kill_group(process)
@@ -100,6 +109,40 @@ def run(
             stderr_tail=stderr_tail,
         )
     return result
+
+
+def _follow(
+    process: subprocess.Popen[str], stderr_line: Callable[[str], bool], timeout: float | None
+) -> tuple[str, str]:
+    """communicate() with stderr heard line by line: (stdout, the stderr lines that `stderr_line` kept)."""
+    kept: deque[str] = deque(maxlen=10 * TAIL_LINES)  # what a failure message can quote, and a bound on memory
+    output: list[str] = []
+
+    # Bytes, decoded leniently, and a listener's failure only costs the progress: a reader that stopped would
+    # leave the pipe to fill up and the program to wait on it forever.
+    def hear() -> None:
+        assert isinstance(process.stderr, io.TextIOWrapper)
+        for raw in process.stderr.buffer:
+            line = raw.decode(errors="replace")
+            try:
+                keep = stderr_line(line)
+            except Exception:
+                keep = True
+            if keep:
+                kept.append(line)
+
+    readers = [threading.Thread(target=hear, name="dbsnap-stderr", daemon=True)]
+    if isinstance(process.stdout, io.TextIOWrapper):
+        stdout = process.stdout.buffer
+        readers.append(
+            threading.Thread(target=lambda: output.append(stdout.read().decode(errors="replace")), daemon=True)
+        )
+    for reader in readers:
+        reader.start()
+    process.wait(timeout=timeout)
+    for reader in readers:
+        reader.join(timeout=5)  # a grandchild may hold a pipe open: what it says later is not waited for
+    return "".join(output), "".join(kept)
 
 
 class RedactingLog:

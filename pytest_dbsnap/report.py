@@ -11,7 +11,7 @@ from collections.abc import Generator
 
 import pytest
 
-from pytest_dbsnap.progress import Reporter, interactive
+from pytest_dbsnap.progress import Reporter, Step, interactive
 from pytest_dbsnap.redact import redact
 from pytest_dbsnap.stash import (
     OUTCOME_KEY,
@@ -28,7 +28,8 @@ _PHASE_TABLE_STYLE = (
     "<style>#dbsnap-phases{border-collapse:collapse;margin:6px 0 18px}"
     "#dbsnap-phases th,#dbsnap-phases td{border:1px solid #d0d0d0;padding:4px 12px;text-align:left}"
     "#dbsnap-phases th{background:#f3f3f3}#dbsnap-phases td.failed{color:#b00020;font-weight:bold}"
-    "#dbsnap-phases td.passed{color:#1b5e20}#dbsnap-phases td.skipped{color:#7a4f00}</style>"
+    "#dbsnap-phases td.passed{color:#1b5e20}#dbsnap-phases td.skipped{color:#7a4f00}"
+    "#dbsnap-phases tr.dbsnap-step td{color:#555}</style>"
 )
 
 
@@ -138,14 +139,16 @@ def pytest_html_results_summary(
     prefix: list[str], summary: list[str], postfix: list[str], session: pytest.Session
 ) -> None:
     reporter = session.config.stash.get(PROGRESS_KEY, None)
-    if reporter is not None and reporter.steps:
+    all_steps = reporter.steps if reporter is not None else []
+    if all_steps:
         steps = "".join(
-            f"<tr><td>{html.escape(s.label)}</td><td>{'failed after ' if s.failed else ''}{s.seconds:.1f} s</td></tr>"
-            for s in reporter.steps
+            f"<tr><td>{html.escape(_step_name(s))}</td><td>{html.escape(s.phase or '')}</td><td>{s.duration}</td></tr>"
+            for s in all_steps
         )
         prefix.append(
             f"<h2>Where the session's time went</h2><table id='dbsnap-steps'><thead><tr>"
-            f"<th scope='col'>Step</th><th scope='col'>Duration</th></tr></thead><tbody>{steps}</tbody></table>"
+            f"<th scope='col'>Step</th><th scope='col'>Phase</th><th scope='col'>Duration</th></tr></thead>"
+            f"<tbody>{steps}</tbody></table>"
         )
     book = session.config.stash[PHASES_KEY]
     if not book.phases:
@@ -154,6 +157,12 @@ def pytest_html_results_summary(
         f"<tr><td>{p.order}</td><td>{html.escape(p.name)}</td><td class='{p.status}'>{p.status}</td>"
         f"<td>{p.passed}</td><td>{p.failed}</td><td>{p.skipped}</td><td>{p.seconds:.2f} s</td>"
         f"<td>{html.escape(p.first_failure or ('; '.join(p.skip_reasons[:1])))}</td></tr>"
+        + "".join(
+            f"<tr class='dbsnap-step'><td></td><td colspan='5'>{html.escape(_step_name(s))}</td>"
+            f"<td>{s.duration}</td><td></td></tr>"
+            for s in all_steps
+            if s.phase == p.name
+        )
         for p in book.ordered()
     )
     prefix.append(
@@ -162,6 +171,10 @@ def pytest_html_results_summary(
         "<th scope='col'>Failed</th><th scope='col'>Skipped</th><th scope='col'>Duration</th>"
         f"<th scope='col'>First failure / skip reason</th></tr></thead><tbody>{rows}</tbody></table>"
     )
+
+
+def _step_name(step: Step) -> str:
+    return f"{step.within} > {step.label}" if step.within else step.label
 
 
 def pytest_terminal_summary(terminalreporter: pytest.TerminalReporter) -> None:
@@ -178,8 +191,10 @@ def pytest_terminal_summary(terminalreporter: pytest.TerminalReporter) -> None:
     if not (outcome or workers or (book and book.phases) or written or not_written or steps):
         return
     terminalreporter.section("dbsnap")
+    phases = set(book.phases) if book else set()
     for step in steps:
-        terminalreporter.write_line(step.line().replace("dbsnap: ", "step: ", 1))
+        if step.phase not in phases:  # the others are listed under their phase in the phase table
+            terminalreporter.write_line(step.line().replace("dbsnap: ", "step: ", 1))
     if outcome is not None:
         terminalreporter.write_line(f"database: {outcome.describe()}")
         for warning in outcome.warnings:
@@ -191,7 +206,7 @@ def pytest_terminal_summary(terminalreporter: pytest.TerminalReporter) -> None:
     for line in sorted(workers):
         terminalreporter.write_line(f"database {line}")
     if book and book.phases:
-        for line in book.table():
+        for line in book.table(steps):
             terminalreporter.write_line(line)
 
 
@@ -227,6 +242,19 @@ def _redact_report(report: pytest.TestReport) -> None:
         if hidden != text:
             report.longrepr = hidden
     report.sections = [(title, redact(content)) for title, content in report.sections]
+
+
+@pytest.hookimpl(wrapper=True)
+def pytest_runtest_protocol(item: pytest.Item, nextitem: pytest.Item | None) -> Generator[None, object, object]:
+    """The steps a smoke test's set-up runs (its session fixtures: the server, the database, a service) are
+    recorded with its phase, so that the phase table lists them under it."""
+    reporter = progress_reporter(item.config)
+    phase = item.config.stash[PHASES_KEY].phase(item)
+    reporter.phase = phase.name if phase is not None else None
+    try:
+        return (yield)
+    finally:
+        reporter.phase = None
 
 
 def pytest_sessionfinish(session: pytest.Session) -> None:

@@ -4,9 +4,12 @@ instead of letting them fail in a cascade of errors that hide the first cause.""
 from __future__ import annotations
 
 import re
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 
 import pytest
+
+from pytest_dbsnap.progress import Step
 
 _MODULE = re.compile(r"^test_(?P<order>\d+)_(?P<name>\w+)$")
 
@@ -89,12 +92,18 @@ class PhaseBook:
     def ordered(self) -> list[Phase]:
         return sorted(self.phases.values(), key=lambda p: (p.order, p.name))
 
-    def table(self) -> list[str]:
+    def table(self, steps: Sequence[Step] = ()) -> list[str]:
+        """The phases with their counts and durations; under each, the slow steps its set-up ran (starting the
+        server, each part of the database step, a service start) with theirs: where the phase's time went."""
         lines = [f"{'phase':<14} {'status':<8} {'passed':>6} {'failed':>6} {'skipped':>7} {'seconds':>8}"]
         for p in self.ordered():
             lines.append(
                 f"{p.order:>2} {p.name:<11} {p.status:<8} {p.passed:>6} {p.failed:>6} {p.skipped:>7} {p.seconds:>8.2f}"
             )
+            for step in steps:
+                if step.phase == p.name:
+                    text = f"{'       ' if step.within else '     '}{step.label}{' (failed)' if step.failed else ''}"
+                    lines.append(f"{text[:45]:<45} {step.seconds:>8.2f}")
         return lines
 
 

@@ -6,6 +6,7 @@ import datetime as dt
 import hashlib
 import re
 import time
+from collections.abc import Callable
 from pathlib import Path
 
 from pytest_dbsnap import __version__
@@ -15,6 +16,7 @@ from pytest_dbsnap.dumps.store import DumpStore
 from pytest_dbsnap.errors import DumpCorrupt, ToolError
 from pytest_dbsnap.postgres.base import PgTools
 from pytest_dbsnap.proc import run
+from pytest_dbsnap.progress import meter
 
 ARCHIVE_MAGIC = b"PGDMP"
 
@@ -91,16 +93,26 @@ def read_archive_header(tools: PgTools, path: Path) -> dict[str, str]:
     return header
 
 
-def import_dump(store: DumpStore, tools: PgTools, source: Path, env: str) -> DumpMeta:
+def _quiet(_message: str) -> None:
+    """Progress sink that shows nothing."""
+
+
+def import_dump(
+    store: DumpStore, tools: PgTools, source: Path, env: str, *, progress: Callable[[str], None] = _quiet
+) -> DumpMeta:
     """Copy a dump into the store (atomically), checksum it and record what its archive header says.
 
     An imported dump has no fingerprint: it did not come from this project's seed, so it is never stale.
     """
     if not source.is_file():
         raise DumpCorrupt(f"There is no file {source} to import.")
+    progress(f"reading the table of contents of {source.name}")
     header = read_archive_header(tools, source)
     began = time.monotonic()
     with store.lock(env), store.incoming(env) as temporary:
+        total = source.stat().st_size
+        progress(f"copying {source.name} into the store ({total / 1e6:.1f} MB)")
+        count = meter()  # the step's bar, by bytes copied
         digest = hashlib.sha256()
         size = 0
         with source.open("rb") as src, temporary.open("wb") as dst:
@@ -108,6 +120,7 @@ def import_dump(store: DumpStore, tools: PgTools, source: Path, env: str) -> Dum
                 digest.update(chunk)
                 dst.write(chunk)
                 size += len(chunk)
+                count(size, total)
         created = dt.datetime.now(dt.UTC).replace(microsecond=0)
         sha = digest.hexdigest()
         meta = DumpMeta(

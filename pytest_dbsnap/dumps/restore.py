@@ -36,7 +36,7 @@ from pytest_dbsnap.errors import (
 )
 from pytest_dbsnap.postgres.base import PgTools, Server
 from pytest_dbsnap.proc import run
-from pytest_dbsnap.progress import meter
+from pytest_dbsnap.progress import active, listener, meter
 
 Progress = Callable[[str], None]
 SYSTEM_DATABASES = {"postgres", "template0", "template1"}
@@ -200,14 +200,21 @@ def count_rows(conn: psycopg.Connection[tuple[object, ...]]) -> dict[str, int]:
 
 
 def pg_restore_into(server: Server, dump_path: Path, database: str, jobs: int) -> None:
-    """pg_restore with the flags every restore uses (also the benchmarks' baseline), into an existing database."""
+    """pg_restore with the flags every restore uses (also the benchmarks' baseline), into an existing database.
+
+    While a step is in progress its live line gets a bar of the archive's table of contents: the entries are
+    counted with `pg_restore --list` (it reads only the table of contents), and `--verbose` says which one
+    pg_restore is at. With no step in progress (the benchmarks' baseline) it runs without either.
+    """
     conninfo, env = server.tool_args(database)
+    follow = TocProgress(toc_entries(server, dump_path)) if active() else None
     run(
         [
             server.tools.path("pg_restore"),
             "--no-owner",
             "--no-acl",
             "--exit-on-error",
+            *(["--verbose"] if follow else []),
             "-j",
             str(jobs),
             "-d",
@@ -216,7 +223,70 @@ def pg_restore_into(server: Server, dump_path: Path, database: str, jobs: int) -
         ],
         what=f"pg_restore of {dump_path.name}",
         env=env,
+        stderr_line=follow,
     )
+    if follow is not None:
+        follow.count(follow.total, follow.total, "entries")  # the last entry is done too: pg_restore exited
+
+
+def toc_entries(server: Server, dump_path: Path) -> int:
+    """How many entries of the archive's table of contents a restore with --no-acl processes."""
+    listing = run(
+        [server.tools.path("pg_restore"), "--list", str(dump_path)], what=f"pg_restore --list {dump_path.name}"
+    ).stdout
+    return sum(1 for line in listing.splitlines() if line.strip() and not line.startswith(";") and not _ACL.match(line))
+
+
+# An entry of `pg_restore --list`: "218; 1255 16410 FUNCTION public f() postgres"; --no-acl skips the ACL ones.
+_ACL = re.compile(r"^\d+; \d+ \d+ (ACL|DEFAULT ACL) ")
+# What --verbose says as it goes (pg_restore 12 to 18): "pg_restore: creating TABLE ...", "processing data for
+# table ...", "executing SEQUENCE SET ...", and with -j "processing item 3 ...", "launching item 214 ...",
+# "finished item 214 ...". Anything else is kept for a failure's message: "pg_restore: error: ...", "while
+# PROCESSING TOC:", "from TOC entry 215; ...", "detail:", "hint:", warnings and the query quoted after an error.
+_VERBOSE = re.compile(
+    r"^pg_restore: (connecting|creating|processing|executing|launching|finished|entering|transferring|reducing|"
+    r"implied|dropping|disabling|enabling|setting|restoring|restored|skipping) "
+)
+_ITEM_BEGINS = re.compile(r"^pg_restore: (creating |executing |processing (?!item |missed item ))")
+
+
+class TocProgress:
+    """Follows `pg_restore --verbose` on stderr: moves the step's bar by entries done, and tells which lines are
+    only progress, so that they stay out of the failure message's tail.
+
+    Serially (and before and after the parallel loop of -j N) an entry that begins means the one before it is
+    done; inside the parallel loop the workers' entries count when pg_restore reports them finished.
+    """
+
+    def __init__(self, total: int) -> None:
+        self.total = total
+        self.begun = 0  # entries begun outside the parallel loop
+        self.finished = 0  # entries finished inside it
+        self.parallel = False
+        self.at_one = False  # an entry begun outside the parallel loop is being restored
+        self.count = meter()
+        self.hear = listener()
+
+    @property
+    def done(self) -> int:
+        return self.begun - self.at_one + self.finished
+
+    def __call__(self, line: str) -> bool:
+        if not _VERBOSE.match(line):
+            return True
+        message = line.removeprefix("pg_restore: ")
+        if message.startswith("entering main parallel loop"):
+            self.parallel, self.at_one = True, False
+        elif message.startswith("finished main parallel loop"):
+            self.parallel = False
+        elif self.parallel and message.startswith("finished item "):
+            self.finished += 1
+        elif not self.parallel and _ITEM_BEGINS.match(line):
+            self.begun, self.at_one = self.begun + 1, True
+        if _ITEM_BEGINS.match(line):
+            self.hear(message)  # the live line's latest output: the entry being restored
+        self.count(self.done, self.total, "entries")
+        return False
 
 
 def restore_dump(

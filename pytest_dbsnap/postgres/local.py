@@ -29,7 +29,7 @@ import psycopg
 from filelock import FileLock
 from psycopg import sql
 
-from pytest_dbsnap import reaper
+from pytest_dbsnap import progress, reaper
 from pytest_dbsnap.dumps.databases import TEMPLATE_PREFIX
 from pytest_dbsnap.errors import DbsnapError, ServerError, SnapshotUnusable, ToolError
 from pytest_dbsnap.postgres.base import PgTools, Server, find_pg_tools, wait_until_accepting
@@ -403,7 +403,8 @@ class LocalCluster(Server):
             meta = check_snapshot(snapshot, key)
             if meta is None:
                 return False
-            unpack(self.tools, snapshot, meta, self.data_dir)
+            with progress.substep(f"unpacking the cluster snapshot {snapshot.name}"):
+                unpack(self.tools, snapshot, meta, self.data_dir)
         except (SnapshotUnusable, ToolError, OSError) as exc:
             shutil.rmtree(self.data_dir, ignore_errors=True)
             self._snapshot_not_used(snapshot.name, str(exc))

@@ -41,6 +41,7 @@ from pytest_dbsnap.dumps.store import FILE_MODE, SNAPSHOT_MARK, fsync_dir, write
 from pytest_dbsnap.errors import SnapshotUnusable, ToolError
 from pytest_dbsnap.postgres.base import PgTools
 from pytest_dbsnap.proc import run, tail
+from pytest_dbsnap.progress import meter
 
 SNAPSHOT_FORMAT = 1
 ARCHIVE_SUFFIX = ".tar.zst"
@@ -466,11 +467,14 @@ def unpack(tools: PgTools, snapshot: Snapshot, meta: SnapshotMeta, dest: Path) -
                 [tar, "-C", str(dest), "--no-same-owner", "-xf", "-"], stdin=decompressor.stdout, stderr=tar_errors
             )
             decompressor.stdout.close()
+            count, done = meter(), 0  # the step's bar, by bytes of the archive unpacked
             try:
                 with snapshot.archive.open("rb") as archive:
                     for chunk in iter(lambda: archive.read(_CHUNK), b""):
                         digest.update(chunk)
                         decompressor.stdin.write(chunk)
+                        done += len(chunk)
+                        count(done, meta.size_bytes)
             except BrokenPipeError:
                 pass  # zstd or tar gave up; their exit codes say why
             finally:
@@ -514,9 +518,12 @@ def verify_snapshot(snapshot: Snapshot) -> SnapshotMeta:
     if size != meta.size_bytes:
         raise SnapshotUnusable(f"the archive has {size} bytes but its metadata records {meta.size_bytes} (truncated)")
     digest = hashlib.sha256()
+    count, done = meter(), 0  # the step's bar, by bytes hashed
     with snapshot.archive.open("rb") as archive:
         for chunk in iter(lambda: archive.read(_CHUNK), b""):
             digest.update(chunk)
+            done += len(chunk)
+            count(done, size)
     if digest.hexdigest() != meta.sha256:
         raise SnapshotUnusable("its sha256 does not match its metadata: the archive is damaged")
     return meta

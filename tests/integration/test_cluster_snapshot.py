@@ -33,6 +33,7 @@ from pytest_dbsnap.postgres.snapshot import (
     snapshots_of,
     verify_snapshot,
 )
+from pytest_dbsnap.progress import Reporter
 from pytest_dbsnap.session import DatabaseOutcome, prepare_database, snapshot_source
 from pytest_dbsnap.settings import Settings, load_settings
 
@@ -170,7 +171,14 @@ def test_the_snapshot_sits_beside_the_dump_and_carries_no_secret(original: Origi
 def test_a_fresh_machine_starts_from_the_snapshot_with_the_same_data(original: Original, tmp_path: Path) -> None:
     settings = fresh_machine(original, tmp_path)
     cache = tmp_path / "cache"
+    reporter = Reporter()  # as the plugin's: the server start is a step, the unpack a part of it
+    reporter.step("starting PostgreSQL (local)")
     with start_fresh(settings, cache) as cluster:
+        reporter.end()
+        started, unpacked = reporter.steps
+        assert unpacked.label == f"unpacking the cluster snapshot {original.snapshot.archive.name}"
+        assert unpacked.within == started.label == "starting PostgreSQL (local)"
+        assert started.seconds >= unpacked.seconds > 0
         assert isinstance(cluster, LocalCluster)
         assert cluster.started_from_snapshot == original.snapshot.archive.name
         assert cluster.snapshot_problem is None

@@ -254,6 +254,7 @@ def test_verify_passes_a_sound_dump_and_fails_a_damaged_one(
     sound = run_dbsnap(cli_project.root, "verify", "--env", ENV)
     assert sound.returncode == EXIT_OK, sound.stderr
     dump_line, *snapshot_lines = sound.stdout.splitlines()
+    assert sound.stderr == ""  # each file's ok line is its step's line: no duration lines besides (CI, pipes)
     assert dump_line == f"ok      dev/{cli_project.meta.name}"
     assert [line.startswith(f"ok      dev/{cli_project.meta.name}.pgdata-") for line in snapshot_lines] == [True]
 
@@ -288,6 +289,7 @@ def test_restore_into_a_dsn_then_clone_then_swap_the_spare(
     assert re.fullmatch(
         rf"restored dev/{name} into 'cli_app' by pg_restore in \d+\.\d\d s \(sha256 verified\)\n", first.stdout
     )
+    assert re.search(rf"^dbsnap: pg_restore of {name} with \d+ job\(s\): \d+\.\d s$", first.stderr, re.M)
     with dumps_cluster.connect("cli_app") as conn:
         assert count_rows(conn) == cli_project.meta.row_counts
 
@@ -501,6 +503,9 @@ def test_import_makes_a_restorable_latest_and_refuses_other_files(
     [name] = store.names("handmade")
     assert imported.stdout.startswith(f"imported {backup} as handmade/{name} (")
     assert imported.stdout.rstrip().endswith("it is now the latest of 'handmade'")
+    assert re.search(
+        r"^dbsnap: copying colleague\.dump into the store \(\d+\.\d MB\): \d+\.\d s$", imported.stderr, re.M
+    )
     assert refused.returncode == EXIT_FAILED
     assert f"{not_an_archive} is not a pg_dump custom-format archive" in refused.stderr
     no_traceback(refused)

@@ -14,6 +14,7 @@ import dataclasses
 import datetime as dt
 import json
 import os
+import re
 import shutil
 import socket
 import subprocess
@@ -571,7 +572,8 @@ def test_cli_push_pull_and_list_remote(moto: MotoServer, bucket: str, archives: 
     assert f"[dev] in {url} (1 dump(s), * = latest)" in listed.stdout
     assert f"* {meta.name}" in listed.stdout
     as_json = dbsnap(generator, "list", "--remote", "--json", "--env", ENV)
-    assert json.loads(as_json.stdout)[ENV][0]["sha256"] == meta.sha256
+    assert json.loads(as_json.stdout)[ENV][0]["sha256"] == meta.sha256  # clean while the step's line is on stderr
+    assert re.fullmatch(rf"dbsnap: listing the dumps in {re.escape(url)}: \d+\.\d s\n", as_json.stderr)
     empty = dbsnap(generator, "list", "--remote", "--env", "qa")
     assert empty.returncode == 0
     assert "no dumps in" in empty.stdout

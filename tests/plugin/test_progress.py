@@ -211,3 +211,63 @@ def test_under_ci_each_step_is_one_line_with_its_duration_and_no_carriage_return
     returncode, terminal, answer = run_in_pty([*cli, "list", "--json"], project, stdout_pipe=True)
     assert returncode == 0, terminal
     assert [dump["environment"] for dump in json.loads(answer)["dev"]] == ["dev"] * 4
+
+
+# A function the data's CHECK constraint calls: each row takes half a second to restore, so that the restore's
+# live line is drawn several times while its table data is in progress.
+SLOW_ROWS = """
+CREATE FUNCTION slow_true() RETURNS boolean LANGUAGE sql AS $$ SELECT true FROM pg_sleep(0.5) $$;
+CREATE TABLE planets (id int PRIMARY KEY, name text CHECK (slow_true()));
+INSERT INTO planets VALUES (1, 'mercury'), (2, 'venus'), (3, 'earth'), (4, 'mars');
+CREATE INDEX ON planets (name);
+"""
+
+
+def test_the_cli_shows_pg_restores_entries_and_verifys_bytes_on_a_terminal(
+    project: Path, tmp_path_factory: pytest.TempPathFactory
+) -> None:
+    from pytest_dbsnap.dumps import databases
+    from pytest_dbsnap.postgres.base import find_pg_tools
+    from pytest_dbsnap.postgres.local import LocalCluster
+
+    cli = [sys.executable, "-m", "pytest_dbsnap.cli"]
+    cache = tmp_path_factory.getbasetemp() / "pg-cache"
+    with LocalCluster(find_pg_tools(None), cache_dir=cache).start() as server:
+        with server.connect() as conn:
+            databases.create_empty(conn, "planets")
+        with server.connect("planets") as conn:
+            conn.execute(SLOW_ROWS)
+            conn.commit()
+        conninfo, env = server.tool_args("planets")
+        archive = project / "planets.dump"
+        subprocess.run([server.tools.path("pg_dump"), "-Fc", "-f", str(archive), conninfo], env=env, check=True)
+        imported = subprocess.run(
+            [*cli, "import", str(archive), "--env", "solar"], cwd=project, capture_output=True, text=True, timeout=120
+        )
+        assert imported.returncode == 0, imported.stderr
+
+        returncode, terminal, answer = run_in_pty(
+            [*cli, "restore", "--env", "solar", "--dsn", server.dsn("solar"), "--no-spare", "--jobs", "2"],
+            project,
+            stdout_pipe=True,
+        )
+        assert returncode == 0, terminal
+        assert answer.startswith("restored solar/"), answer
+        # The bar counts the archive's entries (function, table, data, primary key, index) as pg_restore goes.
+        bars = re.findall(
+            r"\x1b7dbsnap: pg_restore of \S+ with 2 job\(s\) \(\d+ s\) \[[#.]{20}\] (\d)/5 entries", terminal
+        )
+        assert bars, terminal
+        assert int(bars[0]) < 5
+        assert "processing data for table" in terminal  # the entry being restored, as the latest output
+        visible = re.sub(r"\x1b7.*?\x1b8", "", terminal)
+        assert "pg_restore:" not in visible  # --verbose reached only the live line
+        with server.connect("solar") as conn:
+            assert conn.execute("SELECT count(*) FROM planets").fetchone() == (4,)
+
+    # verify: a live line per file, gone before the file's own line (stdout here), and nothing else on stderr.
+    returncode, terminal, answer = run_in_pty([*cli, "verify", "--env", "solar"], project, stdout_pipe=True)
+    assert returncode == 0, terminal
+    assert "\x1b7dbsnap: verifying solar/" in terminal
+    assert re.sub(r"\x1b7.*?\x1b8", "", terminal).strip() == ""
+    assert answer.startswith("ok      solar/")

@@ -417,6 +417,29 @@ def test_html_and_junit_reports_carry_dump_facts_phases_and_log_tails(
     assert "<h2>Smoke phases</h2><table id='dbsnap-phases'>" in text
     for phase, status in (("database", "passed"), ("backend", "failed"), ("after", "skipped")):
         assert f"<td>{phase}</td><td class='{status}'>{status}</td>" in text
+    # Where each phase's time went: the steps its set-up ran, under it, with their durations.
+    step_row = "<tr class='dbsnap-step'><td></td><td colspan='5'>{}</td><td>{}"
+    for label in ("starting PostgreSQL (local)", "preparing 'app' from dev", "starting the backend"):
+        assert re.search(re.escape(step_row.format(label, "")) + r"\d+\.\d s</td>", text), label
+    assert re.search(r"<tr><td>starting the backend</td><td>backend</td><td>\d+\.\d s</td></tr>", text)
+    table = result.stdout.lines[
+        result.stdout.lines.index(next(x for x in result.stdout.lines if x.startswith("phase "))) :
+    ]
+    under: dict[str, list[str]] = {}
+    for line in table[1:]:
+        if row := re.match(r"^ *\d+ (\w+) ", line):
+            under[row[1]] = []
+        elif line.startswith("     ") and under:
+            under[list(under)[-1]].append(re.sub(r" +\d+\.\d\d$", "", line.strip()))
+    # (a part of a step, such as unpacking a cluster snapshot when one exists, is listed under its step)
+    parts = [step for step in under["database"] if step.startswith("unpacking the cluster snapshot ")]
+    assert [s for s in under["database"] if s not in parts][:2] == [
+        "starting PostgreSQL (local)",
+        "preparing 'app' from dev",
+    ], table
+    assert under["database"][1 : 1 + len(parts)] == parts, table
+    assert under["backend"] == ["starting the backend"], table
+    assert under["after"] == []
     [failed] = data["tests"]["test_02_backend.py::test_backend_is_the_frontend"]
     assert "backend log, last lines" in failed["log"]
     assert "backend starting on port" in failed["log"]

@@ -71,3 +71,61 @@ def test_a_transfer_during_a_step_moves_its_bar_instead_of_printing_percents() -
     callback(100)
     assert reporter.status().endswith("] 50%")
     reporter.end()
+
+
+def test_a_part_of_a_step_has_its_own_line_and_the_step_counts_it() -> None:
+    lines: list[str] = []
+    reporter = Reporter(finished=lines.append)
+    reporter.phase = "server"
+    reporter.step("starting PostgreSQL (local)")
+    with progress.substep("unpacking the cluster snapshot a.tar.zst"):
+        assert reporter.status().startswith("dbsnap: unpacking the cluster snapshot a.tar.zst (")
+        progress.meter()(3, 4)
+        assert reporter.status().endswith("] 75%")
+    assert reporter.status().startswith("dbsnap: starting PostgreSQL (local) (")  # the step goes on
+    assert "]" not in reporter.status()  # the part's bar went with it
+    reporter.end()
+    whole, part = reporter.steps  # listed as read: the step, then its part (though the part finished first)
+    assert (part.label, part.within, part.phase) == ("unpacking the cluster snapshot a.tar.zst", whole.label, "server")
+    assert (whole.within, whole.phase) == (None, "server")
+    assert whole.seconds >= part.seconds
+    assert lines[0].startswith("dbsnap: starting PostgreSQL (local) > unpacking the cluster snapshot a.tar.zst: ")
+    assert lines[1].startswith("dbsnap: starting PostgreSQL (local): ")
+    with progress.substep("outside any step"), reporter.substep("also outside"):  # nothing to be part of
+        pass
+    reporter.step("preparing 'app' from dev")
+    with reporter.substep("a part"), reporter.substep("a part of a part"):  # parts do not nest: the inner is not one
+        assert reporter.status().startswith("dbsnap: a part (")
+    reporter.end()
+    assert [s.label for s in reporter.steps[2:]] == ["preparing 'app' from dev", "a part"]
+
+
+def test_a_failed_part_ends_failed_and_a_step_ended_inside_a_part_ends_both() -> None:
+    reporter = Reporter()
+    reporter.step("starting PostgreSQL (local)")
+    try:
+        with progress.substep("unpacking the cluster snapshot a.tar.zst"):
+            raise OSError("disk full")
+    except OSError:
+        pass
+    reporter.step("preparing 'app' from dev")
+    with progress.substep("pg_restore of x"):
+        reporter.end(failed=True)  # the plugin ends the step when the call under it fails
+    assert [(s.label, s.failed) for s in reporter.steps] == [
+        ("starting PostgreSQL (local)", False),
+        ("unpacking the cluster snapshot a.tar.zst", True),
+        ("preparing 'app' from dev", True),
+        ("pg_restore of x", True),
+    ]
+    assert not progress.active()
+
+
+def test_counted_things_show_their_count_and_an_unannounced_step_prints_no_line() -> None:
+    lines: list[str] = []
+    reporter = Reporter(finished=lines.append)
+    reporter.step("pg_restore of x", announce=False)
+    progress.meter()(37, 120, "entries")
+    assert reporter.status().endswith("[######..............] 37/120 entries")
+    reporter.end()
+    assert lines == []
+    assert [s.label for s in reporter.steps] == ["pg_restore of x"]
