@@ -324,12 +324,19 @@ def prepare_database(
         warnings,
         matched_earlier,
     )
-    if spare_in_background:
+    if spare_in_background and _spare_outlives_session(server):
         outcome._spare_thread = threading.Thread(
             target=_spare_quietly, args=(server, meta), daemon=True, name="dbsnap-spare"
         )
         outcome._spare_thread.start()
     return outcome
+
+
+def _spare_outlives_session(server: Server) -> bool:
+    """A spare is for the next restore of the dump on this server. A local cluster that is not parked
+    (warm_cluster off) is removed at stop with its spare: making one would only copy the whole database while
+    the tests run and make the session's teardown wait for the copy."""
+    return not (isinstance(server, LocalCluster) and server.warm_slot is None)
 
 
 def _spare_quietly(server: Server, meta: DumpMeta) -> None:
