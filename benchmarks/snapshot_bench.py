@@ -1,6 +1,7 @@
 """Fresh-machine benchmark of cluster snapshots: the database step of a machine that has never seen the dump.
 
-    .venv/bin/python benchmarks/snapshot_bench.py [--scales 200MB 1GB] [--reps 3] [--sessions N] [--suites user smoke] [--out FILE]
+    .venv/bin/python benchmarks/snapshot_bench.py [--scales 200MB 1GB] [--reps 3] [--out FILE]
+        [--sessions N] [--suites user smoke]
 
 For each scale, each repetition times, on clusters started by the project's own code with an empty pristine
 cache and no parked folder:
