@@ -11,6 +11,9 @@ cache and no parked folder:
                  databases), pack (tar | zstd -1) and the atomic rename, as the session's teardown pays it
   from snapshot  LocalCluster start from the snapshot (unpack with sha256, start, new secret) + restore_dump
                  (a template clone): what the next fresh machine pays
+With --sessions N, N pairs of whole pytest processes on a fresh machine (own TMPDIR, empty cache,
+nothing parked): the first cold (it writes the snapshot at its end), the second from the snapshot; --suites picks
+a user's test file (benchmarks/user_session) and/or the smoke suite.
 The data is the reference app's seed copied up to the scale in SQL (benchmarks/bench_data.py). Everything
 runs in a scratch folder of this run, removed at the end.
 """
