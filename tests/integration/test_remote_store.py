@@ -881,3 +881,23 @@ def test_a_damaged_remote_snapshot_falls_back_to_the_dump_with_a_warning(
     assert own.name == written.name
     assert own.archive.read_bytes() != b"not the archive"
     assert not [p for p in store_b.env_dir(ENV).iterdir() if p.name.endswith(".tmp")]
+
+
+def test_a_remote_without_a_snapshot_for_this_machine_is_silent(
+    moto: MotoServer, bucket: str, tmp_path: Path, fresh_tmpdir: Path
+) -> None:
+    from pytest_dbsnap.postgres import start_server
+
+    url = f"s3://{bucket}/ci"
+    # Runner A pushes the dump only (it writes no snapshot).
+    settings_a = runner_settings(tmp_path / "runner-a", url, moto.endpoint, push_dump=True, cluster_snapshot=False)
+    with start_server(settings_a, "local") as server_a:
+        assert prepare_database(server_a, settings_a, spare_in_background=False).pushed
+    settings_b = runner_settings(tmp_path / "runner-b", url, moto.endpoint)
+    with start_server(settings_b, "local") as server_b:
+        assert isinstance(server_b, LocalCluster)
+        assert server_b.started_from_snapshot is None
+        assert server_b.snapshot_problem is None
+        outcome = prepare_database(server_b, settings_b, spare_in_background=False)
+    assert (outcome.method, outcome.pulled, outcome.generated, outcome.warnings) == ("pg_restore", True, False, [])
+    assert server_b.snapshot_written is not None, "runner B writes the snapshot the store lacked"
