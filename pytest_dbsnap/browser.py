@@ -9,8 +9,8 @@ import os
 import re
 import shutil
 import time
-from collections.abc import Mapping
-from dataclasses import dataclass
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 from urllib.parse import urlsplit
@@ -98,6 +98,9 @@ class RenderedPage:
     axe_version: str
     html: str  # the DOM after rendering, serialised
     rendered: tuple[RenderedElement, ...]  # the elements matching render_selector (none without one)
+    # Set aside by the frontend's allowed_console_errors and ignored_axe_rules: reported, never failing.
+    allowed_console_errors: tuple[str, ...] = ()
+    ignored_violations: tuple[Violation, ...] = ()
 
     def __repr__(self) -> str:  # without the screenshot and the HTML, which would fill a traceback
         return (
@@ -112,6 +115,22 @@ class RenderedPage:
     @property
     def minor_violations(self) -> tuple[Violation, ...]:
         return tuple(v for v in self.violations if not v.blocking)
+
+
+def set_aside(
+    page: RenderedPage, allowed_console_errors: Sequence[str], ignored_axe_rules: Sequence[str]
+) -> RenderedPage:
+    """The page with the console errors and axe rules the project accepts moved out of what the checks see."""
+    patterns = [re.compile(pattern) for pattern in allowed_console_errors]
+    allowed = tuple(error for error in page.console_errors if any(p.search(error) for p in patterns))
+    ignored = tuple(v for v in page.violations if v.rule in ignored_axe_rules)
+    return replace(
+        page,
+        console_errors=tuple(error for error in page.console_errors if error not in allowed),
+        violations=tuple(v for v in page.violations if v not in ignored),
+        allowed_console_errors=page.allowed_console_errors + allowed,
+        ignored_violations=page.ignored_violations + ignored,
+    )
 
 
 def describe_violations(violations: tuple[Violation, ...], axe_version: str = "") -> str:
@@ -144,6 +163,21 @@ def find_chromium(browser_path: Path | None) -> Path | None:
     return None
 
 
+def browser_at_hand(browser_path: Path | None) -> Path | None:
+    """find_chromium, once Playwright and axe are importable; BrowserUnavailable (a skip, not a failure, under
+    browser = "auto") when they are not."""
+    executable = find_chromium(browser_path)
+    try:
+        import axe_playwright_python.sync_playwright  # noqa: F401
+        import playwright.sync_api  # noqa: F401
+    except ImportError as exc:
+        raise BrowserUnavailable(
+            f"the browser checks need Playwright and axe-playwright-python, and "
+            f"{exc.name} is not installed. {PLAYWRIGHT_HINT}"
+        ) from None
+    return executable
+
+
 def render_page(
     url: str,
     *,
@@ -157,17 +191,12 @@ def render_page(
     Raises BrowserUnavailable when there is no Chromium or no Playwright, RenderError when the page does not
     load or the selector does not appear within `timeout` seconds (with the page's console errors).
     """
-    executable = find_chromium(browser_path)
-    try:
-        from axe_playwright_python.sync_playwright import Axe
-        from playwright.sync_api import Error as PlaywrightError
-        from playwright.sync_api import TimeoutError as PlaywrightTimeout
-        from playwright.sync_api import sync_playwright
-    except ImportError as exc:
-        raise BrowserUnavailable(
-            f"the browser checks need Playwright and axe-playwright-python, and "
-            f"{exc.name} is not installed. {PLAYWRIGHT_HINT}"
-        ) from None
+    executable = browser_at_hand(browser_path)
+    from axe_playwright_python.sync_playwright import Axe
+    from playwright.sync_api import Error as PlaywrightError
+    from playwright.sync_api import TimeoutError as PlaywrightTimeout
+    from playwright.sync_api import sync_playwright
+
     started = time.monotonic()
     # Starting Chromium is ours to wait for, not the page's: on a loaded CI runner it can take seconds, and the
     # page's time (`timeout`) starts when the browser is ready.

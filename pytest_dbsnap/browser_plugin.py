@@ -13,7 +13,7 @@ from typing import Any
 
 import pytest
 
-from pytest_dbsnap.browser import RenderedPage, describe_violations, render_page
+from pytest_dbsnap.browser import RenderedPage, browser_at_hand, describe_violations, render_page, set_aside
 from pytest_dbsnap.errors import BrowserUnavailable, RenderError
 from pytest_dbsnap.plugin import RunningService, _fail
 from pytest_dbsnap.report import progress_reporter
@@ -54,6 +54,14 @@ def frontend_page(pytestconfig: pytest.Config, dbsnap_settings: Settings, fronte
     options = dbsnap_settings.frontend or ServiceSettings(name="frontend", command=(), cwd=dbsnap_settings.project_root)
     if options.browser == "off":
         pytest.skip('the browser checks are off (browser = "off" in [tool.dbsnap.frontend])')
+    try:
+        browser_at_hand(options.browser_path)  # before the step: a missing browser is no failed render
+    except BrowserUnavailable as exc:
+        if options.browser == "required":
+            _fail(
+                'the browser checks are required (browser = "required" in [tool.dbsnap.frontend]) but cannot run', exc
+            )
+        pytest.skip(f"no browser for the frontend page checks: {exc}")
     progress = progress_reporter(pytestconfig)
     progress.step(f"rendering {frontend.url} in headless Chromium")
     try:
@@ -64,7 +72,7 @@ def frontend_page(pytestconfig: pytest.Config, dbsnap_settings: Settings, fronte
             timeout=options.start_timeout if dbsnap_settings.frontend else DEFAULT_TIMEOUT,
             screenshot_path=dbsnap_settings.logs_dir.parent / "frontend.png",
         )
-    except BrowserUnavailable as exc:
+    except BrowserUnavailable as exc:  # Chromium itself would not start
         progress.end(failed=True)
         if options.browser == "required":
             _fail(
@@ -78,6 +86,7 @@ def frontend_page(pytestconfig: pytest.Config, dbsnap_settings: Settings, fronte
         _fail("the frontend page did not render", exc)
     finally:
         progress.end()
+    page = set_aside(page, options.allowed_console_errors, options.ignored_axe_rules)
     screenshots = _screenshots(page.first_screen, page.screenshot)
     pytestconfig.stash[EVIDENCE_KEY] = PageEvidence(page.url, screenshots, page.console_errors, page)
     return page
@@ -90,9 +99,13 @@ def summary_line(page: RenderedPage) -> str:
         for impact in ("critical", "serious", "moderate", "minor")
     }
     audit = ", ".join(f"{n} {impact}" for impact, n in counts.items() if n) or "no violations"
+    if page.ignored_violations:
+        ignored = ", ".join(v.rule for v in page.ignored_violations)
+        audit += f" ({len(page.ignored_violations)} rule(s) ignored: {ignored})"
     shown = f"{len(page.rendered)} element(s) rendered, " if page.rendered else ""
+    allowed = f" ({len(page.allowed_console_errors)} allowed)" if page.allowed_console_errors else ""
     return (
-        f"{page.url} in {page.seconds:.2f} s: {shown}{len(page.console_errors)} console error(s); "
+        f"{page.url} in {page.seconds:.2f} s: {shown}{len(page.console_errors)} console error(s){allowed}; "
         f"axe-core {page.axe_version}: {audit}"
     )
 

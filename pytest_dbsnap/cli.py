@@ -316,11 +316,15 @@ def cmd_push(args: argparse.Namespace, settings: Settings) -> int:
 
 def cmd_pull(args: argparse.Namespace, settings: Settings) -> int:
     from pytest_dbsnap.dumps.remote import RemoteStore
+    from pytest_dbsnap.postgres.base import PgTools, find_pg_tools
 
     store = _store(settings)
     remote = RemoteStore.from_settings(settings)
+    tools: PgTools | None = None
+    with contextlib.suppress(DbsnapError):  # no pg_restore here: nothing to compare the dump's version with
+        tools = find_pg_tools(settings.pg_bindir, need_server=False)
     _progress.step(f"pulling {settings.env}/{args.name} from {remote.url}")
-    done = remote.pull(store, settings.env, args.name)
+    done = remote.pull(store, settings.env, args.name, tools=tools)
     _progress_done()
     what = f"pulled in {done.seconds:.1f} s, sha256 verified" if done.moved else "was already here"
     print(
@@ -578,13 +582,17 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def cmd_init(args: argparse.Namespace) -> int:
-    from pytest_dbsnap.init import init_project
+    from pytest_dbsnap.init import ignore_outputs, init_project
 
-    block, todo, pyproject = init_project(Path(args.path).resolve(), dry_run=args.dry_run)
+    root = Path(args.path).resolve()
+    block, todo, pyproject = init_project(root, dry_run=args.dry_run)
     if args.dry_run:
         print(block)
     else:
         print(f"wrote a [tool.dbsnap] block into {pyproject}")
+        ignored = ignore_outputs(root)
+        if ignored:
+            print(f"added to {root / '.gitignore'}: {' '.join(ignored)}")
     if todo:
         print("left to fill:")
         for item in todo:

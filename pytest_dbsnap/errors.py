@@ -8,6 +8,7 @@ DbsnapError
  +-- DumpError            a dump is missing, corrupt, stale or unreadable
  |    +-- DumpNotFound
  |    +-- DumpCorrupt
+ |    +-- DumpTooNew       written by a newer pg_dump than the pg_restore that would read it; nothing was touched
  +-- SnapshotUnusable     a cluster snapshot does not fit this machine or is damaged (the dump is used instead)
  +-- RestoreError         a restore failed; the target database was left as it was
  +-- StorageError         the disk refused a write (full, read-only, no permission, over quota)
@@ -73,6 +74,15 @@ class DumpNotFound(DumpError):
 
 class DumpCorrupt(DumpError):
     """A dump's bytes or metadata do not match what was recorded."""
+
+
+class DumpTooNew(DumpError):
+    """A dump written by a newer pg_dump than the pg_restore that would read it (which cannot)."""
+
+    def __init__(self, message: str, *, dump_major: int, restore_major: int) -> None:
+        super().__init__(message)
+        self.dump_major = dump_major
+        self.restore_major = restore_major
 
 
 class SnapshotUnusable(DbsnapError):

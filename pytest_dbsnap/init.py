@@ -63,6 +63,32 @@ def _alembic(root: Path, found: Detected) -> bool:
     return True
 
 
+_REQUIREMENT = re.compile(r"^\s*([A-Za-z0-9][A-Za-z0-9._-]*)")
+
+
+def _requirements(root: Path, *, default: str) -> list[str]:
+    """The distribution names a Python project depends on (requirements.txt, else pyproject's
+    [project].dependencies), lower-cased; `default` when neither names any."""
+    names: list[str] = []
+    requirements = root / "requirements.txt"
+    if requirements.is_file():
+        lines = requirements.read_text(errors="replace").splitlines()
+    else:
+        try:
+            project = tomllib.loads((root / "pyproject.toml").read_text()).get("project", {})
+        except (OSError, tomllib.TOMLDecodeError):
+            project = {}
+        dependencies = project.get("dependencies", []) if isinstance(project, dict) else []
+        lines = [line for line in dependencies if isinstance(line, str)]
+    for line in lines:
+        match = _REQUIREMENT.match(line)
+        if match is not None and not line.lstrip().startswith(("#", "-")):
+            name = match[1].lower()
+            if name not in names:
+                names.append(name)
+    return names or [default]
+
+
 def _django(root: Path, found: Detected) -> bool:
     if not (root / "manage.py").is_file():
         return False
@@ -72,6 +98,8 @@ def _django(root: Path, found: Detected) -> bool:
         'migrate_command = "python manage.py migrate --noinput"',
         'schema_version_query = "SELECT app, name FROM django_migrations ORDER BY app, name"  # hashed',
         'fingerprint_inputs = ["**/migrations/*.py"]',
+        "# Migrations that ship inside packages (Django's own, Wagtail's...): a new version makes the dump stale.",
+        f"fingerprint_packages = [{', '.join(_toml(name) for name in _requirements(root, default='django'))}]",
     ]
     found.backend += [
         'command = "python manage.py runserver 127.0.0.1:{port} --noreload"',
@@ -85,6 +113,7 @@ def _django(root: Path, found: Detected) -> bool:
 
 
 def _node(root: Path, found: Detected) -> bool:
+    """A package.json: its migration tool or npm scripts; True when a migrate command was found."""
     package = root / "package.json"
     if not package.is_file():
         return False
@@ -129,7 +158,7 @@ def _node(root: Path, found: Detected) -> bool:
             'requires = ["node", "npm"]',
         ]
         found.todo.append("check that `npm run start` listens on $PORT and set health_url to its health route")
-    return True
+    return migrate is not None  # no migration tool found: the summary asks for migrate_command
 
 
 def _compose(root: Path, found: Detected) -> bool:
@@ -251,6 +280,26 @@ def render(found: Detected) -> str:
         "",
     ]
     return "\n".join(lines)
+
+
+# What a session writes into the project that is not source: its reports and logs, and cluster snapshots (built
+# for one machine's PostgreSQL, CPU and libc; CI caches or `dbsnap push` carry them, not git).
+GITIGNORED = ("reports/", "seeds/dumps/**/*.pgdata-*")
+
+
+def ignore_outputs(root: Path) -> list[str]:
+    """Add the lines of GITIGNORED that .gitignore lacks (only in a git work tree); the lines added."""
+    if not (root / ".git").exists():
+        return []
+    gitignore = root / ".gitignore"
+    existing = gitignore.read_text() if gitignore.is_file() else ""
+    missing = [line for line in GITIGNORED if line not in existing.splitlines()]
+    if missing:
+        prefix = "" if not existing or existing.endswith("\n") else "\n"
+        with gitignore.open("a") as handle:
+            handle.write(prefix + "# pytest-dbsnap: reports and machine-specific cluster snapshots\n")
+            handle.write("".join(f"{line}\n" for line in missing))
+    return missing
 
 
 def init_project(root: Path, *, dry_run: bool) -> tuple[str, list[str], Path]:

@@ -23,7 +23,7 @@ from pytest_dbsnap.dumps.restore import (
 )
 from pytest_dbsnap.dumps.store import DumpStore
 from pytest_dbsnap.errors import DbsnapError, DumpCorrupt, DumpError
-from pytest_dbsnap.postgres.base import Server
+from pytest_dbsnap.postgres.base import PgTools, Server, find_pg_tools
 from pytest_dbsnap.postgres.local import LocalCluster
 from pytest_dbsnap.postgres.snapshot import DumpRef
 from pytest_dbsnap.settings import Settings
@@ -141,17 +141,17 @@ def usable_dump(store: DumpStore, settings: Settings) -> tuple[DumpMeta | None, 
 
 
 def pull_for_session(
-    settings: Settings, store: DumpStore, *, with_snapshot: bool
+    settings: Settings, store: DumpStore, tools: PgTools, *, with_snapshot: bool
 ) -> tuple[DumpMeta | None, float, str | None]:
     """A session's own pull: the newest remote dump made from the working tree's inputs (None when the remote
     has none) and, `with_snapshot`, this machine's cluster snapshot of it, as `dbsnap pull` brings them (sha256
     verified, installed atomically). Returns (dump, seconds, warning): a remote snapshot that is missing is
     normal and says nothing; one that cannot be pulled (damaged, unreachable) is a warning, and the dump is
-    restored instead."""
+    restored instead. `tools` (the local pg_restore) refuses a dump it could not read before it is downloaded."""
     started = time.monotonic()
     remote = RemoteStore.from_settings(settings)
     fingerprint, _inputs = compute_fingerprint(settings)
-    fetched = remote.pull_matching(store, settings.env, fingerprint)
+    fetched = remote.pull_matching(store, settings.env, fingerprint, tools=tools)
     if fetched is None:
         return None, time.monotonic() - started, None
     warning = None
@@ -180,7 +180,8 @@ def snapshot_source(settings: Settings) -> DumpRef | None:
     try:
         meta, reason, _passed_over = usable_dump(store, settings)
         if reason is not None and settings.remote:
-            meta, pull_seconds, pull_warning = pull_for_session(settings, store, with_snapshot=True)
+            tools = find_pg_tools(settings.pg_bindir)
+            meta, pull_seconds, pull_warning = pull_for_session(settings, store, tools, with_snapshot=True)
             reason = None if meta is not None else "not in the remote store either"
         if meta is None or reason is not None:
             return None
@@ -245,7 +246,7 @@ def prepare_database(
     if reason is not None and settings.remote and not settings.regenerate_dump:
         # Another runner may have made this very dump already: a download beats minutes of seeding.
         progress(f"looking for a current dump of {settings.env!r} in {settings.remote}")
-        fetched_meta, seconds, _warning = pull_for_session(settings, store, with_snapshot=False)
+        fetched_meta, seconds, _warning = pull_for_session(settings, store, server.tools, with_snapshot=False)
         if fetched_meta is not None:
             meta, reason, pulled, pull_seconds = fetched_meta, None, True, seconds
     if reason is not None:

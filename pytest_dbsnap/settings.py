@@ -131,6 +131,24 @@ def parse_str_list(value: object) -> tuple[str, ...]:
     raise ValueError("expected a list of strings (or one string, comma or newline separated)")
 
 
+def parse_regex_list(value: object) -> tuple[str, ...]:
+    patterns = parse_str_list(value)
+    for pattern in patterns:
+        try:
+            re.compile(pattern)
+        except re.error as exc:
+            raise ValueError(f"{pattern!r} is not a regular expression ({exc})") from None
+    return patterns
+
+
+def parse_axe_rules(value: object) -> tuple[str, ...]:
+    rules = parse_str_list(value)
+    for rule in rules:
+        if not re.fullmatch(r"[a-z0-9]+(-[a-z0-9]+)*", rule):
+            raise ValueError(f'{rule!r} is not an axe-core rule id, such as "color-contrast" or "region"')
+    return rules
+
+
 def parse_provider(value: object) -> str:
     text = parse_str(value).strip().lower()
     if text not in PROVIDERS:
@@ -441,6 +459,9 @@ class ServiceSettings:
     browser: str = "auto"
     browser_path: Path | None = None  # None: chromium, chromium-browser, google-chrome... on PATH
     render_selector: str | None = None  # None: the page's load event is enough
+    # What the app's own page is known to do, so that the checks stay on for everything else.
+    allowed_console_errors: tuple[str, ...] = ()  # regular expressions, searched in each console error
+    ignored_axe_rules: tuple[str, ...] = ()  # axe-core rule ids, e.g. "color-contrast"
 
 
 _SERVICE_KEYS: dict[str, Callable[[object], Any]] = {
@@ -457,8 +478,16 @@ _SERVICE_KEYS: dict[str, Callable[[object], Any]] = {
     "browser": parse_browser_mode,
     "browser_path": parse_path,
     "render_selector": parse_css_selector,
+    "allowed_console_errors": parse_regex_list,
+    "ignored_axe_rules": parse_axe_rules,
 }
-_FRONTEND_ONLY_KEYS = ("browser", "browser_path", "render_selector")
+_FRONTEND_ONLY_KEYS = (
+    "browser",
+    "browser_path",
+    "render_selector",
+    "allowed_console_errors",
+    "ignored_axe_rules",
+)
 
 
 @dataclass(frozen=True)

@@ -10,6 +10,7 @@ from pathlib import Path
 
 from pytest_dbsnap import __version__
 from pytest_dbsnap.dumps.meta import DumpMeta
+from pytest_dbsnap.dumps.restore import check_readable
 from pytest_dbsnap.dumps.store import DumpStore
 from pytest_dbsnap.errors import DumpCorrupt, ToolError
 from pytest_dbsnap.postgres.base import PgTools
@@ -18,14 +19,57 @@ from pytest_dbsnap.proc import run
 ARCHIVE_MAGIC = b"PGDMP"
 
 
+def archive_pg_dump_version(head: bytes) -> str | None:
+    """The version of the pg_dump that wrote a custom-format archive, from its first bytes, without pg_restore
+    (which refuses archives of a newer pg_dump before saying whose they are). None when the header is not
+    one we can read (archive formats before 1.10 do not record it).
+
+    The header (pg_backup_archiver.c, WriteHead): PGDMP, format version (3 bytes), int size, offset size,
+    format, compression (one byte from 1.15 on, an int before), seven ints of creation time, then three
+    strings: database name, server version, pg_dump version. An int is a sign byte and `int size` bytes,
+    least significant first; a string is its length as an int, then its bytes.
+    """
+    if len(head) < 12 or not head.startswith(ARCHIVE_MAGIC):
+        return None
+    version, int_size = (head[5], head[6]), head[8]
+    if version < (1, 10) or not 1 <= int_size <= 8:
+        return None
+    offset = 12 if version >= (1, 15) else 11 + 1 + int_size  # past the compression byte or int
+    offset += 7 * (1 + int_size)  # the creation time
+
+    def read_int() -> int | None:
+        nonlocal offset
+        field = head[offset : offset + 1 + int_size]
+        if len(field) < 1 + int_size:
+            return None
+        offset += 1 + int_size
+        value = int.from_bytes(field[1:], "little")
+        return -value if field[0] else value
+
+    text = ""
+    for _field in ("database", "server version", "pg_dump version"):
+        length = read_int()
+        if length is None or length > 256 or offset + max(length, 0) > len(head):
+            return None
+        text = head[offset : offset + max(length, 0)].decode("utf-8", errors="replace")
+        offset += max(length, 0)
+    number = re.match(r"\d+(\.\d+)*", text)  # "15.14 (Debian 15.14-0+deb12u1)" on some builds
+    return number[0] if number else None
+
+
 def read_archive_header(tools: PgTools, path: Path) -> dict[str, str]:
-    """Versions and source database from `pg_restore --list`, which also proves the archive is readable."""
+    """Versions and source database from `pg_restore --list`, which also proves the archive is readable; an
+    archive of a newer pg_dump is refused first, with what to install (check_readable)."""
     with path.open("rb") as handle:
-        if handle.read(5) != ARCHIVE_MAGIC:
-            raise DumpCorrupt(
-                f"{path} is not a pg_dump custom-format archive (it does not start with PGDMP). "
-                f"Make one with `pg_dump -Fc -f FILE DATABASE`; plain SQL dumps are not accepted."
-            )
+        head = handle.read(4096)
+    if not head.startswith(ARCHIVE_MAGIC):
+        raise DumpCorrupt(
+            f"{path} is not a pg_dump custom-format archive (it does not start with PGDMP). "
+            f"Make one with `pg_dump -Fc -f FILE DATABASE`; plain SQL dumps are not accepted."
+        )
+    written_by = archive_pg_dump_version(head)
+    if written_by is not None:
+        check_readable(written_by, tools, dump=str(path))
     try:
         listing = run(
             [tools.path("pg_restore"), "--list", str(path)], what=f"pg_restore --list {path.name}", timeout=300

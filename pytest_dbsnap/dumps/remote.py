@@ -27,7 +27,7 @@ from typing import TYPE_CHECKING, Any
 from pytest_dbsnap import progress
 from pytest_dbsnap.dumps.fingerprint import file_sha256
 from pytest_dbsnap.dumps.meta import DumpMeta
-from pytest_dbsnap.dumps.restore import verify_file
+from pytest_dbsnap.dumps.restore import check_readable, describe_dump, verify_file
 from pytest_dbsnap.dumps.store import (
     DUMP_SUFFIX,
     FILE_MODE,
@@ -56,6 +56,7 @@ from pytest_dbsnap.redact import redact
 from pytest_dbsnap.settings import Settings, split_s3_url
 
 if TYPE_CHECKING:
+    from pytest_dbsnap.postgres.base import PgTools
     from pytest_dbsnap.postgres.snapshot import SnapshotKey
 
 MiB = 1024 * 1024
@@ -544,9 +545,18 @@ class RemoteStore:
     # --- pull ---------------------------------------------------------------------------------------------
 
     def pull(
-        self, store: DumpStore, env: str, name: str = LATEST, *, on_transfer: OnTransfer | None = None
+        self,
+        store: DumpStore,
+        env: str,
+        name: str = LATEST,
+        *,
+        on_transfer: OnTransfer | None = None,
+        tools: PgTools | None = None,
     ) -> Transfer:
-        """Download a remote dump into the local store (verified, then installed as the local latest)."""
+        """Download a remote dump into the local store (verified, then installed as the local latest).
+
+        With `tools`, a dump their pg_restore cannot read (a newer pg_dump's) is refused before any byte moves.
+        """
         store.env_dir(env)  # validates the environment name
         resolved = self.latest_pointer(env) if name == LATEST else self._check_name("dump name", name)
         if resolved is None:
@@ -562,10 +572,16 @@ class RemoteStore:
                 f"Push one from the job that generates dumps (dbsnap push --env {env}, or pytest "
                 f"--push-dump)."
             )
-        return self.fetch(store, meta, on_transfer=on_transfer)
+        return self.fetch(store, meta, on_transfer=on_transfer, tools=tools)
 
     def pull_matching(
-        self, store: DumpStore, env: str, fingerprint: str, *, on_transfer: OnTransfer | None = None
+        self,
+        store: DumpStore,
+        env: str,
+        fingerprint: str,
+        *,
+        on_transfer: OnTransfer | None = None,
+        tools: PgTools | None = None,
     ) -> Transfer | None:
         """Pull the newest remote dump of `env` made from these inputs, or return None when there is none.
 
@@ -580,11 +596,17 @@ class RemoteStore:
             chosen: DumpMeta | None = latest
         else:
             chosen = next((m for m in reversed(metas) if m.fingerprint == fingerprint), None)
-        return self.fetch(store, chosen, on_transfer=on_transfer) if chosen is not None else None
+        return self.fetch(store, chosen, on_transfer=on_transfer, tools=tools) if chosen is not None else None
 
-    def fetch(self, store: DumpStore, meta: DumpMeta, *, on_transfer: OnTransfer | None = None) -> Transfer:
-        """Download the dump `meta` describes into a temporary file, verify it, then install it."""
+    def fetch(
+        self, store: DumpStore, meta: DumpMeta, *, on_transfer: OnTransfer | None = None, tools: PgTools | None = None
+    ) -> Transfer:
+        """Download the dump `meta` describes into a temporary file, verify it, then install it; refused first
+        (DumpTooNew, the local store untouched) when `tools`' pg_restore could not read it."""
         env = meta.environment
+        if tools is not None:
+            where = self.object_url(self.key(env, f"{meta.name}{DUMP_SUFFIX}"))
+            check_readable(meta.pg_dump_version, tools, dump=describe_dump(meta, where))
         began = time.monotonic()
         with store.lock(env):
             # Another process (an xdist worker, an earlier pull) may have brought it already.

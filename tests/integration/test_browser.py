@@ -279,6 +279,30 @@ def test_phase_fails_on_the_violation_naming_rule_impact_and_element(
     assert "link-name [serious] Links must have discernible text" in output
 
 
+def test_known_console_errors_and_axe_rules_of_the_app_can_be_accepted(
+    chromium: Path, site: str, project: pytest.Pytester
+) -> None:
+    """A real app's login page logs a 400 on /auth/refresh and fails a rule its team has accepted: the checks
+    pass with those set aside, and the summary still says what was set aside."""
+    write_project(
+        project,
+        'allowed_console_errors = ["stats request answered 500", "^uncaught TypeError: renderNode"]\n'
+        'ignored_axe_rules = ["image-alt", "link-name"]\n',
+    )
+    result = run_phase(project, f"{site}/throws.html")
+    result.assert_outcomes(passed=2)
+    result.stdout.fnmatch_lines(["*throws.html in * s: 1 element(s) rendered, 0 console error(s) (2 allowed)*"])
+
+    result = run_phase(project, f"{site}/violation.html")
+    result.assert_outcomes(passed=2)
+    result.stdout.fnmatch_lines(["*violation.html in * (2 rule(s) ignored: image-alt, link-name)*"])
+
+    write_project(project, 'ignored_axe_rules = ["link-name"]\n')  # one rule accepted, the other still fails
+    result = run_phase(project, f"{site}/violation.html")
+    result.assert_outcomes(passed=1, failed=1)
+    assert "image-alt [critical]" in output_of(result)
+
+
 def test_under_xdist_the_frontend_page_section_comes_from_the_worker(
     chromium: Path, site: str, project: pytest.Pytester, monkeypatch: pytest.MonkeyPatch, shared_pg_cache: Path
 ) -> None:

@@ -365,8 +365,10 @@ def test_restore_of_a_newer_pg_dump_names_both_versions(
     result = run_dbsnap(project_copy, "restore", "--dsn", dumps_cluster.dsn("cli_version"), "--no-spare")
 
     assert result.returncode == EXIT_FAILED
-    assert "was written by pg_dump 99.0, but the local pg_restore is " in result.stderr
-    assert "Install the PostgreSQL 99 client programs" in result.stderr
+    paragraph = " ".join(result.stderr.split())
+    assert f"The dump dev/{cli_project.meta.name} (" in paragraph
+    assert "was written by pg_dump 99.0, and the pg_restore that would read it here is PostgreSQL " in paragraph
+    assert "PostgreSQL >= 99 installation" in paragraph
     no_traceback(result)
     assert not database_exists(dumps_cluster, "cli_version")
 

@@ -36,7 +36,16 @@ from pytest_dbsnap.dumps.restore import (
     template_name,
 )
 from pytest_dbsnap.dumps.store import DumpStore
-from pytest_dbsnap.errors import ConfigError, DumpCorrupt, DumpError, DumpNotFound, RestoreError, ServerError, ToolError
+from pytest_dbsnap.errors import (
+    ConfigError,
+    DumpCorrupt,
+    DumpError,
+    DumpNotFound,
+    DumpTooNew,
+    RestoreError,
+    ServerError,
+    ToolError,
+)
 from pytest_dbsnap.postgres.base import Server
 from pytest_dbsnap.postgres.external import ExternalServer, connect_external
 from pytest_dbsnap.postgres.local import LocalCluster
@@ -543,9 +552,10 @@ def test_dump_of_a_newer_pg_dump_is_refused_naming_both_versions(
         restore_dump(server, meta, store.dump_path(ENV, meta.name), "version_target")
 
     message = str(caught.value)
-    assert "written by pg_dump 99.0" in message
-    assert f"the local pg_restore is {server.tools.version} ({server.tools.bindir})" in message
-    assert "Install the PostgreSQL 99 client programs" in message
+    assert isinstance(caught.value, DumpTooNew)
+    assert f"The dump {ENV}/{meta.name} ({store.dump_path(ENV, meta.name)}) was written by pg_dump 99.0" in message
+    assert f"would read it here is PostgreSQL {server.tools.version} ({server.tools.bindir})" in message
+    assert "or point pg_bindir (--pg-bindir, DBSNAP_PG_BINDIR) at a PostgreSQL >= 99 installation" in message
     assert marker_notes(server, "version_target") == ["keep me"]
     assert own_staging(server) == set()
 

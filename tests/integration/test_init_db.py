@@ -20,6 +20,7 @@ import subprocess
 import tempfile
 from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -341,8 +342,22 @@ def test_init_db_script_outside_container_refuses_a_dump_from_a_newer_pg_dump(
     meta_path = dumps_dir / ENV / f"{meta.name}.json"
     meta_path.write_text(meta_path.read_text().replace(f'"{meta.pg_dump_version}"', '"99.1"'))
     message = refusal(run_init_db(cluster, target_db, dumps_dir))
-    assert f"was written by pg_dump 99.1, which pg_restore {cluster.tools.major} of this image cannot read" in message
-    assert "postgres:99 image" in message
+    assert f"the dump dev/{meta.name} ({dumps_dir}/dev/{meta.name}.dump) was written by pg_dump 99.1" in message
+    assert f"the pg_restore of this image is PostgreSQL {cluster.tools.version}" in message
+    assert "use an image of PostgreSQL 99 or newer (postgres:99)" in message
+    assert user_relations(cluster, target_db) == []
+
+
+def test_init_db_script_outside_container_refuses_a_real_dump_of_a_newer_pg_dump(
+    cluster: LocalCluster, dump_by_newer_pg: Any, dumps_dir: Path, target_db: str
+) -> None:
+    """Written by the wheel's pg_dump 18, read by the system's pg_restore 15, as in a postgres:15 container."""
+    meta = dump_by_newer_pg.meta
+    shutil.copytree(dump_by_newer_pg.root / "dumps" / ENV, dumps_dir / ENV)
+    hand_over(cluster, dumps_dir)
+    message = refusal(run_init_db(cluster, target_db, dumps_dir))
+    assert f"was written by pg_dump {meta.pg_dump_version}, and the pg_restore of this image is PostgreSQL " in message
+    assert f"postgres:{meta.pg_dump_major}" in message
     assert user_relations(cluster, target_db) == []
 
 

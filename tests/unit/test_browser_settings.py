@@ -7,7 +7,7 @@ from pathlib import Path
 
 import pytest
 
-from pytest_dbsnap.browser import RenderedPage, Violation, describe_violations, render_page
+from pytest_dbsnap.browser import RenderedPage, Violation, describe_violations, render_page, set_aside
 from pytest_dbsnap.browser_plugin import summary_line
 from pytest_dbsnap.errors import BrowserUnavailable, ConfigError
 from pytest_dbsnap.settings import Settings, load_settings
@@ -59,8 +59,30 @@ def test_a_bare_browser_name_is_looked_up_on_path_later(tmp_path: Path) -> None:
             '[tool.dbsnap.backend]\ncommand = "serve"\nbrowser = "off"\n',
             ["[tool.dbsnap.backend]", "browser", "only [tool.dbsnap.frontend] takes"],
         ),
+        (
+            FRONTEND + 'allowed_console_errors = ["auth/refresh (400"]\n',
+            ["'frontend.allowed_console_errors'", "is not a regular expression", "missing )"],
+        ),
+        (
+            FRONTEND + 'ignored_axe_rules = ["Color Contrast"]\n',
+            ["'frontend.ignored_axe_rules'", "not an axe-core rule id"],
+        ),
+        (
+            '[tool.dbsnap.backend]\ncommand = "serve"\nignored_axe_rules = ["region"]\n',
+            ["[tool.dbsnap.backend]", "ignored_axe_rules", "only [tool.dbsnap.frontend] takes"],
+        ),
     ],
-    ids=["mode", "empty-selector", "unclosed-bracket", "unclosed-quote", "stray-parenthesis", "backend-table"],
+    ids=[
+        "mode",
+        "empty-selector",
+        "unclosed-bracket",
+        "unclosed-quote",
+        "stray-parenthesis",
+        "backend-table",
+        "bad-regex",
+        "bad-rule",
+        "axe-in-backend",
+    ],
 )
 def test_bad_browser_settings_name_the_key_and_the_fix(tmp_path: Path, table: str, expected: list[str]) -> None:
     with pytest.raises(ConfigError) as raised:
@@ -99,6 +121,40 @@ def test_summary_line_counts_by_impact() -> None:
     assert [v.rule for v in page.blocking_violations] == ["label"]
     assert summary_line(page) == (
         "http://127.0.0.1:1 in 1.50 s: 0 console error(s); axe-core 4.12.1: 1 critical, 2 moderate"
+    )
+
+
+def test_allowed_errors_and_ignored_rules_are_set_aside_not_dropped(tmp_path: Path) -> None:
+    frontend = load(
+        tmp_path,
+        FRONTEND
+        + 'allowed_console_errors = ["/auth/refresh", "^console.warn"]\nignored_axe_rules = "color-contrast"\n',
+    ).frontend
+    assert frontend is not None
+    page = RenderedPage(
+        url="http://127.0.0.1:1",
+        title="t",
+        seconds=1.0,
+        screenshot=b"",
+        first_screen=b"",
+        screenshot_path=None,
+        console_errors=(
+            "console.error: Failed to load resource: 400 (http://127.0.0.1:1/auth/refresh:1)",
+            "uncaught TypeError: x is undefined",
+        ),
+        violations=(violation("color-contrast", "serious"), violation("label", "critical")),
+        axe_version="4.12.1",
+        html="",
+        rendered=(),
+    )
+    kept = set_aside(page, frontend.allowed_console_errors, frontend.ignored_axe_rules)
+    assert kept.console_errors == ("uncaught TypeError: x is undefined",)
+    assert kept.allowed_console_errors == (page.console_errors[0],)
+    assert [v.rule for v in kept.blocking_violations] == ["label"]
+    assert [v.rule for v in kept.ignored_violations] == ["color-contrast"]
+    assert summary_line(kept) == (
+        "http://127.0.0.1:1 in 1.00 s: 1 console error(s) (1 allowed); axe-core 4.12.1: 1 critical "
+        "(1 rule(s) ignored: color-contrast)"
     )
 
 
