@@ -1,6 +1,7 @@
 """Fresh-machine benchmark of cluster snapshots: the database step of a machine that has never seen the dump.
 
     .venv/bin/python benchmarks/snapshot_bench.py [--scales 200MB 1GB] [--reps 3] [--out FILE]
+        [--sessions N] [--suites user smoke]
 
 For each scale, each repetition times, on clusters started by the project's own code with an empty pristine
 cache and no parked folder:
@@ -10,6 +11,9 @@ cache and no parked folder:
                  databases), pack (tar | zstd -1) and the atomic rename, as the session's teardown pays it
   from snapshot  LocalCluster start from the snapshot (unpack with sha256, start, new secret) + restore_dump
                  (a template clone): what the next fresh machine pays
+With --sessions N, N pairs of whole pytest processes on a fresh machine (own TMPDIR, empty cache,
+nothing parked): the first cold (it writes the snapshot at its end), the second from the snapshot; --suites picks
+a user's test file (benchmarks/user_session) and/or the smoke suite.
 The data is the reference app's seed copied up to the scale in SQL (benchmarks/bench_data.py). Everything
 runs in a scratch folder of this run, removed at the end.
 """
@@ -44,6 +48,12 @@ from pytest_dbsnap.settings import load_settings
 ROOT = Path(__file__).resolve().parent.parent
 SOURCE_DB, BUILD_DB, TARGET_DB = "bench_seeded", "bench_build", "app"
 LOGS = ROOT / "benchmarks" / "out" / "snapshot-sessions"  # the sessions' logs (gitignored)
+# The pytest sessions timed whole: a user's own test file (three tests reading the app database through
+# dbsnap_db), and this repository's smoke suite, whose data checks count and join every row of the dataset.
+SUITES = {
+    "user": ["benchmarks/user_session/test_user_queries.py"],
+    "smoke": ["-m", "smoke", "--skip-frontend"],
+}
 
 
 def progress(message: str) -> None:
@@ -63,8 +73,13 @@ def main() -> int:
     parser.add_argument("--scales", nargs="+", default=["200MB"])
     parser.add_argument("--reps", type=int, default=3)
     parser.add_argument("--out", type=Path)
+    parser.add_argument("--sessions", type=int, default=0, help="also time N pairs of whole pytest sessions")
     parser.add_argument(
-        "--sessions", type=int, default=0, help="also time N pairs of whole `pytest -m smoke --skip-frontend` sessions"
+        "--suites",
+        nargs="+",
+        choices=sorted(SUITES),
+        default=["user"],
+        help="which sessions: `user` (a user's test file, benchmarks/user_session) and/or `smoke` (the smoke suite)",
     )
     args = parser.parse_args()
     cores = os.cpu_count() or 1
@@ -163,7 +178,8 @@ def main() -> int:
                 warm.stop()
                 shutil.rmtree(scratch / f"snap-cache-{rep}", ignore_errors=True)
             if args.sessions:
-                sessions(args.sessions, scratch, settings.dumps_dir, scale.env, ref, samples)
+                for suite in args.suites:
+                    sessions(args.sessions, suite, scratch, settings.dumps_dir, scale.env, ref, samples)
             rows.append(
                 {
                     "scale": scale.label,
@@ -209,8 +225,8 @@ def session_env(folder: Path, dumps_dir: Path, env_name: str) -> dict[str, str]:
     }
 
 
-def run_session(env: dict[str, str], log_path: Path) -> float:
-    command = [sys.executable, "-m", "pytest", "-m", "smoke", "--skip-frontend", "-q", "-p", "no:cacheprovider"]
+def run_session(suite: str, env: dict[str, str], log_path: Path) -> float:
+    command = [sys.executable, "-m", "pytest", *SUITES[suite], "-q", "-p", "no:cacheprovider"]
     command.append("--durations=6")  # where a session's time goes, in its log (kept beside --out)
     began = time.monotonic()
     with log_path.open("wb") as log:
@@ -219,31 +235,46 @@ def run_session(env: dict[str, str], log_path: Path) -> float:
         ).returncode
     seconds = time.monotonic() - began
     if code != 0:
-        raise RuntimeError(f"the smoke session exited with {code}; see {log_path}")
+        raise RuntimeError(f"the {suite} session exited with {code}; see {log_path}")
     return seconds
 
 
 def sessions(
-    pairs: int, scratch: Path, dumps_dir: Path, env_name: str, ref: DumpRef, samples: dict[str, list[float]]
+    pairs: int,
+    suite: str,
+    scratch: Path,
+    dumps_dir: Path,
+    env_name: str,
+    ref: DumpRef,
+    samples: dict[str, list[float]],
 ) -> None:
     """Whole sessions on a fresh machine: the first (no snapshot) pays initdb + pg_restore and writes the
     snapshot at its end; the second starts from it."""
-    samples["session_cold"], samples["session_snap"] = [], []
+    cold_key, snap_key = f"session_{suite}_cold", f"session_{suite}_snap"
+    samples[cold_key], samples[snap_key] = [], []
     LOGS.mkdir(parents=True, exist_ok=True)
     for rep in range(pairs):
         for old in snapshots_of(ref.dump_path):
             old.discard()
-        progress(f"whole session, fresh machine, cold ({rep + 1}/{pairs})")
-        folder = scratch / f"session-cold-{rep}"
-        log = scratch / f"session-cold-{rep}.log"
-        samples["session_cold"].append(run_session(session_env(folder, dumps_dir, env_name), log))
+        progress(f"whole {suite} session, fresh machine, cold ({rep + 1}/{pairs})")
+        folder = scratch / f"{suite[:2]}-cold-{rep}"  # short: the server's socket path has 107 bytes at most
+        log = scratch / f"session-{suite}-cold-{rep}.log"
+        try:
+            cold_seconds = run_session(suite, session_env(folder, dumps_dir, env_name), log)
+        except RuntimeError as exc:
+            # A failed session (the machine too busy for a check's timeout, say) loses its pair, not the run.
+            shutil.copy(log, LOGS / f"{env_name}-{log.name}")
+            progress(f"{exc}; kept as {LOGS / f'{env_name}-{log.name}'}; pair skipped")
+            samples.setdefault(f"session_{suite}_failed", []).append(1.0)
+            continue
+        samples[cold_key].append(cold_seconds)
         shutil.copy(log, LOGS / f"{env_name}-{log.name}")
         assert snapshots_of(ref.dump_path), f"the cold session wrote no snapshot; see {log}"
         shutil.rmtree(folder, ignore_errors=True)
-        progress(f"whole session, fresh machine, from the snapshot ({rep + 1}/{pairs})")
-        folder = scratch / f"session-snap-{rep}"
-        log = scratch / f"session-snap-{rep}.log"
-        samples["session_snap"].append(run_session(session_env(folder, dumps_dir, env_name), log))
+        progress(f"whole {suite} session, fresh machine, from the snapshot ({rep + 1}/{pairs})")
+        folder = scratch / f"{suite[:2]}-snap-{rep}"  # short: the server's socket path has 107 bytes at most
+        log = scratch / f"session-{suite}-snap-{rep}.log"
+        samples[snap_key].append(run_session(suite, session_env(folder, dumps_dir, env_name), log))
         shutil.copy(log, LOGS / f"{env_name}-{log.name}")
         assert "cluster snapshot in" in log.read_text(errors="replace"), f"not started from the snapshot; see {log}"
         shutil.rmtree(folder, ignore_errors=True)
@@ -272,19 +303,22 @@ def render(rows: list[dict[str, object]], cores: int, load_start: tuple[float, f
             ("snap_start", "  of which the cluster start (unpack with sha256, ownership, start, new secret)"),
             ("snap_restore", "  of which the template clone + swap"),
             ("write", "writing the snapshot at stop (drop other databases, stop, tar \\| zstd -1, rename)"),
+            ("session_user_cold", "whole session of a user's test file, fresh machine, cold (writes the snapshot)"),
+            ("session_user_snap", "whole session of a user's test file, fresh machine, from the snapshot"),
             (
-                "session_cold",
+                "session_smoke_cold",
                 "whole `pytest -m smoke --skip-frontend` session, fresh machine, cold (writes the snapshot)",
             ),
-            ("session_snap", "whole `pytest -m smoke --skip-frontend` session, fresh, from the snapshot"),
+            ("session_smoke_snap", "whole `pytest -m smoke --skip-frontend` session, fresh, from the snapshot"),
         ):
-            if key not in samples:
+            if not samples.get(key):
                 continue
             values = samples[key]
             ratio = cold / median(values)
             shown = f"{ratio:.1f}x faster" if key == "snap" else ""
-            if key == "session_snap":
-                shown = f"{median(samples['session_cold']) / median(values):.1f}x faster than the cold session"
+            if key.startswith("session_") and key.endswith("_snap"):
+                cold_session = median(samples[key.removesuffix("_snap") + "_cold"])
+                shown = f"{cold_session / median(values):.1f}x faster than the cold session"
             if key == "write":
                 shown = f"{median(values) / cold:.0%} of cold"
             lines.append(

@@ -334,13 +334,7 @@ def cmd_pull(args: argparse.Namespace, settings: Settings) -> int:
         f"of {settings.env!r} in {store.root}"
     )
     # This machine's cluster snapshot of the dump, when one was pushed: the next pytest session starts from it.
-    from pytest_dbsnap.postgres.snapshot import machine_key
-
-    try:
-        key = machine_key(find_pg_tools(settings.pg_bindir), done.meta.sha256)
-    except DbsnapError:
-        return EXIT_OK  # no local server binaries: no local cluster to start from a snapshot either
-    archive = remote.pull_snapshot(store, done.meta, key)
+    archive = remote.pull_own_snapshot(store, done.meta, settings.pg_bindir)
     if archive is not None:
         print(f"cluster snapshot {archive} pulled with it (sha256 verified)")
     return EXIT_OK

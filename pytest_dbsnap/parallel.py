@@ -171,20 +171,60 @@ def pytest_xdist_make_scheduler(config: pytest.Config, log: Any) -> Any:
     return CrashSafeLoadGroupScheduling(config, log)
 
 
+@pytest.hookimpl(trylast=True)
 def pytest_sessionfinish(session: pytest.Session) -> None:
     config = session.config
+    if _is_controller(config):
+        # Every worker is down by now. Stopped here rather than at unconfigure so that the snapshot it writes
+        # (or why it wrote none) is in the terminal summary, which comes after this hook.
+        _stop_controller_server(config)
+        return
     workeroutput = getattr(config, "workeroutput", None)
     if workeroutput is None:
         return
     # A worker's phases and database line travel to the controller, which writes the reports.
     outcome = config.stash.get(OUTCOME_KEY, None)
+    # The controller owns the cluster, so it writes the snapshot of the dump a worker restored cold (or
+    # generated) when it stops the cluster: the workers' own server objects are only attached to it.
+    cold = outcome is not None and outcome.meta is not None and (outcome.generated or outcome.method == "pg_restore")
     workeroutput["dbsnap"] = json.dumps(
         {
             "database": outcome.describe() if outcome is not None else None,
             "phases": [dataclasses.asdict(p) for p in config.stash[PHASES_KEY].ordered()],
             "facts": report_facts(config) if outcome is not None else {},
+            "snapshot_of": [outcome.meta.environment, outcome.meta.name, outcome.pushed]
+            if cold and outcome is not None and outcome.meta is not None
+            else None,
         }
     )
+
+
+def _stop_controller_server(config: pytest.Config) -> None:
+    server = config.stash.get(SERVER_KEY, None)
+    if server is not None:
+        server.stop()
+        config.stash.get(FORGET_SERVER_KEY, lambda: None)()
+
+
+def _request_snapshot(config: pytest.Config, env: str, name: str, pushed: bool) -> None:
+    """A worker restored this dump cold: the controller's local cluster writes its snapshot when it stops (and
+    pushes it when the worker pushed the dump), as a session without workers does."""
+    from pytest_dbsnap.dumps.store import DumpStore
+    from pytest_dbsnap.postgres.local import LocalCluster
+    from pytest_dbsnap.postgres.snapshot import DumpRef
+    from pytest_dbsnap.session import push_snapshot_later
+
+    server = config.stash.get(SERVER_KEY, None)
+    settings = config.stash[SETTINGS_KEY]
+    if not isinstance(server, LocalCluster) or not settings.cluster_snapshot:
+        return
+    store = DumpStore(settings.dumps_dir)
+    try:
+        meta = store.get(env, name)
+    except DbsnapError:
+        return  # removed meanwhile: nothing to snapshot
+    push = push_snapshot_later(settings, meta) if pushed else None
+    server.snapshot_after_stop(DumpRef(meta, store.dump_path(env, name)), then=push)
 
 
 @pytest.hookimpl(optionalhook=True)
@@ -199,9 +239,10 @@ def pytest_testnodedown(node: Any, error: object) -> None:
     if data["database"]:
         config.stash.setdefault(WORKER_DATABASES_KEY, []).append(f"{node.gateway.id}: {data['database']}")
     publish_facts(config, data["facts"])
+    if data.get("snapshot_of"):
+        _request_snapshot(config, *data["snapshot_of"])
 
 
 def pytest_unconfigure(config: pytest.Config) -> None:
-    if _is_controller(config) and SERVER_KEY in config.stash:
-        config.stash[SERVER_KEY].stop()
-        config.stash.get(FORGET_SERVER_KEY, lambda: None)()
+    if _is_controller(config):
+        _stop_controller_server(config)  # when the session ended before sessionfinish (a stop is idempotent)

@@ -103,7 +103,8 @@ def pytest_configure(config: pytest.Config) -> None:
 
 @pytest.hookimpl(trylast=True)
 def pytest_unconfigure(config: pytest.Config) -> None:
-    """After everything is stopped (the xdist controller stops its server in its own unconfigure)."""
+    """After everything is stopped (the xdist controller stops its server at sessionfinish, or at its own
+    unconfigure when the session ended early)."""
     watchdog = config.stash.get(REAPER_KEY, None)
     if watchdog is not None:
         reaper.uninstall(watchdog)

@@ -199,6 +199,14 @@ def pytest_terminal_summary(terminalreporter: pytest.TerminalReporter) -> None:
         terminalreporter.write_line(f"database: {outcome.describe()}")
         for warning in outcome.warnings:
             terminalreporter.write_line(f"warning: {warning}", yellow=True)
+    started_from = getattr(server, "started_from_snapshot", None)
+    if outcome is None and started_from:
+        # The xdist controller: its cluster came from the snapshot; the workers cloned the template it held.
+        seconds = float(getattr(server, "snapshot_seconds", 0.0))
+        terminalreporter.write_line(f"cluster started from the cluster snapshot {started_from} in {seconds:.2f} s")
+    not_used = getattr(server, "snapshot_problem", None)
+    if outcome is None and not_used:
+        terminalreporter.write_line(f"warning: {not_used}", yellow=True)
     if written:
         terminalreporter.write_line(str(written))
     if not_written:

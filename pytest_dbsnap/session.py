@@ -23,7 +23,7 @@ from pytest_dbsnap.dumps.restore import (
 )
 from pytest_dbsnap.dumps.store import DumpStore
 from pytest_dbsnap.errors import DbsnapError, DumpCorrupt, DumpError
-from pytest_dbsnap.postgres.base import Server
+from pytest_dbsnap.postgres.base import PgTools, Server, find_pg_tools
 from pytest_dbsnap.postgres.local import LocalCluster
 from pytest_dbsnap.postgres.snapshot import DumpRef
 from pytest_dbsnap.settings import Settings
@@ -140,20 +140,69 @@ def usable_dump(store: DumpStore, settings: Settings) -> tuple[DumpMeta | None, 
     return earlier, None, reason
 
 
+def pull_for_session(
+    settings: Settings, store: DumpStore, tools: PgTools, *, with_snapshot: bool
+) -> tuple[DumpMeta | None, float, str | None]:
+    """A session's own pull: the newest remote dump made from the working tree's inputs (None when the remote
+    has none) and, `with_snapshot`, this machine's cluster snapshot of it, as `dbsnap pull` brings them (sha256
+    verified, installed atomically). Returns (dump, seconds, warning): a remote snapshot that is missing is
+    normal and says nothing; one that cannot be pulled (damaged, unreachable) is a warning, and the dump is
+    restored instead. `tools` (the local pg_restore) refuses a dump it could not read before it is downloaded."""
+    started = time.monotonic()
+    remote = RemoteStore.from_settings(settings)
+    fingerprint, _inputs = compute_fingerprint(settings)
+    fetched = remote.pull_matching(store, settings.env, fingerprint, tools=tools)
+    if fetched is None:
+        return None, time.monotonic() - started, None
+    warning = None
+    if with_snapshot:
+        try:
+            remote.pull_own_snapshot(store, fetched.meta, settings.pg_bindir)
+        except DbsnapError as exc:
+            reason = str(exc).splitlines()[0]
+            warning = (
+                f"the remote cluster snapshot of {fetched.meta.name} was not used ({reason}); the dump was "
+                f"restored instead"
+            )
+    return fetched.meta, time.monotonic() - started, warning
+
+
 def snapshot_source(settings: Settings) -> DumpRef | None:
     """The dump this session will restore, when a local cluster may start from its snapshot: the latest dump
-    of the environment when current, else the newest matching the working tree; with its file present."""
+    of the environment when current, else the newest matching the working tree; with its file present. With a
+    remote store and no such dump here, the session's pull happens now, before the cluster starts, so that the
+    snapshot pulled with the dump replaces initdb and pg_restore (a fresh CI runner sharing the store)."""
     if not settings.cluster_snapshot or settings.skip_dump_restore or settings.regenerate_dump:
         return None
     store = DumpStore(settings.dumps_dir)
+    pull_seconds: float | None = None
+    pull_warning: str | None = None
     try:
         meta, reason, _passed_over = usable_dump(store, settings)
+        if reason is not None and settings.remote:
+            tools = find_pg_tools(settings.pg_bindir)
+            meta, pull_seconds, pull_warning = pull_for_session(settings, store, tools, with_snapshot=True)
+            reason = None if meta is not None else "not in the remote store either"
         if meta is None or reason is not None:
             return None
     except DbsnapError:
-        return None  # the database step says what is wrong with the dump
+        return None  # the database step says what is wrong with the dump (or the remote store)
     dump_path = store.dump_path(settings.env, meta.name)
-    return DumpRef(meta, dump_path) if dump_path.is_file() else None
+    return DumpRef(meta, dump_path, pull_seconds, pull_warning) if dump_path.is_file() else None
+
+
+def push_snapshot_later(settings: Settings, meta: DumpMeta) -> Callable[[], tuple[str, ...]]:
+    """What a stopping local cluster calls once it has written the dump's snapshot: push it beside the dump
+    that --push-dump sent. At teardown rather than before the tests: writing a snapshot stops the cluster, and
+    stopping and starting it again before the first test would put about two seconds plus the packing on the
+    critical path of every such session."""
+
+    def push() -> tuple[str, ...]:
+        return RemoteStore.from_settings(settings).push_snapshots(
+            DumpStore(settings.dumps_dir), meta.environment, meta.name
+        )
+
+    return push
 
 
 def ensure_database(server: Server, name: str) -> None:
@@ -187,17 +236,19 @@ def prepare_database(
         progress(f"latest dump of {settings.env!r} is {matched_earlier}; restoring {meta.name}, which matches")
     generated, generate_seconds = False, 0.0
     pulled, pull_seconds = False, 0.0
+    warnings: list[str] = []
+    early = server.snapshot_of if isinstance(server, LocalCluster) else None
+    if early is not None and early.pull_seconds is not None and meta is not None and meta.sha256 == early.meta.sha256:
+        # Pulled before the cluster started (snapshot_source), with this machine's snapshot when there was one.
+        pulled, pull_seconds = True, early.pull_seconds
+        if early.pull_warning is not None:
+            warnings.append(early.pull_warning)
     if reason is not None and settings.remote and not settings.regenerate_dump:
         # Another runner may have made this very dump already: a download beats minutes of seeding.
         progress(f"looking for a current dump of {settings.env!r} in {settings.remote}")
-        started = time.monotonic()
-        fingerprint, _inputs = compute_fingerprint(settings)
-        fetched = RemoteStore.from_settings(settings).pull_matching(
-            store, settings.env, fingerprint, tools=server.tools
-        )
-        if fetched is not None:
-            meta, reason, pulled = fetched.meta, None, True
-            pull_seconds = time.monotonic() - started
+        fetched_meta, seconds, _warning = pull_for_session(settings, store, server.tools, with_snapshot=False)
+        if fetched_meta is not None:
+            meta, reason, pulled, pull_seconds = fetched_meta, None, True, seconds
     if reason is not None:
         if not settings.seed_command:
             where = f"of environment {settings.env!r} in {store.root}"
@@ -233,7 +284,7 @@ def prepare_database(
         replace=settings.replace_database,
     )
     method, seconds = result.method, result.seconds
-    warnings: list[str] = []
+    snapshot_ref: DumpRef | None = None
     if isinstance(server, LocalCluster):
         if server.started_from_snapshot is not None and result.method == "template clone":
             # The template came with the snapshot: the database step is the unpack and start plus the clone.
@@ -241,7 +292,8 @@ def prepare_database(
         if server.snapshot_problem is not None:
             warnings.append(server.snapshot_problem)
         if settings.cluster_snapshot and (generated or result.method == "pg_restore"):
-            server.snapshot_after_stop(DumpRef(meta, store.dump_path(settings.env, meta.name)))
+            snapshot_ref = DumpRef(meta, store.dump_path(settings.env, meta.name))
+            server.snapshot_after_stop(snapshot_ref)
     if settings.migrate_command:
         progress(f"migrating {target!r}")
     migrate(server, settings, target)
@@ -251,6 +303,10 @@ def prepare_database(
         progress(f"pushing {settings.env}/{meta.name} to {settings.remote}")
         RemoteStore.from_settings(settings).push(store, settings.env, meta.name)
         pushed = True
+        if snapshot_ref is not None and isinstance(server, LocalCluster):
+            # The snapshot needs the cluster stopped, so it is written at teardown, after the tests; it follows
+            # the dump to the remote store from there (see push_snapshot_later).
+            server.snapshot_after_stop(snapshot_ref, then=push_snapshot_later(settings, meta))
     if server.provider == "local":
         # The parked local cluster is this project's own: templates of dumps that are gone only take space.
         drop_orphan_templates(server, store.all_sha256())
@@ -269,12 +325,19 @@ def prepare_database(
         warnings,
         matched_earlier,
     )
-    if spare_in_background:
+    if spare_in_background and _spare_outlives_session(server):
         outcome._spare_thread = threading.Thread(
             target=_spare_quietly, args=(server, meta), daemon=True, name="dbsnap-spare"
         )
         outcome._spare_thread.start()
     return outcome
+
+
+def _spare_outlives_session(server: Server) -> bool:
+    """A spare is for the next restore of the dump on this server. A local cluster that is not parked
+    (warm_cluster off) is removed at stop with its spare: making one would only copy the whole database while
+    the tests run and make the session's teardown wait for the copy."""
+    return not (isinstance(server, LocalCluster) and server.warm_slot is None)
 
 
 def _spare_quietly(server: Server, meta: DumpMeta) -> None:

@@ -472,6 +472,28 @@ class RemoteStore:
             pushed.append(snapshot.name)
         return tuple(pushed)
 
+    def push_snapshots(self, store: DumpStore, env: str, name: str) -> tuple[str, ...]:
+        """The cluster snapshots of a dump that is in the remote store already (a session's teardown writes its
+        snapshot after --push-dump sent the dump): uploaded when missing there, archive before metadata."""
+        meta = store.get(env, name)
+        existing = self.read_meta(env, meta.name)
+        if existing is None or existing.sha256 != meta.sha256:
+            return ()  # only beside the very dump it was made from
+        return self._push_snapshots(store.dump_path(env, meta.name), env, None)
+
+    def pull_own_snapshot(self, store: DumpStore, meta: DumpMeta, pg_bindir: Path | None) -> str | None:
+        """This machine's cluster snapshot of a local dump (the key of the server binaries found from
+        `pg_bindir`), when the remote store has it: what `dbsnap pull` and a session's own pull both bring.
+        None when there is none for this machine, or no server binaries here (no local cluster to start)."""
+        from pytest_dbsnap.postgres.base import find_pg_tools
+        from pytest_dbsnap.postgres.snapshot import machine_key
+
+        try:
+            key = machine_key(find_pg_tools(pg_bindir), meta.sha256)
+        except DbsnapError:
+            return None
+        return self.pull_snapshot(store, meta, key)
+
     def pull_snapshot(
         self, store: DumpStore, meta: DumpMeta, key: SnapshotKey, *, on_transfer: OnTransfer | None = None
     ) -> str | None:

@@ -23,6 +23,7 @@ import socket
 import stat
 import tempfile
 import time
+from collections.abc import Callable
 from pathlib import Path
 
 import psycopg
@@ -278,6 +279,7 @@ class LocalCluster(Server):
         self.snapshot_written: str | None = None  # what stop() wrote, for the summary
         self.snapshot_write_problem: str | None = None  # why stop() wrote none although asked to
         self._snapshot_request: DumpRef | None = None
+        self._after_snapshot: Callable[[], tuple[str, ...]] | None = None
 
     def _warm_slot(self, warm_key: str) -> Path:
         account = self.account.user if self.account else str(os.geteuid())
@@ -628,11 +630,32 @@ class LocalCluster(Server):
                     log.warning("could not park the local cluster for the next session: %s", exc)
         finally:
             self._remove_folder()
+        if self._snapshot_request is not None and self.snapshot_write_problem is None:
+            self._push_snapshot(self._snapshot_request)
 
-    def snapshot_after_stop(self, ref: DumpRef) -> None:
+    def snapshot_after_stop(self, ref: DumpRef, *, then: Callable[[], tuple[str, ...]] | None = None) -> None:
         """Write a cluster snapshot of this dump when the cluster stops (the session's data came from a cold
-        restore or was generated): the next fresh machine starts from it."""
+        restore or was generated): the next fresh machine starts from it. `then` (a push to the remote store)
+        runs once it is written, after the folder is parked or removed."""
         self._snapshot_request = ref
+        self._after_snapshot = then
+
+    def _push_snapshot(self, ref: DumpRef) -> None:
+        if self._after_snapshot is None:
+            return
+        try:
+            pushed = self._after_snapshot()
+        except (DbsnapError, OSError) as exc:
+            log.warning("the cluster snapshot of %s was not pushed: %s", ref.meta.name, exc)
+            self.snapshot_write_problem = (
+                f"the cluster snapshot of {ref.meta.name} was not pushed to the remote store: "
+                f"{str(exc).splitlines()[0]}"
+            )
+            return
+        if pushed:
+            self.snapshot_written = (
+                f"{self.snapshot_written or 'cluster snapshot ' + pushed[0]}, pushed to the remote store"
+            )
 
     def _write_snapshot(self, ref: DumpRef) -> bool:
         """Keep only the dump's template, remove the password, stop, pack. Never fails the session: a snapshot

@@ -63,6 +63,10 @@ class DumpRef:
 
     meta: DumpMeta
     dump_path: Path
+    # Set when the dump (and this machine's snapshot, if the remote had one) was pulled from the remote store
+    # just before the cluster started: the session reports the pull, and a remote snapshot it could not use.
+    pull_seconds: float | None = None
+    pull_warning: str | None = None
 
 
 @dataclass(frozen=True)

@@ -19,6 +19,7 @@ import shutil
 import socket
 import subprocess
 import sys
+import tempfile
 import time
 from collections.abc import Iterator
 from pathlib import Path
@@ -771,6 +772,139 @@ def test_cluster_snapshots_travel_with_push_and_pull(
     with pytest.raises(DumpCorrupt, match="does not match its remote metadata"):
         remote.pull_snapshot(third, meta, key)
     assert store_files(third) == sorted([f"{meta.name}.dump", f"{meta.name}.json", "latest"])
+
+
+# --- a fresh CI runner sharing the store starts from the pushed cluster snapshot -------------------------------
+
+MANY_ROWS_SEED = (
+    "import os, psycopg\n"
+    "with psycopg.connect(os.environ['DATABASE_URL'], autocommit=True) as c:\n"
+    "    c.execute('CREATE TABLE planet (id int PRIMARY KEY, name text)')\n"
+    '    c.execute("INSERT INTO planet SELECT g, md5(g::text) FROM generate_series(1, 5000) g")\n'
+)
+DATA_QUERY = "SELECT count(*), md5(string_agg(p::text, '|' ORDER BY p.id)) FROM planet p"
+
+
+def runner_settings(root: Path, url: str, endpoint: str, **overrides: Any) -> Settings:
+    """A runner of its own: its dump store, cache, logs and TMPDIR (for its cluster) are new and empty."""
+    root.mkdir(parents=True)
+    (root / "inputs.txt").write_text("schema v7\n")
+    return session_settings(root, url, endpoint, MANY_ROWS_SEED, cache_dir=root / "cache", **overrides)
+
+
+@pytest.fixture
+def fresh_tmpdir(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Path]:
+    """A TMPDIR of this test alone (under /tmp: the server account must be able to enter it)."""
+    tmp_path_factory.getbasetemp()  # fixed before tempfile's folder is patched
+    folder = Path(tempfile.mkdtemp(prefix="dbsnap-runner-", dir="/tmp"))
+    folder.chmod(0o755)
+    with pytest.MonkeyPatch.context() as patch:
+        patch.setattr(tempfile, "tempdir", str(folder))
+        yield folder
+    shutil.rmtree(folder, ignore_errors=True)
+
+
+def test_a_fresh_runner_starts_from_the_snapshot_the_generating_runner_pushed(
+    moto: MotoServer, bucket: str, tmp_path: Path, fresh_tmpdir: Path
+) -> None:
+    from pytest_dbsnap.postgres import start_server
+    from pytest_dbsnap.postgres.snapshot import snapshots_of
+
+    url = f"s3://{bucket}/ci"
+    # Runner A generates the dump, pushes it (--push-dump) and, at teardown, writes and pushes the snapshot.
+    settings_a = runner_settings(tmp_path / "runner-a", url, moto.endpoint, push_dump=True)
+    with start_server(settings_a, "local") as server_a:
+        assert isinstance(server_a, LocalCluster)
+        made = prepare_database(server_a, settings_a, spare_in_background=False)
+        assert (made.generated, made.pushed) == (True, True)
+        with server_a.connect("remote_app") as conn:
+            data_a = conn.execute(DATA_QUERY).fetchone()
+    assert made.meta is not None
+    assert server_a.snapshot_written is not None, server_a.snapshot_write_problem
+    assert server_a.snapshot_written.endswith(", pushed to the remote store")
+    [written] = snapshots_of(DumpStore(settings_a.dumps_dir).dump_path(ENV, made.meta.name))
+    remote_keys = {o["Key"] for o in admin_client(moto.endpoint).list_objects_v2(Bucket=bucket)["Contents"]}
+    assert {f"ci/{ENV}/{written.name}", f"ci/{ENV}/{written.meta_path.name}"} <= remote_keys
+
+    # Runner B: nothing local. Its session pulls the dump with this machine's snapshot before the cluster
+    # starts, and starts the cluster from it (no initdb, no pg_restore, no seed).
+    # The same inputs and commands as runner A (so the same fingerprint): pulled, never seeded.
+    settings_b = runner_settings(tmp_path / "runner-b", url, moto.endpoint)
+    with start_server(settings_b, "local") as server_b:
+        assert isinstance(server_b, LocalCluster)
+        assert server_b.started_from_snapshot == written.name, server_b.snapshot_problem
+        assert server_b.folder is not None
+        assert server_b.folder.parent.parent == fresh_tmpdir
+        assert not list(settings_b.resolved_cache_dir.glob("pristine-*")), "no initdb on this runner"
+        outcome = prepare_database(server_b, settings_b, spare_in_background=False)
+        with server_b.connect("remote_app") as conn:
+            data_b = conn.execute(DATA_QUERY).fetchone()
+    assert (outcome.method, outcome.pulled, outcome.generated, outcome.warnings) == (
+        "cluster snapshot",
+        True,
+        False,
+        [],
+    )
+    assert "pulled from the remote store in" in outcome.describe()
+    assert ", then cluster snapshot in" in outcome.describe()
+    assert data_b == data_a
+    assert data_b is not None
+    assert data_b[0] == 5000
+    assert server_b.snapshot_written is None, "a session started from a snapshot writes none"
+
+
+def test_a_damaged_remote_snapshot_falls_back_to_the_dump_with_a_warning(
+    moto: MotoServer, bucket: str, tmp_path: Path, fresh_tmpdir: Path
+) -> None:
+    from pytest_dbsnap.postgres import start_server
+    from pytest_dbsnap.postgres.snapshot import snapshots_of
+
+    url = f"s3://{bucket}/ci"
+    settings_a = runner_settings(tmp_path / "runner-a", url, moto.endpoint, push_dump=True)
+    with start_server(settings_a, "local") as server_a:
+        made = prepare_database(server_a, settings_a, spare_in_background=False)
+    assert made.meta is not None
+    [written] = snapshots_of(DumpStore(settings_a.dumps_dir).dump_path(ENV, made.meta.name))
+    admin_client(moto.endpoint).put_object(Bucket=bucket, Key=f"ci/{ENV}/{written.name}", Body=b"not the archive")
+
+    # The same inputs and commands as runner A (so the same fingerprint): pulled, never seeded.
+    settings_b = runner_settings(tmp_path / "runner-b", url, moto.endpoint)
+    with start_server(settings_b, "local") as server_b:
+        assert isinstance(server_b, LocalCluster)
+        assert server_b.started_from_snapshot is None
+        outcome = prepare_database(server_b, settings_b, spare_in_background=False)
+        with server_b.connect("remote_app") as conn:
+            assert conn.execute("SELECT count(*) FROM planet").fetchone() == (5000,)
+    assert (outcome.method, outcome.pulled, outcome.generated) == ("pg_restore", True, False)
+    [warning] = outcome.warnings
+    assert warning.startswith(f"the remote cluster snapshot of {made.meta.name} was not used (")
+    assert "does not match its remote metadata" in warning
+    store_b = DumpStore(settings_b.dumps_dir)
+    # Nothing of the damaged download was kept; the session wrote a good snapshot of its own at teardown.
+    [own] = snapshots_of(store_b.dump_path(ENV, made.meta.name))
+    assert own.name == written.name
+    assert own.archive.read_bytes() != b"not the archive"
+    assert not [p for p in store_b.env_dir(ENV).iterdir() if p.name.endswith(".tmp")]
+
+
+def test_a_remote_without_a_snapshot_for_this_machine_is_silent(
+    moto: MotoServer, bucket: str, tmp_path: Path, fresh_tmpdir: Path
+) -> None:
+    from pytest_dbsnap.postgres import start_server
+
+    url = f"s3://{bucket}/ci"
+    # Runner A pushes the dump only (it writes no snapshot).
+    settings_a = runner_settings(tmp_path / "runner-a", url, moto.endpoint, push_dump=True, cluster_snapshot=False)
+    with start_server(settings_a, "local") as server_a:
+        assert prepare_database(server_a, settings_a, spare_in_background=False).pushed
+    settings_b = runner_settings(tmp_path / "runner-b", url, moto.endpoint)
+    with start_server(settings_b, "local") as server_b:
+        assert isinstance(server_b, LocalCluster)
+        assert server_b.started_from_snapshot is None
+        assert server_b.snapshot_problem is None
+        outcome = prepare_database(server_b, settings_b, spare_in_background=False)
+    assert (outcome.method, outcome.pulled, outcome.generated, outcome.warnings) == ("pg_restore", True, False, [])
+    assert server_b.snapshot_written is not None, "runner B writes the snapshot the store lacked"
 
 
 # --- dumps of a newer pg_dump --------------------------------------------------------------------------------

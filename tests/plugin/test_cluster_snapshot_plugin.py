@@ -79,3 +79,29 @@ def test_runs_write_use_and_fall_back_from_a_cluster_snapshot(pytester: pytest.P
     off = run(pytester, "--no-cluster-snapshot")
     [line] = lines_starting(off, "database: ")
     assert ": pg_restore in " in line, line
+
+
+def test_under_xdist_the_controllers_cluster_writes_and_starts_from_the_snapshot(
+    pytester: pytest.Pytester, project: Path
+) -> None:
+    """The controller owns the cluster: it writes the snapshot of the dump a worker restored cold when it
+    stops it, and the next run's controller starts its cluster from it (the workers clone its template)."""
+    pytester.makepyfile(test_more=TESTS.replace("test_the_seeded_rows_are_there", "test_again"))
+
+    def run_xdist() -> pytest.RunResult:
+        result = pytester.runpytest_subprocess("-p", "no:cacheprovider", "-n", "2", timeout=240)
+        result.assert_outcomes(passed=2)
+        return result
+
+    first = run_xdist()
+    store = DumpStore(pytester.path / "dumps")
+    [name] = store.names("dev")
+    [snapshot] = snapshots_of(store.dump_path("dev", name))
+    [written] = lines_starting(first, "cluster snapshot ")
+    assert written.startswith(f"cluster snapshot {snapshot.archive.name} written in ")
+
+    second = run_xdist()
+    [started] = lines_starting(second, "cluster started from the cluster snapshot ")
+    assert started.startswith(f"cluster started from the cluster snapshot {snapshot.archive.name} in ")
+    assert lines_starting(second, "cluster snapshot ") == [], "an existing snapshot was written again"
+    assert not [line for line in second.stdout.lines if "pg_restore in" in line], "a worker restored the dump"
