@@ -21,6 +21,7 @@ import shlex
 import shutil
 import socket
 import stat
+import sys
 import tempfile
 import time
 from collections.abc import Callable
@@ -140,6 +141,12 @@ def _can_traverse(folder: Path, account: RunAs) -> Path | None:
     return None
 
 
+# A unix socket's path holds 107 bytes (sun_path, Linux; 103 on macOS): the cluster's socket is
+# <base>/cluster-XXXXXXXX/sock/.s.PGSQL.<port>, so a long TMPDIR would make pg_ctl fail without saying why.
+SOCKET_PATH_MAX = 103 if sys.platform == "darwin" else 107
+_SOCKET_TAIL = "/cluster-xxxxxxxx/sock/.s.PGSQL.65535"
+
+
 def runtime_base() -> Path:
     """Per-user folder of running clusters; world-traversable so the server account can reach its own.
 
@@ -148,23 +155,32 @@ def runtime_base() -> Path:
     """
     account = server_account()
     preferred = Path(tempfile.gettempdir())
-    candidates = [preferred] if account is None else [preferred, Path("/tmp")]
     blocked: list[str] = []
-    for parent in dict.fromkeys(candidates):
+    for parent in dict.fromkeys([preferred, Path("/tmp")]):
+        base = parent / f"pytest-dbsnap-{os.geteuid()}"
+        if len(str(base)) + len(_SOCKET_TAIL) > SOCKET_PATH_MAX:
+            blocked.append(f"{parent} (its path is too long for the server's socket)")
+            continue
+        if parent != preferred and account is None:
+            continue  # an ordinary user's TMPDIR is theirs to choose; only a long one falls back to /tmp
         blocking = _can_traverse(parent, account) if account is not None else None
         if blocking is not None:
             blocked.append(f"{parent} (the account cannot enter {blocking})")
             continue
-        base = parent / f"pytest-dbsnap-{os.geteuid()}"
         base.mkdir(mode=0o755, exist_ok=True)
         if base.stat().st_uid != os.geteuid() or base.is_symlink():
             raise ServerError(f"{base} belongs to another user; remove it or set TMPDIR to a folder of your own.")
         base.chmod(0o755)
         return base
-    assert account is not None
+    if account is None:
+        raise ServerError(
+            f"No folder for the local PostgreSQL cluster: {'; '.join(blocked)}. A unix socket path holds at most "
+            f"{SOCKET_PATH_MAX} bytes: set TMPDIR to a short folder (under {SOCKET_PATH_MAX - len(_SOCKET_TAIL)} "
+            f"characters), such as /tmp."
+        )
     raise ServerError(
         f"The local PostgreSQL runs as the unprivileged account {account.user!r} (it refuses root), which "
-        f"cannot reach a folder for its cluster: {'; '.join(blocked)}. Set TMPDIR to a folder that every "
+        f"cannot use a folder for its cluster: {'; '.join(blocked)}. Set TMPDIR to a short folder that every "
         f"account may enter (chmod o+x on each folder on the way, as /tmp is), or run the tests as an "
         f"ordinary user."
     )

@@ -19,6 +19,7 @@ import psycopg
 import pytest
 
 from pytest_dbsnap.errors import ServerError, ToolError
+from pytest_dbsnap.postgres import local as local_module
 from pytest_dbsnap.postgres.base import PgTools, find_pg_tools
 from pytest_dbsnap.postgres.local import (
     CLUSTER_FORMAT,
@@ -421,6 +422,33 @@ def test_a_private_tmpdir_falls_back_to_a_folder_the_server_account_can_reach(
                 assert conn.execute("SELECT 1").fetchone() == (1,)
     finally:
         shutil.rmtree(private, ignore_errors=True)
+
+
+def test_a_tmpdir_too_long_for_the_socket_falls_back_to_tmp_and_starts(
+    pg_tools: PgTools, pg_cache: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A deep TMPDIR (a CI workspace's) would put the server's socket past the 107 bytes of a socket path."""
+    deep = Path(tempfile.mkdtemp(prefix="dbsnap-deep-", dir="/tmp"))
+    try:
+        inner = deep / ("workspace-" + "x" * 60) / "tmp"
+        inner.mkdir(parents=True)
+        for folder in (deep, inner.parent, inner):
+            folder.chmod(0o755)
+        monkeypatch.setattr(tempfile, "tempdir", str(inner))
+        assert runtime_base() == Path("/tmp") / f"pytest-dbsnap-{os.geteuid()}"
+        with LocalCluster(pg_tools, cache_dir=pg_cache).start() as started, started.connect() as conn:
+            assert conn.execute("SELECT 1").fetchone() == (1,)
+    finally:
+        shutil.rmtree(deep, ignore_errors=True)
+
+
+def test_when_no_folder_is_short_enough_the_error_says_to_set_tmpdir(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(local_module, "SOCKET_PATH_MAX", 10)  # as if /tmp itself were too deep
+    with pytest.raises(ServerError) as caught:
+        runtime_base()
+    message = str(caught.value)
+    assert "too long for the server's socket" in message
+    assert "Set TMPDIR to a short folder" in message
 
 
 # --- faults ---------------------------------------------------------------------------------------------------
