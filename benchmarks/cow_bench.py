@@ -332,6 +332,9 @@ class Run:
                     self.notes.append(f"{combo.name}: the {mode} session's database line does not say copy-on-write")
         combo.samples["session serial"] = serial
         combo.samples["session -n 2"] = parallel
+        # The parked folder (template, spare, app database) is no longer needed: free its space for the next setup.
+        for slot in (combo.folder / f"pytest-dbsnap-{os.geteuid()}").glob("warm-*"):
+            shutil.rmtree(slot, ignore_errors=True)
 
 
 def render(results: list[tuple[dict[str, object], list[Combo]]], notes: list[str], load: tuple[str, str]) -> str:
