@@ -205,22 +205,15 @@ def cmd_restore(args: argparse.Namespace, settings: Settings) -> int:
             f"{' (sha256 verified)' if result.verified else ''}"
         )
         if not args.no_spare:
-            _prepare_spare_in_background(
-                server.dsn("postgres"), store.meta_path(settings.env, meta.name), copy_on_write=result.copy_on_write
-            )
+            _prepare_spare_in_background(server.dsn("postgres"), store.meta_path(settings.env, meta.name))
     return EXIT_OK
 
 
-def _prepare_spare_in_background(admin_dsn: str, meta_path: Path, *, copy_on_write: bool) -> None:
+def _prepare_spare_in_background(admin_dsn: str, meta_path: Path) -> None:
     """The next restore's spare copy is made by a detached child, so this command returns at once."""
     import subprocess
 
-    env = {
-        **os.environ,
-        "DBSNAP_SPARE_DSN": admin_dsn,
-        "DBSNAP_SPARE_META": str(meta_path),
-        "DBSNAP_SPARE_COPY_ON_WRITE": "1" if copy_on_write else "0",
-    }
+    env = {**os.environ, "DBSNAP_SPARE_DSN": admin_dsn, "DBSNAP_SPARE_META": str(meta_path)}
     subprocess.Popen(
         [sys.executable, "-m", "pytest_dbsnap.dumps.spare"],
         env=env,

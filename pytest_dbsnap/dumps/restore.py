@@ -322,17 +322,15 @@ def _drop_in_background(server: Server, old: str | None) -> None:
     threading.Thread(target=drop_old, name="dbsnap-drop-old", daemon=False).start()
 
 
-def prepare_spare(server: Server, meta: DumpMeta, *, copy_on_write: bool | None = None) -> bool:
+def prepare_spare(server: Server, meta: DumpMeta) -> bool:
     """Make the ready copy that turns the next restore of this dump into a rename. False if there is no
-    template (nothing restored yet) or a spare already exists. copy_on_write: the caller's answer for a server
-    it knows better than `server` does (the CLI's detached child), else the server's."""
-    cow = server.copy_on_write if copy_on_write is None else copy_on_write
+    template (nothing restored yet) or a spare already exists."""
     with server.connect() as conn:
         template, spare = template_name(meta), spare_name(meta)
         if not databases.exists(conn, template) or databases.exists(conn, spare):
             return False
         staging = databases.temporary_name(databases.STAGE_PREFIX)
-        databases.clone(conn, template, staging, copy_on_write=cow)
+        databases.clone(conn, template, staging, copy_on_write=server.copy_on_write)
         try:
             databases.rename_closed(conn, staging, spare)
         except BaseException:

@@ -16,9 +16,7 @@ def main() -> None:
     # The parent already applied the remote-host guard to this DSN.
     server = connect_external(os.environ["DBSNAP_SPARE_DSN"], allow_remote=True)
     with contextlib.suppress(DbsnapError):
-        meta = DumpMeta.read(Path(os.environ["DBSNAP_SPARE_META"]))
-        # The parent knew whether its cluster's clones share blocks; a DSN alone does not tell.
-        prepare_spare(server, meta, copy_on_write=os.environ.get("DBSNAP_SPARE_COPY_ON_WRITE") == "1")
+        prepare_spare(server, DumpMeta.read(Path(os.environ["DBSNAP_SPARE_META"])))
 
 
 if __name__ == "__main__":
