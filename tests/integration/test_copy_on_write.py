@@ -51,7 +51,9 @@ import psycopg
 DIGEST = "SELECT count(*), md5(string_agg(t::text, ',' ORDER BY t.id)) FROM reality_nodes t"
 
 
-def test_fresh_db_is_a_clone_of_the_template(fresh_db, dbsnap_db, pg_server, dbsnap_database):
+def test_fresh_db_is_a_clone_of_the_template(fresh_db, dbsnap_db, pg_server, dbsnap_database, request):
+    from pytest_dbsnap.report import report_facts
+
     with psycopg.connect(fresh_db) as fresh:
         cloned = fresh.execute(DIGEST).fetchone()
         fresh.execute("UPDATE reality_nodes SET name = name || ' (changed)'")  # writes land in the clone only
@@ -62,6 +64,7 @@ def test_fresh_db_is_a_clone_of_the_template(fresh_db, dbsnap_db, pg_server, dbs
         "copy_on_write": pg_server.copy_on_write,
         "outcome_copy_on_write": dbsnap_database.copy_on_write,
         "server_version": dbsnap_db.info.server_version,
+        "reported": report_facts(request.config)["dbsnap clones"],
     }))
 
 
@@ -216,7 +219,9 @@ def test_a_session_of_18_on_xfs_clones_with_copy_on_write_in_each_xdist_worker_t
     [line] = _database_lines(first)
     # Generated, then restored by a clone of the generated template: "template clone (copy-on-write) in 0.05 s".
     assert " template clone (copy-on-write) in " in line, line
-    assert _seen(project) == [{"copy_on_write": True, "outcome_copy_on_write": True, "server_version": 180006}]
+    assert _seen(project) == [
+        {"copy_on_write": True, "outcome_copy_on_write": True, "server_version": 180006, "reported": "copy-on-write"}
+    ]
 
     parallel = _run(pytester, "-n", "2")
 
@@ -256,4 +261,5 @@ def test_a_session_without_both_copies_as_before(
     [seen] = _seen(project)
     assert seen["copy_on_write"] is False
     assert seen["outcome_copy_on_write"] is False
+    assert seen["reported"] == "full copy"
     assert int(str(seen["server_version"])) // 10000 == tools.major
