@@ -139,7 +139,7 @@ def synthesize(server: Server, source: str, database: str, copies: int, progress
     """
     with server.connect() as conn:
         databases.drop(conn, database)
-        databases.clone(conn, source, database)
+        databases.clone(conn, source, database, copy_on_write=server.copy_on_write)
     with server.connect(database) as conn:
         conn.execute("SET session_replication_role = replica")  # skip FK triggers: valid by construction
         conn.execute("SET maintenance_work_mem = '256MB'")

@@ -387,7 +387,7 @@ class Bench:
         """What the fresh_db fixture costs a test: the clone before it and the drop after it."""
         name = databases.temporary_name(databases.FRESH_PREFIX)
         with self.main.connect() as conn:
-            databases.clone(conn, template_name(meta), name)
+            databases.clone(conn, template_name(meta), name, copy_on_write=self.main.copy_on_write)
             databases.drop(conn, name)
 
     def plain_restore(self, path: Path, jobs: int) -> float:

@@ -201,7 +201,7 @@ def cmd_restore(args: argparse.Namespace, settings: Settings) -> int:
         )
         _progress_done()
         print(
-            f"restored {settings.env}/{meta.name} into {target!r} by {result.method} in {result.seconds:.2f} s"
+            f"restored {settings.env}/{meta.name} into {target!r} by {result.label} in {result.seconds:.2f} s"
             f"{' (sha256 verified)' if result.verified else ''}"
         )
         if not args.no_spare:

@@ -108,6 +108,7 @@ def pytest_configure_node(node: Any) -> None:
                 "bindir": str(server.tools.bindir),
                 "version": server.tools.version,
                 "throwaway": server.is_throwaway,
+                "copy_on_write": server.copy_on_write,
             }
         )
 
@@ -126,6 +127,7 @@ def attached_server(config: pytest.Config) -> Server | None:
         PgTools(Path(info["bindir"]), info["version"]),
         provider=f"{info['provider']} (shared by the xdist workers)",
         throwaway=bool(info.get("throwaway")),
+        copy_on_write=bool(info.get("copy_on_write")),
     )
 
 

@@ -111,6 +111,7 @@ def report_facts(config: pytest.Config) -> dict[str, str]:
             facts["dbsnap dump"] = outcome.meta.name
             facts["dbsnap sha256"] = outcome.meta.sha256
             facts["dbsnap schema version"] = str(outcome.meta.schema_version or "-")
+            facts["dbsnap clones"] = "copy-on-write" if outcome.copy_on_write else "full copy"
             if outcome.generated:
                 facts["dbsnap generated"] = f"in {outcome.generate_seconds:.1f} s ({outcome.stale_reason})"
         for number, warning in enumerate(outcome.warnings, 1):

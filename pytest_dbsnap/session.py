@@ -20,6 +20,7 @@ from pytest_dbsnap.dumps.restore import (
     prepare_spare,
     restore_dump,
     template_name,
+    with_copy_on_write,
 )
 from pytest_dbsnap.dumps.store import DumpStore
 from pytest_dbsnap.errors import DbsnapError, DumpCorrupt, DumpError
@@ -54,12 +55,14 @@ class DatabaseOutcome:
     # An earlier dump whose fingerprint matches the working tree, restored because `latest` is stale (the
     # reason it is): switching back to a branch reuses its dump instead of seeding again.
     matched_earlier: str | None = None
+    # The server's clones (this restore's, the spare, fresh_db, xdist workers') share the template's blocks.
+    copy_on_write: bool = False
     _spare_thread: threading.Thread | None = field(default=None, repr=False)
 
     def describe(self) -> str:
         if self.meta is None:
             return f"database {self.database!r} {self.method} (no dump)"
-        how = f"{self.method} in {self.seconds:.2f} s"
+        how = f"{with_copy_on_write(self.method, self.copy_on_write)} in {self.seconds:.2f} s"
         if self.generated:
             how = f"generated in {self.generate_seconds:.1f} s ({self.stale_reason}), then {how}"
         if self.pulled:
@@ -68,7 +71,8 @@ class DatabaseOutcome:
             how = f"the earlier dump matching the working tree (latest is {self.matched_earlier}), {how}"
         verified = ", sha256 verified" if self.verified else ""
         pushed = ", pushed to the remote store" if self.pushed else ""
-        return f"{self.meta.environment}/{self.meta.name} -> {self.database!r}: {how}{verified}{pushed}"
+        cow = ", clones copy-on-write" if self.copy_on_write and self.method != "template clone" else ""
+        return f"{self.meta.environment}/{self.meta.name} -> {self.database!r}: {how}{verified}{pushed}{cow}"
 
     def wait_for_spare(self, timeout: float | None = None) -> None:
         if self._spare_thread is not None:
@@ -324,6 +328,7 @@ def prepare_database(
         pushed,
         warnings,
         matched_earlier,
+        copy_on_write=result.copy_on_write,
     )
     if spare_in_background and _spare_outlives_session(server):
         outcome._spare_thread = threading.Thread(
@@ -367,7 +372,7 @@ def template_clone(server: Server, outcome: DatabaseOutcome, *, need: str, fix: 
     with server.connect() as conn:
         if template is None or not databases.exists(conn, template):
             raise DumpError(f"{need}, and this session has none (--skip-dump-restore, or no dump). {fix}")
-        databases.clone(conn, template, name)
+        databases.clone(conn, template, name, copy_on_write=server.copy_on_write)
     try:
         yield name
     finally:

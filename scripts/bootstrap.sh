@@ -70,3 +70,10 @@ PY
 }
 ensure have_chromium chromium "Chromium for the frontend phase" \
   "Install one (apt-get install chromium, brew install --cask chromium) or set browser_path in [tool.dbsnap.frontend] to its executable."
+
+# The copy-on-write tests and benchmark make an XFS filesystem in a loop file, which only root can mount: as root,
+# make sure mkfs.xfs is there (otherwise those tests skip and say why).
+if [ "$(id -u)" = 0 ]; then
+  have_mkfs_xfs() { command -v mkfs.xfs >/dev/null || [ -x /usr/sbin/mkfs.xfs ] || [ -x /sbin/mkfs.xfs ]; }
+  ensure have_mkfs_xfs xfsprogs "mkfs.xfs (copy-on-write tests)" "Install xfsprogs."
+fi

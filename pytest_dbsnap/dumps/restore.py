@@ -54,6 +54,16 @@ class RestoreResult:
     method: str  # "spare swap" | "template clone" | "pg_restore"
     seconds: float
     verified: bool
+    copy_on_write: bool = False  # the server's clones share the template's blocks (PostgreSQL 18+, XFS/btrfs/APFS)
+
+    @property
+    def label(self) -> str:
+        """The method as shown: "template clone (copy-on-write)" when the clone shared blocks."""
+        return with_copy_on_write(self.method, self.copy_on_write)
+
+
+def with_copy_on_write(method: str, copy_on_write: bool) -> str:
+    return f"{method} (copy-on-write)" if copy_on_write and method == "template clone" else method
 
 
 def template_name(meta: DumpMeta) -> str:
@@ -307,6 +317,7 @@ def restore_dump(
     check_target(target)
     check_replaceable(server, target, replace=replace)
     began = time.monotonic()
+    cow = server.copy_on_write
     with server.connect() as conn:
         spare, template = spare_name(meta), template_name(meta)
         if not databases.exists(conn, spare) and not databases.exists(conn, template):
@@ -316,7 +327,7 @@ def restore_dump(
         if databases.exists(conn, spare):
             try:
                 _drop_in_background(server, databases.swap_in(conn, spare, target, drop_old=False))
-                return RestoreResult(meta, target, "spare swap", time.monotonic() - began, False)
+                return RestoreResult(meta, target, "spare swap", time.monotonic() - began, False, cow)
             except (psycopg.errors.UndefinedObject, psycopg.errors.InvalidCatalogName):
                 pass  # another restore took the spare first: clone the template instead
         # Restorers of one dump on one server (xdist workers, CI jobs) take turns here, so that only the first
@@ -327,11 +338,11 @@ def restore_dump(
                 _restore_template(server, conn, meta, dump_path, target, verify=verify, jobs=jobs, progress=progress)
         progress(f"cloning the template of {meta.name}")
         staging = databases.temporary_name(databases.STAGE_PREFIX)
-        databases.clone(conn, template, staging)
+        databases.clone(conn, template, staging, copy_on_write=cow)
         _drop_in_background(server, _swap_or_drop(conn, staging, target))
         if had_template:
-            return RestoreResult(meta, target, "template clone", time.monotonic() - began, False)
-        return RestoreResult(meta, target, "pg_restore", time.monotonic() - began, verify)
+            return RestoreResult(meta, target, "template clone", time.monotonic() - began, False, cow)
+        return RestoreResult(meta, target, "pg_restore", time.monotonic() - began, verify, cow)
 
 
 def _restore_template(
@@ -412,7 +423,7 @@ def prepare_spare(server: Server, meta: DumpMeta) -> bool:
         if not databases.exists(conn, template) or databases.exists(conn, spare):
             return False
         staging = databases.temporary_name(databases.STAGE_PREFIX)
-        databases.clone(conn, template, staging)
+        databases.clone(conn, template, staging, copy_on_write=server.copy_on_write)
         try:
             databases.rename_closed(conn, staging, spare)
         except BaseException:

@@ -191,6 +191,13 @@ class Server(abc.ABC):
         return f"{self.provider} PostgreSQL at {host}:{port}"
 
     @property
+    def copy_on_write(self) -> bool:
+        """Whether clones of databases here share the template's blocks (PostgreSQL 18+ with `file_copy_method =
+        clone`, on a filesystem with copy-on-write). Only a cluster whose folder this process can look at knows:
+        for other servers the answer is no, and clones copy as before."""
+        return False
+
+    @property
     def is_throwaway(self) -> bool:
         """A cluster pytest-dbsnap made for itself (the local provider): every database in it is the tool's,
         so restores need not ask whether a database may be replaced."""

@@ -57,14 +57,27 @@ class ExternalServer(Server):
 class AttachedServer(ExternalServer):
     """A server another process of this run owns (the pytest-xdist controller): used, never stopped."""
 
-    def __init__(self, params: dict[str, str], tools: PgTools, *, provider: str, throwaway: bool = False) -> None:
+    def __init__(
+        self,
+        params: dict[str, str],
+        tools: PgTools,
+        *,
+        provider: str,
+        throwaway: bool = False,
+        copy_on_write: bool = False,
+    ) -> None:
         super().__init__(params, tools)
         self.provider = provider
         self._throwaway = throwaway  # the controller's server is the tool's own local cluster
+        self._copy_on_write = copy_on_write  # the owner probed its cluster's folder
 
     @property
     def is_throwaway(self) -> bool:
         return self._throwaway
+
+    @property
+    def copy_on_write(self) -> bool:
+        return self._copy_on_write
 
     def describe(self) -> str:
         return f"{self.provider} PostgreSQL at {self.params.get('host')}:{self.params.get('port')}"

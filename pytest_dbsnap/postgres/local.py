@@ -35,6 +35,7 @@ from pytest_dbsnap import progress, reaper
 from pytest_dbsnap.dumps.databases import TEMPLATE_PREFIX
 from pytest_dbsnap.errors import DbsnapError, ServerError, SnapshotUnusable, ToolError
 from pytest_dbsnap.postgres.base import PgTools, Server, find_pg_tools, wait_until_accepting
+from pytest_dbsnap.postgres.copy_on_write import has_copy_on_write
 from pytest_dbsnap.postgres.snapshot import (
     DumpRef,
     Snapshot,
@@ -315,6 +316,13 @@ class LocalCluster(Server):
     def log_path(self) -> Path:
         assert self.folder is not None, "cluster not started"
         return self.folder / "postgres.log"
+
+    @property
+    def copy_on_write(self) -> bool:
+        """PostgreSQL 18+ and a cluster folder on XFS, btrfs or APFS (probed once per filesystem)."""
+        if self.folder is None or self.tools.major < 18:
+            return False
+        return has_copy_on_write(self.folder)
 
     @property
     def port(self) -> int:
