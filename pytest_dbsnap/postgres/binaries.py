@@ -169,7 +169,9 @@ def copy_wheel(wheel: ServerWheel, base: Path) -> Path:
             trash = base / f".trash-{os.getpid()}-{copy.name}"
             os.rename(copy, trash)
             shutil.rmtree(trash, ignore_errors=True)
-        scratch = Path(tempfile.mkdtemp(prefix=f".{copy.name}-", dir=base))
+        # Named as trash until renamed into place: one left by a killed process is removed with the other
+        # leftovers of the runtime folder (local.remove_stale_clusters, after ten minutes).
+        scratch = Path(tempfile.mkdtemp(prefix=f".trash-copying-{copy.name}-", dir=base))
         try:
             for path, digest, _size in wheel.record:
                 source, target = wheel.root / path, scratch / path
