@@ -10,7 +10,8 @@ smoke: setup
 
 # Everything: lint, types, unit, integration, plugin and smoke tests, then a plain install (no extras) used by a
 # strict project (warnings as errors, no pytest-xdist).
-test: setup lint
+test: lint
+	@bash scripts/bootstrap.sh test
 	.venv/bin/pytest -p no:cacheprovider
 	bash scripts/plain_install_check.sh
 

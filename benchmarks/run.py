@@ -158,7 +158,7 @@ class Bench:
 
     def run(self) -> rpt.Report:
         settings = self.settings()
-        self.tools = find_pg_tools(settings.pg_bindir)
+        self.tools = find_pg_tools(settings)
         self.progress(f"scratch folder {self.scratch}; starting the local cluster")
         self.main, seconds = self.start_cluster(settings.resolved_cache_dir)
         self.report.row(rpt.CLUSTER_COLD).samples.append(seconds)  # its first start ran initdb

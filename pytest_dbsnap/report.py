@@ -13,6 +13,7 @@ import pytest
 
 from pytest_dbsnap.progress import Reporter, Step, interactive
 from pytest_dbsnap.redact import redact
+from pytest_dbsnap.settings import Settings
 from pytest_dbsnap.stash import (
     OUTCOME_KEY,
     PHASES_KEY,
@@ -93,7 +94,21 @@ def pytest_report_header(config: pytest.Config) -> list[str]:
             "dbsnap: DATABASE_URL is set but not used: the server comes only from --dbsnap-dsn, DBSNAP_DSN or "
             "dsn in [tool.dbsnap], so the database your app points at is never replaced by accident"
         )
+    lines.append(programs_line(settings, provider))
     return lines
+
+
+def programs_line(settings: Settings, provider: str) -> str:
+    """Which PostgreSQL programs the session uses and where they came from (the server's too for local)."""
+    from pytest_dbsnap.errors import DbsnapError
+    from pytest_dbsnap.postgres.base import find_pg_tools
+
+    what = "server and client programs" if provider == "local" else "client programs"
+    try:
+        tools = find_pg_tools(settings, need_server=provider == "local")
+    except DbsnapError:
+        return f"dbsnap: PostgreSQL {what}: none found (the session says why)"
+    return f"dbsnap: PostgreSQL {what}: {tools.describe()}"
 
 
 def report_facts(config: pytest.Config) -> dict[str, str]:
@@ -102,6 +117,7 @@ def report_facts(config: pytest.Config) -> dict[str, str]:
     if SERVER_KEY in config.stash:
         server = config.stash[SERVER_KEY]
         facts["PostgreSQL"] = f"{server.version} ({server.describe()})"
+        facts["dbsnap PostgreSQL programs"] = server.tools.describe()
     if OUTCOME_KEY in config.stash:
         outcome = config.stash[OUTCOME_KEY]
         facts["dbsnap database"] = outcome.database
@@ -225,6 +241,10 @@ def pytest_runtest_makereport(
 ) -> Generator[None, pytest.TestReport, pytest.TestReport]:
     book = item.config.stash[PHASES_KEY]
     phase = book.phase(item)
+    server = item.config.stash.get(SERVER_KEY, None)
+    if call.when == "setup" and server is not None and "pg_server" in getattr(item, "fixturenames", ()):
+        item.user_properties.append(("postgres server", server.version))
+        item.user_properties.append(("postgres programs", server.tools.describe()))
     if phase is not None and call.when == "setup":
         item.user_properties.append(("phase", phase.name))
         outcome = item.config.stash.get(OUTCOME_KEY, None)

@@ -161,7 +161,7 @@ def pull_for_session(
     warning = None
     if with_snapshot:
         try:
-            remote.pull_own_snapshot(store, fetched.meta, settings.pg_bindir)
+            remote.pull_own_snapshot(store, fetched.meta, settings)
         except DbsnapError as exc:
             reason = str(exc).splitlines()[0]
             warning = (
@@ -184,7 +184,7 @@ def snapshot_source(settings: Settings) -> DumpRef | None:
     try:
         meta, reason, _passed_over = usable_dump(store, settings)
         if reason is not None and settings.remote:
-            tools = find_pg_tools(settings.pg_bindir)
+            tools = find_pg_tools(settings)
             meta, pull_seconds, pull_warning = pull_for_session(settings, store, tools, with_snapshot=True)
             reason = None if meta is not None else "not in the remote store either"
         if meta is None or reason is not None:

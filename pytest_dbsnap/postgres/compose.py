@@ -25,7 +25,8 @@ from pathlib import Path
 
 from pytest_dbsnap import reaper
 from pytest_dbsnap.errors import ConfigError, ServerError
-from pytest_dbsnap.postgres.base import PgTools, Server, find_pg_tools, wait_until_accepting
+from pytest_dbsnap.postgres.base import PgTools, Server, client_tools_for, find_pg_tools, wait_until_accepting
+from pytest_dbsnap.postgres.binaries import BinariesChoice
 from pytest_dbsnap.proc import tail
 from pytest_dbsnap.redact import add_secret, redact
 
@@ -322,7 +323,7 @@ def start_compose(
     user: str,
     password: str,
     timeout: float,
-    pg_bindir: Path | None = None,
+    binaries: BinariesChoice | Path | None = None,
     compose_command: Sequence[str] | None = None,
     project: str | None = None,
 ) -> ComposeServer:
@@ -341,7 +342,7 @@ def start_compose(
             "scripts/container-engine.sh sets it up), or use --db-provider=local (a throwaway cluster from "
             "Postgres binaries)."
         )
-    tools = find_pg_tools(pg_bindir, need_server=False)
+    tools = find_pg_tools(binaries, need_server=False)  # before `up`: no programs, no point starting anything
     project = project or compose_project_name()
     # The compose file's own variables, so the server is made with what we connect with, on a free port.
     env = {
@@ -360,6 +361,13 @@ def start_compose(
     )
     try:
         server = _up(command, base, up, service, project, compose_file, env, timeout, tools, user, password)
+        try:
+            # Dumps written here are read by the image's own pg_restore (init-db.sh): client programs of the
+            # server's major version, when this machine has them and nothing was chosen explicitly.
+            server.tools = client_tools_for(binaries, server.version_num // 10000, tools)
+        except BaseException:
+            server.stop()
+            raise
     except BaseException:
         forget()
         raise

@@ -35,6 +35,7 @@ from pytest_dbsnap import progress, reaper
 from pytest_dbsnap.dumps.databases import TEMPLATE_PREFIX
 from pytest_dbsnap.errors import DbsnapError, ServerError, SnapshotUnusable, ToolError
 from pytest_dbsnap.postgres.base import PgTools, Server, find_pg_tools, wait_until_accepting
+from pytest_dbsnap.postgres.binaries import BinariesChoice
 from pytest_dbsnap.postgres.copy_on_write import has_copy_on_write
 from pytest_dbsnap.postgres.snapshot import (
     DumpRef,
@@ -300,7 +301,9 @@ class LocalCluster(Server):
 
     def _warm_slot(self, warm_key: str) -> Path:
         account = self.account.user if self.account else str(os.geteuid())
-        return runtime_base() / f"warm-pg{self.tools.version}-{account}-{warm_key}"
+        # Keyed by the programs' build (origin and exact version): a folder parked by another build is never
+        # started by this one.
+        return runtime_base() / f"warm-pg{self.tools.version}-{self.tools.build_tag}-{account}-{warm_key}"
 
     @property
     def socket_dir(self) -> Path:
@@ -488,10 +491,12 @@ class LocalCluster(Server):
         _owner_file(self.warm_slot).write_text(json.dumps(owner))
 
     def _pristine(self) -> Path:
-        """The initdb'd data folder for this Postgres version, made once and reused (locked for parallel runs)."""
+        """The initdb'd data folder for this build of the Postgres programs (origin and exact version), made once
+        and reused (locked for parallel runs)."""
         account = self.account.user if self.account else str(os.geteuid())
         self.cache_dir.mkdir(parents=True, exist_ok=True)
-        pristine = self.cache_dir / f"pristine-v{CLUSTER_FORMAT}-pg{self.tools.version}-{account}"
+        build = f"pg{self.tools.version}-{self.tools.build_tag}"
+        pristine = self.cache_dir / f"pristine-v{CLUSTER_FORMAT}-{build}-{account}"
         with FileLock(str(pristine) + ".lock", timeout=300):
             if (pristine / "PG_VERSION").is_file() and is_current_format(pristine):
                 self.reused_pristine = True
@@ -837,7 +842,7 @@ def remove_stale_clusters(base: Path, tools: PgTools) -> list[Path]:
 
 
 def start_local_cluster(
-    pg_bindir: Path | None,
+    binaries: BinariesChoice | Path | None,
     cache_dir: Path,
     start_timeout: float,
     warm_key: str | None = None,
@@ -845,7 +850,7 @@ def start_local_cluster(
     snapshot_of: DumpRef | None = None,
 ) -> LocalCluster:
     return LocalCluster(
-        find_pg_tools(pg_bindir),
+        find_pg_tools(binaries),
         cache_dir=cache_dir,
         start_timeout=start_timeout,
         warm_key=warm_key,

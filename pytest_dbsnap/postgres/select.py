@@ -53,14 +53,14 @@ def start_server(settings: Settings, provider: str | None = None) -> Server:
             user=settings.compose_user,
             password=settings.compose_password,
             timeout=settings.start_timeout,
-            pg_bindir=settings.pg_bindir,
+            binaries=settings,
             compose_command=settings.compose_command,
         )
     from pytest_dbsnap.postgres.local import start_local_cluster
     from pytest_dbsnap.session import snapshot_source
 
     return start_local_cluster(
-        settings.pg_bindir,
+        settings,
         settings.resolved_cache_dir,
         settings.start_timeout,
         warm_key=settings.warm_key,

@@ -7,8 +7,9 @@ The archive `<env>/<dump>.pgdata-<key>.tar.zst` is a tar of the data folder thro
 from it gets a new secret). WAL that the last checkpoint no longer needs is left out too.
 
 The key is what must match exactly for PostgreSQL to read the files and for them to mean the same dump. The
-parts known before unpacking (PostgreSQL major version, the binaries' block size, CPU architecture, libc, the
-locale and collation provider, the dump's sha256, this format's version) name the file; the parts only a data
+parts known before unpacking (PostgreSQL major version, where the programs came from and their exact version,
+the binaries' block size, CPU architecture, libc, the locale and collation provider, the dump's sha256, this
+format's version) name the file; the parts only a data
 folder knows (catalog version, WAL segment size, data checksums) are recorded in the metadata and compared
 with pg_controldata of the unpacked folder, and the server itself refuses files of another catalog version at
 start. Anything that does not match exactly is not used: the session restores the dump instead.
@@ -43,7 +44,7 @@ from pytest_dbsnap.postgres.base import PgTools
 from pytest_dbsnap.proc import run, tail
 from pytest_dbsnap.progress import meter
 
-SNAPSHOT_FORMAT = 1
+SNAPSHOT_FORMAT = 2  # 2: the key names the programs' build (origin and exact version)
 ARCHIVE_SUFFIX = ".tar.zst"
 META_SUFFIX = ".json"
 # LocalCluster always runs initdb with --locale=C -E UTF8: the C collation of libc, which sorts by bytes.
@@ -75,6 +76,7 @@ class SnapshotKey:
 
     format: int
     pg_major: int
+    binaries: str  # where the programs came from and their exact version: PgTools.build
     block_size: int
     arch: str
     libc: str
@@ -210,6 +212,7 @@ def machine_key(tools: PgTools, dump_sha256: str) -> SnapshotKey:
     return SnapshotKey(
         format=SNAPSHOT_FORMAT,
         pg_major=tools.major,
+        binaries=tools.build,
         block_size=binaries_block_size(tools.path("postgres")),
         arch=platform.machine() or "unknown",
         libc=f"{libc} {libc_version}".strip() or "unknown",
@@ -536,7 +539,7 @@ def verify_snapshot(snapshot: Snapshot) -> SnapshotMeta:
 def describe(meta: SnapshotMeta) -> str:
     key = meta.key
     return (
-        f"{meta.size_bytes / 1e6:.1f} MB ({meta.data_bytes / 1e6:.0f} MB unpacked), PostgreSQL {key.pg_major} "
+        f"{meta.size_bytes / 1e6:.1f} MB ({meta.data_bytes / 1e6:.0f} MB unpacked), {key.binaries}, "
         f"catalog {meta.catalog_version}, {key.arch} {key.libc}, written in {meta.write_seconds:.1f} s"
     )
 

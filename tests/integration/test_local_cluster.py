@@ -397,7 +397,7 @@ def test_an_older_pristine_copy_is_removed_and_rebuilt(pg_tools: PgTools, tmp_pa
         assert isinstance(started, LocalCluster)
         assert started.reused_pristine is False
     assert not old.exists()
-    expected = f"pristine-v{CLUSTER_FORMAT}-pg{pg_tools.version}-{_account_name()}"
+    expected = f"pristine-v{CLUSTER_FORMAT}-pg{pg_tools.version}-{pg_tools.build_tag}-{_account_name()}"
     assert [p.name for p in pristine_dirs(cache)] == [expected]
 
 

