@@ -177,6 +177,32 @@ def check_readable(pg_dump_version: str, tools: PgTools, *, dump: str) -> None:
     )
 
 
+# pg_restore 17 and newer open every restore with `SET transaction_timeout = 0`, a setting servers before 17
+# do not know: the restore stops at its first line.
+TRANSACTION_TIMEOUT_MAJOR = 17
+
+
+def check_restorable_into(server: Server, *, dump: str) -> None:
+    """Refuse, before anything is dropped, a pg_restore that the server cannot follow (see above). DSN and
+    compose servers get client programs of their own major when this machine has them (client_tools_for),
+    so this is the case of the wheel's (or a newer system's) programs alone against an older server."""
+    tools = server.tools
+    if tools.major < TRANSACTION_TIMEOUT_MAJOR:
+        return
+    server_major = server.version_num // 10000
+    if server_major >= TRANSACTION_TIMEOUT_MAJOR:
+        return
+    raise RestoreError(
+        f"The dump {dump} would be restored by the pg_restore of {tools.describe()} into "
+        f"PostgreSQL {server.version} at {server.describe()}, which cannot follow it: pg_restore "
+        f"{TRANSACTION_TIMEOUT_MAJOR} and newer set transaction_timeout, which servers before "
+        f"{TRANSACTION_TIMEOUT_MAJOR} do not have. Nothing was changed. Give this machine the client programs "
+        f"of PostgreSQL {server_major} (Debian/Ubuntu: apt-get install postgresql-client-{server_major}; they are "
+        f'then chosen for this server), point pg_bindir at them, or set postgres_binaries = "system" if the '
+        f"system's are of that major; or run a PostgreSQL {TRANSACTION_TIMEOUT_MAJOR}+ server."
+    )
+
+
 def _name(value: object) -> str:
     """A name as text: a server whose encoding is SQL_ASCII returns text as bytes, since psycopg cannot know
     which encoding they are in; the names we meet are UTF-8 or ASCII."""
@@ -323,6 +349,7 @@ def restore_dump(
         if not databases.exists(conn, spare) and not databases.exists(conn, template):
             # pg_restore will read the file: refuse a dump it cannot read before dropping anything.
             check_readable(meta.pg_dump_version, server.tools, dump=describe_dump(meta, dump_path))
+            check_restorable_into(server, dump=describe_dump(meta, dump_path))
         databases.drop_leftovers(conn)
         if databases.exists(conn, spare):
             try:

@@ -170,7 +170,7 @@ def find_pg_tools(choice: BinariesChoice | Path | None = None, *, need_server: b
 
 
 def client_tools_for(choice: BinariesChoice | Path | None, server_major: int, found: PgTools) -> PgTools:
-    """pg_dump/pg_restore for a server someone else runs from a pinned image (compose): with postgres_binaries
+    """pg_dump/pg_restore for a server someone else runs (a DSN, a compose image): with postgres_binaries
     auto and no pg_bindir, the system's programs of the server's own major when present, so that the dumps
     they write stay readable by that image's pg_restore; otherwise `found`."""
     if choice is None or isinstance(choice, Path):

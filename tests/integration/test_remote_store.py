@@ -49,6 +49,7 @@ from pytest_dbsnap.errors import (
     RemoteUnreachable,
 )
 from pytest_dbsnap.postgres.base import PgTools, find_pg_tools
+from pytest_dbsnap.postgres.binaries import Binaries
 from pytest_dbsnap.postgres.local import LocalCluster
 from pytest_dbsnap.session import prepare_database
 from pytest_dbsnap.settings import Settings
@@ -933,12 +934,13 @@ def test_cli_pull_refuses_a_newer_pg_dumps_dump_before_downloading(
     kept = add_dump(DumpStore(runner / "dumps"), archives, "20250101T000000Z-old-22222222")
     before = local_files(runner / "dumps")
     env = {k: v for k, v in os.environ.items() if not k.startswith("DBSNAP_")}
+    env["DBSNAP_POSTGRES_BINARIES"] = "system"  # a runner without the server extra: PostgreSQL 15 here
 
     pulled = dbsnap(runner, "pull", "--env", ENV, env=env)
 
     assert pulled.returncode == 1, pulled.stdout + pulled.stderr
     paragraph = " ".join(pulled.stderr.split())
-    reader = find_pg_tools(None, need_server=False)
+    reader = find_pg_tools(Binaries(postgres_binaries="system"), need_server=False)
     assert f"The dump dev/{meta.name} ({url}/dev/{meta.name}.dump) was written by pg_dump {meta.pg_dump_version}" in (
         paragraph
     )
@@ -951,8 +953,9 @@ def test_cli_pull_refuses_a_newer_pg_dumps_dump_before_downloading(
 
 
 def test_session_refuses_a_matching_remote_dump_of_a_newer_pg_dump_before_downloading(
-    cluster: LocalCluster, moto: MotoServer, bucket: str, dump_by_newer_pg: Any, tmp_path: Path
+    older_cluster: LocalCluster, moto: MotoServer, bucket: str, dump_by_newer_pg: Any, tmp_path: Path
 ) -> None:
+    cluster = older_cluster  # a runner on the system's PostgreSQL 15
     url = f"s3://{bucket}/mixed-sessions"
     project = tmp_path / "runner-on-15"
     project.mkdir()
