@@ -87,3 +87,10 @@ if [ "$(id -u)" = 0 ]; then
   have_mkfs_xfs() { command -v mkfs.xfs >/dev/null || [ -x /usr/sbin/mkfs.xfs ] || [ -x /sbin/mkfs.xfs ]; }
   ensure have_mkfs_xfs xfsprogs "mkfs.xfs (copy-on-write tests)" "Install xfsprogs."
 fi
+
+# The compose init script (seeds/scripts/init-db.sh) is linted by shellcheck in the tests; without it that test
+# skips after the `sh -n` syntax check. Only for `make test`, and only where apt-get can install it.
+if [ "${1:-}" = test ] && [ "$(id -u)" = 0 ] && command -v apt-get >/dev/null; then
+  have_shellcheck() { command -v shellcheck >/dev/null; }
+  ensure have_shellcheck shellcheck "shellcheck (lints the compose init script)" "Install shellcheck."
+fi
