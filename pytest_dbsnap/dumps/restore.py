@@ -262,7 +262,7 @@ def pg_restore_into(server: Server, dump_path: Path, database: str, jobs: int) -
         stderr_line=follow,
     )
     if follow is not None:
-        follow.count(follow.total, follow.total, "entries")  # the last entry is done too: pg_restore exited
+        follow.finish()
 
 
 def toc_entries(server: Server, dump_path: Path) -> int:
@@ -302,6 +302,8 @@ class TocProgress:
         self.at_one = False  # an entry begun outside the parallel loop is being restored
         self.count = meter()
         self.hear = listener()
+        self.shown = 0  # the bar only moves forward, and stops at the total once pg_restore has exited
+        self.closed = False
 
     @property
     def done(self) -> int:
@@ -319,10 +321,22 @@ class TocProgress:
             self.finished += 1
         elif not self.parallel and _ITEM_BEGINS.match(line):
             self.begun, self.at_one = self.begun + 1, True
-        if _ITEM_BEGINS.match(line):
+        if _ITEM_BEGINS.match(line) and not self.closed:
             self.hear(message)  # the live line's latest output: the entry being restored
-        self.count(self.done, self.total, "entries")
+        self._show(min(self.done, self.total))
         return False
+
+    def _show(self, done: int) -> None:
+        # Lines of parallel workers interleave, and the reader of stderr may still be busy when pg_restore has
+        # exited and finish() has run: nothing moves the bar back.
+        if done > self.shown and not self.closed:
+            self.shown = done
+            self.count(done, self.total, "entries")
+
+    def finish(self) -> None:
+        """pg_restore exited: every entry is done, whatever the lines said."""
+        self._show(self.total)
+        self.closed = True
 
 
 def restore_dump(

