@@ -81,6 +81,8 @@ DJANGO_SETTINGS_MODULE = "proj.settings"
 """
 
 DJANGO_TESTS = """
+import os
+
 import pytest
 from django.db import connection
 
@@ -114,7 +116,10 @@ def test_the_shared_database_kept_its_rows_and_the_plugin_fixtures_work(dbsnap_d
         ("apple",), ("pear",), ("plum",)
     ]
     assert dbsnap_database.meta.schema_version.startswith("sha256:")  # the applied migrations, hashed
-    clones = dbsnap_db.execute("SELECT count(*) FROM pg_database WHERE datname LIKE 'dbsnap_test_%'").fetchone()
+    # This process's clones (their names carry its pid): under xdist the other worker's may exist right now.
+    clones = dbsnap_db.execute(
+        "SELECT count(*) FROM pg_database WHERE datname LIKE %s", (f"dbsnap_test_{os.getpid()}_%",)
+    ).fetchone()
     assert clones == (0,)
 """
 
