@@ -104,19 +104,29 @@ def test_violations_read_as_rule_impact_and_element() -> None:
     assert repr(violation("region", "moderate")) == "Violation(region, moderate)"
 
 
-def test_summary_line_counts_by_impact() -> None:
-    page = RenderedPage(
+def rendered(
+    *, seconds: float = 1.0, console_errors: tuple[str, ...] = (), violations: tuple[Violation, ...] = ()
+) -> RenderedPage:
+    """A page as the browser would report it, without a browser."""
+    return RenderedPage(
         url="http://127.0.0.1:1",
         title="t",
-        seconds=1.5,
+        seconds=seconds,
         screenshot=b"",
         first_screen=b"",
         screenshot_path=None,
-        console_errors=(),
-        violations=(violation("label", "critical"), violation("region", "moderate"), violation("list", "moderate")),
+        console_errors=console_errors,
+        violations=violations,
         axe_version="4.12.1",
         html="",
         rendered=(),
+    )
+
+
+def test_summary_line_counts_by_impact() -> None:
+    page = rendered(
+        seconds=1.5,
+        violations=(violation("label", "critical"), violation("region", "moderate"), violation("list", "moderate")),
     )
     assert [v.rule for v in page.blocking_violations] == ["label"]
     assert summary_line(page) == (
@@ -131,21 +141,12 @@ def test_allowed_errors_and_ignored_rules_are_set_aside_not_dropped(tmp_path: Pa
         + 'allowed_console_errors = ["/auth/refresh", "^console.warn"]\nignored_axe_rules = "color-contrast"\n',
     ).frontend
     assert frontend is not None
-    page = RenderedPage(
-        url="http://127.0.0.1:1",
-        title="t",
-        seconds=1.0,
-        screenshot=b"",
-        first_screen=b"",
-        screenshot_path=None,
+    page = rendered(
         console_errors=(
             "console.error: Failed to load resource: 400 (http://127.0.0.1:1/auth/refresh:1)",
             "uncaught TypeError: x is undefined",
         ),
         violations=(violation("color-contrast", "serious"), violation("label", "critical")),
-        axe_version="4.12.1",
-        html="",
-        rendered=(),
     )
     kept = set_aside(page, frontend.allowed_console_errors, frontend.ignored_axe_rules)
     assert kept.console_errors == ("uncaught TypeError: x is undefined",)
