@@ -517,18 +517,9 @@ class RemoteStore:
         if snapshot_meta.key != key or snapshot_meta.archive != snapshot.archive.name:
             return None
         temporary = snapshot.archive.with_name(f".{snapshot.archive.name}.{secrets.token_hex(4)}.tmp")
-        fd = os.open(temporary, os.O_WRONLY | os.O_CREAT | os.O_EXCL, FILE_MODE)
+        os.close(os.open(temporary, os.O_WRONLY | os.O_CREAT | os.O_EXCL, FILE_MODE))
         try:
-            with self._translated(f"downloading {self.object_url(archive_key)}"), os.fdopen(fd, "wb") as out:
-                self._s3().download_fileobj(
-                    self.bucket,
-                    archive_key,
-                    out,
-                    Config=self._transfer_config(),
-                    Callback=self._callback(f"pulling {snapshot.name}", snapshot_meta.size_bytes, on_transfer),
-                )
-                out.flush()
-                os.fsync(out.fileno())
+            self._download(archive_key, temporary, snapshot_meta.size_bytes, f"pulling {snapshot.name}", on_transfer)
             size = temporary.stat().st_size
             if size != snapshot_meta.size_bytes or file_sha256(temporary) != snapshot_meta.sha256:
                 raise DumpCorrupt(
@@ -623,25 +614,29 @@ class RemoteStore:
                 return Transfer(local, False, time.monotonic() - began)
             dump_key = self.key(env, f"{meta.name}{DUMP_SUFFIX}")
             with store.incoming(env) as temporary:
-                client = self._s3()
-                with (
-                    self._translated(f"downloading {self.object_url(dump_key)}", needed_bytes=meta.size_bytes),
-                    writing(temporary),
-                    temporary.open("wb") as out,
-                ):
-                    # A seekable file: s3transfer writes each ranged part at its offset, in place.
-                    client.download_fileobj(
-                        self.bucket,
-                        dump_key,
-                        out,
-                        Config=self._transfer_config(),
-                        Callback=self._callback(f"pulling {env}/{meta.name}", meta.size_bytes, on_transfer),
-                    )
-                    out.flush()
-                    os.fsync(out.fileno())
+                self._download(dump_key, temporary, meta.size_bytes, f"pulling {env}/{meta.name}", on_transfer)
                 self._check_download(meta, temporary, dump_key)
                 store.install(temporary, meta)
         return Transfer(meta, True, time.monotonic() - began)
+
+    def _download(self, key: str, path: Path, size_bytes: int, label: str, on_transfer: OnTransfer | None) -> None:
+        """One object into `path` (a dump or a cluster snapshot on its way in), synced to disk; a disk that refuses
+        it is named with the size it needed."""
+        with (
+            self._translated(f"downloading {self.object_url(key)}", needed_bytes=size_bytes),
+            writing(path),
+            path.open("wb") as out,
+        ):
+            # A seekable file: s3transfer writes each ranged part at its offset, in place.
+            self._s3().download_fileobj(
+                self.bucket,
+                key,
+                out,
+                Config=self._transfer_config(),
+                Callback=self._callback(label, size_bytes, on_transfer),
+            )
+            out.flush()
+            os.fsync(out.fileno())
 
     def _check_download(self, meta: DumpMeta, path: Path, key: str) -> None:
         size = path.stat().st_size
