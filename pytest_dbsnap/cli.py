@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import argparse
 import contextlib
+import functools
 import json
 import os
 import sys
@@ -404,7 +405,7 @@ def cmd_verify(args: argparse.Namespace, settings: Settings) -> int:
     from pytest_dbsnap.dumps.importer import read_archive_header
     from pytest_dbsnap.dumps.restore import verify_file
     from pytest_dbsnap.postgres.base import find_pg_tools
-    from pytest_dbsnap.postgres.snapshot import snapshots_of, verify_snapshot
+    from pytest_dbsnap.postgres.snapshot import Snapshot, snapshots_of, verify_snapshot
 
     store = _store(settings)
     names = [args.name] if args.name else store.names(settings.env)
@@ -414,31 +415,35 @@ def cmd_verify(args: argparse.Namespace, settings: Settings) -> int:
     failed = 0
     # Each file's own `ok` or `FAILED` line is its step's line: the steps show only as the live line (a bar of
     # the bytes hashed), erased before that line, so that a FAILED line is never preceded by progress.
-    for name in names:
+
+    def check(name: str, verify: Callable[[], str]) -> bool:
+        """One file's step and its one line: verify() returns the name the ok line shows."""
         _progress.step(f"verifying {settings.env}/{name}", announce=False)
         try:
-            meta = store.get(settings.env, name)
-            path = store.dump_path(settings.env, meta.name)
-            verify_file(meta, path)
-            read_archive_header(tools, path)
+            shown = verify()
         except DbsnapError as exc:
-            failed += 1
             _progress.end(failed=True)
             print(f"FAILED  {settings.env}/{name}: {exc}", file=sys.stderr)
-        else:
-            _progress_done()
-            print(f"ok      {settings.env}/{meta.name}")
+            return False
+        _progress_done()
+        print(f"ok      {settings.env}/{shown}")
+        return True
+
+    def verify_dump(name: str) -> str:
+        meta = store.get(settings.env, name)
+        path = store.dump_path(settings.env, meta.name)
+        verify_file(meta, path)
+        read_archive_header(tools, path)
+        return meta.name
+
+    def verify_one_snapshot(snapshot: Snapshot) -> str:
+        verify_snapshot(snapshot)
+        return snapshot.name
+
+    for name in names:
+        failed += not check(name, functools.partial(verify_dump, name))
         for snapshot in snapshots_of(store.dump_path(settings.env, name)):
-            _progress.step(f"verifying {settings.env}/{snapshot.name}", announce=False)
-            try:
-                verify_snapshot(snapshot)
-            except DbsnapError as exc:
-                failed += 1
-                _progress.end(failed=True)
-                print(f"FAILED  {settings.env}/{snapshot.name}: {exc}", file=sys.stderr)
-            else:
-                _progress_done()
-                print(f"ok      {settings.env}/{snapshot.name}")
+            failed += not check(snapshot.name, functools.partial(verify_one_snapshot, snapshot))
     return EXIT_FAILED if failed else EXIT_OK
 
 
