@@ -128,22 +128,17 @@ def _dbsnap_django_private(
     if not _is_transactional(request):
         yield None
         return
-    from pytest_dbsnap.errors import DumpError
-    from pytest_dbsnap.session import template_clone
+    from pytest_dbsnap.plugin import clone_for_test
 
     with contextlib.ExitStack() as stack:
-        try:
-            name = stack.enter_context(
-                template_clone(
-                    pg_server,
-                    dbsnap_database,
-                    need="a transactional Django test gets a private clone of the restored dump's template",
-                    fix="Run without --skip-dump-restore, or set django = false in [tool.dbsnap] to let "
-                    "pytest-django create its own test database.",
-                )
-            )
-        except DumpError as exc:
-            pytest.fail(f"pytest-dbsnap: {exc}", pytrace=False)
+        name = clone_for_test(
+            stack,
+            pg_server,
+            dbsnap_database,
+            need="a transactional Django test gets a private clone of the restored dump's template",
+            fix="Run without --skip-dump-restore, or set django = false in [tool.dbsnap] to let "
+            "pytest-django create its own test database.",
+        )
         with django_db_blocker.unblock():
             rename_default(name)
         try:

@@ -240,22 +240,29 @@ def dbsnap_db(pg_server: Server, dbsnap_database: DatabaseOutcome) -> Iterator[p
 @pytest.fixture
 def fresh_db(pg_server: Server, dbsnap_database: DatabaseOutcome) -> Iterator[str]:
     """URL of a private database cloned from the dump's template for one test, dropped after it (pass or fail)."""
+    with contextlib.ExitStack() as stack:
+        name = clone_for_test(
+            stack,
+            pg_server,
+            dbsnap_database,
+            need="fresh_db clones the restored dump's template",
+            fix="Run without --skip-dump-restore.",
+        )
+        yield pg_server.dsn(name)
+
+
+def clone_for_test(
+    stack: contextlib.ExitStack[bool | None], server: Server, outcome: DatabaseOutcome, *, need: str, fix: str
+) -> str:
+    """session.template_clone entered on `stack` (dropped when it closes), for a fixture: a session without
+    the template fails the test with the one paragraph, not a traceback."""
     from pytest_dbsnap.errors import DumpError
     from pytest_dbsnap.session import template_clone
 
-    with contextlib.ExitStack() as stack:
-        try:
-            name = stack.enter_context(
-                template_clone(
-                    pg_server,
-                    dbsnap_database,
-                    need="fresh_db clones the restored dump's template",
-                    fix="Run without --skip-dump-restore.",
-                )
-            )
-        except DumpError as exc:
-            pytest.fail(f"pytest-dbsnap: {exc}", pytrace=False)
-        yield pg_server.dsn(name)
+    try:
+        return stack.enter_context(template_clone(server, outcome, need=need, fix=fix))
+    except DumpError as exc:
+        pytest.fail(f"pytest-dbsnap: {exc}", pytrace=False)
 
 
 @dataclass(frozen=True)
