@@ -20,7 +20,9 @@ from pytest_dbsnap.dumps.meta import DumpMeta
 from pytest_dbsnap.dumps.store import DumpStore
 from pytest_dbsnap.postgres.base import Server
 from pytest_dbsnap.proc import run_app_command
-from pytest_dbsnap.settings import Settings
+from pytest_dbsnap.settings import Settings, load_settings
+
+ROOT = Path(__file__).resolve().parent.parent  # the repository: its pyproject.toml configures the benchmarks
 
 # Table data (rows, TOAST and indexes) per seeded node, its share of edges included; measured on refapp.seed.
 # Only used to pick how many nodes to seed; every size shown in the results is measured.
@@ -214,3 +216,16 @@ def settle(conn: psycopg.Connection[Any]) -> None:
         time.sleep(0.02)
     conn.execute("CHECKPOINT")
     os.sync()
+
+
+def scratch_settings(scratch: Path) -> Settings:
+    """The project's settings from pyproject.toml, with every folder it writes to inside `scratch`."""
+    return load_settings(
+        project_root=ROOT,
+        pyproject=ROOT / "pyproject.toml",
+        environ={
+            "DBSNAP_LOGS_DIR": str(scratch / "logs"),
+            "DBSNAP_DUMPS_DIR": str(scratch / "dumps"),
+            "DBSNAP_CACHE_DIR": str(scratch / "cache"),
+        },
+    )

@@ -144,15 +144,7 @@ class Run:
         self.clusters: list[LocalCluster] = []
         self.mount: Path | None = None
         self.notes: list[str] = []
-        self.settings = load_settings(
-            project_root=ROOT,
-            pyproject=ROOT / "pyproject.toml",
-            environ={
-                "DBSNAP_LOGS_DIR": str(self.scratch / "logs"),
-                "DBSNAP_DUMPS_DIR": str(self.scratch / "dumps"),
-                "DBSNAP_CACHE_DIR": str(self.scratch / "cache"),
-            },
-        )
+        self.settings = bench_data.scratch_settings(self.scratch)
         self.store = DumpStore(self.settings.dumps_dir)
         self.system = find_pg_tools(Binaries(postgres_binaries="system"))
 

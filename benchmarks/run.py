@@ -46,7 +46,7 @@ from pytest_dbsnap.postgres.base import PgTools, find_pg_tools
 from pytest_dbsnap.postgres.local import LocalCluster, server_account, stop_postmaster
 from pytest_dbsnap.proc import run, tail
 from pytest_dbsnap.progress import Reporter
-from pytest_dbsnap.settings import Settings, load_settings
+from pytest_dbsnap.settings import Settings
 
 ROOT = Path(__file__).resolve().parent.parent
 FULL_SCALES = ("10MB", "200MB", "1GB")
@@ -92,16 +92,7 @@ class Bench:
 
     def settings(self) -> Settings:
         """The project's settings from pyproject.toml, with every folder it writes to inside the scratch folder."""
-        scratch = self.scratch
-        return load_settings(
-            project_root=ROOT,
-            pyproject=ROOT / "pyproject.toml",
-            environ={
-                "DBSNAP_LOGS_DIR": str(scratch / "logs"),
-                "DBSNAP_DUMPS_DIR": str(scratch / "dumps"),
-                "DBSNAP_CACHE_DIR": str(scratch / "cache"),
-            },
-        )
+        return bench_data.scratch_settings(self.scratch)
 
     def start_cluster(self, cache_dir: Path, warm_key: str | None = None) -> tuple[LocalCluster, float]:
         assert self.tools is not None

@@ -43,7 +43,6 @@ from pytest_dbsnap.dumps.store import DumpStore
 from pytest_dbsnap.postgres.base import find_pg_tools
 from pytest_dbsnap.postgres.local import LocalCluster, server_account, stop_postmaster
 from pytest_dbsnap.postgres.snapshot import DumpRef, SnapshotMeta, snapshots_of
-from pytest_dbsnap.settings import load_settings
 
 ROOT = Path(__file__).resolve().parent.parent
 SOURCE_DB, BUILD_DB, TARGET_DB = "bench_seeded", "bench_build", "app"
@@ -86,15 +85,7 @@ def main() -> int:
     scratch = Path(tempfile.mkdtemp(prefix="dbsnap-snapbench-"))
     scratch.chmod(0o755)
     tempfile.tempdir = str(scratch)  # every cluster's runtime folder lands in the scratch folder
-    settings = load_settings(
-        project_root=ROOT,
-        pyproject=ROOT / "pyproject.toml",
-        environ={
-            "DBSNAP_LOGS_DIR": str(scratch / "logs"),
-            "DBSNAP_DUMPS_DIR": str(scratch / "dumps"),
-            "DBSNAP_CACHE_DIR": str(scratch / "cache"),
-        },
-    )
+    settings = bench_data.scratch_settings(scratch)
     tools = find_pg_tools(settings)
     store = DumpStore(settings.dumps_dir)
     clusters: list[LocalCluster] = []
