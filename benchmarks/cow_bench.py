@@ -36,6 +36,7 @@ from pathlib import Path
 
 import bench_data
 
+from pytest_dbsnap.config.settings import load_settings
 from pytest_dbsnap.dumps import databases
 from pytest_dbsnap.dumps.meta import DumpMeta
 from pytest_dbsnap.dumps.restore import count_rows, prepare_spare, restore_dump, template_name
@@ -44,8 +45,7 @@ from pytest_dbsnap.postgres.base import PgTools, find_pg_tools
 from pytest_dbsnap.postgres.binaries import Binaries, find_wheel
 from pytest_dbsnap.postgres.copy_on_write import has_copy_on_write
 from pytest_dbsnap.postgres.local import LocalCluster, server_account, stop_postmaster
-from pytest_dbsnap.session import DatabaseOutcome, template_clone
-from pytest_dbsnap.settings import load_settings
+from pytest_dbsnap.stack.session import DatabaseOutcome, template_clone
 
 ROOT = Path(__file__).resolve().parent.parent
 SOURCE_DB, BUILD_DB, TARGET_DB = "bench_seeded", "bench_build", "app"

@@ -31,6 +31,9 @@ import bench_data
 import bench_report as rpt
 from bench_data import Dataset, Scale
 
+from pytest_dbsnap.config.settings import Settings
+from pytest_dbsnap.core.proc import run, tail
+from pytest_dbsnap.core.progress import Reporter
 from pytest_dbsnap.dumps import databases
 from pytest_dbsnap.dumps.meta import DumpMeta
 from pytest_dbsnap.dumps.restore import (
@@ -44,9 +47,6 @@ from pytest_dbsnap.dumps.restore import (
 from pytest_dbsnap.dumps.store import DumpStore
 from pytest_dbsnap.postgres.base import PgTools, find_pg_tools
 from pytest_dbsnap.postgres.local import LocalCluster, server_account, stop_postmaster
-from pytest_dbsnap.proc import run, tail
-from pytest_dbsnap.progress import Reporter
-from pytest_dbsnap.settings import Settings
 
 ROOT = Path(__file__).resolve().parent.parent
 FULL_SCALES = ("10MB", "200MB", "1GB")

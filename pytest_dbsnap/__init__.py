@@ -31,29 +31,29 @@ from pytest_dbsnap.errors import (
 )
 
 if TYPE_CHECKING:
-    from pytest_dbsnap.browser import RenderedPage, describe_violations
+    from pytest_dbsnap.config.settings import ServiceSettings, Settings
     from pytest_dbsnap.dumps.meta import DumpMeta
     from pytest_dbsnap.dumps.restore import count_rows
     from pytest_dbsnap.plugin import RunningService
     from pytest_dbsnap.postgres.base import PgTools, Server, find_pg_tools
-    from pytest_dbsnap.session import DatabaseOutcome, verify_restored_dump
-    from pytest_dbsnap.settings import ServiceSettings, Settings
+    from pytest_dbsnap.stack.browser import RenderedPage, describe_violations
+    from pytest_dbsnap.stack.session import DatabaseOutcome, verify_restored_dump
 
-__version__ = "0.1.0"
+from pytest_dbsnap._version import __version__
 
 _LAZY = {
-    "RenderedPage": "pytest_dbsnap.browser",
-    "describe_violations": "pytest_dbsnap.browser",
+    "RenderedPage": "pytest_dbsnap.stack.browser",
+    "describe_violations": "pytest_dbsnap.stack.browser",
     "DumpMeta": "pytest_dbsnap.dumps.meta",
     "count_rows": "pytest_dbsnap.dumps.restore",
     "RunningService": "pytest_dbsnap.plugin",
     "PgTools": "pytest_dbsnap.postgres.base",
     "Server": "pytest_dbsnap.postgres.base",
     "find_pg_tools": "pytest_dbsnap.postgres.base",
-    "DatabaseOutcome": "pytest_dbsnap.session",
-    "verify_restored_dump": "pytest_dbsnap.session",
-    "ServiceSettings": "pytest_dbsnap.settings",
-    "Settings": "pytest_dbsnap.settings",
+    "DatabaseOutcome": "pytest_dbsnap.stack.session",
+    "verify_restored_dump": "pytest_dbsnap.stack.session",
+    "ServiceSettings": "pytest_dbsnap.config.settings",
+    "Settings": "pytest_dbsnap.config.settings",
 }
 
 __all__ = [

@@ -71,7 +71,7 @@ ensure have_zstd zstd "zstd program (cluster snapshots)" \
 have_chromium() {
   .venv/bin/python - <<'PY'
 import sys
-from pytest_dbsnap.browser import find_chromium
+from pytest_dbsnap.stack.browser import find_chromium
 found = find_chromium(None)
 if found is None:
     sys.exit(1)

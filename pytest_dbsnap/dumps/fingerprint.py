@@ -9,7 +9,7 @@ import re
 import shlex
 from pathlib import Path
 
-from pytest_dbsnap.settings import Settings
+from pytest_dbsnap.config.settings import Settings
 
 _SKIP_PARTS = {"__pycache__", ".git", "node_modules", ".venv"}
 _SKIP_SUFFIXES = {".pyc", ".pyo"}

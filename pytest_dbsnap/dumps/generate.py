@@ -11,7 +11,13 @@ import time
 from collections.abc import Callable, Sequence
 from pathlib import Path
 
-from pytest_dbsnap import __version__, reaper
+from pytest_dbsnap._version import __version__
+from pytest_dbsnap.config.placeholders import command_argv, database_values, fill_env
+from pytest_dbsnap.config.settings import Settings
+from pytest_dbsnap.core import reaper
+from pytest_dbsnap.core.proc import run, run_app_command, tail
+from pytest_dbsnap.core.reaper import child_setup
+from pytest_dbsnap.core.redact import redact
 from pytest_dbsnap.dumps import databases
 from pytest_dbsnap.dumps.fingerprint import compute_fingerprint
 from pytest_dbsnap.dumps.meta import DumpMeta
@@ -19,11 +25,6 @@ from pytest_dbsnap.dumps.restore import count_rows, template_name
 from pytest_dbsnap.dumps.store import DumpStore
 from pytest_dbsnap.errors import ConfigError, DbsnapError, DumpCorrupt, ToolError, writing
 from pytest_dbsnap.postgres.base import Server
-from pytest_dbsnap.proc import run, run_app_command, tail
-from pytest_dbsnap.reaper import child_setup
-from pytest_dbsnap.redact import redact
-from pytest_dbsnap.settings import Settings
-from pytest_dbsnap.template import command_argv, database_values, fill_env
 
 Progress = Callable[[str], None]
 

@@ -9,14 +9,14 @@ import time
 from collections.abc import Callable
 from pathlib import Path
 
-from pytest_dbsnap import __version__
+from pytest_dbsnap._version import __version__
+from pytest_dbsnap.core.proc import run
+from pytest_dbsnap.core.progress import meter
 from pytest_dbsnap.dumps.meta import DumpMeta
 from pytest_dbsnap.dumps.restore import check_readable
 from pytest_dbsnap.dumps.store import DumpStore
 from pytest_dbsnap.errors import DumpCorrupt, ToolError
 from pytest_dbsnap.postgres.base import PgTools
-from pytest_dbsnap.proc import run
-from pytest_dbsnap.progress import meter
 
 ARCHIVE_MAGIC = b"PGDMP"
 

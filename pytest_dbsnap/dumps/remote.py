@@ -24,7 +24,9 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from pytest_dbsnap import progress
+from pytest_dbsnap.config.settings import Settings, split_s3_url
+from pytest_dbsnap.core import progress
+from pytest_dbsnap.core.redact import redact
 from pytest_dbsnap.dumps.fingerprint import file_sha256
 from pytest_dbsnap.dumps.meta import DumpMeta
 from pytest_dbsnap.dumps.restore import check_readable, describe_dump, verify_file
@@ -52,8 +54,6 @@ from pytest_dbsnap.errors import (
     storage_error,
     writing,
 )
-from pytest_dbsnap.redact import redact
-from pytest_dbsnap.settings import Settings, split_s3_url
 
 if TYPE_CHECKING:
     from pytest_dbsnap.postgres.base import PgTools

@@ -23,6 +23,8 @@ from pathlib import Path
 
 import psycopg
 
+from pytest_dbsnap.core.proc import run
+from pytest_dbsnap.core.progress import active, listener, meter
 from pytest_dbsnap.dumps import databases
 from pytest_dbsnap.dumps.meta import DumpMeta
 from pytest_dbsnap.errors import (
@@ -35,8 +37,6 @@ from pytest_dbsnap.errors import (
     UnmanagedDatabase,
 )
 from pytest_dbsnap.postgres.base import PgTools, Server
-from pytest_dbsnap.proc import run
-from pytest_dbsnap.progress import active, listener, meter
 
 Progress = Callable[[str], None]
 SYSTEM_DATABASES = {"postgres", "template0", "template1"}

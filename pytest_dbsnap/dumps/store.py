@@ -17,7 +17,7 @@ from pathlib import Path
 
 from filelock import FileLock
 
-from pytest_dbsnap import reaper
+from pytest_dbsnap.core import reaper
 from pytest_dbsnap.dumps.meta import DumpMeta
 from pytest_dbsnap.errors import ConfigError, DumpCorrupt, DumpError, DumpNotFound, writing
 

@@ -1,6 +1,6 @@
-"""Ways to get a running PostgreSQL server; `start_server` picks one from the settings."""
+"""Servers only: a running PostgreSQL (local cluster, compose service, external DSN) and the programs that
+drive it. Which one a session gets is decided above, in `pytest_dbsnap.stack.servers`."""
 
 from pytest_dbsnap.postgres.base import PgTools, Server, find_pg_tools
-from pytest_dbsnap.postgres.select import choose_provider, start_server, watch_server
 
-__all__ = ["PgTools", "Server", "choose_provider", "find_pg_tools", "start_server", "watch_server"]
+__all__ = ["PgTools", "Server", "find_pg_tools"]

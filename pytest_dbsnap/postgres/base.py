@@ -17,6 +17,8 @@ from urllib.parse import quote, urlencode
 
 import psycopg
 
+from pytest_dbsnap.core.proc import run
+from pytest_dbsnap.core.redact import add_secret, redact
 from pytest_dbsnap.errors import ServerError, ToolError
 from pytest_dbsnap.postgres.binaries import (
     INSTALL_HINT,
@@ -27,8 +29,6 @@ from pytest_dbsnap.postgres.binaries import (
     not_installed_error,
     reachable_bindir,
 )
-from pytest_dbsnap.proc import run
-from pytest_dbsnap.redact import add_secret, redact
 
 CLIENT_TOOLS = ("pg_dump", "pg_restore")
 _AUTH_FAILED = re.compile(

@@ -23,12 +23,12 @@ import time
 from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
 
-from pytest_dbsnap import reaper
+from pytest_dbsnap.core import reaper
+from pytest_dbsnap.core.proc import tail
+from pytest_dbsnap.core.redact import add_secret, redact
 from pytest_dbsnap.errors import ConfigError, ServerError
 from pytest_dbsnap.postgres.base import PgTools, Server, client_tools_for, find_pg_tools, wait_until_accepting
 from pytest_dbsnap.postgres.binaries import BinariesChoice
-from pytest_dbsnap.proc import tail
-from pytest_dbsnap.redact import add_secret, redact
 
 CONTAINER_PORT = 5432
 # Tried in this order when compose_command is not set: Compose v2 as a docker CLI plugin, the standalone

@@ -6,10 +6,10 @@ import ipaddress
 
 import psycopg
 
+from pytest_dbsnap.core.redact import redact
 from pytest_dbsnap.errors import ConfigError, ServerError
 from pytest_dbsnap.postgres.base import PgTools, Server, client_tools_for, find_pg_tools, wait_until_accepting
 from pytest_dbsnap.postgres.binaries import BinariesChoice
-from pytest_dbsnap.redact import redact
 
 
 def parse_dsn(dsn: str) -> dict[str, str]:

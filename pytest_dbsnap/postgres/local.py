@@ -31,7 +31,9 @@ import psycopg
 from filelock import FileLock
 from psycopg import sql
 
-from pytest_dbsnap import progress, reaper
+from pytest_dbsnap.core import progress, reaper
+from pytest_dbsnap.core.proc import RunAs, chown_tree, run, tail
+from pytest_dbsnap.core.redact import add_secret
 from pytest_dbsnap.dumps.databases import TEMPLATE_PREFIX
 from pytest_dbsnap.errors import DbsnapError, ServerError, SnapshotUnusable, ToolError
 from pytest_dbsnap.postgres.base import PgTools, Server, find_pg_tools, wait_until_accepting
@@ -47,8 +49,6 @@ from pytest_dbsnap.postgres.snapshot import (
     unpack,
     write_snapshot,
 )
-from pytest_dbsnap.proc import RunAs, chown_tree, run, tail
-from pytest_dbsnap.redact import add_secret
 
 log = logging.getLogger(__name__)
 

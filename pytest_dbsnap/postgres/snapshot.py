@@ -36,13 +36,13 @@ from typing import IO, Any
 
 from filelock import FileLock, Timeout
 
-from pytest_dbsnap import __version__
+from pytest_dbsnap._version import __version__
+from pytest_dbsnap.core.proc import run, tail
+from pytest_dbsnap.core.progress import meter
 from pytest_dbsnap.dumps.meta import DumpMeta
 from pytest_dbsnap.dumps.store import FILE_MODE, SNAPSHOT_MARK, fsync_dir, write_atomic
 from pytest_dbsnap.errors import SnapshotUnusable, ToolError
 from pytest_dbsnap.postgres.base import PgTools
-from pytest_dbsnap.proc import run, tail
-from pytest_dbsnap.progress import meter
 
 SNAPSHOT_FORMAT = 2  # 2: the key names the programs' build (origin and exact version)
 ARCHIVE_SUFFIX = ".tar.zst"

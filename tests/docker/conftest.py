@@ -17,8 +17,8 @@ from pathlib import Path
 
 import pytest
 
+from pytest_dbsnap.core.proc import tail
 from pytest_dbsnap.postgres.compose import docker_engine_answers, find_compose_command
-from pytest_dbsnap.proc import tail
 
 REPO = Path(__file__).resolve().parents[2]
 ENGINE_SCRIPT = REPO / "scripts" / "container-engine.sh"

@@ -22,6 +22,7 @@ from pathlib import Path
 import pytest
 import yaml
 
+from pytest_dbsnap.config.settings import load_settings
 from pytest_dbsnap.dumps.meta import DumpMeta
 from pytest_dbsnap.dumps.restore import count_rows
 from pytest_dbsnap.dumps.store import DumpStore
@@ -35,8 +36,7 @@ from pytest_dbsnap.postgres.compose import (
     start_compose,
     take_down_project,
 )
-from pytest_dbsnap.postgres.select import choose_provider
-from pytest_dbsnap.settings import load_settings
+from pytest_dbsnap.stack.servers import choose_provider
 
 REPO = Path(__file__).resolve().parents[2]
 ENV = "dev"

@@ -15,7 +15,7 @@ from pathlib import Path
 import pytest
 from drills import LEFTOVER_DEADLINE, Drilled, Process, drill_runs, is_running, start_run, still_running, wait_until
 
-from pytest_dbsnap import reaper
+from pytest_dbsnap.core import reaper
 
 pytestmark = pytest.mark.faults
 
@@ -32,7 +32,7 @@ def drilled() -> Iterator[Drilled]:
 PARENT = """\
 import json, os, subprocess, sys, time
 from pathlib import Path
-from pytest_dbsnap.reaper import Reaper, process_start
+from pytest_dbsnap.core.reaper import Reaper, process_start
 
 out, mode = Path(sys.argv[1]), sys.argv[2]
 watchdog = Reaper(out / "reaper.log")
@@ -147,7 +147,7 @@ def test_the_watchdog_needs_no_pytest() -> None:
     code = textwrap.dedent(
         """
         import sys
-        import pytest_dbsnap.reaper
+        import pytest_dbsnap.core.reaper
         assert "pytest" not in sys.modules and "_pytest" not in sys.modules, sorted(sys.modules)
         """
     )

@@ -9,13 +9,13 @@ from pathlib import Path
 
 import pytest
 
+from pytest_dbsnap.config.settings import load_settings
 from pytest_dbsnap.dumps.generate import generate_dump
 from pytest_dbsnap.dumps.meta import DumpMeta
 from pytest_dbsnap.dumps.store import DumpStore
 from pytest_dbsnap.postgres.base import PgTools, find_pg_tools
 from pytest_dbsnap.postgres.binaries import Binaries, find_wheel
 from pytest_dbsnap.postgres.local import LocalCluster
-from pytest_dbsnap.settings import load_settings
 
 # A small seed keeps a generate around a second; the refapp default takes tens of seconds.
 SEED_SCALE = 200

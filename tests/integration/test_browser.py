@@ -24,8 +24,8 @@ from typing import Any
 
 import pytest
 
-from pytest_dbsnap.browser import BLOCKING_IMPACTS, describe_violations, find_chromium, render_page
 from pytest_dbsnap.errors import BrowserUnavailable, RenderError
+from pytest_dbsnap.stack.browser import BLOCKING_IMPACTS, describe_violations, find_chromium, render_page
 
 PROJECT_ROOT = Path(__file__).resolve().parents[2]
 PHASE_4 = PROJECT_ROOT / "tests" / "smoke" / "test_04_frontend.py"
@@ -201,7 +201,7 @@ def test_a_malformed_render_selector_is_named_at_once(chromium: Path, site: str)
 CTRL_C_SCRIPT = """
 import sys
 from pathlib import Path
-from pytest_dbsnap.browser import render_page
+from pytest_dbsnap.stack.browser import render_page
 try:
     render_page(sys.argv[1], browser_path=Path(sys.argv[2]), render_selector="#node-list li", timeout=60)
 except KeyboardInterrupt:

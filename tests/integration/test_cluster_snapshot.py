@@ -22,6 +22,8 @@ from pathlib import Path
 import psycopg
 import pytest
 
+from pytest_dbsnap.config.settings import Settings, load_settings
+from pytest_dbsnap.core.progress import Reporter
 from pytest_dbsnap.dumps.store import DumpStore
 from pytest_dbsnap.postgres.base import find_pg_tools
 from pytest_dbsnap.postgres.local import SECRET_FILE, LocalCluster, server_account, stop_postmaster
@@ -33,9 +35,7 @@ from pytest_dbsnap.postgres.snapshot import (
     snapshots_of,
     verify_snapshot,
 )
-from pytest_dbsnap.progress import Reporter
-from pytest_dbsnap.session import DatabaseOutcome, prepare_database, snapshot_source
-from pytest_dbsnap.settings import Settings, load_settings
+from pytest_dbsnap.stack.session import DatabaseOutcome, prepare_database, snapshot_source
 
 ProjectWriter = Callable[..., Path]
 
@@ -309,8 +309,8 @@ import sys
 from pathlib import Path
 from pytest_dbsnap.postgres.base import find_pg_tools
 from pytest_dbsnap.postgres.local import LocalCluster
-from pytest_dbsnap.session import prepare_database, snapshot_source
-from pytest_dbsnap.settings import load_settings
+from pytest_dbsnap.stack.session import prepare_database, snapshot_source
+from pytest_dbsnap.config.settings import load_settings
 
 root = Path(sys.argv[1])
 settings = load_settings(project_root=root, pyproject=root / "pyproject.toml", environ={})

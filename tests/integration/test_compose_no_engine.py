@@ -11,11 +11,11 @@ from pathlib import Path
 
 import pytest
 
+from pytest_dbsnap.config.settings import load_settings
 from pytest_dbsnap.errors import ConfigError, ServerError
 from pytest_dbsnap.postgres import compose
 from pytest_dbsnap.postgres.compose import compose_commands, docker_engine_answers, find_compose_command, start_compose
-from pytest_dbsnap.postgres.select import choose_provider, start_server
-from pytest_dbsnap.settings import load_settings
+from pytest_dbsnap.stack.servers import choose_provider, start_server
 
 CANARY = "s3cr3t"  # stands for a password: it must never show in a message
 

@@ -52,7 +52,7 @@ DIGEST = "SELECT count(*), md5(string_agg(t::text, ',' ORDER BY t.id)) FROM real
 
 
 def test_fresh_db_is_a_clone_of_the_template(fresh_db, dbsnap_db, pg_server, dbsnap_database, request):
-    from pytest_dbsnap.report import report_facts
+    from pytest_dbsnap.plugin.report import report_facts
 
     with psycopg.connect(fresh_db) as fresh:
         cloned = fresh.execute(DIGEST).fetchone()

@@ -17,6 +17,7 @@ from pathlib import Path
 import pytest
 from psycopg import sql
 
+from pytest_dbsnap.config.settings import load_settings
 from pytest_dbsnap.dumps import databases
 from pytest_dbsnap.dumps.fingerprint import file_sha256
 from pytest_dbsnap.dumps.meta import DumpMeta
@@ -25,7 +26,6 @@ from pytest_dbsnap.dumps.store import DumpStore
 from pytest_dbsnap.postgres.base import find_pg_tools
 from pytest_dbsnap.postgres.binaries import Binaries, find_wheel
 from pytest_dbsnap.postgres.local import LocalCluster, runtime_base
-from pytest_dbsnap.settings import load_settings
 
 ENV = "dev"
 DBSNAP = Path(sys.executable).with_name("dbsnap")  # the console script users run

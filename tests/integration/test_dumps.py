@@ -20,7 +20,8 @@ from pathlib import Path
 import pytest
 from psycopg import sql
 
-from pytest_dbsnap import __version__
+from pytest_dbsnap._version import __version__
+from pytest_dbsnap.config.settings import Settings, load_settings
 from pytest_dbsnap.dumps import databases
 from pytest_dbsnap.dumps.fingerprint import compute_fingerprint, file_sha256
 from pytest_dbsnap.dumps.generate import dump_name, generate_dump
@@ -49,8 +50,7 @@ from pytest_dbsnap.errors import (
 from pytest_dbsnap.postgres.base import Server
 from pytest_dbsnap.postgres.external import ExternalServer, connect_external
 from pytest_dbsnap.postgres.local import LocalCluster
-from pytest_dbsnap.session import prepare_database, staleness
-from pytest_dbsnap.settings import Settings, load_settings
+from pytest_dbsnap.stack.session import prepare_database, staleness
 from refapp.migrate import head_revision
 
 ENV = "dev"

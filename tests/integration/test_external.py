@@ -10,12 +10,12 @@ from pathlib import Path
 
 import pytest
 
+from pytest_dbsnap.config.settings import load_settings
 from pytest_dbsnap.errors import ConfigError, ServerError
 from pytest_dbsnap.postgres.base import PgTools, find_pg_tools
 from pytest_dbsnap.postgres.external import ExternalServer, connect_external, non_local_hosts, parse_dsn
 from pytest_dbsnap.postgres.local import LocalCluster
-from pytest_dbsnap.postgres.select import start_server
-from pytest_dbsnap.settings import load_settings
+from pytest_dbsnap.stack.servers import start_server
 
 
 @pytest.fixture(scope="module")

@@ -24,6 +24,7 @@ from typing import Any
 
 import pytest
 
+from pytest_dbsnap.core.proc import RunAs, chown_tree, run
 from pytest_dbsnap.dumps import databases
 from pytest_dbsnap.dumps.importer import import_dump
 from pytest_dbsnap.dumps.meta import DumpMeta
@@ -31,7 +32,6 @@ from pytest_dbsnap.dumps.store import DumpStore
 from pytest_dbsnap.postgres.base import find_pg_tools
 from pytest_dbsnap.postgres.binaries import Binaries
 from pytest_dbsnap.postgres.local import LocalCluster
-from pytest_dbsnap.proc import RunAs, chown_tree, run
 
 SCRIPT = Path(__file__).resolve().parents[2] / "seeds" / "scripts" / "init-db.sh"
 ENV = "dev"

@@ -30,6 +30,7 @@ import httpx
 import pytest
 from botocore.exceptions import ClientError
 
+from pytest_dbsnap.config.settings import Settings
 from pytest_dbsnap.dumps import databases
 from pytest_dbsnap.dumps.fingerprint import compute_fingerprint, file_sha256
 from pytest_dbsnap.dumps.generate import pg_dump_to
@@ -51,8 +52,7 @@ from pytest_dbsnap.errors import (
 from pytest_dbsnap.postgres.base import PgTools, find_pg_tools
 from pytest_dbsnap.postgres.binaries import Binaries
 from pytest_dbsnap.postgres.local import LocalCluster
-from pytest_dbsnap.session import prepare_database
-from pytest_dbsnap.settings import Settings
+from pytest_dbsnap.stack.session import prepare_database
 
 KEY_ID = "AKIDDBSNAPTESTKEY0001"
 SECRET = "dbsnap-test-secret-never-shown"  # noqa: S105 - a fake credential for the fake server
@@ -808,8 +808,8 @@ def fresh_tmpdir(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Path]:
 def test_a_fresh_runner_starts_from_the_snapshot_the_generating_runner_pushed(
     moto: MotoServer, bucket: str, tmp_path: Path, fresh_tmpdir: Path
 ) -> None:
-    from pytest_dbsnap.postgres import start_server
     from pytest_dbsnap.postgres.snapshot import snapshots_of
+    from pytest_dbsnap.stack.servers import start_server
 
     url = f"s3://{bucket}/ci"
     # Runner A generates the dump, pushes it (--push-dump) and, at teardown, writes and pushes the snapshot.
@@ -857,8 +857,8 @@ def test_a_fresh_runner_starts_from_the_snapshot_the_generating_runner_pushed(
 def test_a_damaged_remote_snapshot_falls_back_to_the_dump_with_a_warning(
     moto: MotoServer, bucket: str, tmp_path: Path, fresh_tmpdir: Path
 ) -> None:
-    from pytest_dbsnap.postgres import start_server
     from pytest_dbsnap.postgres.snapshot import snapshots_of
+    from pytest_dbsnap.stack.servers import start_server
 
     url = f"s3://{bucket}/ci"
     settings_a = runner_settings(tmp_path / "runner-a", url, moto.endpoint, push_dump=True)
@@ -891,7 +891,7 @@ def test_a_damaged_remote_snapshot_falls_back_to_the_dump_with_a_warning(
 def test_a_remote_without_a_snapshot_for_this_machine_is_silent(
     moto: MotoServer, bucket: str, tmp_path: Path, fresh_tmpdir: Path
 ) -> None:
-    from pytest_dbsnap.postgres import start_server
+    from pytest_dbsnap.stack.servers import start_server
 
     url = f"s3://{bucket}/ci"
     # Runner A pushes the dump only (it writes no snapshot).

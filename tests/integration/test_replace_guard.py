@@ -14,6 +14,7 @@ from pathlib import Path
 import pytest
 from psycopg import sql
 
+from pytest_dbsnap.config.settings import Settings, load_settings
 from pytest_dbsnap.dumps import databases
 from pytest_dbsnap.dumps.generate import generate_dump
 from pytest_dbsnap.dumps.meta import DumpMeta
@@ -23,8 +24,7 @@ from pytest_dbsnap.errors import UnmanagedDatabase
 from pytest_dbsnap.postgres.base import Server
 from pytest_dbsnap.postgres.external import ExternalServer, connect_external
 from pytest_dbsnap.postgres.local import LocalCluster
-from pytest_dbsnap.session import ensure_database, prepare_database
-from pytest_dbsnap.settings import Settings, load_settings
+from pytest_dbsnap.stack.session import ensure_database, prepare_database
 
 ENV = "dev"
 DBSNAP = Path(sys.executable).with_name("dbsnap")
@@ -208,6 +208,6 @@ def test_database_url_picks_no_server_and_the_header_says_it_is_ignored(tmp_path
     settings = load_settings(project_root=tmp_path, environ={"DATABASE_URL": "postgresql://postgres@127.0.0.1/app"})
     assert settings.dsn is None
     assert settings.database_url_ignored
-    from pytest_dbsnap.postgres.select import choose_provider
+    from pytest_dbsnap.stack.servers import choose_provider
 
     assert choose_provider(settings)[0] == "local"

@@ -9,11 +9,11 @@ from pathlib import Path
 
 import pytest
 
+from pytest_dbsnap.core.progress import Reporter
 from pytest_dbsnap.dumps import databases
 from pytest_dbsnap.dumps.restore import pg_restore_into, toc_entries
 from pytest_dbsnap.errors import ToolError
 from pytest_dbsnap.postgres.local import LocalCluster
-from pytest_dbsnap.progress import Reporter
 
 TABLES = 24
 

@@ -13,9 +13,9 @@ from pathlib import Path
 import httpx
 import pytest
 
+from pytest_dbsnap.config.settings import ServiceSettings
 from pytest_dbsnap.errors import ServiceError
-from pytest_dbsnap.services import Service
-from pytest_dbsnap.settings import ServiceSettings
+from pytest_dbsnap.stack.services import Service
 
 # Serves its argv and one environment variable; the port comes from the argument, not from $PORT.
 ECHO = """\

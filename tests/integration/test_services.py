@@ -12,9 +12,9 @@ from typing import Any
 
 import pytest
 
+from pytest_dbsnap.config.settings import ServiceSettings
 from pytest_dbsnap.errors import ServiceError
-from pytest_dbsnap.services import Service
-from pytest_dbsnap.settings import ServiceSettings
+from pytest_dbsnap.stack.services import Service
 
 # One small server for every case; argv[1] picks how it misbehaves.
 SERVER = r"""

@@ -14,7 +14,7 @@ from pathlib import Path
 import pytest
 
 from pytest_dbsnap.cli import main
-from pytest_dbsnap.init import init_project
+from pytest_dbsnap.cli.init import init_project
 
 MIGRATION = """\
 from alembic import op

@@ -7,10 +7,10 @@ from pathlib import Path
 
 import pytest
 
-from pytest_dbsnap.browser import RenderedPage, Violation, describe_violations, render_page, set_aside
-from pytest_dbsnap.browser_plugin import summary_line
+from pytest_dbsnap.config.settings import Settings, load_settings
 from pytest_dbsnap.errors import BrowserUnavailable, ConfigError
-from pytest_dbsnap.settings import Settings, load_settings
+from pytest_dbsnap.plugin.browser import summary_line
+from pytest_dbsnap.stack.browser import RenderedPage, Violation, describe_violations, render_page, set_aside
 
 FRONTEND = '[tool.dbsnap.frontend]\ncommand = "npm run preview"\n'
 

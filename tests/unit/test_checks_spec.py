@@ -7,9 +7,9 @@ from pathlib import Path
 
 import pytest
 
-from pytest_dbsnap.checks.spec import BUILTIN_IDS, parse_checks
+from pytest_dbsnap.config.checks import BUILTIN_IDS, parse_checks
+from pytest_dbsnap.config.settings import load_settings
 from pytest_dbsnap.errors import ConfigError
-from pytest_dbsnap.settings import load_settings
 
 
 def test_defaults_per_kind() -> None:

@@ -16,8 +16,8 @@ from typing import Any
 import pytest
 import yaml
 
+from pytest_dbsnap.config.settings import Settings, load_settings
 from pytest_dbsnap.postgres.compose import CONTAINER_PORT, compose_commands
-from pytest_dbsnap.settings import Settings, load_settings
 
 REPO = Path(__file__).resolve().parents[2]
 COMPOSE_FILE = REPO / "docker-compose.dev.yml"

@@ -12,12 +12,12 @@ from typing import Any
 
 import pytest
 
+from pytest_dbsnap.config.settings import Settings
 from pytest_dbsnap.dumps.fingerprint import compute_fingerprint, file_sha256
 from pytest_dbsnap.dumps.generate import dump_name
 from pytest_dbsnap.dumps.meta import FORMAT_VERSION, DumpMeta
 from pytest_dbsnap.dumps.store import DumpStore, write_atomic
 from pytest_dbsnap.errors import ConfigError, DumpCorrupt, DumpError, DumpNotFound
-from pytest_dbsnap.settings import Settings
 
 SHA = "ab" * 32
 

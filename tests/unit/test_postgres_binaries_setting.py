@@ -6,8 +6,8 @@ from pathlib import Path
 
 import pytest
 
+from pytest_dbsnap.config.settings import load_settings
 from pytest_dbsnap.errors import ConfigError
-from pytest_dbsnap.settings import load_settings
 
 
 def test_auto_by_default_and_the_command_line_wins_over_the_environment(tmp_path: Path) -> None:

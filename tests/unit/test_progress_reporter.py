@@ -5,8 +5,8 @@ from __future__ import annotations
 
 import io
 
-from pytest_dbsnap import progress
-from pytest_dbsnap.progress import Reporter
+from pytest_dbsnap.core import progress
+from pytest_dbsnap.core.progress import Reporter
 
 
 def test_steps_end_one_another_and_record_their_durations() -> None:

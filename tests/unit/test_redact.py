@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 
-from pytest_dbsnap.redact import add_secret, redact
+from pytest_dbsnap.core.redact import add_secret, redact
 
 
 @pytest.mark.parametrize(

@@ -8,7 +8,7 @@ from pathlib import Path
 
 import pytest
 
-from pytest_dbsnap.proc import resolve_python
+from pytest_dbsnap.core.proc import resolve_python
 
 
 def test_python_is_the_running_interpreter() -> None:

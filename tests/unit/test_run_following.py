@@ -7,8 +7,8 @@ import sys
 
 import pytest
 
+from pytest_dbsnap.core.proc import TAIL_LINES, run
 from pytest_dbsnap.errors import ToolError
-from pytest_dbsnap.proc import TAIL_LINES, run
 
 # Many progress lines, then the error, then more progress (as a parallel pg_restore's other workers go on).
 NOISY = f"""

@@ -8,8 +8,7 @@ from pathlib import Path
 
 import pytest
 
-from pytest_dbsnap.errors import ConfigError
-from pytest_dbsnap.settings import (
+from pytest_dbsnap.config.settings import (
     OPTIONS,
     ServiceSettings,
     Settings,
@@ -17,6 +16,7 @@ from pytest_dbsnap.settings import (
     find_pyproject,
     load_settings,
 )
+from pytest_dbsnap.errors import ConfigError
 
 LoadFrom = Callable[..., Settings]
 

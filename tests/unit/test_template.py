@@ -7,10 +7,10 @@ from pathlib import Path
 
 import pytest
 
+from pytest_dbsnap.config.placeholders import NAMES, command_argv, database_values, fill, fill_env
+from pytest_dbsnap.config.settings import load_settings
+from pytest_dbsnap.core.redact import redact
 from pytest_dbsnap.errors import ConfigError
-from pytest_dbsnap.redact import redact
-from pytest_dbsnap.settings import load_settings
-from pytest_dbsnap.template import NAMES, command_argv, database_values, fill, fill_env
 
 VALUES = {
     "database_url": "postgresql://app:s3cr3t-Pa55@127.0.0.1:5433/shop",

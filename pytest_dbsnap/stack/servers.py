@@ -4,9 +4,9 @@ from __future__ import annotations
 
 from collections.abc import Callable
 
-from pytest_dbsnap import reaper
+from pytest_dbsnap.config.settings import Settings
+from pytest_dbsnap.core import reaper
 from pytest_dbsnap.postgres.base import Server
-from pytest_dbsnap.settings import Settings
 
 
 def choose_provider(settings: Settings) -> tuple[str, str]:
@@ -58,7 +58,7 @@ def start_server(settings: Settings, provider: str | None = None) -> Server:
             compose_command=settings.compose_command,
         )
     from pytest_dbsnap.postgres.local import start_local_cluster
-    from pytest_dbsnap.session import snapshot_source
+    from pytest_dbsnap.stack.session import snapshot_source
 
     return start_local_cluster(
         settings,

@@ -21,7 +21,7 @@ from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from typing import Protocol, TextIO
 
-from pytest_dbsnap.redact import redact
+from pytest_dbsnap.core.redact import redact
 
 REFRESH_SECONDS = 0.25
 BAR_WIDTH = 20

@@ -11,10 +11,10 @@ from collections.abc import Generator
 
 import pytest
 
-from pytest_dbsnap.progress import Reporter, Step, interactive
-from pytest_dbsnap.redact import redact
-from pytest_dbsnap.settings import Settings
-from pytest_dbsnap.stash import (
+from pytest_dbsnap.config.settings import Settings
+from pytest_dbsnap.core.progress import Reporter, Step, interactive
+from pytest_dbsnap.core.redact import redact
+from pytest_dbsnap.plugin.stash import (
     OUTCOME_KEY,
     PHASES_KEY,
     PROGRESS_KEY,

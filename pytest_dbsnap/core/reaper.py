@@ -163,7 +163,7 @@ class Reaper:
 
     def _spawn(self) -> subprocess.Popen[bytes]:
         return subprocess.Popen(
-            [sys.executable, "-m", "pytest_dbsnap.reaper", str(self.owner), str(self.log_path or "")],
+            [sys.executable, "-m", "pytest_dbsnap.core.reaper", str(self.owner), str(self.log_path or "")],
             stdin=subprocess.PIPE,
             stdout=subprocess.DEVNULL,
             stderr=subprocess.DEVNULL,
@@ -370,7 +370,7 @@ def _drop_databases(entry: dict[str, Any], log: _Log) -> None:
                 databases.drop(conn, name)
                 log(f"dropped the temporary database {name}")
     except Exception as exc:  # the server may be gone too; the next run drops what is left
-        from pytest_dbsnap.redact import redact
+        from pytest_dbsnap.core.redact import redact
 
         log(f"could not drop temporary databases: {type(exc).__name__}: {redact(str(exc)).strip()[:200]}")
 
@@ -467,7 +467,7 @@ def clean_up(entries: list[dict[str, Any]], log: _Log) -> None:
 
 
 def main(argv: list[str]) -> int:
-    """`python -m pytest_dbsnap.reaper OWNER_PID LOG_PATH`, started by Reaper with its registrations on stdin."""
+    """`python -m pytest_dbsnap.core.reaper OWNER_PID LOG_PATH`, started by Reaper with its registrations on stdin."""
     owner, log_path = int(argv[0]), argv[1] if len(argv) > 1 else ""
     signal.signal(signal.SIGINT, signal.SIG_IGN)  # Ctrl-C is for the parent, which tidies up itself
     registered: dict[int, dict[str, Any]] = {}

@@ -19,10 +19,10 @@ from dataclasses import dataclass, field, fields
 from pathlib import Path
 from typing import Any
 
-from pytest_dbsnap.checks.spec import CheckSpec, parse_checks, parse_skip_checks
+from pytest_dbsnap.config.checks import CheckSpec, parse_checks, parse_skip_checks
+from pytest_dbsnap.config.placeholders import DATABASE_NAMES, NAMES, Command, check
+from pytest_dbsnap.core.redact import redact
 from pytest_dbsnap.errors import ConfigError
-from pytest_dbsnap.redact import redact
-from pytest_dbsnap.template import DATABASE_NAMES, NAMES, Command, check
 
 PROVIDERS = ("auto", "local", "docker", "external")
 # auto: render in Chromium when one is found, skip with the reason otherwise; required: fail without one.

@@ -9,7 +9,7 @@ from dataclasses import dataclass, field
 
 import pytest
 
-from pytest_dbsnap.progress import Step
+from pytest_dbsnap.core.progress import Step
 
 _MODULE = re.compile(r"^test_(?P<order>\d+)_(?P<name>\w+)$")
 

@@ -12,10 +12,9 @@ from typing import Any
 import pytest
 
 from pytest_dbsnap.errors import DbsnapError
-from pytest_dbsnap.postgres import Server, start_server, watch_server
-from pytest_dbsnap.report import publish_facts, report_facts
-from pytest_dbsnap.smoke import Phase
-from pytest_dbsnap.stash import (
+from pytest_dbsnap.plugin.report import publish_facts, report_facts
+from pytest_dbsnap.plugin.smoke import Phase
+from pytest_dbsnap.plugin.stash import (
     OUTCOME_KEY,
     PHASES_KEY,
     SERVER_KEY,
@@ -24,6 +23,8 @@ from pytest_dbsnap.stash import (
     provider_choice,
     worker_id,
 )
+from pytest_dbsnap.postgres import Server
+from pytest_dbsnap.stack.servers import start_server, watch_server
 
 SMOKE_GROUP = "dbsnap-smoke"
 FORGET_SERVER_KEY = pytest.StashKey[Callable[[], None]]()  # the controller's server, given back to its reaper
@@ -215,7 +216,7 @@ def _request_snapshot(config: pytest.Config, env: str, name: str, pushed: bool) 
     from pytest_dbsnap.dumps.store import DumpStore
     from pytest_dbsnap.postgres.local import LocalCluster
     from pytest_dbsnap.postgres.snapshot import DumpRef
-    from pytest_dbsnap.session import push_snapshot_later
+    from pytest_dbsnap.stack.session import push_snapshot_later
 
     server = config.stash.get(SERVER_KEY, None)
     settings = config.stash[SETTINGS_KEY]

@@ -10,14 +10,14 @@ from typing import TYPE_CHECKING, NoReturn
 
 import pytest
 
-from pytest_dbsnap import parallel, reaper, report, signals, smoke
+from pytest_dbsnap.config.settings import OPTIONS, ServiceSettings, Settings, load_settings
+from pytest_dbsnap.core import reaper
 from pytest_dbsnap.errors import DbsnapError, storage_error
-from pytest_dbsnap.parallel import attached_server
-from pytest_dbsnap.postgres import Server, start_server, watch_server
-from pytest_dbsnap.report import progress_reporter, publish_facts
-from pytest_dbsnap.settings import OPTIONS, ServiceSettings, Settings, load_settings
-from pytest_dbsnap.smoke import PhaseBook
-from pytest_dbsnap.stash import (
+from pytest_dbsnap.plugin import report, signals, smoke
+from pytest_dbsnap.plugin import xdist as parallel
+from pytest_dbsnap.plugin.report import progress_reporter, publish_facts
+from pytest_dbsnap.plugin.smoke import PhaseBook
+from pytest_dbsnap.plugin.stash import (
     OUTCOME_KEY,
     OWN_CHECKS_KEY,
     PHASES_KEY,
@@ -27,17 +27,20 @@ from pytest_dbsnap.stash import (
     SETTINGS_KEY,
     provider_choice,
 )
+from pytest_dbsnap.plugin.xdist import attached_server
+from pytest_dbsnap.postgres import Server
+from pytest_dbsnap.stack.servers import start_server, watch_server
 
 if TYPE_CHECKING:
     import httpx
     import psycopg
 
     from pytest_dbsnap.dumps.meta import DumpMeta
-    from pytest_dbsnap.services import Service
-    from pytest_dbsnap.session import DatabaseOutcome
+    from pytest_dbsnap.stack.services import Service
+    from pytest_dbsnap.stack.session import DatabaseOutcome
 
 # The frontend's browser checks (the frontend_page fixture and its report extras) live in their own module.
-pytest_plugins = ["pytest_dbsnap.browser_plugin"]
+pytest_plugins = ["pytest_dbsnap.plugin.browser"]
 
 
 def pytest_addoption(parser: pytest.Parser, pluginmanager: pytest.PytestPluginManager) -> None:
@@ -96,7 +99,7 @@ def pytest_configure(config: pytest.Config) -> None:
     # services and restores). It starts with the first thing registered, so a run that starts nothing has none.
     config.stash[REAPER_KEY] = reaper.install(reaper.Reaper(settings.logs_dir / "reaper.log"))
     # After pytest-django (an entry point too), so that its django_db_setup is overridden by ours.
-    from pytest_dbsnap import djangodb
+    from pytest_dbsnap.plugin import django as djangodb
 
     djangodb.maybe_register(config, settings)
 
@@ -117,7 +120,7 @@ def pytest_collection_modifyitems(
     """A run that selects smoke in a project with [tool.dbsnap] gets the plugin's own checks, first in each phase,
     so a project with no test files still has a whole suite. A wrapper, so that they are there before any other
     plugin looks at the items (-m deselects, pytest-order sorts, the xdist smoke group is given)."""
-    from pytest_dbsnap.checks.items import make_items, smoke_selected
+    from pytest_dbsnap.plugin.checks import make_items, smoke_selected
 
     settings = config.stash[SETTINGS_KEY]
     if settings.has_table and smoke_selected(config):
@@ -196,7 +199,7 @@ def dbsnap_database(
     pytestconfig: pytest.Config, dbsnap_settings: Settings, pg_server: Server
 ) -> Iterator[DatabaseOutcome]:
     """The app database, restored from the latest dump of --dump-env (generated first when missing or stale)."""
-    from pytest_dbsnap.session import prepare_database
+    from pytest_dbsnap.stack.session import prepare_database
 
     progress = progress_reporter(pytestconfig)
     progress.step(f"preparing {dbsnap_settings.database!r} from {dbsnap_settings.env}")
@@ -257,7 +260,7 @@ def clone_for_test(
     """session.template_clone entered on `stack` (dropped when it closes), for a fixture: a session without
     the template fails the test with the one paragraph, not a traceback."""
     from pytest_dbsnap.errors import DumpError
-    from pytest_dbsnap.session import template_clone
+    from pytest_dbsnap.stack.session import template_clone
 
     try:
         return stack.enter_context(template_clone(server, outcome, need=need, fix=fix))
@@ -279,7 +282,7 @@ class RunningService:
 def _start_service(
     config: pytest.Config, settings: ServiceSettings, env: dict[str, str], placeholders: dict[str, str]
 ) -> Iterator[RunningService]:
-    from pytest_dbsnap.services import Service
+    from pytest_dbsnap.stack.services import Service
 
     session_settings = config.stash[SETTINGS_KEY]
     service = Service(
@@ -312,7 +315,7 @@ def _start_service(
 
 
 def _database_placeholders(server: Server, database: str) -> dict[str, str]:
-    from pytest_dbsnap.template import database_values
+    from pytest_dbsnap.config.placeholders import database_values
 
     return database_values(server.params, server.dsn(database), database)
 

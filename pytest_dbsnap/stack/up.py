@@ -12,12 +12,12 @@ import os
 from dataclasses import dataclass
 from pathlib import Path
 
-from pytest_dbsnap import reaper
+from pytest_dbsnap.config.settings import Settings
+from pytest_dbsnap.core import reaper
 from pytest_dbsnap.errors import ServerError
 from pytest_dbsnap.postgres.base import find_pg_tools, wait_until_accepting
 from pytest_dbsnap.postgres.local import LocalCluster, runtime_base, stop_postmaster
-from pytest_dbsnap.session import DatabaseOutcome, Progress, prepare_database, snapshot_source
-from pytest_dbsnap.settings import Settings
+from pytest_dbsnap.stack.session import DatabaseOutcome, Progress, prepare_database, snapshot_source
 
 
 def state_path(settings: Settings) -> Path:

@@ -18,10 +18,10 @@ from pathlib import Path
 from types import FrameType
 from typing import Any
 
-from pytest_dbsnap import progress, reaper
+from pytest_dbsnap.core import progress, reaper
+from pytest_dbsnap.core.reaper import child_setup
+from pytest_dbsnap.core.redact import redact
 from pytest_dbsnap.errors import ToolError
-from pytest_dbsnap.reaper import child_setup
-from pytest_dbsnap.redact import redact
 
 TAIL_LINES = 15
 

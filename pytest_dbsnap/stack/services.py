@@ -27,13 +27,13 @@ from mirakuru import HTTPExecutor
 from mirakuru.base import ENV_UUID
 from mirakuru.exceptions import AlreadyRunning, ProcessExitedWithError, TimeoutExpired
 
-from pytest_dbsnap import reaper
+from pytest_dbsnap.config.placeholders import command_argv, fill, fill_env
+from pytest_dbsnap.config.settings import ServiceSettings
+from pytest_dbsnap.core import reaper
+from pytest_dbsnap.core.proc import RedactingLog, resolve_python, run_app_command, tail
+from pytest_dbsnap.core.reaper import child_setup, group_members
+from pytest_dbsnap.core.redact import redact
 from pytest_dbsnap.errors import ServiceError, ToolError
-from pytest_dbsnap.proc import RedactingLog, resolve_python, run_app_command, tail
-from pytest_dbsnap.reaper import child_setup, group_members
-from pytest_dbsnap.redact import redact
-from pytest_dbsnap.settings import ServiceSettings
-from pytest_dbsnap.template import command_argv, fill, fill_env
 
 log = logging.getLogger(__name__)
 

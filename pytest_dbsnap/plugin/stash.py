@@ -6,15 +6,16 @@ from typing import TYPE_CHECKING
 
 import pytest
 
-from pytest_dbsnap.postgres import Server, choose_provider
-from pytest_dbsnap.progress import Reporter
-from pytest_dbsnap.reaper import Reaper
-from pytest_dbsnap.session import DatabaseOutcome
-from pytest_dbsnap.settings import Settings
-from pytest_dbsnap.smoke import PHASES_KEY
+from pytest_dbsnap.config.settings import Settings
+from pytest_dbsnap.core.progress import Reporter
+from pytest_dbsnap.core.reaper import Reaper
+from pytest_dbsnap.plugin.smoke import PHASES_KEY
+from pytest_dbsnap.postgres import Server
+from pytest_dbsnap.stack.servers import choose_provider
+from pytest_dbsnap.stack.session import DatabaseOutcome
 
 if TYPE_CHECKING:
-    from pytest_dbsnap.services import Service
+    from pytest_dbsnap.stack.services import Service
 
 SETTINGS_KEY = pytest.StashKey[Settings]()
 PROVIDER_KEY = pytest.StashKey[tuple[str, str]]()

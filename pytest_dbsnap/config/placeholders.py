@@ -11,8 +11,8 @@ import re
 import shlex
 from collections.abc import Mapping, Sequence
 
+from pytest_dbsnap.core.redact import add_secret
 from pytest_dbsnap.errors import ConfigError
-from pytest_dbsnap.redact import add_secret
 
 # Every name a placeholder may use, in the order the documentation lists them.
 NAMES = (

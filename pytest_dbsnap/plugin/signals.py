@@ -10,7 +10,7 @@ from collections.abc import Generator
 
 import pytest
 
-from pytest_dbsnap.proc import SignalStop
+from pytest_dbsnap.core.proc import SignalStop
 
 STOP_KEY = pytest.StashKey[SignalStop]()
 

@@ -9,6 +9,7 @@ import time
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 
+from pytest_dbsnap.config.settings import Settings
 from pytest_dbsnap.dumps import databases
 from pytest_dbsnap.dumps.fingerprint import compute_fingerprint
 from pytest_dbsnap.dumps.generate import generate_dump, migrate
@@ -27,7 +28,6 @@ from pytest_dbsnap.errors import DbsnapError, DumpCorrupt, DumpError
 from pytest_dbsnap.postgres.base import PgTools, Server, find_pg_tools
 from pytest_dbsnap.postgres.local import LocalCluster
 from pytest_dbsnap.postgres.snapshot import DumpRef
-from pytest_dbsnap.settings import Settings
 
 Progress = Callable[[str], None]
 

@@ -16,11 +16,12 @@ from collections.abc import Callable, Iterator, Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING
 
-from pytest_dbsnap import __version__, reaper
+from pytest_dbsnap._version import __version__
+from pytest_dbsnap.config.settings import Settings, find_pyproject, load_settings
+from pytest_dbsnap.core import reaper
+from pytest_dbsnap.core.proc import SignalStop
+from pytest_dbsnap.core.progress import Reporter, for_stream
 from pytest_dbsnap.errors import ConfigError, DbsnapError, storage_error
-from pytest_dbsnap.proc import SignalStop
-from pytest_dbsnap.progress import Reporter, for_stream
-from pytest_dbsnap.settings import Settings, find_pyproject, load_settings
 
 if TYPE_CHECKING:
     from pytest_dbsnap.dumps.meta import DumpMeta
@@ -87,7 +88,7 @@ def _store(settings: Settings) -> DumpStore:
 @contextlib.contextmanager
 def _server(settings: Settings, *, required: bool) -> Iterator[Server]:
     """The DSN's server, or (for generate) the project's local cluster when no DSN is given."""
-    from pytest_dbsnap.postgres import start_server, watch_server
+    from pytest_dbsnap.stack.servers import start_server, watch_server
 
     if settings.dsn:
         server = start_server(settings, "external")
@@ -481,7 +482,7 @@ Command = Callable[[argparse.Namespace, Settings], int]
 
 
 def cmd_up(args: argparse.Namespace, settings: Settings) -> int:
-    from pytest_dbsnap.up import bring_up
+    from pytest_dbsnap.stack.up import bring_up
 
     if settings.dsn:
         raise UsageError(
@@ -497,7 +498,7 @@ def cmd_up(args: argparse.Namespace, settings: Settings) -> int:
 
 
 def cmd_down(args: argparse.Namespace, settings: Settings) -> int:
-    from pytest_dbsnap.up import bring_down
+    from pytest_dbsnap.stack.up import bring_down
 
     if bring_down(settings):
         print("dbsnap: stopped the project's cluster (its data folder is parked for the next start)")
@@ -622,7 +623,7 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def cmd_init(args: argparse.Namespace) -> int:
-    from pytest_dbsnap.init import ignore_outputs, init_project
+    from pytest_dbsnap.cli.init import ignore_outputs, init_project
 
     root = Path(args.path).resolve()
     block, todo, pyproject = init_project(root, dry_run=args.dry_run)

@@ -18,17 +18,17 @@ from typing import TYPE_CHECKING, NoReturn
 import httpx
 import pytest
 
-from pytest_dbsnap.checks.spec import BUILTIN_CHECKS, PHASES, CheckSpec
+from pytest_dbsnap.config.checks import BUILTIN_CHECKS, PHASES, CheckSpec
+from pytest_dbsnap.config.placeholders import DATABASE_NAMES, command_argv, database_values, fill, fill_env, names_in
+from pytest_dbsnap.config.settings import Settings
+from pytest_dbsnap.core.redact import redact
 from pytest_dbsnap.errors import DbsnapError, ToolError
-from pytest_dbsnap.redact import redact
-from pytest_dbsnap.settings import Settings
-from pytest_dbsnap.template import DATABASE_NAMES, command_argv, database_values, fill, fill_env, names_in
 
 if TYPE_CHECKING:
-    from pytest_dbsnap.browser import RenderedPage
     from pytest_dbsnap.plugin import RunningService
     from pytest_dbsnap.postgres import Server
-    from pytest_dbsnap.session import DatabaseOutcome
+    from pytest_dbsnap.stack.browser import RenderedPage
+    from pytest_dbsnap.stack.session import DatabaseOutcome
 
 ROOT = "dbsnap"
 _SHOWN_BODY = 300  # characters of a response body a failure quotes
@@ -101,8 +101,8 @@ def make_items(session: pytest.Session, settings: Settings) -> list[pytest.Item]
 
 def postgres_programs(pytestconfig: pytest.Config, dbsnap_settings: Settings) -> None:
     """The PostgreSQL programs this run needs are found (the server's only when it starts a local cluster)."""
+    from pytest_dbsnap.plugin.stash import provider_choice
     from pytest_dbsnap.postgres import find_pg_tools
-    from pytest_dbsnap.stash import provider_choice
 
     provider = provider_choice(pytestconfig)[0]
     if provider != "local" and dbsnap_settings.skip_dump_restore:
@@ -236,7 +236,7 @@ def browser_render(frontend_page: RenderedPage, dbsnap_settings: Settings) -> No
 
 def accessibility(frontend_page: RenderedPage) -> None:
     """axe-core finds nothing of serious or critical impact on the page."""
-    from pytest_dbsnap.browser import describe_violations
+    from pytest_dbsnap.stack.browser import describe_violations
 
     blocking = frontend_page.blocking_violations
     if blocking:
@@ -377,7 +377,7 @@ def _request_check(spec: CheckSpec, label: str, request: pytest.FixtureRequest) 
 
 
 def _command_check(spec: CheckSpec, label: str, request: pytest.FixtureRequest, settings: Settings) -> None:
-    from pytest_dbsnap.proc import resolve_python, run
+    from pytest_dbsnap.core.proc import resolve_python, run
 
     assert spec.command is not None
     parts = [spec.command] if isinstance(spec.command, str) else list(spec.command)

@@ -13,11 +13,11 @@ from typing import Any
 
 import pytest
 
-from pytest_dbsnap.browser import RenderedPage, browser_at_hand, describe_violations, render_page, set_aside
+from pytest_dbsnap.config.settings import ServiceSettings, Settings
 from pytest_dbsnap.errors import BrowserUnavailable, RenderError
 from pytest_dbsnap.plugin import RunningService, _fail
-from pytest_dbsnap.report import progress_reporter
-from pytest_dbsnap.settings import ServiceSettings, Settings
+from pytest_dbsnap.plugin.report import progress_reporter
+from pytest_dbsnap.stack.browser import RenderedPage, browser_at_hand, describe_violations, render_page, set_aside
 
 FIXTURE = "frontend_page"
 DEFAULT_TIMEOUT = 15.0

@@ -8,8 +8,8 @@ from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
+from pytest_dbsnap.config.placeholders import DATABASE_NAMES, NAMES, Command, check, split_command
 from pytest_dbsnap.errors import ConfigError
-from pytest_dbsnap.template import DATABASE_NAMES, NAMES, Command, check, split_command
 
 # The five phases every smoke run knows, in their order; a user's test_NN_<name>.py joins the phase of that name.
 PHASES: dict[str, int] = {"environment": 1, "database": 2, "backend": 3, "frontend": 4, "data": 5}

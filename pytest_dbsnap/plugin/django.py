@@ -18,9 +18,9 @@ from typing import TYPE_CHECKING, Any
 import pytest
 
 if TYPE_CHECKING:
+    from pytest_dbsnap.config.settings import Settings
     from pytest_dbsnap.postgres.base import Server
-    from pytest_dbsnap.session import DatabaseOutcome
-    from pytest_dbsnap.settings import Settings
+    from pytest_dbsnap.stack.session import DatabaseOutcome
 
 PLUGIN_NAME = "dbsnap.django"
 _CONNECTION_KEYS = {"host": "HOST", "port": "PORT", "user": "USER", "password": "PASSWORD"}
