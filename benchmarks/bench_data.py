@@ -16,10 +16,10 @@ from psycopg import sql
 
 from pytest_dbsnap.config.settings import Settings, load_settings
 from pytest_dbsnap.core.proc import run_app_command
-from pytest_dbsnap.dumps import databases
 from pytest_dbsnap.dumps.generate import app_env, migrate, store_dump
 from pytest_dbsnap.dumps.meta import DumpMeta
 from pytest_dbsnap.dumps.store import DumpStore
+from pytest_dbsnap.postgres import databases
 from pytest_dbsnap.postgres.base import Server
 
 ROOT = Path(__file__).resolve().parent.parent  # the repository: its pyproject.toml configures the benchmarks

@@ -37,14 +37,16 @@ from pathlib import Path
 import bench_data
 
 from pytest_dbsnap.config.settings import load_settings
-from pytest_dbsnap.dumps import databases
 from pytest_dbsnap.dumps.meta import DumpMeta
 from pytest_dbsnap.dumps.restore import count_rows, prepare_spare, restore_dump, template_name
 from pytest_dbsnap.dumps.store import DumpStore
+from pytest_dbsnap.postgres import databases
+from pytest_dbsnap.postgres.account import server_account
 from pytest_dbsnap.postgres.base import PgTools, find_pg_tools
 from pytest_dbsnap.postgres.binaries import Binaries, find_wheel
 from pytest_dbsnap.postgres.copy_on_write import has_copy_on_write
-from pytest_dbsnap.postgres.local import LocalCluster, server_account, stop_postmaster
+from pytest_dbsnap.postgres.local import LocalCluster
+from pytest_dbsnap.postgres.parking import stop_postmaster
 from pytest_dbsnap.stack.session import DatabaseOutcome, template_clone
 
 ROOT = Path(__file__).resolve().parent.parent

@@ -34,7 +34,6 @@ from bench_data import Dataset, Scale
 from pytest_dbsnap.config.settings import Settings
 from pytest_dbsnap.core.proc import run, tail
 from pytest_dbsnap.core.progress import Reporter
-from pytest_dbsnap.dumps import databases
 from pytest_dbsnap.dumps.meta import DumpMeta
 from pytest_dbsnap.dumps.restore import (
     pg_restore_into,
@@ -45,8 +44,11 @@ from pytest_dbsnap.dumps.restore import (
     verify_file,
 )
 from pytest_dbsnap.dumps.store import DumpStore
+from pytest_dbsnap.postgres import databases
+from pytest_dbsnap.postgres.account import server_account
 from pytest_dbsnap.postgres.base import PgTools, find_pg_tools
-from pytest_dbsnap.postgres.local import LocalCluster, server_account, stop_postmaster
+from pytest_dbsnap.postgres.local import LocalCluster
+from pytest_dbsnap.postgres.parking import stop_postmaster
 
 ROOT = Path(__file__).resolve().parent.parent
 FULL_SCALES = ("10MB", "200MB", "1GB")

@@ -37,11 +37,13 @@ from pathlib import Path
 
 import bench_data
 
-from pytest_dbsnap.dumps import databases
 from pytest_dbsnap.dumps.restore import count_rows, restore_dump
 from pytest_dbsnap.dumps.store import DumpStore
+from pytest_dbsnap.postgres import databases
+from pytest_dbsnap.postgres.account import server_account
 from pytest_dbsnap.postgres.base import find_pg_tools
-from pytest_dbsnap.postgres.local import LocalCluster, server_account, stop_postmaster
+from pytest_dbsnap.postgres.local import LocalCluster
+from pytest_dbsnap.postgres.parking import stop_postmaster
 from pytest_dbsnap.postgres.snapshot import DumpRef, SnapshotMeta, snapshots_of
 
 ROOT = Path(__file__).resolve().parent.parent

@@ -1,8 +1,11 @@
 """A watchdog per session and per long CLI command: when its parent dies by any means (kill -9, the OOM killer,
 a cancelled CI job) it ends what the parent started and removes what the parent left. No pytest import.
 
-The parent writes one JSON line per resource it starts (a process group, a local cluster, a server's temporary
-databases, a temporary file) to the watchdog's stdin and a line to forget it when it is given back. The pipe
+The parent writes one JSON line per resource it starts to the watchdog's stdin, and a line to forget it when it is
+given back. A resource is told in generic instructions, so this module knows no server or dump: a process group
+to end, a process named by a pid file to signal, a command line to run (drop temporary databases, `compose down`),
+a path to remove. The layers above build them (postgres/local.py: a cluster is its postmaster's pid file and its
+folder). The pipe
 reads end-of-file when the parent is gone, however it died; whatever is still registered then is cleaned up,
 and on a normal teardown nothing is, so the watchdog just exits. Like testcontainers' Ryuk, but one small
 process per session and no container.
@@ -32,7 +35,7 @@ from pathlib import Path
 from typing import IO, Any
 
 SERVICE_GRACE = 2.0  # a service gets SIGTERM and this long before SIGKILL; tools (pg_restore, seed) get SIGKILL
-CLUSTER_GRACE = 5.0  # a postmaster gets an immediate shutdown (SIGQUIT) and this long before SIGKILL
+PIDFILE_GRACE = 5.0  # a server named by a pid file gets SIGQUIT (immediate shutdown) and this long before SIGKILL
 _KILL_WAIT = 5.0
 _POLL = 0.05
 _PR_SET_PDEATHSIG = 1
@@ -139,6 +142,35 @@ def _marked_processes(marker: str) -> list[int]:
     return found
 
 
+# --- instructions: what to do with a resource should its parent die --------------------------------------------
+
+Instruction = dict[str, Any]
+
+
+def end_group(pgid: int, *, marker: str | None = None, grace: float = 0.0) -> Instruction:
+    """A process group this process started (its leader's pid); `grace` > 0 asks for SIGTERM first. `marker`
+    (NAME=value in the environment) also finds processes that left the group."""
+    return {"kind": "group", "pgid": pgid, "started": process_start(pgid), "marker": marker, "grace": grace}
+
+
+def signal_pidfile(pidfile: Path, *, expect: str, grace: float = 5.0) -> Instruction:
+    """The process whose pid is the first line of `pidfile`, if `expect` is one of its command-line arguments
+    (so a reused pid is never signalled): SIGQUIT, then SIGKILL to its group after `grace` seconds."""
+    return {"kind": "pidfile", "path": str(pidfile), "expect": expect, "grace": grace}
+
+
+def run_command(
+    argv: list[str], *, env: dict[str, str] | None = None, stdin: str = "", timeout: float = 60.0
+) -> Instruction:
+    """A command line run once the processes are gone; `stdin` carries what must not show in `ps` (a password)."""
+    return {"kind": "command", "argv": argv, "env": env or {}, "stdin": stdin, "timeout": timeout}
+
+
+def remove(path: Path) -> Instruction:
+    """A file or folder removed last."""
+    return {"kind": "path", "path": str(path)}
+
+
 # --- the client side: what the parent holds -------------------------------------------------------------------
 
 
@@ -186,11 +218,12 @@ class Reaper:
             # The watchdog could not start or was killed: the session goes on without its safety net.
             self._broken = True
 
-    def register(self, kind: str, **fields: Any) -> int:
+    def register(self, *instructions: Instruction) -> int:
+        """One resource, cleaned up by these instructions (any mix of them), forgotten by the returned token."""
         with self._lock:
             token = next(self._tokens)
             self._registered.add(token)
-            self._send({"op": "add", "id": token, "kind": kind, **fields})
+            self._send({"op": "add", "id": token, "do": list(instructions)})
         return token
 
     def forget(self, token: int) -> None:
@@ -200,27 +233,10 @@ class Reaper:
                 self._send({"op": "forget", "id": token})
 
     def watch_group(self, pgid: int, *, marker: str | None = None, grace: float = 0.0) -> int:
-        """A process group this process started (its leader's pid); `grace` > 0 asks for SIGTERM first."""
-        return self.register("group", pgid=pgid, started=process_start(pgid), marker=marker, grace=grace)
-
-    def watch_cluster(self, folder: Path) -> int:
-        """A local cluster's folder: its postmaster is shut down immediately and the folder removed."""
-        return self.register("cluster", folder=str(folder))
-
-    def watch_databases(self, conninfo: str) -> int:
-        """A server where this process makes temporary databases (named with its pid): they are dropped."""
-        return self.register("databases", conninfo=conninfo, owner=self.owner)
-
-    def watch_compose(
-        self, project: str, compose_command: list[str], compose_file: Path, *, docker_host: str | None
-    ) -> int:
-        """A docker compose project this process brings up: `down -v` (containers, network, volumes)."""
-        return self.register(
-            "compose", project=project, command=compose_command, file=str(compose_file), docker_host=docker_host
-        )
+        return self.register(end_group(pgid, marker=marker, grace=grace))
 
     def watch_path(self, path: Path) -> int:
-        return self.register("path", path=str(path))
+        return self.register(remove(path))
 
     def close(self, timeout: float = 10.0) -> None:
         """A normal teardown: forget what is left (nothing, when every resource was given back) and let the
@@ -332,7 +348,7 @@ def _signal(pid: int, sig: signal.Signals) -> None:
         os.kill(pid, sig)
 
 
-def _still_ours(entry: dict[str, Any]) -> bool:
+def _still_ours(entry: Instruction) -> bool:
     """A group id stays taken while any member lives, so a group whose leader is gone is still the one we
     registered; only a live leader with another start time means the group ended and its pid was reused."""
     pgid, started = int(entry["pgid"]), entry.get("started")
@@ -340,15 +356,11 @@ def _still_ours(entry: dict[str, Any]) -> bool:
     return started is None or now is None or now == started
 
 
-def _postmaster_of(folder: Path) -> int | None:
-    """The pid of the postmaster serving `folder`'s data, checked against the process itself."""
-    data = folder / "data"
+def _pid_from_file(entry: Instruction) -> int | None:
+    """The pid named by the file, checked against the process itself (its command line holds `expect`)."""
     try:
-        lines = (data / "postmaster.pid").read_text().splitlines()
-        pid, recorded = int(lines[0]), lines[1]
+        pid = int(Path(entry["path"]).read_text().splitlines()[0])
     except (OSError, ValueError, IndexError):
-        return None
-    if Path(recorded) != data:
         return None
     try:
         cmdline = Path(f"/proc/{pid}/cmdline").read_bytes().split(b"\0")
@@ -356,33 +368,26 @@ def _postmaster_of(folder: Path) -> int | None:
         return None
     except OSError:
         return pid if sys.platform != "linux" else None
-    return pid if os.fsencode(str(data)) in cmdline and _alive(pid) else None
+    return pid if os.fsencode(entry["expect"]) in cmdline and _alive(pid) else None
 
 
-def _drop_databases(entry: dict[str, Any], log: _Log) -> None:
+def _run(entry: Instruction, log: _Log) -> None:
+    argv = [str(part) for part in entry["argv"]]
     try:
-        import psycopg
-
-        from pytest_dbsnap.dumps import databases
-
-        with psycopg.connect(entry["conninfo"], autocommit=True, connect_timeout=5) as conn:
-            for name in databases.temporary_names_of(conn, int(entry["owner"])):
-                databases.drop(conn, name)
-                log(f"dropped the temporary database {name}")
-    except Exception as exc:  # the server may be gone too; the next run drops what is left
-        from pytest_dbsnap.core.redact import redact
-
-        log(f"could not drop temporary databases: {type(exc).__name__}: {redact(str(exc)).strip()[:200]}")
-
-
-def _take_down(entry: dict[str, Any], log: _Log) -> None:
-    from pytest_dbsnap.postgres.compose import take_down_project
-
-    env = {**os.environ, **({"DOCKER_HOST": entry["docker_host"]} if entry.get("docker_host") else {})}
-    done = take_down_project(
-        entry["project"], compose_command=entry["command"], compose_file=Path(entry["file"]), env=env
-    )
-    log(f"{'took' if done else 'could not take'} down the compose project {entry['project']} (down -v)")
+        result = subprocess.run(
+            argv,
+            input=entry.get("stdin", "").encode(),
+            env={**os.environ, **entry.get("env", {})},
+            capture_output=True,
+            timeout=float(entry.get("timeout", 60)),
+            check=False,
+            cwd="/",
+        )
+    except (OSError, subprocess.TimeoutExpired) as exc:
+        log(f"could not run {argv[0]}: {type(exc).__name__}: {str(exc)[:200]}")
+        return
+    said = (result.stdout + result.stderr).decode(errors="replace").strip().splitlines()
+    log(f"ran {' '.join(argv[:4])}: exit {result.returncode}" + (f": {said[-1][:200]}" if said else ""))
 
 
 def _gone(pid: int) -> Callable[[], bool]:
@@ -398,10 +403,23 @@ def _wait(condition: Callable[[], bool], seconds: float) -> bool:
     return True
 
 
-def clean_up(entries: list[dict[str, Any]], log: _Log) -> None:
-    """End the registered processes, drop the temporary databases, stop the clusters, remove the files."""
-    groups = [e for e in entries if e["kind"] == "group" and _still_ours(e)]
-    clusters = [Path(e["folder"]) for e in entries if e["kind"] == "cluster"]
+def _remove(path: Path, log: _Log) -> None:
+    if path.is_dir() and not path.is_symlink():
+        shutil.rmtree(path, ignore_errors=True)
+    elif path.exists() or path.is_symlink():
+        path.unlink(missing_ok=True)
+    else:
+        return
+    log(f"removed {path}")
+
+
+def clean_up(instructions: list[Instruction], log: _Log) -> None:
+    """End the registered process groups and pid-file processes, then run the commands (in the order they were
+    registered), then remove the paths."""
+    of_kind: dict[str, list[Instruction]] = {}
+    for entry in instructions:
+        of_kind.setdefault(entry["kind"], []).append(entry)
+    groups = [e for e in of_kind.get("group", []) if _still_ours(e)]
     marked: dict[int, float] = {}  # pid -> grace, for processes that left their group
     for entry in groups:
         grace = float(entry.get("grace") or 0)
@@ -414,16 +432,10 @@ def clean_up(entries: list[dict[str, Any]], log: _Log) -> None:
         _signal_group(int(entry["pgid"]), sig)
     for pid, grace in marked.items():
         _signal(pid, signal.SIGTERM if grace else signal.SIGKILL)
-    postmasters = {folder: _postmaster_of(folder) for folder in clusters}
-    for folder, postmaster in postmasters.items():
-        if postmaster is not None:
-            log(f"shutting down the PostgreSQL of {folder} (pid {postmaster}) immediately")
-            _signal(postmaster, signal.SIGQUIT)
-
-    # Temporary databases on servers that outlive us; a cluster of our own goes away as a whole.
-    for entry in entries:
-        if entry["kind"] == "databases":
-            _drop_databases(entry, log)
+    by_pidfile = {pid: e for e in of_kind.get("pidfile", []) if (pid := _pid_from_file(e)) is not None}
+    for pid, entry in by_pidfile.items():
+        log(f"sending SIGQUIT to pid {pid} (of {entry['path']})")
+        _signal(pid, signal.SIGQUIT)
 
     grace = max([float(e.get("grace") or 0) for e in groups] + [max(marked.values(), default=0.0)])
 
@@ -437,54 +449,41 @@ def clean_up(entries: list[dict[str, Any]], log: _Log) -> None:
             _signal(pid, signal.SIGKILL)
         if not _wait(processes_gone, _KILL_WAIT):
             log("some processes outlived SIGKILL (an uninterruptible wait in the kernel)")
-    for folder, postmaster in postmasters.items():
-        if postmaster is not None and not _wait(_gone(postmaster), CLUSTER_GRACE):
-            log(f"the PostgreSQL of {folder} did not shut down; sending SIGKILL")
-            # pg_ctl started it in a session of its own, so its group is the server and its backends.
+    for pid, entry in by_pidfile.items():
+        if not _wait(_gone(pid), float(entry.get("grace", PIDFILE_GRACE))):
+            log(f"pid {pid} (of {entry['path']}) did not end; sending SIGKILL")
+            # A server started in a session of its own: its group is the server and its children.
             with contextlib.suppress(ProcessLookupError):
-                if os.getpgid(postmaster) == postmaster:
-                    _signal_group(postmaster, signal.SIGKILL)
+                if os.getpgid(pid) == pid:
+                    _signal_group(pid, signal.SIGKILL)
                 else:
-                    _signal(postmaster, signal.SIGKILL)
-            _wait(_gone(postmaster), _KILL_WAIT)
-    for entry in entries:
-        if entry["kind"] == "compose":
-            _take_down(entry, log)
-    for folder in clusters:
-        if folder.exists():
-            shutil.rmtree(folder, ignore_errors=True)
-            log(f"removed the cluster folder {folder}")
-    for entry in entries:
-        if entry["kind"] == "path":
-            path = Path(entry["path"])
-            if path.is_dir() and not path.is_symlink():
-                shutil.rmtree(path, ignore_errors=True)
-            elif path.exists() or path.is_symlink():
-                path.unlink(missing_ok=True)
-            else:
-                continue
-            log(f"removed {path}")
+                    _signal(pid, signal.SIGKILL)
+            _wait(_gone(pid), _KILL_WAIT)
+    for entry in of_kind.get("command", []):
+        _run(entry, log)
+    for entry in of_kind.get("path", []):
+        _remove(Path(entry["path"]), log)
 
 
 def main(argv: list[str]) -> int:
     """`python -m pytest_dbsnap.core.reaper OWNER_PID LOG_PATH`, started by Reaper with its registrations on stdin."""
     owner, log_path = int(argv[0]), argv[1] if len(argv) > 1 else ""
     signal.signal(signal.SIGINT, signal.SIG_IGN)  # Ctrl-C is for the parent, which tidies up itself
-    registered: dict[int, dict[str, Any]] = {}
+    registered: dict[int, list[Instruction]] = {}
     for line in sys.stdin.buffer:
         try:
             message = json.loads(line)
         except ValueError:
             continue  # a torn last line of a dying parent
         if message.get("op") == "add":
-            registered[int(message["id"])] = message
+            registered[int(message["id"])] = message["do"]
         elif message.get("op") == "forget":
             registered.pop(int(message["id"]), None)
     # End of file: the parent closed the pipe (a normal teardown, nothing left) or is gone.
     if registered:
         log = _Log(log_path, owner)
         log(f"the pipe closed with {len(registered)} resource(s) still registered (the parent is gone); cleaning up")
-        clean_up(list(registered.values()), log)
+        clean_up([entry for entries in registered.values() for entry in entries], log)
         log("done")
     return 0
 

@@ -18,12 +18,12 @@ from pytest_dbsnap.core import reaper
 from pytest_dbsnap.core.proc import run, run_app_command, tail
 from pytest_dbsnap.core.reaper import child_setup
 from pytest_dbsnap.core.redact import redact
-from pytest_dbsnap.dumps import databases
 from pytest_dbsnap.dumps.fingerprint import compute_fingerprint
 from pytest_dbsnap.dumps.meta import DumpMeta
 from pytest_dbsnap.dumps.restore import count_rows, template_name
 from pytest_dbsnap.dumps.store import DumpStore
 from pytest_dbsnap.errors import ConfigError, DbsnapError, DumpCorrupt, ToolError, writing
+from pytest_dbsnap.postgres import databases
 from pytest_dbsnap.postgres.base import Server
 
 Progress = Callable[[str], None]

@@ -26,20 +26,12 @@ from typing import TYPE_CHECKING, Any
 
 from pytest_dbsnap.config.settings import Settings, split_s3_url
 from pytest_dbsnap.core import progress
+from pytest_dbsnap.core.files import FILE_MODE, write_atomic
 from pytest_dbsnap.core.redact import redact
 from pytest_dbsnap.dumps.fingerprint import file_sha256
 from pytest_dbsnap.dumps.meta import DumpMeta
 from pytest_dbsnap.dumps.restore import check_readable, describe_dump, verify_file
-from pytest_dbsnap.dumps.store import (
-    DUMP_SUFFIX,
-    FILE_MODE,
-    LATEST,
-    META_SUFFIX,
-    SAFE_NAME,
-    SNAPSHOT_MARK,
-    DumpStore,
-    write_atomic,
-)
+from pytest_dbsnap.dumps.store import DUMP_SUFFIX, LATEST, META_SUFFIX, SAFE_NAME, DumpStore
 from pytest_dbsnap.errors import (
     ConfigError,
     DbsnapError,
@@ -54,6 +46,7 @@ from pytest_dbsnap.errors import (
     storage_error,
     writing,
 )
+from pytest_dbsnap.postgres.snapshot import SNAPSHOT_MARK
 
 if TYPE_CHECKING:
     from pytest_dbsnap.postgres.base import PgTools

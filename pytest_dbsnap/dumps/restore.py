@@ -25,7 +25,6 @@ import psycopg
 
 from pytest_dbsnap.core.proc import run
 from pytest_dbsnap.core.progress import active, listener, meter
-from pytest_dbsnap.dumps import databases
 from pytest_dbsnap.dumps.meta import DumpMeta
 from pytest_dbsnap.errors import (
     ConfigError,
@@ -36,6 +35,7 @@ from pytest_dbsnap.errors import (
     ToolError,
     UnmanagedDatabase,
 )
+from pytest_dbsnap.postgres import databases
 from pytest_dbsnap.postgres.base import PgTools, Server
 
 Progress = Callable[[str], None]

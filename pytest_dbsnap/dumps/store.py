@@ -18,42 +18,16 @@ from pathlib import Path
 from filelock import FileLock
 
 from pytest_dbsnap.core import reaper
+from pytest_dbsnap.core.files import FILE_MODE, write_atomic
 from pytest_dbsnap.dumps.meta import DumpMeta
-from pytest_dbsnap.errors import ConfigError, DumpCorrupt, DumpError, DumpNotFound, writing
+from pytest_dbsnap.errors import ConfigError, DumpCorrupt, DumpError, DumpNotFound
+from pytest_dbsnap.postgres.snapshot import SNAPSHOT_MARK
 
 LATEST = "latest"
 DUMP_SUFFIX = ".dump"
 META_SUFFIX = ".json"
 # Environment and dump names become file names: nothing that could climb out of the store folder.
 SAFE_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]*$")
-FILE_MODE = 0o600  # dumps hold real-looking data
-# A dump's cluster snapshots sit beside it as <name>.pgdata-<key>.tar.zst and .json (postgres/snapshot.py).
-SNAPSHOT_MARK = ".pgdata-"
-
-
-def fsync_dir(folder: Path) -> None:
-    """Make a rename durable: the directory entry itself must reach the disk."""
-    fd = os.open(folder, os.O_RDONLY)
-    try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)
-
-
-def write_atomic(path: Path, text: str) -> None:
-    """Write text so that readers see the old content or the new, never a mix."""
-    temporary = path.with_name(f".{path.name}.{secrets.token_hex(4)}.tmp")
-    fd = os.open(temporary, os.O_WRONLY | os.O_CREAT | os.O_EXCL, FILE_MODE)
-    try:
-        with writing(path), os.fdopen(fd, "w") as handle:
-            handle.write(text)
-            handle.flush()
-            os.fsync(handle.fileno())
-        os.replace(temporary, path)
-    except BaseException:
-        temporary.unlink(missing_ok=True)
-        raise
-    fsync_dir(path.parent)
 
 
 class DumpStore:

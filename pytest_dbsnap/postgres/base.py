@@ -8,6 +8,7 @@ import hashlib
 import os
 import re
 import shutil
+import socket
 import time
 from dataclasses import dataclass
 from functools import cached_property
@@ -314,3 +315,10 @@ def wait_until_accepting(server: Server, timeout: float) -> None:
                 f"{last_error}. Check that the server is up, or raise start_timeout."
             )
         time.sleep(0.1)  # polling interval between readiness checks, not a readiness stand-in
+
+
+def free_port() -> int:
+    """A port nobody listens on now; the caller retries if it is taken before the server binds it."""
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
+        sock.bind(("127.0.0.1", 0))
+        return int(sock.getsockname()[1])

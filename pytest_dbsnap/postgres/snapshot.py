@@ -32,15 +32,14 @@ import tempfile
 import time
 from dataclasses import asdict, dataclass, fields
 from pathlib import Path
-from typing import IO, Any
+from typing import IO, Any, Protocol
 
 from filelock import FileLock, Timeout
 
 from pytest_dbsnap._version import __version__
+from pytest_dbsnap.core.files import FILE_MODE, fsync_dir, write_atomic
 from pytest_dbsnap.core.proc import run, tail
 from pytest_dbsnap.core.progress import meter
-from pytest_dbsnap.dumps.meta import DumpMeta
-from pytest_dbsnap.dumps.store import FILE_MODE, SNAPSHOT_MARK, fsync_dir, write_atomic
 from pytest_dbsnap.errors import SnapshotUnusable, ToolError
 from pytest_dbsnap.postgres.base import PgTools
 
@@ -55,14 +54,29 @@ ZSTD_LEVEL = 1  # level 1 packs a data folder about 4:1 at several hundred MB/s;
 LEFT_OUT = frozenset({"postmaster.pid", "postmaster.opts", "dbsnap.secret", "pg_ident.conf"})
 EMPTIED = ("pg_stat_tmp", "pg_wal/archive_status")  # folders kept, their contents not
 _CHUNK = 1 << 20
+# A dump's cluster snapshots sit beside it as <name>.pgdata-<key>.tar.zst and .json.
+SNAPSHOT_MARK = ".pgdata-"
 _WAL_NAME = re.compile(r"^[0-9A-F]{24}$")
+
+
+class DumpFacts(Protocol):
+    """What a snapshot needs to know of its dump (the dump layer's DumpMeta has it): no import upward."""
+
+    @property
+    def name(self) -> str: ...
+    @property
+    def environment(self) -> str: ...
+    @property
+    def sha256(self) -> str: ...
+    @property
+    def template_key(self) -> str: ...
 
 
 @dataclass(frozen=True)
 class DumpRef:
     """The dump a local cluster may start from, or snapshot when it stops: its metadata and its file."""
 
-    meta: DumpMeta
+    meta: DumpFacts
     dump_path: Path
     # Set when the dump (and this machine's snapshot, if the remote had one) was pulled from the remote store
     # just before the cluster started: the session reports the pull, and a remote snapshot it could not use.

@@ -74,11 +74,13 @@ def watch_server(server: Server) -> Callable[[], None]:
     """Tell this process's reaper what to clean up should the process die: a local cluster of ours as a whole
     (the postmaster and its folder), else the temporary databases the process makes on the server. Returns the
     call that forgets it, for after a normal stop."""
+    from pytest_dbsnap.postgres.databases import drop_temporary_instruction
     from pytest_dbsnap.postgres.local import LocalCluster
+    from pytest_dbsnap.postgres.parking import cluster_instructions
 
     if isinstance(server, LocalCluster):
         folder = server.folder
         if folder is not None:
-            return reaper.watch(lambda watchdog: watchdog.watch_cluster(folder))
+            return reaper.watch(lambda watchdog: watchdog.register(*cluster_instructions(folder)))
     conninfo = server.conninfo()
-    return reaper.watch(lambda watchdog: watchdog.watch_databases(conninfo))
+    return reaper.watch(lambda watchdog: watchdog.register(drop_temporary_instruction(conninfo, watchdog.owner)))

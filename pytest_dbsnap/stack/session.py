@@ -10,7 +10,6 @@ from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 
 from pytest_dbsnap.config.settings import Settings
-from pytest_dbsnap.dumps import databases
 from pytest_dbsnap.dumps.fingerprint import compute_fingerprint
 from pytest_dbsnap.dumps.generate import generate_dump, migrate
 from pytest_dbsnap.dumps.meta import DumpMeta
@@ -25,6 +24,7 @@ from pytest_dbsnap.dumps.restore import (
 )
 from pytest_dbsnap.dumps.store import DumpStore
 from pytest_dbsnap.errors import DbsnapError, DumpCorrupt, DumpError
+from pytest_dbsnap.postgres import databases
 from pytest_dbsnap.postgres.base import PgTools, Server, find_pg_tools
 from pytest_dbsnap.postgres.local import LocalCluster
 from pytest_dbsnap.postgres.snapshot import DumpRef

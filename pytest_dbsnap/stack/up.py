@@ -15,8 +15,10 @@ from pathlib import Path
 from pytest_dbsnap.config.settings import Settings
 from pytest_dbsnap.core import reaper
 from pytest_dbsnap.errors import ServerError
+from pytest_dbsnap.postgres.account import runtime_base
 from pytest_dbsnap.postgres.base import find_pg_tools, wait_until_accepting
-from pytest_dbsnap.postgres.local import LocalCluster, runtime_base, stop_postmaster
+from pytest_dbsnap.postgres.local import LocalCluster
+from pytest_dbsnap.postgres.parking import cluster_instructions, stop_postmaster
 from pytest_dbsnap.stack.session import DatabaseOutcome, Progress, prepare_database, snapshot_source
 
 
@@ -81,7 +83,7 @@ def bring_up(settings: Settings, *, port: int | None = None, progress: Progress 
     folder = cluster.folder
     try:
         # Killed before the hand-over, the cluster is this command's: its reaper stops it.
-        with reaper.watched(lambda watchdog: watchdog.watch_cluster(folder)):
+        with reaper.watched(lambda watchdog: watchdog.register(*cluster_instructions(folder))):
             outcome: DatabaseOutcome = prepare_database(
                 cluster, settings, spare_in_background=False, **({"progress": progress} if progress else {})
             )

@@ -22,8 +22,8 @@ import pytest
 from filelock import FileLock, Timeout
 
 from pytest_dbsnap.core.reaper import process_start
-from pytest_dbsnap.dumps import databases
-from pytest_dbsnap.postgres.local import runtime_base
+from pytest_dbsnap.postgres import databases
+from pytest_dbsnap.postgres.account import runtime_base
 
 DRILL_VARIABLE = "DBSNAP_DRILL_ID"  # every process a drilled run starts inherits it, daemons included
 LEFTOVER_DEADLINE = 15.0  # the goal: nothing of a killed run alive 15 s after the kill

@@ -27,8 +27,8 @@ from drills import (
     write_project,
 )
 
-from pytest_dbsnap.dumps import databases
 from pytest_dbsnap.dumps.store import DumpStore
+from pytest_dbsnap.postgres import databases
 from pytest_dbsnap.postgres.base import find_pg_tools
 from pytest_dbsnap.postgres.local import LocalCluster
 

@@ -29,7 +29,7 @@ from drills import (
 )
 
 from pytest_dbsnap.dumps.store import DumpStore
-from pytest_dbsnap.postgres.local import free_port
+from pytest_dbsnap.postgres.base import free_port
 
 pytestmark = pytest.mark.faults
 

@@ -17,8 +17,8 @@ from pathlib import Path
 import pytest
 
 from pytest_dbsnap.errors import ToolError
+from pytest_dbsnap.postgres.account import runtime_base
 from pytest_dbsnap.postgres.base import find_pg_tools
-from pytest_dbsnap.postgres.local import runtime_base
 
 ROOT = Path(__file__).resolve().parents[2]
 SCRIPT = ROOT / "benchmarks" / "run.py"

@@ -25,8 +25,10 @@ import pytest
 from pytest_dbsnap.config.settings import Settings, load_settings
 from pytest_dbsnap.core.progress import Reporter
 from pytest_dbsnap.dumps.store import DumpStore
+from pytest_dbsnap.postgres.account import server_account
 from pytest_dbsnap.postgres.base import find_pg_tools
-from pytest_dbsnap.postgres.local import SECRET_FILE, LocalCluster, server_account, stop_postmaster
+from pytest_dbsnap.postgres.local import LocalCluster
+from pytest_dbsnap.postgres.parking import SECRET_FILE, stop_postmaster
 from pytest_dbsnap.postgres.snapshot import (
     LEFT_OUT,
     Snapshot,

@@ -16,8 +16,7 @@ from pathlib import Path
 
 import pytest
 
-from pytest_dbsnap.dumps import databases
-from pytest_dbsnap.postgres import copy_on_write
+from pytest_dbsnap.postgres import copy_on_write, databases
 from pytest_dbsnap.postgres.base import PgTools, find_pg_tools
 from pytest_dbsnap.postgres.binaries import Binaries, find_wheel
 from pytest_dbsnap.postgres.copy_on_write import has_copy_on_write

@@ -18,14 +18,15 @@ import pytest
 from psycopg import sql
 
 from pytest_dbsnap.config.settings import load_settings
-from pytest_dbsnap.dumps import databases
 from pytest_dbsnap.dumps.fingerprint import file_sha256
 from pytest_dbsnap.dumps.meta import DumpMeta
 from pytest_dbsnap.dumps.restore import count_rows, spare_name, template_name
 from pytest_dbsnap.dumps.store import DumpStore
+from pytest_dbsnap.postgres import databases
+from pytest_dbsnap.postgres.account import runtime_base
 from pytest_dbsnap.postgres.base import find_pg_tools
 from pytest_dbsnap.postgres.binaries import Binaries, find_wheel
-from pytest_dbsnap.postgres.local import LocalCluster, runtime_base
+from pytest_dbsnap.postgres.local import LocalCluster
 
 ENV = "dev"
 DBSNAP = Path(sys.executable).with_name("dbsnap")  # the console script users run

@@ -22,7 +22,6 @@ from psycopg import sql
 
 from pytest_dbsnap._version import __version__
 from pytest_dbsnap.config.settings import Settings, load_settings
-from pytest_dbsnap.dumps import databases
 from pytest_dbsnap.dumps.fingerprint import compute_fingerprint, file_sha256
 from pytest_dbsnap.dumps.generate import dump_name, generate_dump
 from pytest_dbsnap.dumps.importer import import_dump
@@ -47,6 +46,7 @@ from pytest_dbsnap.errors import (
     ServerError,
     ToolError,
 )
+from pytest_dbsnap.postgres import databases
 from pytest_dbsnap.postgres.base import Server
 from pytest_dbsnap.postgres.external import ExternalServer, connect_external
 from pytest_dbsnap.postgres.local import LocalCluster

@@ -25,10 +25,10 @@ from typing import Any
 import pytest
 
 from pytest_dbsnap.core.proc import RunAs, chown_tree, run
-from pytest_dbsnap.dumps import databases
 from pytest_dbsnap.dumps.importer import import_dump
 from pytest_dbsnap.dumps.meta import DumpMeta
 from pytest_dbsnap.dumps.store import DumpStore
+from pytest_dbsnap.postgres import databases
 from pytest_dbsnap.postgres.base import find_pg_tools
 from pytest_dbsnap.postgres.binaries import Binaries
 from pytest_dbsnap.postgres.local import LocalCluster

@@ -19,18 +19,15 @@ import psycopg
 import pytest
 
 from pytest_dbsnap.errors import ServerError, ToolError
-from pytest_dbsnap.postgres import local as local_module
+from pytest_dbsnap.postgres import account as account_module
+from pytest_dbsnap.postgres.account import DEDICATED_ACCOUNT, runtime_base, server_account
 from pytest_dbsnap.postgres.base import PgTools, find_pg_tools
-from pytest_dbsnap.postgres.local import (
+from pytest_dbsnap.postgres.local import PG_HBA, LocalCluster
+from pytest_dbsnap.postgres.parking import (
     CLUSTER_FORMAT,
-    DEDICATED_ACCOUNT,
-    PG_HBA,
     SECRET_FILE,
-    LocalCluster,
     evict_parked,
     remove_stale_clusters,
-    runtime_base,
-    server_account,
     stop_postmaster,
 )
 
@@ -443,7 +440,7 @@ def test_a_tmpdir_too_long_for_the_socket_falls_back_to_tmp_and_starts(
 
 
 def test_when_no_folder_is_short_enough_the_error_says_to_set_tmpdir(monkeypatch: pytest.MonkeyPatch) -> None:
-    monkeypatch.setattr(local_module, "SOCKET_PATH_MAX", 10)  # as if /tmp itself were too deep
+    monkeypatch.setattr(account_module, "SOCKET_PATH_MAX", 10)  # as if /tmp itself were too deep
     with pytest.raises(ServerError) as caught:
         runtime_base()
     message = str(caught.value)

@@ -9,8 +9,8 @@ from collections.abc import Iterator
 import psycopg
 import pytest
 
-from pytest_dbsnap.dumps import databases
 from pytest_dbsnap.dumps.restore import count_rows
+from pytest_dbsnap.postgres import databases
 from pytest_dbsnap.postgres.local import LocalCluster
 
 

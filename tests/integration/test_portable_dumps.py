@@ -19,10 +19,10 @@ import pytest
 from psycopg import sql
 
 from pytest_dbsnap.config.settings import load_settings
-from pytest_dbsnap.dumps import databases
 from pytest_dbsnap.dumps.generate import generate_dump
 from pytest_dbsnap.dumps.restore import count_rows, restore_dump, template_name
 from pytest_dbsnap.dumps.store import DumpStore
+from pytest_dbsnap.postgres import databases
 from pytest_dbsnap.postgres.base import find_pg_tools
 from pytest_dbsnap.postgres.binaries import Binaries
 from pytest_dbsnap.postgres.local import LocalCluster

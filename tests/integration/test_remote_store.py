@@ -31,7 +31,6 @@ import pytest
 from botocore.exceptions import ClientError
 
 from pytest_dbsnap.config.settings import Settings
-from pytest_dbsnap.dumps import databases
 from pytest_dbsnap.dumps.fingerprint import compute_fingerprint, file_sha256
 from pytest_dbsnap.dumps.generate import pg_dump_to
 from pytest_dbsnap.dumps.meta import DumpMeta
@@ -49,6 +48,7 @@ from pytest_dbsnap.errors import (
     RemoteError,
     RemoteUnreachable,
 )
+from pytest_dbsnap.postgres import databases
 from pytest_dbsnap.postgres.base import PgTools, find_pg_tools
 from pytest_dbsnap.postgres.binaries import Binaries
 from pytest_dbsnap.postgres.local import LocalCluster

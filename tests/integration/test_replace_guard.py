@@ -15,12 +15,12 @@ import pytest
 from psycopg import sql
 
 from pytest_dbsnap.config.settings import Settings, load_settings
-from pytest_dbsnap.dumps import databases
 from pytest_dbsnap.dumps.generate import generate_dump
 from pytest_dbsnap.dumps.meta import DumpMeta
 from pytest_dbsnap.dumps.restore import count_rows, prepare_spare, restore_dump, spare_name, template_name
 from pytest_dbsnap.dumps.store import DumpStore
 from pytest_dbsnap.errors import UnmanagedDatabase
+from pytest_dbsnap.postgres import databases
 from pytest_dbsnap.postgres.base import Server
 from pytest_dbsnap.postgres.external import ExternalServer, connect_external
 from pytest_dbsnap.postgres.local import LocalCluster

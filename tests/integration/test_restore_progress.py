@@ -10,9 +10,9 @@ from pathlib import Path
 import pytest
 
 from pytest_dbsnap.core.progress import Reporter
-from pytest_dbsnap.dumps import databases
 from pytest_dbsnap.dumps.restore import pg_restore_into, toc_entries
 from pytest_dbsnap.errors import ToolError
+from pytest_dbsnap.postgres import databases
 from pytest_dbsnap.postgres.local import LocalCluster
 
 TABLES = 24

@@ -16,6 +16,7 @@ from pathlib import Path
 import pytest
 
 from pytest_dbsnap.errors import ToolError
+from pytest_dbsnap.postgres.account import runtime_base
 from pytest_dbsnap.postgres.base import find_pg_tools
 from pytest_dbsnap.postgres.binaries import (
     WHEEL_PACKAGE,
@@ -26,7 +27,7 @@ from pytest_dbsnap.postgres.binaries import (
     copy_wheel,
     find_wheel,
 )
-from pytest_dbsnap.postgres.local import LocalCluster, runtime_base
+from pytest_dbsnap.postgres.local import LocalCluster
 
 SYSTEM_POSTGRES = ("/usr/lib/postgresql", "/usr/share/postgresql", "/usr/share/postgresql-common")
 

@@ -226,7 +226,7 @@ CREATE INDEX ON planets (name);
 def test_the_cli_shows_pg_restores_entries_and_verifys_bytes_on_a_terminal(
     project: Path, tmp_path_factory: pytest.TempPathFactory
 ) -> None:
-    from pytest_dbsnap.dumps import databases
+    from pytest_dbsnap.postgres import databases
     from pytest_dbsnap.postgres.base import find_pg_tools
     from pytest_dbsnap.postgres.local import LocalCluster
 

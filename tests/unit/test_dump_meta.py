@@ -13,10 +13,11 @@ from typing import Any
 import pytest
 
 from pytest_dbsnap.config.settings import Settings
+from pytest_dbsnap.core.files import write_atomic
 from pytest_dbsnap.dumps.fingerprint import compute_fingerprint, file_sha256
 from pytest_dbsnap.dumps.generate import dump_name
 from pytest_dbsnap.dumps.meta import FORMAT_VERSION, DumpMeta
-from pytest_dbsnap.dumps.store import DumpStore, write_atomic
+from pytest_dbsnap.dumps.store import DumpStore
 from pytest_dbsnap.errors import ConfigError, DumpCorrupt, DumpError, DumpNotFound
 
 SHA = "ab" * 32

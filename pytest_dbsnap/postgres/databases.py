@@ -13,12 +13,15 @@ import contextlib
 import os
 import re
 import secrets
+import sys
 import time
 from collections.abc import Iterator
 
 import psycopg
 from psycopg import sql
 
+from pytest_dbsnap.core.reaper import Instruction, run_command
+from pytest_dbsnap.core.redact import redact
 from pytest_dbsnap.errors import RestoreError
 
 STAGE_PREFIX = "dbsnap_stage_"
@@ -226,3 +229,29 @@ def rename_closed(conn: Connection, name: str, new_name: str) -> None:
     with conn.transaction():
         conn.execute(sql.SQL("ALTER DATABASE {} RENAME TO {}").format(sql.Identifier(name), sql.Identifier(new_name)))
         conn.execute(sql.SQL("ALTER DATABASE {} WITH ALLOW_CONNECTIONS false").format(sql.Identifier(new_name)))
+
+
+def drop_temporary_instruction(conninfo: str, owner: int) -> Instruction:
+    """What a reaper runs should `owner` die: this module as a program, the conninfo (with its password) on
+    stdin rather than in the command line that `ps` shows."""
+    argv = [sys.executable, "-m", "pytest_dbsnap.postgres.databases", str(owner)]
+    return run_command(argv, stdin=conninfo, timeout=30)
+
+
+def _drop_temporary_main(argv: list[str]) -> int:
+    """`python -m pytest_dbsnap.postgres.databases OWNER_PID` with the conninfo on stdin."""
+    owner = int(argv[0])
+    conninfo = sys.stdin.read().strip()
+    try:
+        with psycopg.connect(conninfo, autocommit=True, connect_timeout=5) as conn:
+            for name in temporary_names_of(conn, owner):
+                drop(conn, name)
+                print(f"dropped the temporary database {name}")
+    except psycopg.Error as exc:  # the server may be gone too; the next run drops what is left
+        print(f"could not drop temporary databases: {redact(str(exc)).strip()[:200]}", file=sys.stderr)
+        return 1
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(_drop_temporary_main(sys.argv[1:]))

@@ -1,0 +1,171 @@
+"""What outlives a session on purpose (a parked data folder, kept for the next session's rename) and what must
+not (the folder of a session killed with -9): telling them apart, stopping and removing the leftovers."""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import logging
+import os
+import shutil
+import time
+from pathlib import Path
+
+from pytest_dbsnap.core import reaper
+from pytest_dbsnap.core.proc import RunAs, run
+from pytest_dbsnap.core.reaper import Instruction
+from pytest_dbsnap.errors import ToolError
+from pytest_dbsnap.postgres.account import server_account
+from pytest_dbsnap.postgres.base import PgTools
+
+log = logging.getLogger(__name__)
+
+SECRET_FILE = "dbsnap.secret"  # noqa: S105 - a file name; inside the data folder so it is parked with it
+
+
+def read_secret(data_dir: Path) -> str | None:
+    try:
+        return (data_dir / SECRET_FILE).read_text().strip() or None
+    except OSError:
+        return None
+
+
+# Bumped when the on-disk layout or its security changes: older pristine copies are removed, not reused.
+CLUSTER_FORMAT = 2
+
+
+def is_current_format(data_dir: Path) -> bool:
+    """A data folder made by this version: no trust authentication (older versions trusted every local user)."""
+    try:
+        hba = (data_dir / "pg_hba.conf").read_text()
+    except OSError:
+        return False
+    lines = [line.split("#", 1)[0].split() for line in hba.splitlines()]
+    return f"(format {CLUSTER_FORMAT})" in hba and not any("trust" in words for words in lines)
+
+
+def process_start(pid: int) -> str | None:
+    """The kernel's start time of a process, so that a reused pid is not mistaken for the owner."""
+    try:
+        return Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[19]
+    except (OSError, IndexError):
+        return None
+
+
+def _exited(pid: int) -> bool:
+    """A zombie has exited; it only waits to be reaped, which a container's PID 1 may never do."""
+    try:
+        return Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0] == "Z"
+    except (OSError, IndexError):
+        return False
+
+
+def _alive(pid: int, started: str | None) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        pass
+    if _exited(pid):
+        return False
+    return started is None or process_start(pid) in (None, started)
+
+
+def cluster_instructions(folder: Path) -> tuple[Instruction, Instruction]:
+    """What a reaper does with a cluster of ours should its owner die: the postmaster (named by its pid file,
+    checked by its data folder argument) gets an immediate shutdown, then the folder goes."""
+    data = folder / "data"
+    return reaper.signal_pidfile(data / "postmaster.pid", expect=str(data)), reaper.remove(folder)
+
+
+def stop_postmaster(tools: PgTools, data_dir: Path, account: RunAs | None) -> bool:
+    """Stop the postmaster of one data folder (found by its postmaster.pid, never by name).
+
+    True when it shut down cleanly (a fast shutdown, or it was not running), so the folder may be reused.
+    """
+    if not (data_dir / "postmaster.pid").exists():
+        return True
+    for mode in ("fast", "immediate"):
+        try:
+            run(
+                [tools.path("pg_ctl"), "stop", "-D", str(data_dir), "-m", mode, "-w", "-t", "30"],
+                what=f"pg_ctl stop -m {mode}",
+                run_as=account,
+                cwd="/",
+                timeout=40,
+            )
+            return mode == "fast"
+        except ToolError as exc:
+            log.warning("stopping PostgreSQL in %s (%s) failed: %s", data_dir, mode, exc)
+    return False
+
+
+def remove_outdated_pristines(cache_dir: Path) -> None:
+    """Pristine copies of older versions trusted every local user: removed, so nothing starts from them."""
+    for old in cache_dir.glob("pristine-*"):
+        if old.is_dir() and not old.name.startswith(f"pristine-v{CLUSTER_FORMAT}-"):
+            shutil.rmtree(old, ignore_errors=True)
+
+
+WARM_MAX_AGE = 7 * 24 * 3600  # a parked folder unused for a week is evicted: it only takes disk space
+
+
+def owner_file(slot: Path) -> Path:
+    return slot.with_name(f"{slot.name}.owner.json")
+
+
+def evict_parked(base: Path, now: float | None = None) -> list[Path]:
+    """Parked folders of projects that are gone (deleted checkouts, temporary test projects), unused for a week,
+    or made by an older version (trust authentication). One that a session takes at this moment is renamed
+    away first, so it is never removed under it."""
+    now = time.time() if now is None else now
+    evicted: list[Path] = []
+    for slot in base.glob("warm-*"):
+        if not slot.is_dir():
+            continue
+        try:
+            owner = json.loads(owner_file(slot).read_text())
+            root, parked_at = owner.get("project_root"), float(owner["parked_at"])
+        except (OSError, ValueError, KeyError, TypeError):
+            root, parked_at = None, slot.stat().st_mtime
+        outdated = not is_current_format(slot)
+        if (root is not None and not Path(root).is_dir()) or now - parked_at > WARM_MAX_AGE or outdated:
+            trash = base / f".trash-evict-{os.getpid()}-{slot.name}"
+            try:
+                os.rename(slot, trash)  # atomic: a session claiming it at the same time wins or loses cleanly
+            except OSError:
+                continue
+            shutil.rmtree(trash, ignore_errors=True)
+            owner_file(slot).unlink(missing_ok=True)
+            evicted.append(slot)
+    return evicted
+
+
+def remove_stale_clusters(base: Path, tools: PgTools) -> list[Path]:
+    """Stop and remove clusters whose owning process is gone (a session killed with -9)."""
+    removed: list[Path] = []
+    account = server_account()
+    for folder in base.glob("cluster-*"):
+        try:
+            owner = json.loads((folder / "owner.json").read_text())
+            if owner.get("up") and Path(str(owner.get("project_root"))).is_dir():
+                continue  # kept running by `dbsnap up` until `dbsnap down` (or its project is gone)
+            pid, started = int(owner["pid"]), owner.get("started")
+        except (OSError, ValueError, KeyError, TypeError):
+            # A folder without a readable owner file is only stale once it is old (it may be starting now).
+            if time.time() - folder.stat().st_mtime < 60:
+                continue
+            pid, started = -1, None
+        if pid > 0 and _alive(pid, started):
+            continue
+        stop_postmaster(tools, folder / "data", account)
+        shutil.rmtree(folder, ignore_errors=True)
+        removed.append(folder)
+    evict_parked(base)
+    # Half-done initdb, parking or trash folders of killed processes (old enough not to be in use).
+    for scratch in [*base.glob("initdb-*"), *base.glob(".parking-*"), *base.glob(".trash-*")]:
+        with contextlib.suppress(OSError):
+            if time.time() - scratch.stat().st_mtime > 600:
+                shutil.rmtree(scratch, ignore_errors=True)
+    return removed
