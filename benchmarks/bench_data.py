@@ -14,7 +14,8 @@ from typing import Any
 import psycopg
 from psycopg import sql
 
-from pytest_dbsnap.config.settings import Settings, load_settings
+from pytest_dbsnap.config.loading import load_settings
+from pytest_dbsnap.config.settings import Settings
 from pytest_dbsnap.core.proc import run_app_command
 from pytest_dbsnap.dumps.generate import app_env, migrate, store_dump
 from pytest_dbsnap.dumps.meta import DumpMeta

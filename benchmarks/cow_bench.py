@@ -36,7 +36,7 @@ from pathlib import Path
 
 import bench_data
 
-from pytest_dbsnap.config.settings import load_settings
+from pytest_dbsnap.config.loading import load_settings
 from pytest_dbsnap.dumps.meta import DumpMeta
 from pytest_dbsnap.dumps.restore import count_rows, prepare_spare, restore_dump, template_name
 from pytest_dbsnap.dumps.store import DumpStore

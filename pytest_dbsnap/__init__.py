@@ -34,9 +34,9 @@ if TYPE_CHECKING:
     from pytest_dbsnap.config.settings import ServiceSettings, Settings
     from pytest_dbsnap.dumps.meta import DumpMeta
     from pytest_dbsnap.dumps.restore import count_rows
-    from pytest_dbsnap.plugin import RunningService
     from pytest_dbsnap.postgres.base import PgTools, Server, find_pg_tools
     from pytest_dbsnap.stack.browser import RenderedPage, describe_violations
+    from pytest_dbsnap.stack.services import RunningService
     from pytest_dbsnap.stack.session import DatabaseOutcome, verify_restored_dump
 
 from pytest_dbsnap._version import __version__
@@ -46,7 +46,7 @@ _LAZY = {
     "describe_violations": "pytest_dbsnap.stack.browser",
     "DumpMeta": "pytest_dbsnap.dumps.meta",
     "count_rows": "pytest_dbsnap.dumps.restore",
-    "RunningService": "pytest_dbsnap.plugin",
+    "RunningService": "pytest_dbsnap.stack.services",
     "PgTools": "pytest_dbsnap.postgres.base",
     "Server": "pytest_dbsnap.postgres.base",
     "find_pg_tools": "pytest_dbsnap.postgres.base",

@@ -432,7 +432,11 @@ def clean_up(instructions: list[Instruction], log: _Log) -> None:
         _signal_group(int(entry["pgid"]), sig)
     for pid, grace in marked.items():
         _signal(pid, signal.SIGTERM if grace else signal.SIGKILL)
-    by_pidfile = {pid: e for e in of_kind.get("pidfile", []) if (pid := _pid_from_file(e)) is not None}
+    by_pidfile: dict[int, Instruction] = {}
+    for entry in of_kind.get("pidfile", []):
+        server_pid = _pid_from_file(entry)
+        if server_pid is not None:
+            by_pidfile[server_pid] = entry
     for pid, entry in by_pidfile.items():
         log(f"sending SIGQUIT to pid {pid} (of {entry['path']})")
         _signal(pid, signal.SIGQUIT)

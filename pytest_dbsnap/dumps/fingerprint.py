@@ -8,8 +8,9 @@ import json
 import re
 import shlex
 from pathlib import Path
+from typing import Protocol
 
-from pytest_dbsnap.config.settings import Settings
+from pytest_dbsnap.config.placeholders import Command
 
 _SKIP_PARTS = {"__pycache__", ".git", "node_modules", ".venv"}
 _SKIP_SUFFIXES = {".pyc", ".pyo"}
@@ -59,7 +60,24 @@ def package_sha256(name: str) -> str:
     return hashlib.sha256(f"{_canonical(name)}\0{package_version(name)}".encode()).hexdigest()
 
 
-def compute_fingerprint(settings: Settings) -> tuple[str, dict[str, str]]:
+class FingerprintInputs(Protocol):
+    """What shapes a dump's data (Settings has it): the files and packages to hash, the commands and the query."""
+
+    @property
+    def project_root(self) -> Path: ...
+    @property
+    def fingerprint_inputs(self) -> tuple[str, ...]: ...
+    @property
+    def fingerprint_packages(self) -> tuple[str, ...]: ...
+    @property
+    def migrate_command(self) -> Command | None: ...
+    @property
+    def seed_command(self) -> Command | None: ...
+    @property
+    def schema_version_query(self) -> str | None: ...
+
+
+def compute_fingerprint(settings: FingerprintInputs) -> tuple[str, dict[str, str]]:
     """(fingerprint, {input: sha256}) over the configured globs, the listed packages' versions and the
     seed-shaping settings."""
     root = settings.project_root

@@ -8,17 +8,17 @@ import json
 import os
 import subprocess
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
+from typing import Protocol
 
 from pytest_dbsnap._version import __version__
 from pytest_dbsnap.config.placeholders import command_argv, database_values, fill_env
-from pytest_dbsnap.config.settings import Settings
 from pytest_dbsnap.core import reaper
 from pytest_dbsnap.core.proc import run, run_app_command, tail
 from pytest_dbsnap.core.reaper import child_setup
 from pytest_dbsnap.core.redact import redact
-from pytest_dbsnap.dumps.fingerprint import compute_fingerprint
+from pytest_dbsnap.dumps.fingerprint import FingerprintInputs, compute_fingerprint
 from pytest_dbsnap.dumps.meta import DumpMeta
 from pytest_dbsnap.dumps.restore import count_rows, template_name
 from pytest_dbsnap.dumps.store import DumpStore
@@ -85,7 +85,19 @@ def schema_version_of(rows: Sequence[Sequence[object]]) -> str | None:
     return f"sha256:{digest.hexdigest()[:16]} ({len(rows)} rows)"
 
 
-def app_env(server: Server, database: str, settings: Settings | None = None) -> dict[str, str]:
+class AppCommands(FingerprintInputs, Protocol):
+    """What seeding a database needs to know (Settings has it): the app's commands, their environment table,
+    where their logs go and the database name the dump records."""
+
+    @property
+    def app_env(self) -> Mapping[str, str]: ...
+    @property
+    def logs_dir(self) -> Path: ...
+    @property
+    def database(self) -> str: ...
+
+
+def app_env(server: Server, database: str, settings: AppCommands | None = None) -> dict[str, str]:
     """The environment the app's own commands get: ours, the [tool.dbsnap.env] table, and DATABASE_URL of the
     database to work on (which must win: during generation it is a scratch database)."""
     env = dict(os.environ)
@@ -98,7 +110,7 @@ def database_placeholders(server: Server, database: str) -> dict[str, str]:
     return database_values(server.params, server.dsn(database), database)
 
 
-def run_configured(server: Server, settings: Settings, database: str, key: str, log_name: str) -> None:
+def run_configured(server: Server, settings: AppCommands, database: str, key: str, log_name: str) -> None:
     """Run migrate_command or seed_command on `database`, its placeholders filled for that database."""
     command = getattr(settings, key)
     run_app_command(
@@ -110,7 +122,7 @@ def run_configured(server: Server, settings: Settings, database: str, key: str, 
     )
 
 
-def migrate(server: Server, settings: Settings, database: str) -> None:
+def migrate(server: Server, settings: AppCommands, database: str) -> None:
     if settings.migrate_command:
         run_configured(server, settings, database, "migrate_command", "migrate.log")
 
@@ -157,7 +169,7 @@ def pg_dump_to(server: Server, database: str, destination: Path) -> tuple[str, i
 
 def store_dump(
     server: Server,
-    settings: Settings,
+    settings: AppCommands,
     store: DumpStore,
     env: str,
     database: str,
@@ -203,7 +215,7 @@ def store_dump(
 
 def generate_dump(
     server: Server,
-    settings: Settings,
+    settings: AppCommands,
     store: DumpStore,
     env: str,
     *,

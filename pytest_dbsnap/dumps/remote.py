@@ -16,15 +16,12 @@ import contextlib
 import json
 import os
 import secrets
-import sys
-import threading
 import time
 from collections.abc import Callable, Iterator
-from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from pytest_dbsnap.config.settings import Settings, split_s3_url
+from pytest_dbsnap.config.parsers import split_s3_url
 from pytest_dbsnap.core import progress
 from pytest_dbsnap.core.files import FILE_MODE, write_atomic
 from pytest_dbsnap.core.redact import redact
@@ -32,6 +29,7 @@ from pytest_dbsnap.dumps.fingerprint import file_sha256
 from pytest_dbsnap.dumps.meta import DumpMeta
 from pytest_dbsnap.dumps.restore import check_readable, describe_dump, verify_file
 from pytest_dbsnap.dumps.store import DUMP_SUFFIX, LATEST, META_SUFFIX, SAFE_NAME, DumpStore
+from pytest_dbsnap.dumps.transfer import Meter, Percent, Transfer, interactive
 from pytest_dbsnap.errors import (
     ConfigError,
     DbsnapError,
@@ -69,11 +67,6 @@ _REJECTED_CREDENTIALS = {
 _DENIED = {"AccessDenied", "AllAccessDisabled", "AccountProblem", "Forbidden", "403"} | _REJECTED_CREDENTIALS
 
 
-def interactive() -> bool:
-    """Progress is for people at a terminal; CI logs and captured output stay quiet."""
-    return sys.stderr.isatty() and not os.environ.get("CI")
-
-
 def _boto3() -> Any:
     try:
         import boto3
@@ -84,51 +77,6 @@ def _boto3() -> Any:
             "remote / DBSNAP_REMOTE to work with the local dump store only."
         ) from exc
     return boto3
-
-
-@dataclass(frozen=True)
-class Transfer:
-    """What a push or pull did: `moved` is False when the other side already had the same dump."""
-
-    meta: DumpMeta
-    moved: bool
-    seconds: float
-    snapshots: tuple[str, ...] = ()  # cluster snapshots of the dump that moved with it (archive names)
-
-
-class _Percent:
-    """Whole percents on one stderr line; s3transfer calls this from several threads at once."""
-
-    def __init__(self, label: str, total: int) -> None:
-        self.label = label
-        self.total = total
-        self.done = 0
-        self.shown = -1
-        self.lock = threading.Lock()
-
-    def __call__(self, amount: int) -> None:
-        with self.lock:
-            self.done += amount
-            percent = min(100, self.done * 100 // self.total) if self.total else 100
-            if percent != self.shown:
-                self.shown = percent
-                end = "\n" if percent == 100 else ""
-                print(f"\rdbsnap: {self.label}: {percent:3d}%", end=end, file=sys.stderr, flush=True)
-
-
-class _Meter:
-    """Bytes moved, as the bar of the step in progress; s3transfer calls this from several threads at once."""
-
-    def __init__(self, total: int) -> None:
-        self.total = total
-        self.done = 0
-        self.count = progress.meter()
-        self.lock = threading.Lock()
-
-    def __call__(self, amount: int) -> None:
-        with self.lock:
-            self.done += amount
-            self.count(self.done, self.total)
 
 
 class RemoteStore:
@@ -161,14 +109,15 @@ class RemoteStore:
         self._credential_source = "boto3's default chain"
 
     @classmethod
-    def from_settings(cls, settings: Settings) -> RemoteStore:
-        if not settings.remote:
+    def configured(cls, remote: str | None, endpoint_url: str | None) -> RemoteStore:
+        """The store named by the `remote` setting, or one paragraph saying how to name one."""
+        if not remote:
             raise ConfigError(
                 'No remote dump store is configured. Set remote = "s3://BUCKET/PREFIX" in [tool.dbsnap] of '
                 "pyproject.toml or DBSNAP_REMOTE (and remote_endpoint_url / DBSNAP_REMOTE_ENDPOINT_URL for an "
                 "S3-compatible store other than AWS)."
             )
-        return cls(settings.remote, settings.remote_endpoint_url)
+        return cls(remote, endpoint_url)
 
     # --- names --------------------------------------------------------------------------------------------
 
@@ -312,9 +261,9 @@ class RemoteStore:
     def _callback(self, label: str, total: int, on_transfer: OnTransfer | None) -> OnTransfer | None:
         sinks: list[OnTransfer] = []
         if progress.active():  # the step's live line shows the transfer as its bar (and CI its duration)
-            sinks.append(_Meter(total))
+            sinks.append(Meter(total))
         elif self.show_progress:
-            sinks.append(_Percent(label, total))
+            sinks.append(Percent(label, total))
         if on_transfer is not None:
             sinks.append(on_transfer)
         if not sinks:

@@ -9,15 +9,18 @@ import json
 from collections.abc import Generator
 from dataclasses import dataclass
 from types import ModuleType
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import pytest
 
 from pytest_dbsnap.config.settings import ServiceSettings, Settings
 from pytest_dbsnap.errors import BrowserUnavailable, RenderError
-from pytest_dbsnap.plugin import RunningService, _fail
+from pytest_dbsnap.plugin.fixtures import fail_setup
 from pytest_dbsnap.plugin.report import progress_reporter
 from pytest_dbsnap.stack.browser import RenderedPage, browser_at_hand, describe_violations, render_page, set_aside
+
+if TYPE_CHECKING:
+    from pytest_dbsnap.stack.services import RunningService
 
 FIXTURE = "frontend_page"
 DEFAULT_TIMEOUT = 15.0
@@ -58,7 +61,7 @@ def frontend_page(pytestconfig: pytest.Config, dbsnap_settings: Settings, fronte
         browser_at_hand(options.browser_path)  # before the step: a missing browser is no failed render
     except BrowserUnavailable as exc:
         if options.browser == "required":
-            _fail(
+            fail_setup(
                 'the browser checks are required (browser = "required" in [tool.dbsnap.frontend]) but cannot run', exc
             )
         pytest.skip(f"no browser for the frontend page checks: {exc}")
@@ -75,7 +78,7 @@ def frontend_page(pytestconfig: pytest.Config, dbsnap_settings: Settings, fronte
     except BrowserUnavailable as exc:  # Chromium itself would not start
         progress.end(failed=True)
         if options.browser == "required":
-            _fail(
+            fail_setup(
                 'the browser checks are required (browser = "required" in [tool.dbsnap.frontend]) but cannot run', exc
             )
         pytest.skip(f"no browser for the frontend page checks: {exc}")
@@ -83,7 +86,7 @@ def frontend_page(pytestconfig: pytest.Config, dbsnap_settings: Settings, fronte
         progress.end(failed=True)
         screenshots = _screenshots(exc.first_screen, exc.screenshot)
         pytestconfig.stash[EVIDENCE_KEY] = PageEvidence(exc.url, screenshots, exc.console_errors, None)
-        _fail("the frontend page did not render", exc)
+        fail_setup("the frontend page did not render", exc)
     finally:
         progress.end()
     page = set_aside(page, options.allowed_console_errors, options.ignored_axe_rules)

@@ -25,9 +25,9 @@ from pytest_dbsnap.core.redact import redact
 from pytest_dbsnap.errors import DbsnapError, ToolError
 
 if TYPE_CHECKING:
-    from pytest_dbsnap.plugin import RunningService
     from pytest_dbsnap.postgres import Server
     from pytest_dbsnap.stack.browser import RenderedPage
+    from pytest_dbsnap.stack.services import RunningService
     from pytest_dbsnap.stack.session import DatabaseOutcome
 
 ROOT = "dbsnap"

@@ -128,7 +128,7 @@ def _dbsnap_django_private(
     if not _is_transactional(request):
         yield None
         return
-    from pytest_dbsnap.plugin import clone_for_test
+    from pytest_dbsnap.plugin.fixtures import clone_for_test
 
     with contextlib.ExitStack() as stack:
         name = clone_for_test(

@@ -10,17 +10,16 @@ from pytest_dbsnap.config.settings import Settings
 from pytest_dbsnap.core.progress import Reporter
 from pytest_dbsnap.core.reaper import Reaper
 from pytest_dbsnap.plugin.smoke import PHASES_KEY
-from pytest_dbsnap.postgres import Server
-from pytest_dbsnap.stack.servers import choose_provider
-from pytest_dbsnap.stack.session import DatabaseOutcome
 
 if TYPE_CHECKING:
+    from pytest_dbsnap.postgres.base import Server  # noqa: F401 - named in a StashKey below
     from pytest_dbsnap.stack.services import Service
+    from pytest_dbsnap.stack.session import DatabaseOutcome  # noqa: F401 - named in a StashKey below
 
 SETTINGS_KEY = pytest.StashKey[Settings]()
 PROVIDER_KEY = pytest.StashKey[tuple[str, str]]()
-OUTCOME_KEY = pytest.StashKey[DatabaseOutcome]()
-SERVER_KEY = pytest.StashKey[Server]()
+OUTCOME_KEY = pytest.StashKey["DatabaseOutcome"]()
+SERVER_KEY = pytest.StashKey["Server"]()
 SERVICES_KEY = pytest.StashKey[dict[str, "Service"]]()
 REAPER_KEY = pytest.StashKey[Reaper]()
 PROGRESS_KEY = pytest.StashKey[Reporter]()  # the slow steps: live line, CI lines, durations
@@ -45,6 +44,8 @@ WORKER_DATABASES_KEY = pytest.StashKey[list[str]]()
 def provider_choice(config: pytest.Config) -> tuple[str, str]:
     """The provider and why, decided once per session (it may ask whether a Docker engine answers)."""
     if PROVIDER_KEY not in config.stash:
+        from pytest_dbsnap.stack.servers import choose_provider
+
         config.stash[PROVIDER_KEY] = choose_provider(config.stash[SETTINGS_KEY])
     return config.stash[PROVIDER_KEY]
 

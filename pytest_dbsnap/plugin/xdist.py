@@ -7,7 +7,7 @@ import dataclasses
 import json
 from collections.abc import Callable
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import pytest
 
@@ -23,8 +23,9 @@ from pytest_dbsnap.plugin.stash import (
     provider_choice,
     worker_id,
 )
-from pytest_dbsnap.postgres import Server
-from pytest_dbsnap.stack.servers import start_server, watch_server
+
+if TYPE_CHECKING:
+    from pytest_dbsnap.postgres.base import Server
 
 SMOKE_GROUP = "dbsnap-smoke"
 FORGET_SERVER_KEY = pytest.StashKey[Callable[[], None]]()  # the controller's server, given back to its reaper
@@ -86,6 +87,8 @@ def pytest_sessionstart(session: pytest.Session) -> None:
     config = session.config
     if not _is_controller(config):
         return
+    from pytest_dbsnap.stack.servers import start_server, watch_server
+
     try:
         server = start_server(config.stash[SETTINGS_KEY], provider_choice(config)[0])
     except DbsnapError as exc:

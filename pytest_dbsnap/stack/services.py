@@ -15,6 +15,7 @@ import socket
 import subprocess
 import time
 from collections.abc import Callable, Mapping
+from dataclasses import dataclass
 from datetime import datetime
 from http.client import HTTPConnection, HTTPException
 from pathlib import Path
@@ -478,3 +479,14 @@ def _end_process_group(pgid: int, leader: subprocess.Popen[Any] | None, grace: f
     _signal_group(pgid, signal.SIGKILL)
     if not _wait_group_gone(pgid, leader, _KILL_WAIT):
         log.warning("process group %d still has processes %s after SIGKILL", pgid, group_members(pgid))
+
+
+@dataclass(frozen=True)
+class RunningService:
+    """What a test gets of a started service: its URL, an HTTP client bound to it, and its log."""
+
+    name: str
+    url: str
+    client: httpx.Client
+    log_path: Path
+    service: Service

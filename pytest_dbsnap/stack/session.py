@@ -153,7 +153,7 @@ def pull_for_session(
     normal and says nothing; one that cannot be pulled (damaged, unreachable) is a warning, and the dump is
     restored instead. `tools` (the local pg_restore) refuses a dump it could not read before it is downloaded."""
     started = time.monotonic()
-    remote = RemoteStore.from_settings(settings)
+    remote = RemoteStore.configured(settings.remote, settings.remote_endpoint_url)
     fingerprint, _inputs = compute_fingerprint(settings)
     fetched = remote.pull_matching(store, settings.env, fingerprint, tools=tools)
     if fetched is None:
@@ -202,7 +202,7 @@ def push_snapshot_later(settings: Settings, meta: DumpMeta) -> Callable[[], tupl
     critical path of every such session."""
 
     def push() -> tuple[str, ...]:
-        return RemoteStore.from_settings(settings).push_snapshots(
+        return RemoteStore.configured(settings.remote, settings.remote_endpoint_url).push_snapshots(
             DumpStore(settings.dumps_dir), meta.environment, meta.name
         )
 
@@ -305,7 +305,7 @@ def prepare_database(
     if settings.push_dump and not pulled:
         # After the restore, so that only a dump that restores is shared; pushing an existing one is a no-op.
         progress(f"pushing {settings.env}/{meta.name} to {settings.remote}")
-        RemoteStore.from_settings(settings).push(store, settings.env, meta.name)
+        RemoteStore.configured(settings.remote, settings.remote_endpoint_url).push(store, settings.env, meta.name)
         pushed = True
         if snapshot_ref is not None and isinstance(server, LocalCluster):
             # The snapshot needs the cluster stopped, so it is written at teardown, after the tests; it follows

@@ -22,7 +22,7 @@ from pathlib import Path
 import pytest
 import yaml
 
-from pytest_dbsnap.config.settings import load_settings
+from pytest_dbsnap.config.loading import load_settings
 from pytest_dbsnap.dumps.meta import DumpMeta
 from pytest_dbsnap.dumps.restore import count_rows
 from pytest_dbsnap.dumps.store import DumpStore

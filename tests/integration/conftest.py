@@ -9,7 +9,7 @@ from pathlib import Path
 
 import pytest
 
-from pytest_dbsnap.config.settings import load_settings
+from pytest_dbsnap.config.loading import load_settings
 from pytest_dbsnap.dumps.generate import generate_dump
 from pytest_dbsnap.dumps.meta import DumpMeta
 from pytest_dbsnap.dumps.store import DumpStore

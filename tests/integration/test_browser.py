@@ -72,7 +72,7 @@ from pathlib import Path
 import httpx
 import pytest
 
-from pytest_dbsnap.plugin import RunningService
+from pytest_dbsnap.stack.services import RunningService
 
 
 @pytest.fixture(scope="session")

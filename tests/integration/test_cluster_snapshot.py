@@ -22,7 +22,8 @@ from pathlib import Path
 import psycopg
 import pytest
 
-from pytest_dbsnap.config.settings import Settings, load_settings
+from pytest_dbsnap.config.loading import load_settings
+from pytest_dbsnap.config.settings import Settings
 from pytest_dbsnap.core.progress import Reporter
 from pytest_dbsnap.dumps.store import DumpStore
 from pytest_dbsnap.postgres.account import server_account
@@ -312,7 +313,7 @@ from pathlib import Path
 from pytest_dbsnap.postgres.base import find_pg_tools
 from pytest_dbsnap.postgres.local import LocalCluster
 from pytest_dbsnap.stack.session import prepare_database, snapshot_source
-from pytest_dbsnap.config.settings import load_settings
+from pytest_dbsnap.config.loading import load_settings
 
 root = Path(sys.argv[1])
 settings = load_settings(project_root=root, pyproject=root / "pyproject.toml", environ={})

@@ -11,7 +11,7 @@ from pathlib import Path
 
 import pytest
 
-from pytest_dbsnap.config.settings import load_settings
+from pytest_dbsnap.config.loading import load_settings
 from pytest_dbsnap.errors import ConfigError, ServerError
 from pytest_dbsnap.postgres import compose
 from pytest_dbsnap.postgres.compose import compose_commands, docker_engine_answers, find_compose_command, start_compose

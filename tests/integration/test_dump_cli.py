@@ -17,7 +17,7 @@ from pathlib import Path
 import pytest
 from psycopg import sql
 
-from pytest_dbsnap.config.settings import load_settings
+from pytest_dbsnap.config.loading import load_settings
 from pytest_dbsnap.dumps.fingerprint import file_sha256
 from pytest_dbsnap.dumps.meta import DumpMeta
 from pytest_dbsnap.dumps.restore import count_rows, spare_name, template_name

@@ -21,7 +21,8 @@ import pytest
 from psycopg import sql
 
 from pytest_dbsnap._version import __version__
-from pytest_dbsnap.config.settings import Settings, load_settings
+from pytest_dbsnap.config.loading import load_settings
+from pytest_dbsnap.config.settings import Settings
 from pytest_dbsnap.dumps.fingerprint import compute_fingerprint, file_sha256
 from pytest_dbsnap.dumps.generate import dump_name, generate_dump
 from pytest_dbsnap.dumps.importer import import_dump

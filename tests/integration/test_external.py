@@ -10,7 +10,7 @@ from pathlib import Path
 
 import pytest
 
-from pytest_dbsnap.config.settings import load_settings
+from pytest_dbsnap.config.loading import load_settings
 from pytest_dbsnap.errors import ConfigError, ServerError
 from pytest_dbsnap.postgres.base import PgTools, find_pg_tools
 from pytest_dbsnap.postgres.external import ExternalServer, connect_external, non_local_hosts, parse_dsn

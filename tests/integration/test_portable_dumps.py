@@ -18,7 +18,7 @@ from typing import Any
 import pytest
 from psycopg import sql
 
-from pytest_dbsnap.config.settings import load_settings
+from pytest_dbsnap.config.loading import load_settings
 from pytest_dbsnap.dumps.generate import generate_dump
 from pytest_dbsnap.dumps.restore import count_rows, restore_dump, template_name
 from pytest_dbsnap.dumps.store import DumpStore

@@ -14,7 +14,8 @@ from pathlib import Path
 import pytest
 from psycopg import sql
 
-from pytest_dbsnap.config.settings import Settings, load_settings
+from pytest_dbsnap.config.loading import load_settings
+from pytest_dbsnap.config.settings import Settings
 from pytest_dbsnap.dumps.generate import generate_dump
 from pytest_dbsnap.dumps.meta import DumpMeta
 from pytest_dbsnap.dumps.restore import count_rows, prepare_spare, restore_dump, spare_name, template_name

@@ -13,7 +13,7 @@ from pathlib import Path
 
 import pytest
 
-from pytest_dbsnap.config.settings import load_settings
+from pytest_dbsnap.config.loading import load_settings
 from pytest_dbsnap.postgres.base import find_pg_tools
 from pytest_dbsnap.postgres.local import LocalCluster
 

@@ -7,7 +7,8 @@ from pathlib import Path
 
 import pytest
 
-from pytest_dbsnap.config.settings import Settings, load_settings
+from pytest_dbsnap.config.loading import load_settings
+from pytest_dbsnap.config.settings import Settings
 from pytest_dbsnap.errors import BrowserUnavailable, ConfigError
 from pytest_dbsnap.plugin.browser import summary_line
 from pytest_dbsnap.stack.browser import RenderedPage, Violation, describe_violations, render_page, set_aside

@@ -8,7 +8,7 @@ from pathlib import Path
 import pytest
 
 from pytest_dbsnap.config.checks import BUILTIN_IDS, parse_checks
-from pytest_dbsnap.config.settings import load_settings
+from pytest_dbsnap.config.loading import load_settings
 from pytest_dbsnap.errors import ConfigError
 
 

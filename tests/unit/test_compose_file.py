@@ -16,7 +16,8 @@ from typing import Any
 import pytest
 import yaml
 
-from pytest_dbsnap.config.settings import Settings, load_settings
+from pytest_dbsnap.config.loading import load_settings
+from pytest_dbsnap.config.settings import Settings
 from pytest_dbsnap.postgres.compose import CONTAINER_PORT, compose_commands
 
 REPO = Path(__file__).resolve().parents[2]

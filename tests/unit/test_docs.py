@@ -7,7 +7,7 @@ from pathlib import Path
 import pytest
 
 from pytest_dbsnap.cli import COMMANDS
-from pytest_dbsnap.config.settings import OPTIONS, Option
+from pytest_dbsnap.config.options import OPTIONS, Option
 
 ROOT = Path(__file__).resolve().parents[2]
 README = (ROOT / "README.md").read_text()

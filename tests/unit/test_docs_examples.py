@@ -8,7 +8,7 @@ from pathlib import Path
 
 import pytest
 
-from pytest_dbsnap.config.settings import load_settings
+from pytest_dbsnap.config.loading import load_settings
 
 README = (Path(__file__).resolve().parents[2] / "README.md").read_text()
 SECTION = README.split("## Your app in five minutes", 1)[1].split("\n## ", 1)[0]

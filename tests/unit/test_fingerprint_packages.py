@@ -12,7 +12,8 @@ from pathlib import Path
 
 import pytest
 
-from pytest_dbsnap.config.settings import Settings, load_settings
+from pytest_dbsnap.config.loading import load_settings
+from pytest_dbsnap.config.settings import Settings
 from pytest_dbsnap.dumps.fingerprint import NOT_INSTALLED, compute_fingerprint, package_version
 from pytest_dbsnap.dumps.meta import DumpMeta
 from pytest_dbsnap.stack.session import staleness

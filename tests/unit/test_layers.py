@@ -113,6 +113,17 @@ def test_only_the_plugin_imports_pytest() -> None:
     assert not offenders, f"pytest imported outside plugin/: {offenders}"
 
 
+def test_the_layers_below_the_stack_never_take_the_whole_settings() -> None:
+    """Lower layers take plain values or small Protocols; Settings is unpacked in stack/, plugin/ and cli/."""
+    offenders = [
+        name
+        for name, imported in GRAPH.items()
+        if _layer(name) in ("core", "postgres", "dumps")
+        and imported & {"pytest_dbsnap.config.settings", "pytest_dbsnap.config.loading"}
+    ]
+    assert not offenders, f"modules below the stack that import Settings: {offenders}"
+
+
 def test_core_imports_only_the_standard_library() -> None:
     offenders = {
         name: sorted(m for m in _imports(path) if m.split(".")[0] in HEAVY)
@@ -129,11 +140,12 @@ def test_no_module_over_600_lines(name: str) -> None:
 
 
 def test_the_entry_point_loads_nothing_heavy() -> None:
-    """Registering the plugin's options costs no psycopg, httpx, Playwright, boto3 or session machinery."""
+    """Registering the plugin's options costs no psycopg, httpx, Playwright, boto3 or session machinery
+    (stack.servers, stack.services, stack.session, dumps, postgres)."""
     probe = (
         "import sys, pytest_dbsnap.plugin, pytest_dbsnap.cli\n"
         f"print(sorted(m for m in sys.modules if m.split('.')[0] in {HEAVY!r} "
-        "or m.startswith(('pytest_dbsnap.stack', 'pytest_dbsnap.dumps', 'pytest_dbsnap.postgres'))))"
+        "or m.startswith(('pytest_dbsnap.stack.s', 'pytest_dbsnap.dumps', 'pytest_dbsnap.postgres'))))"
     )
     result = subprocess.run([sys.executable, "-c", probe], capture_output=True, text=True, check=True)
     assert result.stdout.strip() == "[]", f"loaded at import: {result.stdout}"

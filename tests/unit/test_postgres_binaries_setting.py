@@ -6,7 +6,7 @@ from pathlib import Path
 
 import pytest
 
-from pytest_dbsnap.config.settings import load_settings
+from pytest_dbsnap.config.loading import load_settings
 from pytest_dbsnap.errors import ConfigError
 
 

@@ -8,14 +8,9 @@ from pathlib import Path
 
 import pytest
 
-from pytest_dbsnap.config.settings import (
-    OPTIONS,
-    ServiceSettings,
-    Settings,
-    cli_values,
-    find_pyproject,
-    load_settings,
-)
+from pytest_dbsnap.config.loading import cli_values, find_pyproject, load_settings
+from pytest_dbsnap.config.options import OPTIONS
+from pytest_dbsnap.config.settings import ServiceSettings, Settings
 from pytest_dbsnap.errors import ConfigError
 
 LoadFrom = Callable[..., Settings]

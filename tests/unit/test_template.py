@@ -7,8 +7,8 @@ from pathlib import Path
 
 import pytest
 
+from pytest_dbsnap.config.loading import load_settings
 from pytest_dbsnap.config.placeholders import NAMES, command_argv, database_values, fill, fill_env
-from pytest_dbsnap.config.settings import load_settings
 from pytest_dbsnap.core.redact import redact
 from pytest_dbsnap.errors import ConfigError
 
