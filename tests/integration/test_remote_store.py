@@ -35,9 +35,9 @@ from pytest_dbsnap.dumps.fingerprint import compute_fingerprint, file_sha256
 from pytest_dbsnap.dumps.generate import pg_dump_to
 from pytest_dbsnap.dumps.meta import DumpMeta
 from pytest_dbsnap.dumps.remote import RemoteStore
-from pytest_dbsnap.dumps.transfer import interactive
 from pytest_dbsnap.dumps.restore import verify_file
 from pytest_dbsnap.dumps.store import DumpStore
+from pytest_dbsnap.dumps.transfer import interactive
 from pytest_dbsnap.errors import (
     ConfigError,
     DumpCorrupt,
