@@ -84,6 +84,9 @@ def progress_reporter(config: pytest.Config) -> Reporter:
 
 def pytest_report_header(config: pytest.Config) -> list[str]:
     settings = config.stash[SETTINGS_KEY]
+    if not settings.has_table and not settings.sources:
+        # Installed but not configured: no probe for a server or programs (they cost a run that never uses them).
+        return ["dbsnap: idle (no [tool.dbsnap] in pyproject.toml and no dbsnap option); its fixtures start on use"]
     provider, why = provider_choice(config)
     lines = [
         f"dbsnap: provider {provider} ({why}); database {settings.database!r}; dump env {settings.env!r} "

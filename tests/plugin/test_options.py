@@ -128,9 +128,21 @@ def test_report_header_shows_the_provider_and_why(
 ) -> None:
     for name, value in environ.items():
         monkeypatch.setenv(name, value)
+    pytester.makepyprojecttoml("[tool.dbsnap]\n")
     pytester.makepyfile("def test_ok(): pass")
     result = pytester.runpytest(*arguments)
     result.stdout.fnmatch_lines([header])
+    assert result.ret == pytest.ExitCode.OK
+
+
+def test_an_unconfigured_project_gets_one_idle_line_and_no_probe(pytester: pytest.Pytester) -> None:
+    """Installed in a project without [tool.dbsnap] and given no option, the plugin neither picks a provider nor
+    looks for PostgreSQL programs: its header is one line and the run stays as quick as without it."""
+    pytester.makepyfile("def test_ok(): pass")
+    result = pytester.runpytest()
+    result.stdout.fnmatch_lines(["dbsnap: idle (no [tool.dbsnap] in pyproject.toml and no dbsnap option)*"])
+    result.stdout.no_fnmatch_line("dbsnap: provider*")
+    result.stdout.no_fnmatch_line("dbsnap: PostgreSQL*")
     assert result.ret == pytest.ExitCode.OK
 
 
