@@ -1,5 +1,5 @@
 """docs/examples/github-actions.yml parses, is the workflow docs/ci.md shows, caches the dump store keyed by
-`dbsnap fingerprint`, runs the CI command the README gives and publishes the HTML and JUnit reports."""
+`dbsnap fingerprint`, runs the CI command docs/cli.md gives and publishes the HTML and JUnit reports."""
 
 from __future__ import annotations
 
@@ -11,7 +11,7 @@ import yaml
 
 ROOT = Path(__file__).resolve().parents[2]
 EXAMPLE = ROOT / "docs" / "examples" / "github-actions.yml"
-README = (ROOT / "README.md").read_text()
+CLI_DOC = (ROOT / "docs" / "cli.md").read_text()
 CI_DOC = (ROOT / "docs" / "ci.md").read_text()
 
 
@@ -22,9 +22,9 @@ def _steps() -> list[dict[str, Any]]:
     return steps
 
 
-def _readme_ci_command() -> str:
-    """The README's `... # in CI` line of "Using it in your project", without its comment."""
-    [line] = [line for line in README.splitlines() if line.rstrip().endswith("# in CI")]
+def _documented_ci_command() -> str:
+    """The `... # in CI` line of docs/cli.md's everyday command lines, without its comment."""
+    [line] = [line for line in CLI_DOC.splitlines() if line.rstrip().endswith("# in CI")]
     return line.split("#", 1)[0].strip()
 
 
@@ -42,12 +42,12 @@ def test_the_cache_is_keyed_by_dbsnap_fingerprint_computed_before_it() -> None:
     assert "fingerprint=" in steps[fingerprint]["run"]
     assert f"steps.{step_id}.outputs.fingerprint" in steps[cache]["with"]["key"]
     assert steps[cache]["with"]["path"] == "seeds/dumps"
-    assert "dbsnap fingerprint" in README  # the command the workflow uses is the README's
+    assert "dbsnap fingerprint" in CLI_DOC  # the command the workflow uses is the documented one
 
 
-def test_it_runs_the_readme_ci_command_after_the_cache_and_publishes_both_reports() -> None:
+def test_it_runs_the_documented_ci_command_after_the_cache_and_publishes_both_reports() -> None:
     steps = _steps()
-    command = _readme_ci_command()
+    command = _documented_ci_command()
     assert command.startswith("pytest -m smoke")
     [run] = [i for i, step in enumerate(steps) if step.get("run", "").strip() == command]
     [cache] = [i for i, step in enumerate(steps) if str(step.get("uses", "")).startswith("actions/cache@")]
