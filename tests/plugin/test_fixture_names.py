@@ -44,11 +44,11 @@ def test_dbsnap_db_reaches_the_plugin_with_pytest_django_loaded(pytester: pytest
     pytest.importorskip("pytest_django")
     pytester.makepyfile(
         test_which="""
-from pytest_dbsnap import plugin
+from pytest_dbsnap.plugin import fixtures
 
 def test_which(request):
     defs = request._fixturemanager.getfixturedefs("dbsnap_db", request.node)
-    assert defs[-1].func.__module__ == plugin.__name__
+    assert defs[-1].func.__module__ == fixtures.__name__
 """
     )
     result = pytester.runpytest_subprocess("-p", "no:cacheprovider", "-p", "pytest_django")
