@@ -290,4 +290,8 @@ def pytest_runtest_protocol(item: pytest.Item, nextitem: pytest.Item | None) -> 
 
 
 def pytest_sessionfinish(session: pytest.Session) -> None:
-    publish_facts(session.config)
+    config = session.config
+    settings = config.stash.get(SETTINGS_KEY, None)
+    # A project that neither configures the plugin nor used a fixture of it gets no facts, and no provider probe.
+    if SERVER_KEY in config.stash or (settings is not None and (settings.has_table or settings.sources)):
+        publish_facts(config)

@@ -3,7 +3,6 @@ render, keeps the page's console errors, takes a screenshot and runs the axe-cor
 
 from __future__ import annotations
 
-import asyncio
 import contextlib
 import os
 import re
@@ -284,6 +283,8 @@ def _quiet_when_the_driver_dies(manager: object) -> None:
     """Ctrl-C in a terminal reaches the whole process group, Playwright's driver too. It dies under the calls in
     flight, whose futures then print "Future exception was never retrieved" over the KeyboardInterrupt that
     ends the run. Only that consequence is silenced; anything else still goes to asyncio's default handler."""
+    import asyncio  # here: the plugin imports this module at start, and asyncio costs a run that renders nothing
+
     loop = getattr(manager, "_loop", None)  # the sync API's private event loop (playwright 1.40 to 1.5x at least)
     if not isinstance(loop, asyncio.AbstractEventLoop):
         return

@@ -149,3 +149,11 @@ def test_the_entry_point_loads_nothing_heavy() -> None:
     )
     result = subprocess.run([sys.executable, "-c", probe], capture_output=True, text=True, check=True)
     assert result.stdout.strip() == "[]", f"loaded at import: {result.stdout}"
+
+
+def test_every_public_name_still_resolves() -> None:
+    """The package root re-exports lazily; each name in __all__ must load from the module it points at."""
+    import pytest_dbsnap
+
+    missing = [name for name in pytest_dbsnap.__all__ if getattr(pytest_dbsnap, name, None) is None]
+    assert not missing, f"pytest_dbsnap.__all__ names that do not resolve: {missing}"
