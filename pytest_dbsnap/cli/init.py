@@ -13,7 +13,10 @@ import tomllib
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from pytest_dbsnap.config.loading import load_settings
 from pytest_dbsnap.errors import ConfigError
+from pytest_dbsnap.postgres.binaries import BinariesChoice
+from pytest_dbsnap.postgres.compose_image import compose_major_advice, postgres_images
 
 _COMPOSE_FILES = ("docker-compose.dev.yml", "docker-compose.yml", "docker-compose.yaml", "compose.yaml", "compose.yml")
 _JS_CONFIG = (".js", ".ts", ".mjs", ".cjs")
@@ -29,6 +32,7 @@ class Detected:
     backend: list[str] = field(default_factory=list)  # lines of [tool.dbsnap.backend] (commented when unknown)
     frontend: list[str] = field(default_factory=list)
     todo: list[str] = field(default_factory=list)
+    compose_file: Path | None = None  # a compose file with a postgres service
 
 
 def _toml(value: str) -> str:
@@ -166,9 +170,11 @@ def _compose(root: Path, found: Detected) -> bool:
         path = root / name
         if not path.is_file():
             continue
-        service = _postgres_service(path.read_text())
-        if service is None:
+        images = postgres_images(path.read_text(errors="replace"))
+        if not images:
             continue
+        service = images[0].service
+        found.compose_file = path
         found.found.append(f"a compose file with PostgreSQL ({name}, service {service!r})")
         found.top += [
             f"# The docker provider runs the {service!r} service of {name} (the default is a local cluster).",
@@ -179,26 +185,6 @@ def _compose(root: Path, found: Detected) -> bool:
         ]
         return True
     return False
-
-
-def _postgres_service(text: str) -> str | None:
-    """The first service of a compose file whose image is postgres (read by indentation, no YAML parser)."""
-    in_services, current, indent = False, None, None
-    for line in text.splitlines():
-        if not line.strip() or line.lstrip().startswith("#"):
-            continue
-        depth = len(line) - len(line.lstrip())
-        if depth == 0:
-            in_services = line.startswith("services:")
-            continue
-        if not in_services:
-            continue
-        if indent is None or depth <= indent:
-            indent = depth
-            current = line.strip().rstrip(":").strip("'\"")
-        elif re.match(r"\s*image:\s*['\"]?(\S*/)?(postgres|postgis/postgis|pgvector/pgvector)\b", line):
-            return current
-    return None
 
 
 def detect(root: Path) -> Detected:
@@ -302,8 +288,12 @@ def ignore_outputs(root: Path) -> list[str]:
     return missing
 
 
-def init_project(root: Path, *, dry_run: bool) -> tuple[str, list[str], Path]:
-    """(the block, what is left to fill, the pyproject.toml) after writing the block unless `dry_run`."""
+def init_project(root: Path, *, dry_run: bool, binaries: BinariesChoice | None = None) -> tuple[str, list[str], Path]:
+    """(the block, what is left to fill, the pyproject.toml) after writing the block unless `dry_run`.
+
+    `binaries` is where the sessions' PostgreSQL programs come from (default: the settings of the environment,
+    DBSNAP_POSTGRES_BINARIES and DBSNAP_PG_BINDIR, as the block leaves them unset): a compose file's postgres
+    image must run their major, or it cannot restore the dumps their pg_dump writes."""
     pyproject = root / "pyproject.toml"
     existing = pyproject.read_text() if pyproject.is_file() else ""
     try:
@@ -316,6 +306,11 @@ def init_project(root: Path, *, dry_run: bool) -> tuple[str, list[str], Path]:
             f"move it away and run dbsnap init again (dbsnap init --dry-run prints what it would write)."
         )
     found = detect(root)
+    if found.compose_file is not None:
+        choice = binaries if binaries is not None else load_settings(project_root=root, environ=os.environ)
+        advice = compose_major_advice(found.compose_file, choice)
+        if advice is not None:
+            found.todo.insert(0, advice)
     block = render(found)
     if not dry_run:
         separator = "" if not existing or existing.endswith("\n\n") else ("\n" if existing.endswith("\n") else "\n\n")

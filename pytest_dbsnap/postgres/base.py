@@ -178,11 +178,17 @@ def client_tools_for(choice: BinariesChoice | Path | None, server_major: int, fo
         choice = Binaries(pg_bindir=choice)
     if choice.pg_bindir is not None or choice.postgres_binaries != "auto" or found.major == server_major:
         return found
+    return system_tools_of_major(server_major, need_server=False) or found
+
+
+def system_tools_of_major(major: int, *, need_server: bool = True) -> PgTools | None:
+    """The system's programs of one PostgreSQL major (pg_config, PATH, the usual folders), or None."""
+    needed = (*SERVER_TOOLS, *CLIENT_TOOLS) if need_server else CLIENT_TOOLS
     for bindir, _source in _candidate_bindirs():
-        tools = _probe(bindir, CLIENT_TOOLS, False, f"system {bindir}")
-        if tools is not None and tools.major == server_major:
+        tools = _probe(bindir, needed, need_server, f"system {bindir}")
+        if tools is not None and tools.major == major:
             return tools
-    return found
+    return None
 
 
 def params_to_url(params: dict[str, str]) -> str:
