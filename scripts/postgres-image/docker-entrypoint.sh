@@ -1,9 +1,14 @@
 #!/usr/bin/env bash
-# Entrypoint of the postgres:15-bookworm image that scripts/container-engine.sh builds on machines that reach
-# no image registry. It follows the official postgres image's documented contract, so docker-compose.dev.yml
-# and seeds/scripts/init-db.sh behave the same with this image as with the official one:
+# Entrypoint of the postgres images (18 from the server wheel, 15 from Debian's packages) that
+# scripts/container-engine.sh builds on machines that reach no image registry. It follows the official postgres
+# image's documented contract, so docker-compose.dev.yml and seeds/scripts/init-db.sh behave the same with these
+# images as with the official ones:
 #   - POSTGRES_PASSWORD (required unless POSTGRES_HOST_AUTH_METHOD=trust), POSTGRES_USER (postgres),
-#     POSTGRES_DB (= POSTGRES_USER), POSTGRES_INITDB_ARGS, POSTGRES_HOST_AUTH_METHOD (scram-sha-256), PGDATA;
+#     POSTGRES_DB (= POSTGRES_USER), POSTGRES_INITDB_ARGS, POSTGRES_HOST_AUTH_METHOD (scram-sha-256), PGDATA
+#     (the image's default: /var/lib/postgresql/data up to 17, /var/lib/postgresql/<major>/docker from 18);
+#   - from 18, with the default PGDATA and no cluster in it, it refuses to start (exit 1) when it finds a cluster
+#     of the old layout (/var/lib/postgresql, /var/lib/postgresql/data, /var/lib/postgresql/*/docker) or a
+#     mount at /var/lib/postgresql/data ("unused mount/volume"): the volume belongs at /var/lib/postgresql;
 #   - started as root it prepares the folders and drops to the image's postgres account; started with an
 #     arbitrary --user it runs as that uid (initdb gets a passwd entry through nss_wrapper);
 #   - on the first start (no PG_VERSION in PGDATA) it runs initdb (UTF8), starts a server on the unix socket
@@ -24,6 +29,7 @@ if [ "$1" != 'postgres' ]; then
 fi
 
 export PGDATA=${PGDATA:-/var/lib/postgresql/data}
+pg_major=${PG_MAJOR:-0}
 export POSTGRES_USER=${POSTGRES_USER:-postgres}
 export POSTGRES_DB=${POSTGRES_DB:-$POSTGRES_USER}
 
@@ -43,7 +49,25 @@ psql_init() {
     psql -v ON_ERROR_STOP=1 --username "$POSTGRES_USER" --no-password --no-psqlrc "$@"
 }
 
+# From 18 the default PGDATA is a folder per major under the volume; data of the old layout, or a volume still
+# mounted where the old layout had it, would be silently ignored, so the official image refuses to start.
+old_layout=()
+if [ ! -s "$PGDATA/PG_VERSION" ] && [ "$pg_major" -ge 18 ] && [ "$PGDATA" = "/var/lib/postgresql/$pg_major/docker" ]; then
+    for folder in /var/lib/postgresql /var/lib/postgresql/data /var/lib/postgresql/*/docker; do
+        if [ -s "$folder/PG_VERSION" ]; then
+            old_layout+=("$folder")
+        fi
+    done
+    if [ "${#old_layout[@]}" -eq 0 ] && mountpoint -q /var/lib/postgresql/data; then
+        old_layout+=("/var/lib/postgresql/data (unused mount/volume)")
+    fi
+fi
+
 if [ ! -s "$PGDATA/PG_VERSION" ]; then
+    if [ "${#old_layout[@]}" -gt 0 ]; then
+        log "Error: from PostgreSQL 18 this image keeps its data in $PGDATA (a folder per major, as pg_ctlcluster does), but there appears to be PostgreSQL data in: ${old_layout[*]}. Mount the data volume at /var/lib/postgresql (not /var/lib/postgresql/data), or upgrade the old cluster with pg_upgrade."
+        exit 1
+    fi
     if [ -z "${POSTGRES_PASSWORD:-}" ] && [ "${POSTGRES_HOST_AUTH_METHOD:-}" != 'trust' ]; then
         log "Database is uninitialized and superuser password is not specified. Set POSTGRES_PASSWORD (or POSTGRES_HOST_AUTH_METHOD=trust to allow all connections without a password)."
         exit 1

