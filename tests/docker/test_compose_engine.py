@@ -446,7 +446,7 @@ def test_the_reaper_takes_down_the_project_of_a_session_killed_with_sigkill(proj
             "-c",
             "import sys, time\n"
             "from pathlib import Path\n"
-            "from pytest_dbsnap import reaper\n"
+            "from pytest_dbsnap.core import reaper\n"
             "from pytest_dbsnap.postgres.compose import start_compose\n"
             "with reaper.session():\n"
             "    start_compose(Path(sys.argv[1]), 'postgres', user='postgres', password='pw', timeout=60)\n"
