@@ -41,8 +41,8 @@ NO_DUMP_LINE = "no dump for environment dev in {dumps}; leaving the empty databa
 
 @pytest.fixture(scope="module")
 def cluster(tmp_path_factory: pytest.TempPathFactory) -> Iterator[LocalCluster]:
-    """One cluster for the module, of the system's PostgreSQL as in the postgres:15 image the compose file names
-    (the wheel's 18 would read every dump); the pristine cache is shared with the other integration modules."""
+    """One cluster for the module, of the system's PostgreSQL, as in a project pinned to an older major (the
+    compose file's postgres:18 would read every dump); the pristine cache is shared with the other modules."""
     cache = tmp_path_factory.getbasetemp() / "pg-cache"
     cache.mkdir(exist_ok=True)
     with LocalCluster(find_pg_tools(Binaries(postgres_binaries="system")), cache_dir=cache).start() as started:
@@ -353,7 +353,7 @@ def test_init_db_script_outside_container_refuses_a_dump_from_a_newer_pg_dump(
 def test_init_db_script_outside_container_refuses_a_real_dump_of_a_newer_pg_dump(
     cluster: LocalCluster, dump_by_newer_pg: Any, dumps_dir: Path, target_db: str
 ) -> None:
-    """Written by the wheel's pg_dump 18, read by the system's pg_restore 15, as in a postgres:15 container."""
+    """Written by the wheel's pg_dump 18, read by the system's pg_restore 15, as in a container of a project pinned to 15."""
     meta = dump_by_newer_pg.meta
     shutil.copytree(dump_by_newer_pg.root / "dumps" / ENV, dumps_dir / ENV)
     hand_over(cluster, dumps_dir)
