@@ -353,7 +353,7 @@ def test_init_db_script_outside_container_refuses_a_dump_from_a_newer_pg_dump(
 def test_init_db_script_outside_container_refuses_a_real_dump_of_a_newer_pg_dump(
     cluster: LocalCluster, dump_by_newer_pg: Any, dumps_dir: Path, target_db: str
 ) -> None:
-    """Written by the wheel's pg_dump 18, read by the system's pg_restore 15, as in a container of a project pinned to 15."""
+    """Written by the wheel's pg_dump 18, read by the system's pg_restore 15, as in a project pinned to 15."""
     meta = dump_by_newer_pg.meta
     shutil.copytree(dump_by_newer_pg.root / "dumps" / ENV, dumps_dir / ENV)
     hand_over(cluster, dumps_dir)
