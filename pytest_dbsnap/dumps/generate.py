@@ -12,6 +12,7 @@ from collections.abc import Callable, Sequence
 from pathlib import Path
 
 from pytest_dbsnap import __version__, reaper
+from pytest_dbsnap.django_env import django_settings_env
 from pytest_dbsnap.dumps import databases
 from pytest_dbsnap.dumps.fingerprint import compute_fingerprint
 from pytest_dbsnap.dumps.meta import DumpMeta
@@ -85,11 +86,14 @@ def schema_version_of(rows: Sequence[Sequence[object]]) -> str | None:
 
 
 def app_env(server: Server, database: str, settings: Settings | None = None) -> dict[str, str]:
-    """The environment the app's own commands get: ours, the [tool.dbsnap.env] table, and DATABASE_URL of the
-    database to work on (which must win: during generation it is a scratch database)."""
+    """The environment the app's own commands get: ours, the [tool.dbsnap.env] table, a Django project's
+    settings wrapped to use DATABASE_URL (see django_env), and DATABASE_URL of the database to work on (which
+    must win: during generation it is a scratch database)."""
     env = dict(os.environ)
     if settings is not None:
         env.update(fill_env(settings.app_env, database_placeholders(server, database), key="env"))
+        if settings.django:
+            env.update(django_settings_env(settings.project_root, env))
     return {**env, "DATABASE_URL": server.dsn(database)}
 
 
