@@ -6,16 +6,19 @@ import datetime as dt
 import hashlib
 import json
 import os
+import shlex
 import subprocess
 import time
 from collections.abc import Callable, Sequence
+from dataclasses import dataclass
 from pathlib import Path
 
 from pytest_dbsnap import __version__, reaper
-from pytest_dbsnap.django_env import django_settings_env
+from pytest_dbsnap.django_env import PROJECT_SETTINGS_VARIABLE, SHIM_MODULE, django_settings_env
 from pytest_dbsnap.dumps import databases
 from pytest_dbsnap.dumps.fingerprint import compute_fingerprint
 from pytest_dbsnap.dumps.meta import DumpMeta
+from pytest_dbsnap.dumps.migrated import holds_nothing, left_empty_warning
 from pytest_dbsnap.dumps.restore import count_rows, template_name
 from pytest_dbsnap.dumps.store import DumpStore
 from pytest_dbsnap.errors import ConfigError, DbsnapError, DumpCorrupt, ToolError, writing
@@ -101,21 +104,34 @@ def database_placeholders(server: Server, database: str) -> dict[str, str]:
     return database_values(server.params, server.dsn(database), database)
 
 
-def run_configured(server: Server, settings: Settings, database: str, key: str, log_name: str) -> None:
+def run_configured(
+    server: Server, settings: Settings, database: str, key: str, log_name: str, env: dict[str, str] | None = None
+) -> None:
     """Run migrate_command or seed_command on `database`, its placeholders filled for that database."""
     command = getattr(settings, key)
     run_app_command(
         command_argv(command, database_placeholders(server, database), key=key),
         what=f"the {key.removesuffix('_command')} command",
-        env=app_env(server, database, settings),
+        env=app_env(server, database, settings) if env is None else env,
         cwd=settings.project_root,
         log_path=settings.logs_dir / log_name,
     )
 
 
-def migrate(server: Server, settings: Settings, database: str) -> None:
-    if settings.migrate_command:
-        run_configured(server, settings, database, "migrate_command", "migrate.log")
+def migrate(server: Server, settings: Settings, database: str, *, where: str | None = None) -> str | None:
+    """Run migrate_command on `database`; a warning when it exited 0 and left the database with no table, view
+    or sequence (the app migrated another database), described as `where` (default: the database's name)."""
+    command = settings.migrate_command
+    if not command:
+        return None
+    env = app_env(server, database, settings)
+    run_configured(server, settings, database, "migrate_command", "migrate.log", env)
+    with server.connect(database) as conn:
+        if not holds_nothing(conn):
+            return None
+    wrapped = env.get(PROJECT_SETTINGS_VARIABLE) if env.get("DJANGO_SETTINGS_MODULE") == SHIM_MODULE else None
+    shown = command if isinstance(command, str) else shlex.join(command)
+    return left_empty_warning(redact(shown), where or f"database {database!r}", settings.app_env, wrapped)
 
 
 def pg_dump_to(server: Server, database: str, destination: Path) -> tuple[str, int]:
@@ -204,6 +220,16 @@ def store_dump(
         return store.install(temporary, meta)
 
 
+@dataclass(frozen=True)
+class Generated:
+    """What generate_dump did: the dump, whether it was made now (else a current one was kept), and warnings for
+    the caller to show (a migrate command that left the database empty)."""
+
+    meta: DumpMeta
+    made: bool
+    warnings: tuple[str, ...] = ()
+
+
 def generate_dump(
     server: Server,
     settings: Settings,
@@ -213,8 +239,8 @@ def generate_dump(
     force: bool = False,
     keep_as_template: bool = False,
     progress: Progress = _quiet,
-) -> tuple[DumpMeta, bool]:
-    """Generate a dump of `env` unless a current one exists; returns (meta, generated_now).
+) -> Generated:
+    """Generate a dump of `env` unless a current one exists.
 
     Concurrent callers serialise on the store's lock; the second finds the first's dump current and reuses it.
     With keep_as_template the seeded database becomes the dump's template on this server, so the restore
@@ -234,17 +260,18 @@ def generate_dump(
             # Its message tells the user to regenerate: an unreadable latest must not block exactly that.
             current = None
         if current is not None and not force and current.fingerprint in (fingerprint, None):
-            return current, False
+            return Generated(current, made=False)
         store.remove_leftovers(env)
         began = time.monotonic()
         scratch = databases.temporary_name(databases.STAGE_PREFIX)
         with server.connect() as conn:
             databases.drop_leftovers(conn)
             databases.create_empty(conn, scratch)
+        migrate_warning: str | None = None
         try:
             if settings.migrate_command:
                 progress(f"migrating the new {env} database")
-            migrate(server, settings, scratch)
+            migrate_warning = migrate(server, settings, scratch, where=f"the new {env} database")
             progress(f"seeding {env}")  # the slow part a dump saves next time
             run_configured(server, settings, scratch, "seed_command", "seed.log")
             progress(f"pg_dump of {env}")
@@ -262,14 +289,24 @@ def generate_dump(
                     databases.drop(conn, scratch)
             except DbsnapError:
                 pass
+            # What failed after an empty migrate (the seed, the schema_version_query) most likely failed because
+            # of it: the message says so first.
+            cause = f"{_sentence(migrate_warning)} " if migrate_warning is not None else ""
             if isinstance(exc, ToolError):
-                reason = str(exc)  # "the seed command failed ...": a sentence of its own here
                 raise ToolError(
                     f"Generating a dump of environment {env!r} failed; the store was not changed. "
-                    f"{reason[:1].upper()}{reason[1:]}",
+                    f"{cause}{_sentence(str(exc))}",  # "the seed command failed ...": a sentence of its own here
                     command=exc.command,
                     returncode=exc.returncode,
                     stderr_tail=exc.stderr_tail,
                 ) from exc
+            if cause and isinstance(exc, ConfigError):
+                raise ConfigError(
+                    f"Generating a dump of environment {env!r} failed; the store was not changed. {cause}{exc}"
+                ) from exc
             raise
-        return meta, True
+        return Generated(meta, made=True, warnings=(migrate_warning,) if migrate_warning else ())
+
+
+def _sentence(text: str) -> str:
+    return f"{text[:1].upper()}{text[1:]}"
