@@ -45,7 +45,7 @@ def cmd_generate(args: argparse.Namespace, settings: Settings) -> int:
         # session then restores it with a rename instead of a pg_restore.
         local = isinstance(server, LocalCluster)
         keep = local and (settings.warm_cluster or settings.cluster_snapshot)
-        meta, made = generate_dump(
+        generation = generate_dump(
             server,
             settings,
             store,
@@ -54,7 +54,10 @@ def cmd_generate(args: argparse.Namespace, settings: Settings) -> int:
             keep_as_template=keep,
             progress=progress_printer(),
         )
+        meta, made = generation.meta, generation.made
         progress_done()
+        for warning in generation.warnings:
+            print(f"warning: {warning}", file=sys.stderr)
         if made and isinstance(server, LocalCluster) and settings.cluster_snapshot:
             # The next fresh machine starts its cluster from this snapshot instead of initdb and pg_restore.
             server.snapshot_after_stop(DumpRef(meta, store.dump_path(settings.env, meta.name)))

@@ -98,7 +98,8 @@ def _django(root: Path, found: Detected) -> bool:
         return False
     found.found.append("Django (manage.py)")
     found.top += [
-        "# Django: settings.py must read the database from DATABASE_URL (dj-database-url or django-environ).",
+        "# Django: the commands get DJANGO_SETTINGS_MODULE=pytest_dbsnap.django_settings, your settings with the",
+        "# session's database as DATABASES['default']: settings.py stays as it is (django = false turns this off).",
         'migrate_command = "python manage.py migrate --noinput"',
         'schema_version_query = "SELECT app, name FROM django_migrations ORDER BY app, name"  # hashed',
         'fingerprint_inputs = ["**/migrations/*.py"]',

@@ -147,7 +147,8 @@ OPTIONS: tuple[Option, ...] = (
         "django",
         parse_bool,
         True,
-        "with pytest-django active and Django settings configured, run Django's tests on the restored database",
+        "run the app's Django commands and services on the session's database (settings unchanged), and with "
+        "pytest-django active, Django's tests too",
         negative_flag="--no-dbsnap-django",
     ),
     Option("verify", parse_bool, True, "check a dump's sha256 before restoring it", negative_flag="--no-dump-verify"),

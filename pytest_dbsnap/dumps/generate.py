@@ -6,13 +6,16 @@ import datetime as dt
 import hashlib
 import json
 import os
+import shlex
 import subprocess
 import time
 from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Protocol
 
 from pytest_dbsnap._version import __version__
+from pytest_dbsnap.config.django_env import PROJECT_SETTINGS_VARIABLE, SHIM_MODULE, django_settings_env
 from pytest_dbsnap.config.placeholders import command_argv, database_values, fill_env
 from pytest_dbsnap.core import reaper
 from pytest_dbsnap.core.proc import run, run_app_command, tail
@@ -20,6 +23,7 @@ from pytest_dbsnap.core.reaper import child_setup
 from pytest_dbsnap.core.redact import redact
 from pytest_dbsnap.dumps.fingerprint import FingerprintInputs, compute_fingerprint
 from pytest_dbsnap.dumps.meta import DumpMeta
+from pytest_dbsnap.dumps.migrated import holds_nothing, left_empty_warning
 from pytest_dbsnap.dumps.restore import count_rows, template_name
 from pytest_dbsnap.dumps.store import DumpStore
 from pytest_dbsnap.errors import ConfigError, DbsnapError, DumpCorrupt, ToolError, writing
@@ -87,7 +91,7 @@ def schema_version_of(rows: Sequence[Sequence[object]]) -> str | None:
 
 class AppCommands(FingerprintInputs, Protocol):
     """What seeding a database needs to know (Settings has it): the app's commands, their environment table,
-    where their logs go and the database name the dump records."""
+    where their logs go, whether Django's settings are wrapped, and the database name the dump records."""
 
     @property
     def app_env(self) -> Mapping[str, str]: ...
@@ -95,14 +99,19 @@ class AppCommands(FingerprintInputs, Protocol):
     def logs_dir(self) -> Path: ...
     @property
     def database(self) -> str: ...
+    @property
+    def django(self) -> bool: ...
 
 
 def app_env(server: Server, database: str, settings: AppCommands | None = None) -> dict[str, str]:
-    """The environment the app's own commands get: ours, the [tool.dbsnap.env] table, and DATABASE_URL of the
-    database to work on (which must win: during generation it is a scratch database)."""
+    """The environment the app's own commands get: ours, the [tool.dbsnap.env] table, a Django project's
+    settings wrapped to use DATABASE_URL (see django_env), and DATABASE_URL of the database to work on (which
+    must win: during generation it is a scratch database)."""
     env = dict(os.environ)
     if settings is not None:
         env.update(fill_env(settings.app_env, database_placeholders(server, database), key="env"))
+        if settings.django:
+            env.update(django_settings_env(settings.project_root, env))
     return {**env, "DATABASE_URL": server.dsn(database)}
 
 
@@ -110,21 +119,34 @@ def database_placeholders(server: Server, database: str) -> dict[str, str]:
     return database_values(server.params, server.dsn(database), database)
 
 
-def run_configured(server: Server, settings: AppCommands, database: str, key: str, log_name: str) -> None:
+def run_configured(
+    server: Server, settings: AppCommands, database: str, key: str, log_name: str, env: dict[str, str] | None = None
+) -> None:
     """Run migrate_command or seed_command on `database`, its placeholders filled for that database."""
     command = getattr(settings, key)
     run_app_command(
         command_argv(command, database_placeholders(server, database), key=key),
         what=f"the {key.removesuffix('_command')} command",
-        env=app_env(server, database, settings),
+        env=app_env(server, database, settings) if env is None else env,
         cwd=settings.project_root,
         log_path=settings.logs_dir / log_name,
     )
 
 
-def migrate(server: Server, settings: AppCommands, database: str) -> None:
-    if settings.migrate_command:
-        run_configured(server, settings, database, "migrate_command", "migrate.log")
+def migrate(server: Server, settings: AppCommands, database: str, *, where: str | None = None) -> str | None:
+    """Run migrate_command on `database`; a warning when it exited 0 and left the database with no table, view
+    or sequence (the app migrated another database), described as `where` (default: the database's name)."""
+    command = settings.migrate_command
+    if not command:
+        return None
+    env = app_env(server, database, settings)
+    run_configured(server, settings, database, "migrate_command", "migrate.log", env)
+    with server.connect(database) as conn:
+        if not holds_nothing(conn):
+            return None
+    wrapped = env.get(PROJECT_SETTINGS_VARIABLE) if env.get("DJANGO_SETTINGS_MODULE") == SHIM_MODULE else None
+    shown = command if isinstance(command, str) else shlex.join(command)
+    return left_empty_warning(redact(shown), where or f"database {database!r}", settings.app_env, wrapped)
 
 
 def pg_dump_to(server: Server, database: str, destination: Path) -> tuple[str, int]:
@@ -213,6 +235,16 @@ def store_dump(
         return store.install(temporary, meta)
 
 
+@dataclass(frozen=True)
+class Generated:
+    """What generate_dump did: the dump, whether it was made now (else a current one was kept), and warnings for
+    the caller to show (a migrate command that left the database empty)."""
+
+    meta: DumpMeta
+    made: bool
+    warnings: tuple[str, ...] = ()
+
+
 def generate_dump(
     server: Server,
     settings: AppCommands,
@@ -222,8 +254,8 @@ def generate_dump(
     force: bool = False,
     keep_as_template: bool = False,
     progress: Progress = _quiet,
-) -> tuple[DumpMeta, bool]:
-    """Generate a dump of `env` unless a current one exists; returns (meta, generated_now).
+) -> Generated:
+    """Generate a dump of `env` unless a current one exists.
 
     Concurrent callers serialise on the store's lock; the second finds the first's dump current and reuses it.
     With keep_as_template the seeded database becomes the dump's template on this server, so the restore
@@ -243,17 +275,18 @@ def generate_dump(
             # Its message tells the user to regenerate: an unreadable latest must not block exactly that.
             current = None
         if current is not None and not force and current.fingerprint in (fingerprint, None):
-            return current, False
+            return Generated(current, made=False)
         store.remove_leftovers(env)
         began = time.monotonic()
         scratch = databases.temporary_name(databases.STAGE_PREFIX)
         with server.connect() as conn:
             databases.drop_leftovers(conn)
             databases.create_empty(conn, scratch)
+        migrate_warning: str | None = None
         try:
             if settings.migrate_command:
                 progress(f"migrating the new {env} database")
-            migrate(server, settings, scratch)
+            migrate_warning = migrate(server, settings, scratch, where=f"the new {env} database")
             progress(f"seeding {env}")  # the slow part a dump saves next time
             run_configured(server, settings, scratch, "seed_command", "seed.log")
             progress(f"pg_dump of {env}")
@@ -271,14 +304,24 @@ def generate_dump(
                     databases.drop(conn, scratch)
             except DbsnapError:
                 pass
+            # What failed after an empty migrate (the seed, the schema_version_query) most likely failed because
+            # of it: the message says so first.
+            cause = f"{_sentence(migrate_warning)} " if migrate_warning is not None else ""
             if isinstance(exc, ToolError):
-                reason = str(exc)  # "the seed command failed ...": a sentence of its own here
                 raise ToolError(
                     f"Generating a dump of environment {env!r} failed; the store was not changed. "
-                    f"{reason[:1].upper()}{reason[1:]}",
+                    f"{cause}{_sentence(str(exc))}",  # "the seed command failed ...": a sentence of its own here
                     command=exc.command,
                     returncode=exc.returncode,
                     stderr_tail=exc.stderr_tail,
                 ) from exc
+            if cause and isinstance(exc, ConfigError):
+                raise ConfigError(
+                    f"Generating a dump of environment {env!r} failed; the store was not changed. {cause}{exc}"
+                ) from exc
             raise
-        return meta, True
+        return Generated(meta, made=True, warnings=(migrate_warning,) if migrate_warning else ())
+
+
+def _sentence(text: str) -> str:
+    return f"{text[:1].upper()}{text[1:]}"

@@ -19,6 +19,7 @@ import httpx
 import pytest
 
 from pytest_dbsnap.config.checks import BUILTIN_CHECKS, PHASES, CheckSpec
+from pytest_dbsnap.config.django_env import django_settings_env
 from pytest_dbsnap.config.placeholders import DATABASE_NAMES, command_argv, database_values, fill, fill_env, names_in
 from pytest_dbsnap.config.settings import Settings
 from pytest_dbsnap.core.redact import redact
@@ -389,6 +390,8 @@ def _command_check(spec: CheckSpec, label: str, request: pytest.FixtureRequest, 
     env = {**fill_env(settings.app_env, values, key="env")}
     if "database_url" in values:
         env["DATABASE_URL"] = values["database_url"]
+    if settings.django:  # `python manage.py ...` checks the session's database, as migrate and the seed did
+        env.update(django_settings_env(settings.project_root, {**os.environ, **env}))
     try:
         run(argv, what=label, env={**os.environ, **env}, cwd=settings.project_root, timeout=300)
     except ToolError as exc:

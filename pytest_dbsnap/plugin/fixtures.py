@@ -165,6 +165,7 @@ def _start_service(
         logs_dir=session_settings.logs_dir,
         placeholders=placeholders,
         shared_env=session_settings.app_env,
+        django_root=session_settings.project_root if session_settings.django else None,
     )
     config.stash[SERVICES_KEY][settings.name] = service
     progress = progress_reporter(config)

@@ -28,6 +28,7 @@ from mirakuru import HTTPExecutor
 from mirakuru.base import ENV_UUID
 from mirakuru.exceptions import AlreadyRunning, ProcessExitedWithError, TimeoutExpired
 
+from pytest_dbsnap.config.django_env import django_settings_env
 from pytest_dbsnap.config.placeholders import command_argv, fill, fill_env
 from pytest_dbsnap.config.settings import ServiceSettings
 from pytest_dbsnap.core import reaper
@@ -118,8 +119,10 @@ class Service:
         stop_grace: float = STOP_GRACE,
         placeholders: Mapping[str, str] | None = None,
         shared_env: Mapping[str, str] | None = None,
+        django_root: Path | None = None,
     ) -> None:
         self.settings = settings
+        self.django_root = django_root  # the project root when a Django project's settings are to be wrapped
         self.env = dict(env)
         # Placeholder values known before start (the database's, the backend's URL); {port} is added at start.
         self.placeholders = dict(placeholders or {})
@@ -294,11 +297,14 @@ class Service:
         """What the service adds to its environment: [tool.dbsnap.env], then its own env, then what the caller
         gives (DATABASE_URL, BACKEND_URL), each later one winning."""
         values = self.values
-        return {
+        environment = {
             **fill_env(self.shared_env, values, key="env"),
             **fill_env(self.settings.env, values, key=f"{self.name}.env"),
             **self.env,
         }
+        if self.django_root is not None:  # a Django project's settings, wrapped to use DATABASE_URL
+            environment.update(django_settings_env(self.django_root, {**os.environ, **environment}))
+        return environment
 
     def _wait_for_url(self) -> None:
         """A service given only by `url` is not started: poll its health URL until it answers the expected

@@ -229,11 +229,17 @@ def prepare_database(
         ensure_database(server, target)
         if settings.migrate_command:
             progress(f"migrating {target!r}")
-        migrate(server, settings, target)
+        migrate_warning = migrate(server, settings, target)
         latest = None
         with contextlib.suppress(DumpError):  # an unreadable dump only costs the report its dump name
             latest = store.latest(settings.env)
-        return DatabaseOutcome(target, "kept as it was", time.monotonic() - began, latest)
+        return DatabaseOutcome(
+            target,
+            "kept as it was",
+            time.monotonic() - began,
+            latest,
+            warnings=[migrate_warning] if migrate_warning else [],
+        )
 
     meta, reason, matched_earlier = usable_dump(store, settings)
     if matched_earlier is not None and meta is not None:
@@ -241,6 +247,7 @@ def prepare_database(
     generated, generate_seconds = False, 0.0
     pulled, pull_seconds = False, 0.0
     warnings: list[str] = []
+    generation_warned = False
     early = server.snapshot_of if isinstance(server, LocalCluster) else None
     if early is not None and early.pull_seconds is not None and meta is not None and meta.sha256 == early.meta.sha256:
         # Pulled before the cluster started (snapshot_source), with this machine's snapshot when there was one.
@@ -265,7 +272,7 @@ def prepare_database(
             )
         progress(f"generating a dump of {settings.env!r} ({reason})")
         started = time.monotonic()
-        meta, generated = generate_dump(
+        generation = generate_dump(
             server,
             settings,
             store,
@@ -274,6 +281,9 @@ def prepare_database(
             keep_as_template=True,
             progress=progress,
         )
+        meta, generated = generation.meta, generation.made
+        warnings.extend(generation.warnings)
+        generation_warned = bool(generation.warnings)
         generate_seconds = time.monotonic() - started
     assert meta is not None
     store.get(settings.env, meta.name)  # the dump file itself must be there, with its metadata
@@ -300,7 +310,9 @@ def prepare_database(
             server.snapshot_after_stop(snapshot_ref)
     if settings.migrate_command:
         progress(f"migrating {target!r}")
-    migrate(server, settings, target)
+    migrate_warning = migrate(server, settings, target)
+    if migrate_warning is not None and not generation_warned:  # else it is the same finding again
+        warnings.append(migrate_warning)
     pushed = False
     if settings.push_dump and not pulled:
         # After the restore, so that only a dump that restores is shared; pushing an existing one is a no-op.

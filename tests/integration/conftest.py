@@ -123,7 +123,8 @@ def dump_by_newer_pg(
     root = write_project(tmp_path_factory.mktemp("newer-pg") / "project")
     settings = load_settings(project_root=root, pyproject=root / "pyproject.toml", environ={})
     with LocalCluster(newer, cache_dir=shared_pg_cache).start() as cluster:
-        meta, made = generate_dump(cluster, settings, DumpStore(settings.dumps_dir), settings.env)
+        generation = generate_dump(cluster, settings, DumpStore(settings.dumps_dir), settings.env)
+        meta, made = generation.meta, generation.made
     assert made
     assert meta.pg_dump_major == newer.major
     return NewerDump(root, meta)

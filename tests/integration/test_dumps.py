@@ -100,7 +100,8 @@ def generated(
     root = project_writer(tmp_path_factory.mktemp("generated") / "project", git=True)
     settings = settings_for(root, dumps_dir=str(root / "dumps"))
     store = DumpStore(settings.dumps_dir)
-    meta, made = generate_dump(server, settings, store, ENV)
+    generation = generate_dump(server, settings, store, ENV)
+    meta, made = generation.meta, generation.made
     assert made
     return Generated(root, settings, store, meta)
 
@@ -570,7 +571,8 @@ def test_generate_replaces_a_latest_dump_whose_metadata_is_unreadable(
     store = DumpStore(settings.dumps_dir)
     store.meta_path(ENV, generated.meta.name).write_text("{broken")
 
-    meta, made = generate_dump(server, settings, store, ENV)
+    generation = generate_dump(server, settings, store, ENV)
+    meta, made = generation.meta, generation.made
 
     assert made
     assert store.latest_name(ENV) == meta.name != generated.meta.name

@@ -192,7 +192,8 @@ def test_a_dump_of_the_older_pg_dump_restores_into_the_newer_server(
     root = project_writer(tmp_path / "older")
     settings = load_settings(project_root=root, pyproject=root / "pyproject.toml", environ={})
     store = DumpStore(settings.dumps_dir)
-    meta, made = generate_dump(older_cluster, settings, store, ENV)
+    generation = generate_dump(older_cluster, settings, store, ENV)
+    meta, made = generation.meta, generation.made
     assert made
     assert meta.pg_dump_major == older_cluster.tools.major < newer_cluster.tools.major
 
@@ -220,7 +221,8 @@ def test_a_server_older_than_the_wheels_programs_gets_its_own_majors_or_a_refusa
     database is touched."""
     root = project_writer(tmp_path / "dsn-15")
     settings = load_settings(project_root=root, pyproject=root / "pyproject.toml", environ={})
-    meta, made = generate_dump(older_cluster, settings, DumpStore(settings.dumps_dir), ENV)
+    generation = generate_dump(older_cluster, settings, DumpStore(settings.dumps_dir), ENV)
+    meta, made = generation.meta, generation.made
     assert made
     target = f"dsn15_{binaries}"
     marked_database(older_cluster, target, "keep me")

@@ -56,7 +56,8 @@ def generated(
     root = project_writer(tmp_path_factory.mktemp("guard") / "project")
     settings = load_settings(project_root=root, pyproject=root / "pyproject.toml", environ={})
     store = DumpStore(settings.dumps_dir)
-    meta, made = generate_dump(server, settings, store, ENV)
+    generation = generate_dump(server, settings, store, ENV)
+    meta, made = generation.meta, generation.made
     assert made
     return Generated(root, settings, store, meta)
 
