@@ -140,7 +140,7 @@ def test_an_unconfigured_project_gets_one_idle_line_and_no_probe(pytester: pytes
     looks for PostgreSQL programs: its header is one line and the run stays as quick as without it."""
     pytester.makepyfile("def test_ok(): pass")
     result = pytester.runpytest()
-    result.stdout.fnmatch_lines(["dbsnap: idle (no [tool.dbsnap] in pyproject.toml and no dbsnap option)*"])
+    result.stdout.fnmatch_lines(["dbsnap: idle (no ?tool.dbsnap? in pyproject.toml and no dbsnap option)*"])
     result.stdout.no_fnmatch_line("dbsnap: provider*")
     result.stdout.no_fnmatch_line("dbsnap: PostgreSQL*")
     assert result.ret == pytest.ExitCode.OK
