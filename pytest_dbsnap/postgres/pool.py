@@ -51,6 +51,7 @@ class ClonePool:
         self._closed = False
         self._changed = threading.Condition()
         self._conn: Connection | None = None  # the test thread's connection; the filler has its own
+        self._conn_lock = threading.Lock()
         self._thread: threading.Thread | None = None
 
     # --- the test thread ----------------------------------------------------------------------------------
@@ -64,9 +65,12 @@ class ClonePool:
         return self
 
     def _connection(self) -> Connection:
-        if self._conn is None or self._conn.closed:
-            self._conn = self.server.connect()
-        return self._conn
+        """The test thread's connection, opened by the filler ahead of the first hand-out (a connection with
+        its password exchange costs more than the rename)."""
+        with self._conn_lock:
+            if self._conn is None or self._conn.closed:
+                self._conn = self.server.connect()
+            return self._conn
 
     def take(self) -> str:
         """A private copy of the template, open to connections, named like any fresh_db clone."""
@@ -127,6 +131,7 @@ class ClonePool:
 
     def _fill(self) -> None:
         try:
+            self._connection()  # ready for the first hand-out
             with self.server.connect() as conn:
                 while self._make_next(conn):
                     pass
