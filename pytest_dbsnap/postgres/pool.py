@@ -110,6 +110,8 @@ class ClonePool:
                 conn = self._connection()
                 for name in left:
                     databases.drop(conn, name)
+        except psycopg.Error as exc:  # the server is gone or failing: its leftovers are dropped by the next restore
+            log.warning("could not drop the fresh_db pool's copies %s: %s", ", ".join(left), exc)
         finally:
             if self._conn is not None:
                 self._conn.close()
