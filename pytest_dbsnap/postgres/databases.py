@@ -233,11 +233,10 @@ def rename_closed(conn: Connection, name: str, new_name: str) -> None:
 
 
 def open_to_connections(conn: Connection, name: str, new_name: str) -> None:
-    """Hand out a closed copy: rename it and let connections in, in one transaction (one round trip)."""
-    statement = sql.SQL(
-        "BEGIN; ALTER DATABASE {old} RENAME TO {new}; ALTER DATABASE {new} WITH ALLOW_CONNECTIONS true; COMMIT"
-    )
-    conn.execute(statement.format(old=sql.Identifier(name), new=sql.Identifier(new_name)))
+    """Hand out a closed copy: rename it and let connections in, in one transaction (undone if either fails)."""
+    with conn.transaction():
+        conn.execute(sql.SQL("ALTER DATABASE {} RENAME TO {}").format(sql.Identifier(name), sql.Identifier(new_name)))
+        conn.execute(sql.SQL("ALTER DATABASE {} WITH ALLOW_CONNECTIONS true").format(sql.Identifier(new_name)))
 
 
 def close_to_connections(conn: Connection, name: str) -> None:

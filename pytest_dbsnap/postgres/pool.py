@@ -82,9 +82,15 @@ class ClonePool:
         name = databases.temporary_name(databases.FRESH_PREFIX)
         conn = self._connection()
         if pooled is not None:
-            databases.open_to_connections(conn, pooled, name)
-            self.handed_out_ready += 1
-            return name
+            try:
+                databases.open_to_connections(conn, pooled, name)
+            except psycopg.Error as exc:  # e.g. dropped behind our back: not worth failing the test for
+                log.warning("the fresh_db pool's copy %s could not be handed out (%s); cloning instead", pooled, exc)
+                with contextlib.suppress(psycopg.Error):
+                    databases.drop(conn, pooled)
+            else:
+                self.handed_out_ready += 1
+                return name
         databases.clone(conn, self.template, name, copy_on_write=self.server.copy_on_write)
         self.made_on_demand += 1
         return name

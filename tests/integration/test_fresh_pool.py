@@ -145,3 +145,25 @@ def test_a_dead_processs_pool_copies_are_leftovers(cluster: LocalCluster, tmp_pa
         assert databases.temporary_names_of(conn, 999999999) == [dead]
         assert dead in databases.drop_leftovers(conn)
         assert not databases.exists(conn, dead)
+
+
+def test_a_copy_gone_before_its_hand_out_is_replaced_by_a_clone(
+    cluster: LocalCluster, template: tuple[str, tuple[object, ...]]
+) -> None:
+    name, rows = template
+    pool = ClonePool(cluster, name, ahead=1).start()
+    try:
+        assert pool.wait_until_full(timeout=120)
+        [pooled] = ours(cluster, databases.POOL_PREFIX)
+        with cluster.connect() as conn:
+            databases.drop(conn, pooled)  # another hand dropped it (a leftover sweep of a confused admin)
+
+        handed = pool.take()
+
+        assert (pool.handed_out_ready, pool.made_on_demand) == (0, 1)
+        assert checksum(cluster, handed) == rows
+        pool.give_back(handed)  # the connection is usable after the failed rename
+    finally:
+        pool.close()
+    assert ours(cluster, databases.POOL_PREFIX) == []
+    assert ours(cluster, databases.FRESH_PREFIX) == []
