@@ -144,6 +144,7 @@ def cmd_list(args: argparse.Namespace, settings: Settings) -> int:
         return EXIT_OK
     if not any(listing.values()):
         print(f"no dumps in {store.root}" + (f" for environment {args.env!r}" if args.env else ""))
+        _print_disk_use(settings)
         return EXIT_OK
     for env, metas in listing.items():
         latest = store.latest_name(env)
@@ -152,7 +153,34 @@ def cmd_list(args: argparse.Namespace, settings: Settings) -> int:
             print(meta_line(meta, latest, tree))
             for archive, _data, line in snapshot_lines(store, env, meta.name):
                 print(f"    cluster snapshot {archive.removeprefix(meta.name)}: {line}")
+    _print_disk_use(settings)
     return EXIT_OK
+
+
+def _folder_bytes(folder: Path, pattern: str = "*") -> int:
+    total = 0
+    for path in folder.rglob(pattern):
+        with contextlib.suppress(OSError):
+            if path.is_file() and not path.is_symlink():
+                total += path.stat().st_size
+    return total
+
+
+def _print_disk_use(settings: Settings) -> None:
+    """What the store and this project's parked clusters hold on disk: where the space goes (issue 28)."""
+    from pytest_dbsnap.postgres.account import runtime_base
+
+    root = dump_store(settings).root
+    if root.is_dir():
+        snapshots = _folder_bytes(root, "*.pgdata-*")
+        dumps = _folder_bytes(root) - snapshots
+        print(f"disk: store {root}: {dumps / 1e6:.1f} MB of dumps, {snapshots / 1e6:.1f} MB of cluster snapshots")
+    key = settings.warm_key
+    parked = sorted(runtime_base().glob(f"warm-*-{key}")) if key else []
+    for folder in parked:
+        print(f"disk: parked cluster {folder}: {_folder_bytes(folder) / 1e6:.1f} MB")
+    if key and not parked:
+        print("disk: no parked cluster of this project")
 
 
 def cmd_fingerprint(args: argparse.Namespace, settings: Settings) -> int:

@@ -14,6 +14,8 @@ from pytest_dbsnap.config.parsers import (
     parse_argv,
     parse_bool,
     parse_command,
+    parse_count,
+    parse_disk_budget,
     parse_http_url,
     parse_name,
     parse_path,
@@ -193,6 +195,20 @@ OPTIONS: tuple[Option, ...] = (
         "keep a physical snapshot of the local cluster beside each dump (written after a cold restore or a "
         "generate) and start a fresh machine's cluster from it, skipping initdb and pg_restore",
         negative_flag="--no-cluster-snapshot",
+    ),
+    Option(
+        "fresh_db_pool",
+        parse_count,
+        1,
+        "fresh_db clones made ahead of time in the background, per process (xdist worker), so that a test's "
+        "private database is a rename; 0 turns the pool off",
+    ),
+    Option(
+        "disk_budget",
+        parse_disk_budget,
+        None,
+        "most disk the dump's databases on the server may take, as a size (20GB) or a factor of the database's "
+        "size (2x); caps the spare and the fresh_db pool (a test's own clone is always made); unset: no cap",
     ),
     Option("start_timeout", parse_positive_float, 30.0, "seconds to wait for PostgreSQL to accept connections"),
     Option(

@@ -7,6 +7,7 @@ import math
 import os
 import re
 import shlex
+from dataclasses import dataclass
 from pathlib import Path
 
 from pytest_dbsnap.config.placeholders import Command
@@ -71,6 +72,62 @@ def parse_positive_int(value: object) -> int:
     if number is None or number < 1:
         raise ValueError("expected a whole number of 1 or more")
     return number
+
+
+def parse_count(value: object) -> int:
+    """A whole number of 0 or more (0 turns the thing off)."""
+    if isinstance(value, bool):
+        raise ValueError("expected a whole number of 0 or more")
+    try:
+        number = int(value) if isinstance(value, int | str) else None
+    except ValueError:
+        number = None
+    if number is None or number < 0:
+        raise ValueError("expected a whole number of 0 or more")
+    return number
+
+
+_UNITS = {"": 1, "B": 1, "KB": 10**3, "MB": 10**6, "GB": 10**9, "TB": 10**12, "KIB": 2**10, "MIB": 2**20}
+_UNITS |= {"GIB": 2**30, "TIB": 2**40}
+_BYTES = re.compile(r"^(?P<number>\d+(?:\.\d+)?)\s*(?P<unit>[KMGT]I?B|B)?$", re.IGNORECASE)
+_FACTOR = re.compile(r"^(?P<number>\d+(?:\.\d+)?)\s*x$", re.IGNORECASE)
+
+
+@dataclass(frozen=True)
+class DiskBudget:
+    """The most disk the dump's databases on a server may take: a size, or a factor of the database's size
+    (the template's). Plain values, so the server layer can use it without the settings."""
+
+    size_bytes: int | None = None
+    factor: float | None = None
+
+    def limit(self, database_bytes: int) -> int:
+        if self.size_bytes is not None:
+            return self.size_bytes
+        assert self.factor is not None
+        return int(self.factor * database_bytes)
+
+    def __str__(self) -> str:
+        if self.size_bytes is not None:
+            return f"{self.size_bytes / 1e9:g} GB"
+        return f"{self.factor:g}x the database"
+
+
+def parse_disk_budget(value: object) -> DiskBudget:
+    """'20GB', '500 MiB', '1000000' (bytes) or '2x' (a factor of the database's size, at least 1)."""
+    text = str(value).strip() if isinstance(value, int | float | str) and not isinstance(value, bool) else ""
+    factor = _FACTOR.match(text)
+    if factor:
+        number = float(factor["number"])
+        if number < 1:
+            raise ValueError("expected a factor of 1x or more (the template alone is 1x)")
+        return DiskBudget(factor=number)
+    size = _BYTES.match(text)
+    if size:
+        number = float(size["number"]) * _UNITS[(size["unit"] or "").upper()]
+        if number >= 1:
+            return DiskBudget(size_bytes=int(number))
+    raise ValueError("expected a size such as 20GB or 500MB, or a factor of the database's size such as 2x")
 
 
 def parse_positive_float(value: object) -> float:

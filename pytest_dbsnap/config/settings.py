@@ -11,6 +11,7 @@ from pathlib import Path
 
 from pytest_dbsnap.config.checks import CheckSpec
 from pytest_dbsnap.config.options import OPTIONS_BY_KEY
+from pytest_dbsnap.config.parsers import DiskBudget
 from pytest_dbsnap.config.placeholders import Command
 
 
@@ -73,6 +74,8 @@ class Settings:
     required_tools: tuple[str, ...] = ()
     warm_cluster: bool = True
     cluster_snapshot: bool = True
+    fresh_db_pool: int = 1
+    disk_budget: DiskBudget | None = None
     start_timeout: float = 30.0
     remote: str | None = None
     remote_endpoint_url: str | None = None

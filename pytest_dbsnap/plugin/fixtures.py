@@ -100,8 +100,11 @@ def dbsnap_database(
         progress.end()
     pytestconfig.stash[OUTCOME_KEY] = outcome
     publish_facts(pytestconfig)
-    yield outcome
-    outcome.wait_for_spare(timeout=120)
+    try:
+        yield outcome
+    finally:
+        outcome.close_pool()  # the fresh_db clones made ahead
+        outcome.wait_for_spare(timeout=120)
 
 
 @pytest.fixture(scope="session")

@@ -199,6 +199,10 @@ def pytest_sessionfinish(session: pytest.Session) -> None:
             "database": outcome.describe() if outcome is not None else None,
             "phases": [dataclasses.asdict(p) for p in config.stash[PHASES_KEY].ordered()],
             "facts": report_facts(config) if outcome is not None else {},
+            # Restored from a dump: the controller's local cluster drops it before parking, as its own.
+            "discard": outcome.database
+            if outcome is not None and outcome.meta is not None and outcome.method != "kept as it was"
+            else None,
             "snapshot_of": [outcome.meta.environment, outcome.meta.name, outcome.pushed]
             if cold and outcome is not None and outcome.meta is not None
             else None,
@@ -246,6 +250,12 @@ def pytest_testnodedown(node: Any, error: object) -> None:
     if data["database"]:
         config.stash.setdefault(WORKER_DATABASES_KEY, []).append(f"{node.gateway.id}: {data['database']}")
     publish_facts(config, data["facts"])
+    if data.get("discard"):
+        from pytest_dbsnap.postgres.local import LocalCluster
+
+        server = config.stash.get(SERVER_KEY, None)
+        if isinstance(server, LocalCluster):
+            server.discard_at_park(data["discard"])
     if data.get("snapshot_of"):
         _request_snapshot(config, *data["snapshot_of"])
 

@@ -29,8 +29,9 @@ OLD_PREFIX = "dbsnap_old_"
 TEMPLATE_PREFIX = "dbsnap_tpl_"
 SPARE_PREFIX = "dbsnap_spare_"
 FRESH_PREFIX = "dbsnap_test_"  # per-test clones made by the fresh_db fixture
+POOL_PREFIX = "dbsnap_pool_"  # fresh_db clones made ahead of time (postgres/pool.py), renamed when handed out
 MARK = "pytest-dbsnap"  # COMMENT ON DATABASE of every database this tool creates
-_TEMPORARY = re.compile(rf"^(?:{STAGE_PREFIX}|{OLD_PREFIX}|{FRESH_PREFIX})(?P<pid>\d+)_[0-9a-f]+$")
+_TEMPORARY = re.compile(rf"^(?:{STAGE_PREFIX}|{OLD_PREFIX}|{FRESH_PREFIX}|{POOL_PREFIX})(?P<pid>\d+)_[0-9a-f]+$")
 _BUSY_WAIT = 15.0  # seconds to wait for other sessions to leave a database we must rename or clone
 
 Connection = psycopg.Connection[tuple[object, ...]]
@@ -229,6 +230,40 @@ def rename_closed(conn: Connection, name: str, new_name: str) -> None:
     with conn.transaction():
         conn.execute(sql.SQL("ALTER DATABASE {} RENAME TO {}").format(sql.Identifier(name), sql.Identifier(new_name)))
         conn.execute(sql.SQL("ALTER DATABASE {} WITH ALLOW_CONNECTIONS false").format(sql.Identifier(new_name)))
+
+
+def open_to_connections(conn: Connection, name: str, new_name: str) -> None:
+    """Hand out a closed copy: rename it and let connections in, in one transaction (undone if either fails)."""
+    with conn.transaction():
+        conn.execute(sql.SQL("ALTER DATABASE {} RENAME TO {}").format(sql.Identifier(name), sql.Identifier(new_name)))
+        conn.execute(sql.SQL("ALTER DATABASE {} WITH ALLOW_CONNECTIONS true").format(sql.Identifier(new_name)))
+
+
+def close_to_connections(conn: Connection, name: str) -> None:
+    conn.execute(sql.SQL("ALTER DATABASE {} WITH ALLOW_CONNECTIONS false").format(sql.Identifier(name)))
+
+
+def size_of(conn: Connection, name: str) -> int:
+    """Bytes on disk of one database (0 when it does not exist)."""
+    row = conn.execute("SELECT pg_database_size(oid) FROM pg_database WHERE datname = %s", (name,)).fetchone()
+    return int(str(row[0])) if row is not None else 0
+
+
+def our_sizes(conn: Connection) -> dict[str, int]:
+    """Bytes on disk of each database this tool made (marked, or named dbsnap_...): what a disk budget counts.
+    A replaced database set aside to be dropped (OLD_PREFIX) is not counted: it is on its way out."""
+    rows = conn.execute(
+        "SELECT datname, pg_database_size(oid) FROM pg_database "
+        "WHERE (shobj_description(oid, 'pg_database') = %s OR datname LIKE 'dbsnap\\_%%') "
+        "AND datname NOT LIKE %s",
+        (MARK, OLD_PREFIX.replace("_", "\\_") + "%"),
+    ).fetchall()
+    return {str(name): int(str(size)) for name, size in rows}
+
+
+def room_for_copy(conn: Connection, template: str, limit_bytes: int) -> bool:
+    """Whether one more full copy of `template` keeps this tool's databases within `limit_bytes`."""
+    return sum(our_sizes(conn).values()) + size_of(conn, template) <= limit_bytes
 
 
 def drop_temporary_instruction(conninfo: str, owner: int) -> Instruction:

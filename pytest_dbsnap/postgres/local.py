@@ -28,17 +28,17 @@ from pytest_dbsnap.core.redact import add_secret
 from pytest_dbsnap.errors import DbsnapError, ServerError, SnapshotUnusable, ToolError
 from pytest_dbsnap.postgres.account import (
     free_space,
-    invoking_user,
     runtime_base,
     server_account,
 )
 from pytest_dbsnap.postgres.base import PgTools, Server, find_pg_tools, free_port, wait_until_accepting
 from pytest_dbsnap.postgres.binaries import BinariesChoice
 from pytest_dbsnap.postgres.copy_on_write import has_copy_on_write
-from pytest_dbsnap.postgres.databases import TEMPLATE_PREFIX
+from pytest_dbsnap.postgres.databases import TEMPLATE_PREFIX, drop
 from pytest_dbsnap.postgres.parking import (
     CLUSTER_FORMAT,
     SECRET_FILE,
+    SUPERUSER,
     cluster_instructions,
     is_current_format,
     owner_file,
@@ -47,6 +47,7 @@ from pytest_dbsnap.postgres.parking import (
     remove_outdated_pristines,
     remove_stale_clusters,
     stop_postmaster,
+    write_auth_files,
 )
 from pytest_dbsnap.postgres.snapshot import (
     DumpRef,
@@ -61,15 +62,6 @@ from pytest_dbsnap.postgres.snapshot import (
 
 log = logging.getLogger(__name__)
 
-SUPERUSER = "postgres"
-IDENT_MAP = "dbsnap"
-# No trust line anywhere: the socket takes the invoking OS user only (and its folder is 0700), TCP the secret.
-PG_HBA = f"""\
-# pytest-dbsnap (format {CLUSTER_FORMAT}): nobody gets in without the cluster's secret.
-local   all   all                  peer map={IDENT_MAP}
-host    all   all   127.0.0.1/32   scram-sha-256
-host    all   all   ::1/128        scram-sha-256
-"""
 # Settings for throwaway data: nothing needs to survive a crash, and restores go faster without WAL work.
 FAST_SETTINGS = {
     "fsync": "off",
@@ -124,6 +116,7 @@ class LocalCluster(Server):
         self.snapshot_written: str | None = None  # what stop() wrote, for the summary
         self.snapshot_write_problem: str | None = None  # why stop() wrote none although asked to
         self._snapshot_request: DumpRef | None = None
+        self._discard_at_park: set[str] = set()
         self._after_snapshot: Callable[[], tuple[str, ...]] | None = None
 
     def _warm_slot(self, warm_key: str) -> Path:
@@ -272,7 +265,7 @@ class LocalCluster(Server):
             chown_tree(self.data_dir, self.account)
         # Machine-specific: the ident map names this machine's OS users. No secret came with it: the first
         # start sets a new one through the socket.
-        self._write_auth_files(self.data_dir)
+        write_auth_files(self.account, self.data_dir)
         (self.data_dir / SECRET_FILE).unlink(missing_ok=True)
         self.started_from_snapshot = snapshot.name
         return True
@@ -363,25 +356,13 @@ class LocalCluster(Server):
                     timeout=300,
                 )
                 password_file.unlink()
-                self._write_auth_files(target)
+                write_auth_files(self.account, target)
                 shutil.rmtree(pristine, ignore_errors=True)
                 # cp -a rather than rename: the cache may be on another filesystem than the temp folder.
                 run(["cp", "-a", str(target), str(pristine)], what="storing the pristine cluster")
             finally:
                 shutil.rmtree(scratch, ignore_errors=True)
             return pristine
-
-    def _write_auth_files(self, data_dir: Path) -> None:
-        """pg_hba.conf without trust, and the ident map that lets the invoking OS user in on the socket."""
-        (data_dir / "pg_hba.conf").write_text(PG_HBA)
-        # The server's own account may use the socket too: it owns the data files anyway.
-        users = dict.fromkeys([invoking_user(), *([self.account.user] if self.account else [])])
-        with (data_dir / "pg_ident.conf").open("w") as ident:
-            ident.write("# pytest-dbsnap: the OS users that may connect on the socket as the superuser.\n")
-            ident.writelines(f"{IDENT_MAP}   {user}   {SUPERUSER}\n" for user in users)
-        if self.account:
-            for name in ("pg_hba.conf", "pg_ident.conf"):
-                os.chown(data_dir / name, self.account.uid, self.account.gid)
 
     def _use_secret(self) -> None:
         """Connect over TCP with the cluster's secret from now on; a new cluster gets its secret here.
@@ -477,6 +458,8 @@ class LocalCluster(Server):
         if self.folder is None:
             return
         try:
+            if self.warm_slot is not None:
+                self._drop_discarded()
             stopped_cleanly = stop_postmaster(self.tools, self.data_dir, self.account)
             if stopped_cleanly and self._snapshot_request is not None:
                 stopped_cleanly = self._write_snapshot(self._snapshot_request)
@@ -489,6 +472,22 @@ class LocalCluster(Server):
             self._remove_folder()
         if self._snapshot_request is not None and self.snapshot_write_problem is None:
             self._push_snapshot(self._snapshot_request)
+
+    def discard_at_park(self, name: str) -> None:
+        """Drop this database before the folder is parked: the session restored it from a dump, so the next
+        session restores it again (the spare is renamed in). Parked, it would be a third full copy beside the
+        template and the spare."""
+        self._discard_at_park.add(name)
+
+    def _drop_discarded(self) -> None:
+        if not self._discard_at_park:
+            return
+        try:
+            with self.connect() as conn:
+                for name in sorted(self._discard_at_park):
+                    drop(conn, name)
+        except psycopg.Error as exc:  # only costs the parked folder its space
+            log.warning("could not drop %s before parking the local cluster: %s", ", ".join(self._discard_at_park), exc)
 
     def snapshot_after_stop(self, ref: DumpRef, *, then: Callable[[], tuple[str, ...]] | None = None) -> None:
         """Write a cluster snapshot of this dump when the cluster stops (the session's data came from a cold

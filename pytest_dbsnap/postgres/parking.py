@@ -15,7 +15,7 @@ from pytest_dbsnap.core import reaper
 from pytest_dbsnap.core.proc import RunAs, run
 from pytest_dbsnap.core.reaper import Instruction
 from pytest_dbsnap.errors import ToolError
-from pytest_dbsnap.postgres.account import server_account
+from pytest_dbsnap.postgres.account import invoking_user, server_account
 from pytest_dbsnap.postgres.base import PgTools
 
 log = logging.getLogger(__name__)
@@ -169,3 +169,27 @@ def remove_stale_clusters(base: Path, tools: PgTools) -> list[Path]:
             if time.time() - scratch.stat().st_mtime > 600:
                 shutil.rmtree(scratch, ignore_errors=True)
     return removed
+
+
+SUPERUSER = "postgres"
+IDENT_MAP = "dbsnap"
+# No trust line anywhere: the socket takes the invoking OS user only (and its folder is 0700), TCP the secret.
+PG_HBA = f"""\
+# pytest-dbsnap (format {CLUSTER_FORMAT}): nobody gets in without the cluster's secret.
+local   all   all                  peer map={IDENT_MAP}
+host    all   all   127.0.0.1/32   scram-sha-256
+host    all   all   ::1/128        scram-sha-256
+"""
+
+
+def write_auth_files(account: RunAs | None, data_dir: Path) -> None:
+    """pg_hba.conf without trust, and the ident map that lets the invoking OS user in on the socket."""
+    (data_dir / "pg_hba.conf").write_text(PG_HBA)
+    # The server's own account may use the socket too: it owns the data files anyway.
+    users = dict.fromkeys([invoking_user(), *([account.user] if account else [])])
+    with (data_dir / "pg_ident.conf").open("w") as ident:
+        ident.write("# pytest-dbsnap: the OS users that may connect on the socket as the superuser.\n")
+        ident.writelines(f"{IDENT_MAP}   {user}   {SUPERUSER}\n" for user in users)
+    if account:
+        for name in ("pg_hba.conf", "pg_ident.conf"):
+            os.chown(data_dir / name, account.uid, account.gid)

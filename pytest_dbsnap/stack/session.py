@@ -9,6 +9,7 @@ import time
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 
+from pytest_dbsnap.config.parsers import DiskBudget
 from pytest_dbsnap.config.settings import Settings
 from pytest_dbsnap.dumps.fingerprint import compute_fingerprint
 from pytest_dbsnap.dumps.generate import generate_dump, migrate
@@ -19,6 +20,7 @@ from pytest_dbsnap.dumps.restore import (
     drop_orphan_templates,
     prepare_spare,
     restore_dump,
+    spare_name,
     template_name,
     with_copy_on_write,
 )
@@ -27,6 +29,7 @@ from pytest_dbsnap.errors import DbsnapError, DumpCorrupt, DumpError
 from pytest_dbsnap.postgres import databases
 from pytest_dbsnap.postgres.base import PgTools, Server, find_pg_tools
 from pytest_dbsnap.postgres.local import LocalCluster
+from pytest_dbsnap.postgres.pool import ClonePool
 from pytest_dbsnap.postgres.snapshot import DumpRef
 
 Progress = Callable[[str], None]
@@ -57,7 +60,11 @@ class DatabaseOutcome:
     matched_earlier: str | None = None
     # The server's clones (this restore's, the spare, fresh_db, xdist workers') share the template's blocks.
     copy_on_write: bool = False
+    # fresh_db: how many clones the pool makes ahead (0: none), and the disk budget that caps it and the spare.
+    pool_ahead: int = 0
+    disk_budget: DiskBudget | None = None
     _spare_thread: threading.Thread | None = field(default=None, repr=False)
+    _pool: ClonePool | None = field(default=None, repr=False)
 
     def describe(self) -> str:
         if self.meta is None:
@@ -77,6 +84,21 @@ class DatabaseOutcome:
     def wait_for_spare(self, timeout: float | None = None) -> None:
         if self._spare_thread is not None:
             self._spare_thread.join(timeout)
+
+    def pool(self, server: Server, template: str) -> ClonePool:
+        """The session's pool of fresh_db clones, started at the first fresh_db (a session without one makes
+        no copy ahead)."""
+        if self._pool is None:
+            budget = self.disk_budget
+            limit = None if budget is None else (lambda conn: budget.limit(databases.size_of(conn, template)))
+            self._pool = ClonePool(server, template, ahead=self.pool_ahead, limit_bytes=limit).start()
+        return self._pool
+
+    def close_pool(self) -> None:
+        """Drop the clones made ahead (at the session's end)."""
+        pool, self._pool = self._pool, None
+        if pool is not None:
+            pool.close()
 
 
 def changed_inputs(meta: DumpMeta, current: dict[str, str]) -> list[str]:
@@ -342,7 +364,16 @@ def prepare_database(
         matched_earlier,
         copy_on_write=result.copy_on_write,
     )
-    if spare_in_background and _spare_outlives_session(server):
+    outcome.pool_ahead, outcome.disk_budget = settings.fresh_db_pool, settings.disk_budget
+    if isinstance(server, LocalCluster):
+        # Restored from the dump, so the next session restores it again (from the spare): parked, it would only
+        # be a third copy on disk.
+        server.discard_at_park(target)
+    if (
+        spare_in_background
+        and _spare_outlives_session(server)
+        and _spare_fits(server, meta, settings.disk_budget, warnings)
+    ):
         outcome._spare_thread = threading.Thread(
             target=_spare_quietly, args=(server, meta), daemon=True, name="dbsnap-spare"
         )
@@ -355,6 +386,27 @@ def _spare_outlives_session(server: Server) -> bool:
     (warm_cluster off) is removed at stop with its spare: making one would only copy the whole database while
     the tests run and make the session's teardown wait for the copy."""
     return not (isinstance(server, LocalCluster) and server.warm_slot is None)
+
+
+def _spare_fits(server: Server, meta: DumpMeta, budget: DiskBudget | None, warnings: list[str]) -> bool:
+    """Whether the disk budget holds one more copy of the database for the spare; when it does not, the
+    session says so once (a line in the summary) and goes on without one."""
+    if budget is None or server.copy_on_write:
+        return True
+    template = template_name(meta)
+    with server.connect() as conn:
+        if databases.exists(conn, spare_name(meta)):
+            return True
+        size = databases.size_of(conn, template)
+        used = sum(databases.our_sizes(conn).values())
+    if used + size <= budget.limit(size):
+        return True
+    warnings.append(
+        f"the disk budget ({budget}: {budget.limit(size) / 1e6:.0f} MB) cannot hold a spare copy of the database "
+        f"({size / 1e6:.0f} MB; this server's pytest-dbsnap databases take {used / 1e6:.0f} MB), so none was "
+        f"made: the next session clones the template instead of renaming a spare. Raise disk_budget to keep one."
+    )
+    return False
 
 
 def _spare_quietly(server: Server, meta: DumpMeta) -> None:
@@ -377,16 +429,18 @@ def verify_restored_dump(outcome: DatabaseOutcome, settings: Settings) -> None:
 @contextlib.contextmanager
 def template_clone(server: Server, outcome: DatabaseOutcome, *, need: str, fix: str) -> Iterator[str]:
     """A private database cloned from the restored dump's template, dropped afterwards (pass or fail): what
-    `fresh_db` and transactional Django tests get. DumpError (`need`, then `fix`) when the session has no template."""
+    `fresh_db` and transactional Django tests get, from the session's pool (a rename when a copy is ready).
+    DumpError (`need`, then `fix`) when the session has no template."""
     meta = outcome.meta
     template = template_name(meta) if meta is not None else None
-    name = databases.temporary_name(databases.FRESH_PREFIX)
-    with server.connect() as conn:
-        if template is None or not databases.exists(conn, template):
-            raise DumpError(f"{need}, and this session has none (--skip-dump-restore, or no dump). {fix}")
-        databases.clone(conn, template, name, copy_on_write=server.copy_on_write)
+    if outcome._pool is None:
+        with server.connect() as conn:
+            if template is None or not databases.exists(conn, template):
+                raise DumpError(f"{need}, and this session has none (--skip-dump-restore, or no dump). {fix}")
+    assert template is not None
+    pool = outcome.pool(server, template)
+    name = pool.take()
     try:
         yield name
     finally:
-        with server.connect() as conn:
-            databases.drop(conn, name)
+        pool.give_back(name)

@@ -5,6 +5,7 @@ locks), and the next run is green with the dump's data."""
 
 from __future__ import annotations
 
+import subprocess
 import sys
 from collections.abc import Iterator
 from pathlib import Path
@@ -104,6 +105,42 @@ def test_killed_during_the_tests(pg_cache: Path, drilled: Drilled) -> None:
         generate_dump(project, env)
         kill_at(project, env, drilled, PYTEST, hold="tests", reached=lambda _run: (project / "tests.started").exists())
         assert_green(project, env, drilled, PYTEST)
+
+
+FRESH_TEST = """\
+import time
+from pathlib import Path
+
+
+def test_private_database_while_the_pool_is_full(fresh_db):
+    here = Path(__file__).resolve().parent
+    (here / "tests.started").write_text("")
+    while (here / "hold-tests").exists():
+        time.sleep(0.05)
+"""
+
+
+def test_killed_with_fresh_db_clones_made_ahead(
+    project: Path, pg_cache: Path, outside_server: LocalCluster, drilled: Drilled
+) -> None:
+    """The pool's copies and the test's own clone sit on a server that outlives the run: its reaper drops them."""
+    env = run_environ(pg_cache)
+    generate_dump(project, env)
+    env["DBSNAP_DSN"] = outside_server.dsn("postgres")
+    env["DBSNAP_FRESH_DB_POOL"] = "2"
+    (project / "test_drill.py").write_text(FRESH_TEST)
+
+    with outside_server.connect() as conn:
+
+        def pool_full(run: subprocess.Popen[bytes]) -> bool:
+            names = temporary_databases(conn, run.pid)
+            pooled = [n for n in names if n.startswith(databases.POOL_PREFIX)]
+            return (project / "tests.started").exists() and len(pooled) == 2
+
+        killed = kill_at(project, env, drilled, PYTEST, hold="tests", reached=pool_full)
+
+        wait_until(lambda: not temporary_databases(conn, killed), LEFTOVER_DEADLINE, "the drop of its pool's copies")
+    assert_green(project, env, drilled, PYTEST)
 
 
 # --- the dbsnap command line ---------------------------------------------------------------------------------

@@ -22,9 +22,10 @@ from pytest_dbsnap.errors import ServerError, ToolError
 from pytest_dbsnap.postgres import account as account_module
 from pytest_dbsnap.postgres.account import DEDICATED_ACCOUNT, runtime_base, server_account
 from pytest_dbsnap.postgres.base import PgTools, find_pg_tools
-from pytest_dbsnap.postgres.local import PG_HBA, LocalCluster
+from pytest_dbsnap.postgres.local import LocalCluster
 from pytest_dbsnap.postgres.parking import (
     CLUSTER_FORMAT,
+    PG_HBA,
     SECRET_FILE,
     evict_parked,
     remove_stale_clusters,

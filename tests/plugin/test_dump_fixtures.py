@@ -51,7 +51,28 @@ KEPT_TESTS = """
 def test_the_database_was_kept(dbsnap_db, dbsnap_database):
     assert dbsnap_database.method == "kept as it was"
     assert dbsnap_db.execute("SELECT note FROM written_by_a_test").fetchall() == [("from an earlier run",)]
-    assert dbsnap_db.execute("SELECT count(*) FROM reality_nodes").fetchone() == (100,)
+"""
+
+WRITE_TEST = """
+def test_write_a_row(dbsnap_db):
+    dbsnap_db.execute("CREATE TABLE written_by_a_test (note text)")
+    dbsnap_db.execute("INSERT INTO written_by_a_test VALUES ('from an earlier run')")
+"""
+
+# A session that restored the dump drops its used app database before parking (issue 28: a parked cluster holds
+# at most twice the database): what is left is the template and one spare, of equal size.
+PARKED_TESTS = """
+def test_the_parked_cluster_held_the_template_and_one_spare(dbsnap_db, dbsnap_database):
+    assert dbsnap_database.method == "kept as it was"
+    assert dbsnap_db.execute("SELECT to_regclass('public.written_by_a_test')").fetchone() == (None,)
+    rows = dbsnap_db.execute(
+        "SELECT datname, pg_database_size(oid) FROM pg_database "
+        "WHERE datname NOT IN ('postgres', 'template0', 'template1') ORDER BY datname"
+    ).fetchall()
+    [app, spare, template] = rows
+    assert app[0] == "app"
+    assert spare[0].startswith("dbsnap_spare_") and template[0].startswith("dbsnap_tpl_")
+    assert spare[1] <= template[1] * 1.05
 """
 
 FRESH_TESTS = """
@@ -123,17 +144,25 @@ def test_first_run_generates_later_runs_restore_and_skip_keeps_the_database(
     assert "generated" not in line
     assert any(method in line for method in ("spare swap", "template clone", "pg_restore")), line
 
-    # The parked cluster of the last run still has the row its test wrote: --skip-dump-restore keeps it.
+    # The parked cluster of the last run holds the template and a spare, not the used app database (it was
+    # dropped when parking): --skip-dump-restore creates it empty and migrates it.
     pytester.makepyfile(test_restored="")
-    pytester.makepyfile(test_kept=KEPT_TESTS)
+    pytester.makepyfile(test_kept=PARKED_TESTS)
     kept = run(pytester, "--skip-dump-restore")
 
     kept.assert_outcomes(passed=1)
     assert summary_line(kept).startswith(f"database: dev/{name} -> 'app': kept as it was in ")
 
+    # A database kept as it was is the user's: it is parked with the cluster, and the next such run keeps it.
+    pytester.makepyfile(test_kept=KEPT_TESTS)
+    pytester.makepyfile(test_write=WRITE_TEST)
+    run(pytester, "--skip-dump-restore", "test_write.py").assert_outcomes(passed=1)
+    run(pytester, "--skip-dump-restore", "test_kept.py").assert_outcomes(passed=1)
+
     # A cluster that starts from the pristine copy has no app database: it is created empty and migrated.
     monkeypatch.setenv("DBSNAP_WARM_CLUSTER", "false")
     pytester.makepyfile(test_kept="")
+    pytester.makepyfile(test_write="")
     pytester.makepyfile(test_fresh=FRESH_TESTS)
     fresh = run(pytester, "--skip-dump-restore")
 

@@ -121,6 +121,33 @@ def test_passes(fresh_db):
     check_and_record(fresh_db, "passing.txt")
 """
 
+# Each test checks its fresh_db against its worker's app database (rows and md5), empties it, and records how many
+# copies its worker's pool held ahead at that moment.
+POOL_TESTS = """\
+import json
+import os
+from pathlib import Path
+
+import psycopg
+import pytest
+
+DIGEST = "SELECT count(*), md5(string_agg(id::text || name, ',' ORDER BY id)) FROM reality_nodes"
+
+
+@pytest.mark.parametrize("number", range(6))
+def test_pooled_copy(fresh_db, db_dsn, number):
+    with psycopg.connect(fresh_db, autocommit=True) as conn:
+        mine = conn.execute(DIGEST).fetchone()
+        conn.execute("DELETE FROM reality_nodes")
+        pooled = conn.execute(
+            "SELECT count(*) FROM pg_database WHERE datname LIKE %s", (f"dbsnap\\\\_pool\\\\_{os.getpid()}\\\\_%",)
+        ).fetchone()[0]
+    with psycopg.connect(db_dsn) as conn:
+        app = conn.execute(DIGEST).fetchone()
+    record = {"pid": os.getpid(), "equal": list(mine) == list(app), "rows": mine[0], "pooled": pooled}
+    Path(f"pool-{number}.json").write_text(json.dumps(record))
+"""
+
 VERBOSE_LINE = re.compile(r"^\[(?P<worker>gw\d+)\] \[\s*\d+%\] (?P<outcome>[A-Z]+) (?P<nodeid>\S+)")
 
 
@@ -152,11 +179,12 @@ def write_project(pytester: pytest.Pytester, cluster: LocalCluster, dumps_dir: P
 
 
 def temporary_databases(cluster: LocalCluster) -> list[str]:
-    """fresh_db clones and restore staging databases on the server: none may outlive a run."""
+    """fresh_db clones (handed out or made ahead by a worker's pool) and restore staging databases on the server:
+    none may outlive a run."""
     with cluster.connect() as conn:
         rows = conn.execute(
             r"SELECT datname FROM pg_database WHERE datname LIKE 'dbsnap\_test\_%' "
-            r"OR datname LIKE 'dbsnap\_stage\_%' ORDER BY datname"
+            r"OR datname LIKE 'dbsnap\_stage\_%' OR datname LIKE 'dbsnap\_pool\_%' ORDER BY datname"
         ).fetchall()
     return [str(row[0]) for row in rows]
 
@@ -250,4 +278,23 @@ def test_a_crashed_worker_leaves_the_others_results_and_the_next_run_passes(
     assert again.ret == pytest.ExitCode.OK
     # The crashed worker could not drop its fresh database; the next run's restore cleared it away.
     assert not database_exists(cluster, left_by_crash)
+    assert temporary_databases(cluster) == []
+
+
+def test_each_worker_fills_its_own_pool_and_leaves_nothing(
+    pytester: pytest.Pytester, cluster: LocalCluster, shared_dumps: Path
+) -> None:
+    pytester.makepyprojecttoml(PROJECT.format(dsn=cluster.dsn(), dumps_dir=shared_dumps) + "fresh_db_pool = 2\n")
+    pytester.makepyfile(test_pool=POOL_TESTS)
+
+    result = pytester.runpytest_subprocess("-n", "2", "-p", "no:cacheprovider", timeout=180)
+
+    result.assert_outcomes(passed=6)
+    records = [json.loads(path.read_text()) for path in sorted(pytester.path.glob("pool-*.json"))]
+    assert len(records) == 6
+    # Every copy was the dump as restored, although the test before it on its worker emptied its own.
+    assert all(r["equal"] and r["rows"] > 0 for r in records), records
+    # Each worker's pool (named by the worker's pid) never ran more than two ahead.
+    assert all(0 <= r["pooled"] <= 2 for r in records), records
+    assert 1 <= len({r["pid"] for r in records}) <= 2
     assert temporary_databases(cluster) == []

@@ -1,0 +1,169 @@
+"""The fresh_db pool on a real server: copies made ahead in a thread equal the template (rows and md5), a
+hand-out is a rename, the pool refills and never runs more than N ahead, a disk limit holds it back, and
+closing it leaves nothing."""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+from pytest_dbsnap.postgres import databases
+from pytest_dbsnap.postgres.base import find_pg_tools
+from pytest_dbsnap.postgres.local import LocalCluster
+from pytest_dbsnap.postgres.pool import ClonePool
+
+CHECKSUM = "SELECT count(*), md5(string_agg(id || ':' || payload, ',' ORDER BY id)) FROM items"
+
+
+@pytest.fixture(scope="module")
+def cluster(tmp_path_factory: pytest.TempPathFactory) -> Iterator[LocalCluster]:
+    cache = tmp_path_factory.getbasetemp() / "pg-cache"  # shared with the other server tests
+    cache.mkdir(exist_ok=True)
+    with LocalCluster(find_pg_tools(None), cache_dir=cache).start() as started:
+        assert isinstance(started, LocalCluster)
+        yield started
+
+
+@pytest.fixture(scope="module")
+def template(cluster: LocalCluster) -> tuple[str, tuple[object, ...]]:
+    """A template of 20 000 rows (a few MB) and the checksum of its rows, read before it was closed."""
+    name = f"{databases.TEMPLATE_PREFIX}pooltest"
+    with cluster.connect() as conn:
+        databases.create(conn, name)
+    with cluster.connect(name) as conn:
+        conn.execute("CREATE TABLE items (id int PRIMARY KEY, payload text NOT NULL)")
+        conn.execute("INSERT INTO items SELECT g, repeat(md5(g::text), 4) FROM generate_series(1, 20000) g")
+        row = conn.execute(CHECKSUM).fetchone()
+    assert row is not None
+    with cluster.connect() as conn:
+        databases.mark_template(conn, name)
+    return name, tuple(row)
+
+
+def ours(cluster: LocalCluster, prefix: str) -> list[str]:
+    with cluster.connect() as conn:
+        return [n for n in databases.temporary_names_of(conn, os.getpid()) if n.startswith(prefix)]
+
+
+def checksum(cluster: LocalCluster, name: str) -> tuple[object, ...]:
+    with cluster.connect(name) as conn:
+        row = conn.execute(CHECKSUM).fetchone()
+    assert row is not None
+    return tuple(row)
+
+
+def test_a_hand_out_is_a_ready_copy_equal_to_the_template_and_the_pool_refills_to_n(
+    cluster: LocalCluster, template: tuple[str, tuple[object, ...]]
+) -> None:
+    name, rows = template
+    pool = ClonePool(cluster, name, ahead=2).start()
+    try:
+        assert pool.wait_until_full(timeout=120)
+        pooled = ours(cluster, databases.POOL_PREFIX)
+        assert len(pooled) == 2
+        with cluster.connect() as conn:
+            allowed = conn.execute(
+                "SELECT datname, datallowconn FROM pg_database WHERE datname = ANY(%s)", (pooled,)
+            ).fetchall()
+        assert sorted(allowed) == sorted((n, False) for n in pooled), "nobody may enter a copy before its hand-out"
+
+        handed = pool.take()
+
+        assert handed.startswith(databases.FRESH_PREFIX)
+        assert (pool.handed_out_ready, pool.made_on_demand) == (1, 0)
+        assert checksum(cluster, handed) == rows
+        # The pool refills behind the test, and never holds more than two ahead.
+        assert pool.wait_until_full(timeout=120)
+        assert len(ours(cluster, databases.POOL_PREFIX)) == 2
+        assert ours(cluster, databases.FRESH_PREFIX) == [handed]
+        # A written copy is the test's alone: the next hand-out is the template again.
+        with cluster.connect(handed) as conn:
+            conn.execute("DELETE FROM items WHERE id <= 100")
+        pool.give_back(handed)
+        second = pool.take()
+        assert checksum(cluster, second) == rows
+        assert pool.handed_out_ready == 2
+        pool.give_back(second)
+        assert ours(cluster, databases.FRESH_PREFIX) == []
+    finally:
+        pool.close()
+    assert ours(cluster, databases.POOL_PREFIX) == []
+    assert ours(cluster, databases.FRESH_PREFIX) == []
+
+
+def test_a_pool_of_zero_clones_on_demand_and_makes_nothing_ahead(
+    cluster: LocalCluster, template: tuple[str, tuple[object, ...]]
+) -> None:
+    name, rows = template
+    pool = ClonePool(cluster, name, ahead=0).start()
+    try:
+        handed = pool.take()
+        assert (pool.handed_out_ready, pool.made_on_demand) == (0, 1)
+        assert checksum(cluster, handed) == rows
+        assert ours(cluster, databases.POOL_PREFIX) == []
+        pool.give_back(handed)
+    finally:
+        pool.close()
+    assert ours(cluster, databases.FRESH_PREFIX) == []
+
+
+def test_the_disk_limit_holds_the_pool_back_until_a_copy_is_given_back(
+    cluster: LocalCluster, template: tuple[str, tuple[object, ...]]
+) -> None:
+    name, rows = template
+    with cluster.connect() as conn:
+        others = sum(databases.our_sizes(conn).values())
+        size = databases.size_of(conn, name)
+    # Room for exactly one copy beside what this tool has on the server now.
+    pool = ClonePool(cluster, name, ahead=3, limit_bytes=lambda _conn: others + size + size // 2).start()
+    try:
+        assert pool.wait_until_full(timeout=120)
+        assert pool.held_back
+        assert len(ours(cluster, databases.POOL_PREFIX)) == 1
+        handed = pool.take()  # a rename: the copy still takes its room, so none is made beside it
+        assert checksum(cluster, handed) == rows
+        assert pool.wait_until_full(timeout=120)
+        assert ours(cluster, databases.POOL_PREFIX) == []
+        pool.give_back(handed)  # room again: the pool makes its one copy
+        assert pool.wait_until_full(timeout=120)
+        assert len(ours(cluster, databases.POOL_PREFIX)) == 1
+    finally:
+        pool.close()
+    assert ours(cluster, databases.POOL_PREFIX) == []
+
+
+def test_a_dead_processs_pool_copies_are_leftovers(cluster: LocalCluster, tmp_path: Path) -> None:
+    """The pool's names carry the pid as the other temporary names do: the reaper's program and the next
+    restore's drop_leftovers find them."""
+    dead = f"{databases.POOL_PREFIX}999999999_0123abcd"
+    assert databases._TEMPORARY.match(dead)
+    with cluster.connect() as conn:
+        databases.create(conn, dead)
+        assert databases.temporary_names_of(conn, 999999999) == [dead]
+        assert dead in databases.drop_leftovers(conn)
+        assert not databases.exists(conn, dead)
+
+
+def test_a_copy_gone_before_its_hand_out_is_replaced_by_a_clone(
+    cluster: LocalCluster, template: tuple[str, tuple[object, ...]]
+) -> None:
+    name, rows = template
+    pool = ClonePool(cluster, name, ahead=1).start()
+    try:
+        assert pool.wait_until_full(timeout=120)
+        [pooled] = ours(cluster, databases.POOL_PREFIX)
+        with cluster.connect() as conn:
+            databases.drop(conn, pooled)  # another hand dropped it (a leftover sweep of a confused admin)
+
+        handed = pool.take()
+
+        assert (pool.handed_out_ready, pool.made_on_demand) == (0, 1)
+        assert checksum(cluster, handed) == rows
+        pool.give_back(handed)  # the connection is usable after the failed rename
+    finally:
+        pool.close()
+    assert ours(cluster, databases.POOL_PREFIX) == []
+    assert ours(cluster, databases.FRESH_PREFIX) == []

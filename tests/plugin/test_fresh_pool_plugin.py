@@ -1,0 +1,97 @@
+"""The fresh_db pool and the disk budget seen from a user's run (pytester, a subprocess, the local cluster): each
+test's private database equals the restored dump (rows and md5), the pool never runs more than N ahead and leaves
+nothing, a budget too small for a spare says so once, and `dbsnap list` shows what the store and the parked
+cluster hold."""
+
+from __future__ import annotations
+
+import os
+import shutil
+import subprocess
+import sys
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+from pytest_dbsnap.config.loading import load_settings
+from pytest_dbsnap.postgres.base import find_pg_tools
+from pytest_dbsnap.postgres.local import LocalCluster
+
+PYPROJECT = """\
+[tool.dbsnap]
+database = "app"
+dumps_dir = "dumps"
+migrate_command = "python -m refapp.migrate"
+seed_command = "python -m refapp.seed --scale 60"
+schema_version_query = "SELECT version_num FROM alembic_version"
+fresh_db_pool = 2
+disk_budget = "2x"
+"""
+
+TESTS = """
+import os
+
+import psycopg
+import pytest
+
+DIGEST = "SELECT count(*), md5(string_agg(id::text || name, ',' ORDER BY id)) FROM reality_nodes"
+
+
+@pytest.mark.parametrize("number", range(4))
+def test_private_copy_of_the_dump(fresh_db, db_dsn, number):
+    with psycopg.connect(fresh_db, autocommit=True) as conn:
+        mine = conn.execute(DIGEST).fetchone()
+        conn.execute("DELETE FROM reality_nodes")  # the next test's copy must not see this
+        pooled = conn.execute(
+            "SELECT count(*) FROM pg_database WHERE datname LIKE %s", (f"dbsnap\\\\_pool\\\\_{os.getpid()}\\\\_%",)
+        ).fetchone()[0]
+    with psycopg.connect(db_dsn) as conn:
+        assert conn.execute(DIGEST).fetchone() == mine
+    assert mine[0] > 0
+    assert pooled <= 2
+"""
+
+
+@pytest.fixture
+def project(
+    pytester: pytest.Pytester, monkeypatch: pytest.MonkeyPatch, tmp_path_factory: pytest.TempPathFactory
+) -> Iterator[Path]:
+    for name in list(os.environ):
+        if name.startswith("DBSNAP_") or name == "DATABASE_URL":
+            monkeypatch.delenv(name)
+    cache = tmp_path_factory.getbasetemp() / "pg-cache"  # shared with the other server tests
+    cache.mkdir(exist_ok=True)
+    monkeypatch.setenv("DBSNAP_CACHE_DIR", str(cache))
+    yield pytester.path
+    settings = load_settings(project_root=pytester.path.resolve(), environ={})
+    if settings.warm_key is not None:
+        slot = LocalCluster(find_pg_tools(None), cache_dir=cache, warm_key=settings.warm_key).warm_slot
+        assert slot is not None
+        shutil.rmtree(slot, ignore_errors=True)
+
+
+def test_pooled_copies_equal_the_dump_the_budget_warns_once_and_list_shows_the_disk(
+    pytester: pytest.Pytester, project: Path
+) -> None:
+    pytester.makepyprojecttoml(PYPROJECT)
+    pytester.makepyfile(test_pool=TESTS)
+
+    result = pytester.runpytest_subprocess("-p", "no:cacheprovider", timeout=300)
+
+    result.assert_outcomes(passed=4)
+    warnings = [line for line in result.stdout.lines if line.startswith("warning: the disk budget (2x the database")]
+    assert len(warnings) == 1, result.stdout.str()
+    assert "cannot hold a spare copy of the database" in warnings[0]
+    assert "Raise disk_budget" in warnings[0]
+
+    listed = subprocess.run(
+        [sys.executable, "-m", "pytest_dbsnap.cli", "list"], cwd=project, capture_output=True, text=True, timeout=60
+    )
+    assert listed.returncode == 0, listed.stderr
+    store_line = [line for line in listed.stdout.splitlines() if line.startswith("disk: store ")]
+    assert len(store_line) == 1
+    assert " MB of dumps, " in store_line[0]
+    parked = [line for line in listed.stdout.splitlines() if line.startswith("disk: parked cluster ")]
+    assert len(parked) == 1, listed.stdout
+    assert parked[0].endswith(" MB")
