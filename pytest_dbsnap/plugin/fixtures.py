@@ -4,7 +4,7 @@ services). Heavy modules (psycopg, the session machinery) load inside the fixtur
 from __future__ import annotations
 
 import contextlib
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from typing import TYPE_CHECKING, NoReturn
 
 import pytest
@@ -38,6 +38,23 @@ def storage_or_raise(exc: OSError) -> DbsnapError:
     return converted
 
 
+@contextlib.contextmanager
+def setup_step(config: pytest.Config, step: str, what: str, undo: Callable[[], None] | None = None) -> Iterator[None]:
+    """A slow set-up step on the progress line; a failure the user can fix (or a full or read-only disk) fails
+    the test with the message only, after `undo`."""
+    progress = progress_reporter(config)
+    progress.step(step)
+    try:
+        yield
+    except (DbsnapError, OSError) as exc:
+        progress.end(failed=True)
+        if undo is not None:
+            undo()
+        fail_setup(what, exc if isinstance(exc, DbsnapError) else storage_or_raise(exc))
+    finally:
+        progress.end()
+
+
 @pytest.fixture(scope="session")
 def dbsnap_settings(pytestconfig: pytest.Config) -> Settings:
     """The session's settings; override in conftest.py to build your own."""
@@ -57,18 +74,9 @@ def pg_server(pytestconfig: pytest.Config, dbsnap_settings: Settings) -> Iterato
         yield attached
         forget()
         return
-    progress = progress_reporter(pytestconfig)
-    progress.step(f"starting PostgreSQL ({provider_choice(pytestconfig)[0]})")
-    try:
-        server = start_server(dbsnap_settings, provider_choice(pytestconfig)[0])
-    except DbsnapError as exc:
-        progress.end(failed=True)
-        fail_setup("could not get a PostgreSQL server", exc)
-    except OSError as exc:
-        progress.end(failed=True)
-        fail_setup("could not get a PostgreSQL server", storage_or_raise(exc))
-    finally:
-        progress.end()
+    provider = provider_choice(pytestconfig)[0]
+    with setup_step(pytestconfig, f"starting PostgreSQL ({provider})", "could not get a PostgreSQL server"):
+        server = start_server(dbsnap_settings, provider)
     pytestconfig.stash[SERVER_KEY] = server
     forget = watch_server(server)
     server.version  # noqa: B018 - read while it runs: the report is written after the server is gone
@@ -86,18 +94,9 @@ def dbsnap_database(
     """The app database, restored from the latest dump of --dump-env (generated first when missing or stale)."""
     from pytest_dbsnap.stack.session import prepare_database
 
-    progress = progress_reporter(pytestconfig)
-    progress.step(f"preparing {dbsnap_settings.database!r} from {dbsnap_settings.env}")
-    try:
-        outcome = prepare_database(pg_server, dbsnap_settings, progress=progress.step)
-    except DbsnapError as exc:
-        progress.end(failed=True)
-        fail_setup("could not prepare the app database", exc)
-    except OSError as exc:
-        progress.end(failed=True)
-        fail_setup("could not prepare the app database", storage_or_raise(exc))
-    finally:
-        progress.end()
+    preparing = f"preparing {dbsnap_settings.database!r} from {dbsnap_settings.env}"
+    with setup_step(pytestconfig, preparing, "could not prepare the app database"):
+        outcome = prepare_database(pg_server, dbsnap_settings, progress=progress_reporter(pytestconfig).step)
     pytestconfig.stash[OUTCOME_KEY] = outcome
     publish_facts(pytestconfig)
     try:
@@ -171,20 +170,9 @@ def _start_service(
         django_root=session_settings.project_root if session_settings.django else None,
     )
     config.stash[SERVICES_KEY][settings.name] = service
-    progress = progress_reporter(config)
-    progress.step(f"starting the {settings.name}")
-    try:
+    # An OSError here is its log folder, full or read-only.
+    with setup_step(config, f"starting the {settings.name}", f"the {settings.name} did not start", service.stop):
         service.start()
-    except DbsnapError as exc:
-        progress.end(failed=True)
-        service.stop()
-        fail_setup(f"the {settings.name} did not start", exc)
-    except OSError as exc:  # its log folder is full or read-only
-        progress.end(failed=True)
-        service.stop()
-        fail_setup(f"the {settings.name} did not start", storage_or_raise(exc))
-    finally:
-        progress.end()
     try:
         with service.client() as client:
             yield RunningService(settings.name, service.url, client, service.log_path, service)
