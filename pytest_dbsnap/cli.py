@@ -477,6 +477,48 @@ def cmd_import(args: argparse.Namespace, settings: Settings) -> int:
     return EXIT_OK
 
 
+def cmd_capture(args: argparse.Namespace, settings: Settings) -> int:
+    """Masked data of a live database into the store (`--check`: only whether the policy covers its catalog)."""
+    from pytest_dbsnap.dumps.capture.pipeline import Source, capture_dump, check_policy, require_key
+    from pytest_dbsnap.dumps.capture.policy import parse_policy
+    from pytest_dbsnap.postgres import start_server, watch_server
+    from pytest_dbsnap.postgres.base import find_pg_tools
+    from pytest_dbsnap.settings import read_pyproject_table
+
+    dsn = args.capture_dsn or os.environ.get("DBSNAP_CAPTURE_DSN")
+    if not dsn:
+        raise UsageError("dbsnap capture needs the source database: pass --dsn URL or set DBSNAP_CAPTURE_DSN.")
+    policy = parse_policy(read_pyproject_table(find_pyproject(Path.cwd())).get("capture"))
+    source = Source.parse(dsn, allow_remote=args.capture_allow_remote)
+    if args.check:
+        try:
+            plan = check_policy(source, policy, find_pg_tools(settings, need_server=False))
+        except ConfigError as exc:
+            print(f"dbsnap: {exc}", file=sys.stderr)
+            return EXIT_FAILED
+        print(f"the capture policy covers every column of {source.described} ({len(plan.masked_columns())} masked)")
+        return EXIT_OK
+    key = os.environ.get(policy.key_env, "").encode() or None
+    require_key(policy, key)
+    server = start_server(settings, "local")
+    forget = watch_server(server)
+    try:
+        with server:
+            meta = capture_dump(
+                server, _store(settings), settings.env, source=source, policy=policy, key=key,
+                database=settings.database, progress=progress_printer(),
+            )  # fmt: skip
+    finally:
+        forget()
+    _progress_done()
+    print(
+        f"captured {source.described} as {settings.env}/{meta.name}: {meta.size_bytes / 1e6:.1f} MB, "
+        f"{sum(meta.row_counts.values())} rows, {len(meta.capture['masked_columns'])} masked column(s), "
+        f"constraints validated, no sampled original found"
+    )
+    return EXIT_OK
+
+
 Command = Callable[[argparse.Namespace, Settings], int]
 
 
@@ -528,10 +570,20 @@ COMMANDS: dict[str, tuple[Command, str]] = {
         "start the project's local cluster with the dump restored, print its DATABASE_URL, keep it running",
     ),
     "down": (cmd_down, "stop the cluster `dbsnap up` started (its data folder is parked for the next start)"),
+    "capture": (cmd_capture, "copy a live database, masked under [tool.dbsnap.capture], into the store as a dump"),
 }
 
 
-WATCHED = {"generate", "restore", "import", "push", "pull", "prune", "up"}  # the commands that start or write things
+WATCHED = {
+    "generate",
+    "restore",
+    "import",
+    "push",
+    "pull",
+    "prune",
+    "up",
+    "capture",
+}  # the commands that start or write things
 
 
 def _positive(text: str) -> int:
@@ -609,6 +661,16 @@ def build_parser() -> argparse.ArgumentParser:
     sub["prune"].add_argument("--keep", type=_positive, required=True, help="how many newest dumps to keep")
     sub["import"].add_argument("file", help="a pg_dump -Fc file")
     sub["up"].add_argument("--port", type=_port, help="port on 127.0.0.1 (default: a free one)")
+    sub["capture"].add_argument("--dsn", dest="capture_dsn", help="the source (default: DBSNAP_CAPTURE_DSN)")
+    sub["capture"].add_argument(
+        "--allow-remote",
+        dest="capture_allow_remote",
+        action="store_true",
+        help="allow a source that is not this machine",
+    )
+    sub["capture"].add_argument(
+        "--check", action="store_true", help="only check that the policy covers every column (exit 1 if not)"
+    )
     init = commands.add_parser(
         "init",
         help="write a commented [tool.dbsnap] block for this project into pyproject.toml",
