@@ -125,6 +125,8 @@ def _meta_line(meta: DumpMeta, latest: str | None, tree: str | None = None) -> s
     rows = sum(meta.row_counts.values())
     mark = "*" if meta.name == latest else " "
     matches = "  = working tree" if tree is not None and meta.fingerprint == tree else ""
+    if meta.captured:
+        matches += f"  captured, {len(meta.capture.get('masked_columns', []))} column(s) masked"
     return (
         f"{mark} {meta.name:<48} {meta.created_at:<21} {meta.size_bytes / 1e6:>9.1f} MB {rows:>10} rows  "
         f"schema {meta.schema_version or '-'}{matches}"
@@ -383,6 +385,10 @@ def cmd_show(args: argparse.Namespace, settings: Settings) -> int:
     ):
         print(f"  {key:<17} {getattr(meta, key)}")
     print(f"  {'stale':<17} {stale}" + ("  (migrations or seed inputs changed since)" if stale else ""))
+    if meta.captured:  # dbsnap capture: where from, and what was masked (never stale: capture again to refresh)
+        print(f"  {'captured':<17} True, masked: {', '.join(meta.capture.get('masked_columns', [])) or 'nothing'}")
+        for key in ("source", "policy_sha256", "key_fingerprint", "subset_roots"):
+            print(f"  {'capture ' + key.split('_')[0]:<17} {meta.capture.get(key)}")
     print(f"  {'programs here':<17} {programs}")
     for table, count in sorted(meta.row_counts.items()):
         print(f"  rows {table:<40} {count}")

@@ -4,6 +4,7 @@ captured through the masking pipeline into a throwaway database on the same loca
 from __future__ import annotations
 
 import json
+import os
 import re
 import secrets
 from collections.abc import Iterator
@@ -18,16 +19,19 @@ from pytest_dbsnap.dumps import databases
 from pytest_dbsnap.dumps.capture.maskers import EMAIL, FIRST_NAMES, LAST_NAMES, PHONE
 from pytest_dbsnap.dumps.capture.pipeline import Source, capture_dump
 from pytest_dbsnap.dumps.capture.policy import CapturePolicy, parse_policy
+from pytest_dbsnap.dumps.generate import generate_dump
 from pytest_dbsnap.dumps.meta import DumpMeta
 from pytest_dbsnap.dumps.restore import pg_restore_into
 from pytest_dbsnap.dumps.store import DumpStore
-from pytest_dbsnap.errors import ConfigError, DumpError
+from pytest_dbsnap.errors import ConfigError, DumpError, RestoreError
 from pytest_dbsnap.postgres.local import LocalCluster
+from pytest_dbsnap.session import staleness
+from pytest_dbsnap.settings import load_settings
 
 READER_SECRET = "reader-" + secrets.token_hex(6)
 USERS = 60
 
-SCHEMA = """
+SCHEMA = f"""
 CREATE TABLE countries (code text PRIMARY KEY, name text NOT NULL);
 CREATE TABLE teams (id int PRIMARY KEY, name text NOT NULL, captain_id int NOT NULL);
 CREATE TABLE players (id int PRIMARY KEY, team_id int NOT NULL REFERENCES teams, nick text NOT NULL);
@@ -64,14 +68,14 @@ SELECT i, CASE WHEN i % 10 = 1 THEN NULL ELSE i - 1 END, CASE WHEN i % 4 = 0 THE
        lpad((10000 + i)::text, 5, '0'), 'Confidential biography number ' || i || ' about hobbies',
        md5('pw' || i), '\\xdeadbeef', jsonb_build_object('email', 'person' || i || '@realmail.org',
        'phone', '+49 170 555' || i, 'theme', 'dark'), 'token-' || i
-FROM generate_series(1, {users}) i;
+FROM generate_series(1, {USERS}) i;
 INSERT INTO orders (user_id, total, contact) SELECT u, u * 1.5, 'person' || u || '@realmail.org'
-FROM generate_series(1, {users}) u, generate_series(1, 2);
-INSERT INTO order_items (order_id, sku) SELECT o, 'sku-' || o FROM generate_series(1, {orders}) o;
+FROM generate_series(1, {USERS}) u, generate_series(1, 2);
+INSERT INTO order_items (order_id, sku) SELECT o, 'sku-' || o FROM generate_series(1, {USERS * 2}) o;
 INSERT INTO audit_log (payload) SELECT 'secret audit ' || i FROM generate_series(1, 10) i;
 INSERT INTO events SELECT i, DATE '2024-06-01' + i * 30, 'kind' || i FROM generate_series(1, 12) i;
 REFRESH MATERIALIZED VIEW users_per_country;
-""".format(users=USERS, orders=USERS * 2)
+"""
 
 POLICY: dict[str, Any] = {
     "keep": [
@@ -180,21 +184,28 @@ def test_every_masker_replaces_the_originals(
     assert len(users) == USERS
     emails = [u[1] for u in users]
     assert len(set(emails)) == USERS  # unique stays unique
-    for uid, email, first, last, name, phone, street, zip_, bio, pw, avatar, settings, token, lower in users:
-        assert EMAIL.match(email) and "realmail" not in email
-        assert first in FIRST_NAMES and last in LAST_NAMES
-        assert name.split(" ")[0] in FIRST_NAMES and name.split(" ")[1] in LAST_NAMES
+    for uid, email, first, last, name, phone, street, zip_, bio, pw, avatar, settings, constant, lower in users:
+        assert EMAIL.match(email)
+        assert "realmail" not in email
+        assert first in FIRST_NAMES
+        assert last in LAST_NAMES
+        assert name.split(" ")[0] in FIRST_NAMES
+        assert name.split(" ")[1] in LAST_NAMES
         assert PHONE.match(phone)
-        assert re.fullmatch(r"\d{1,3} \w+ \w+", street) and "Secret" not in street
-        assert re.fullmatch(r"\d{5}", zip_) and zip_ != f"{10000 + uid:05d}"
+        assert re.fullmatch(r"\d{1,3} \w+ \w+", street)
+        assert "Secret" not in street
+        assert re.fullmatch(r"\d{5}", zip_)
+        assert zip_ != f"{10000 + uid:05d}"
         original_bio = f"Confidential biography number {uid} about hobbies"
         assert len(bio) == len(original_bio)
         assert not {"confidential", "biography", "number", "about", "hobbies"} & set(bio.lower().split())
         assert re.fullmatch(r"[0-9a-f]{64}", pw)
         assert avatar is None
         document = json.loads(settings)
-        assert EMAIL.match(document["email"]) and PHONE.match(document["phone"]) and document["theme"] == "dark"
-        assert token == "redacted"
+        assert EMAIL.match(document["email"])
+        assert PHONE.match(document["phone"])
+        assert document["theme"] == "dark"
+        assert constant == "redacted"
         assert lower == email.lower()  # the generated column is recomputed from the masked value
     # The same input gives the same output in every table: orders.contact holds the users' emails, masked alike.
     joined = rows(
@@ -206,19 +217,22 @@ def test_every_masker_replaces_the_originals(
 
 
 def test_excluded_rows_views_sequences_and_metadata(
-    full: tuple[DumpStore, DumpMeta, str], dumps_cluster: LocalCluster
+    full: tuple[DumpStore, DumpMeta, str], dumps_cluster: LocalCluster, source: Source
 ) -> None:
     store, meta, db = full
     assert rows(dumps_cluster, db, "SELECT count(*) FROM audit_log")[0][0] == 0  # the schema stays, no rows
     assert rows(dumps_cluster, db, "SELECT count(*) FROM events_2025")[0][0] > 0  # partitions copied
     assert rows(dumps_cluster, db, "SELECT sum(n) FROM users_per_country")[0][0] == USERS  # refreshed
     assert rows(dumps_cluster, db, "SELECT last_value FROM orders_id_seq")[0][0] == USERS * 2
-    assert meta.captured and meta.source == "captured" and meta.fingerprint is None
+    assert meta.captured
+    assert meta.source == "captured"
+    assert meta.fingerprint is None
     assert store.latest_name("prod") == meta.name
-    assert meta.capture["source"].endswith(f"/{'capture_src_'}" + meta.capture["source"].split("capture_src_")[1])
+    assert meta.capture["source"] == f"127.0.0.1:{dumps_cluster.port}/{source.database}"
     assert READER_SECRET not in store.meta_path("prod", meta.name).read_text()
     assert "public.users.email" in meta.capture["masked_columns"]
-    assert meta.capture["key_fingerprint"] and meta.capture["policy_sha256"] == policy_with().sha256
+    assert meta.capture["key_fingerprint"]
+    assert meta.capture["policy_sha256"] == policy_with().sha256
     assert meta.row_counts["public.users"] == USERS
     assert b"realmail" not in store.dump_path("prod", meta.name).read_bytes()
 
@@ -244,9 +258,11 @@ def test_an_uncovered_column_is_refused_and_the_store_is_unchanged(
     with pytest.raises(ConfigError) as refused:
         capture(dumps_cluster, store, source, policy_with(mask={"public.users.phone": None, "public.users.bio": None}))
     message = str(refused.value)
-    assert "public.users.phone (text)" in message and "public.users.bio (text)" in message
+    assert "public.users.phone (text)" in message
+    assert "public.users.bio (text)" in message
     assert "\n" not in message
-    assert store.names("prod") == [kept.name] and store.latest_name("prod") == kept.name
+    assert store.names("prod") == [kept.name]
+    assert store.latest_name("prod") == kept.name
 
 
 def test_masking_without_a_key_is_refused(dumps_cluster: LocalCluster, source: Source, tmp_path: Path) -> None:
@@ -274,7 +290,8 @@ def test_the_leak_check_refuses_originals_in_the_output(
     with pytest.raises(DumpError, match="original") as refused:
         capture(dumps_cluster, store, source, policy_with(**change))
     assert found in str(refused.value)
-    assert store.latest_name("prod") == kept.name and store.names("prod") == [kept.name]
+    assert store.latest_name("prod") == kept.name
+    assert store.names("prod") == [kept.name]
 
 
 def test_subset_keeps_foreign_keys_whole_over_a_self_reference_and_a_not_null_cycle(
@@ -315,7 +332,8 @@ def test_check_exits_1_with_the_uncovered_columns_and_0_when_covered(
     (tmp_path / "pyproject.toml").write_text("\n".join(lines) + "\n")
     assert cli.main(["capture", "--check", "--dsn", source.dsn]) == 1
     err = capsys.readouterr().err
-    assert "public.users.bio (text)" in err and READER_SECRET not in err
+    assert "public.users.bio (text)" in err
+    assert READER_SECRET not in err
     with (tmp_path / "pyproject.toml").open("a") as handle:
         handle.write('"public.users.bio" = "text"\n')
     monkeypatch.setenv("DBSNAP_CAPTURE_DSN", source.dsn)
@@ -335,3 +353,71 @@ def test_the_source_is_only_read(source: Source, dumps_cluster: LocalCluster) ->
     with dumps_cluster.connect(source.database) as conn:
         assert conn.execute("SELECT count(*) FROM audit_log").fetchone() == (10,)
         assert conn.execute("SELECT email FROM users WHERE id = 1").fetchone() == ("person1@realmail.org",)
+
+
+def test_show_and_list_say_captured_and_seeding_never_replaces_it(
+    full: tuple[DumpStore, DumpMeta, str],
+    dumps_cluster: LocalCluster,
+    tmp_path: Path,
+    monkeypatch: pytest.MonkeyPatch,
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    store, _meta, _db = full
+    (tmp_path / "pyproject.toml").write_text(f'[tool.dbsnap]\ndumps_dir = "{store.root}"\nseed_command = "true"\n')
+    monkeypatch.chdir(tmp_path)
+    assert cli.main(["show", "--env", "prod", "-q"]) == 0
+    shown = capsys.readouterr().out
+    assert "captured          True, masked: " in shown
+    assert "public.users.email" in shown
+    assert re.search(r"stale\s+False", shown)
+    assert cli.main(["list", "--env", "prod", "-q"]) == 0
+    assert "captured, 13 column(s) masked" in capsys.readouterr().out
+    settings = load_settings(project_root=tmp_path, pyproject=tmp_path / "pyproject.toml", environ={})
+    assert staleness(settings, store.latest("prod")) is None  # never stale by the working tree
+    before = store.names("prod")
+    with pytest.raises(ConfigError, match="never replaced by seeding"):
+        generate_dump(dumps_cluster, settings, store, "prod", force=True)
+    assert store.names("prod") == before
+
+
+@pytest.mark.parametrize(
+    ("table", "policy", "constraint"),
+    [
+        # A CHECK that only the original phone numbers satisfy: it is part of the table, so the COPY refuses.
+        (
+            "CREATE TABLE people (id int PRIMARY KEY, phone text CHECK (phone LIKE '+49%'));"
+            "INSERT INTO people SELECT i, '+49 30 ' || i FROM generate_series(1, 5) i",
+            {"mask": {"public.people.phone": "phone"}},
+            "people_phone_check",
+        ),
+        # A two-column unique key: 200 first names fall onto a few dozen fakes, which post-data's index refuses.
+        (
+            "CREATE TABLE people (id int PRIMARY KEY, first text, last text, UNIQUE (first, last));"
+            "INSERT INTO people SELECT i, 'Name' || i, 'Same' FROM generate_series(1, 200) i",
+            {"mask": {"public.people.first": "first_name"}, "keep": ["public.people.last"]},
+            "people_first_last_key",
+        ),
+    ],
+)
+def test_a_constraint_the_masked_data_breaks_fails_the_capture(
+    dumps_cluster: LocalCluster, source: Source, tmp_path: Path, table: str, policy: dict[str, Any], constraint: str
+) -> None:
+    """The throwaway database validates every constraint; the capture fails, keeping the store as it was."""
+    name = f"capture_chk_{secrets.token_hex(3)}"
+    with dumps_cluster.connect() as admin:
+        admin.execute(f'CREATE DATABASE "{name}"')
+    try:
+        with dumps_cluster.connect(name) as conn:
+            conn.execute(table)
+            conn.execute("GRANT SELECT ON people TO capture_reader")
+        store = DumpStore(tmp_path / "store")
+        checked = Source.parse(source.dsn.rsplit("/", 1)[0] + f"/{name}", allow_remote=False)
+        with pytest.raises(RestoreError, match="breaks a constraint") as failed:
+            capture(dumps_cluster, store, checked, parse_policy(policy))
+        assert constraint in str(failed.value)
+        assert store.names("prod") == []
+        with dumps_cluster.connect() as admin:  # the throwaway database is gone
+            assert databases.temporary_names_of(admin, os.getpid()) == []
+    finally:
+        with dumps_cluster.connect() as admin:
+            databases.drop(admin, name)

@@ -257,11 +257,7 @@ def capture_dump(
             try:
                 _restore_section(local, archive, scratch, "post-data")
             except ToolError as exc:
-                raise RestoreError(
-                    f"The captured data of {source.described} breaks a constraint, so it was not stored and the "
-                    f"latest dump of {env!r} is unchanged. A masker that maps two values of a unique column to one, "
-                    f"or a subset root whose where clause depends on volatile data, are the usual causes.\n{exc}"
-                ) from exc
+                raise _broken_constraint(source, env, str(exc)) from exc
         with psycopg.connect(local.conninfo(scratch)) as captured:
             for name, value, called in sequences:
                 captured.execute("SELECT setval(%s::regclass, %s, %s)", (name, value, called))
@@ -279,6 +275,8 @@ def capture_dump(
             row_counts = count_rows(captured)
         progress(f"pg_dump of the captured {env}")
         return _store(local, store, env, scratch, database, source, policy, plan, key, row_counts, sample, began)
+    except psycopg.errors.IntegrityError as exc:  # a CHECK or NOT NULL of the table itself, during the COPY
+        raise _broken_constraint(source, env, redact(str(exc)).strip()) from exc
     except psycopg.Error as exc:
         raise DumpError(
             f"Capturing {source.described} failed; the store was not changed: {redact(str(exc)).strip()}"
@@ -292,6 +290,15 @@ def capture_dump(
                     databases.drop(admin, scratch)
             except DbsnapError:
                 pass
+
+
+def _broken_constraint(source: Source, env: str, detail: str) -> RestoreError:
+    """The restore into the throwaway database is the verification: the rows shown are the masked ones."""
+    return RestoreError(
+        f"The captured data of {source.described} breaks a constraint, so it was not stored and the latest dump of "
+        f"{env!r} is unchanged. A masker whose values a CHECK constraint refuses, or that maps two values of a "
+        f"unique column to one, is the usual cause: mask the column otherwise.\n{detail}"
+    )
 
 
 def _copy_all(
