@@ -179,7 +179,8 @@ class Closure:
         while any(self.pending.values()):
             for (table, cols), values in self.pending.items():
                 while values:
-                    batch, values[:] = values[:BATCH], values[BATCH:]
+                    batch = values[-BATCH:]
+                    del values[-BATCH:]
                     where, params = self._in(table, cols, batch)
                     self.visit(table, where, params)
 
