@@ -3,6 +3,8 @@ the maskers' determinism, shapes and limits."""
 
 from __future__ import annotations
 
+import hashlib
+import hmac
 import json
 import re
 from typing import Any
@@ -10,7 +12,7 @@ from typing import Any
 import pytest
 
 from pytest_dbsnap.dumps.capture.catalog import Catalog, Column, ForeignKey, Table
-from pytest_dbsnap.dumps.capture.maskers import EMAIL, LOREM, NAMED, PHONE, build_masker, key_fingerprint
+from pytest_dbsnap.dumps.capture.maskers import EMAIL, LOREM, NAMED, PHONE, _Keyed, build_masker, key_fingerprint
 from pytest_dbsnap.dumps.capture.pipeline import Source
 from pytest_dbsnap.dumps.capture.policy import parse_policy, plan_capture
 from pytest_dbsnap.dumps.capture.subset import Edge, roles_of
@@ -192,3 +194,9 @@ def test_subset_roles_roots_referencers_upward_followers_and_whole() -> None:
         "products": "whole",
         "events": "whole",
     }
+
+
+@pytest.mark.parametrize("key", [b"short", b"k" * 64, b"a much longer key than one sha256 block " * 3])
+def test_the_keyed_hash_is_hmac_sha256_of_the_masker_name_and_the_value(key: bytes) -> None:
+    expected = hmac.new(key, b"email\0ann@corp.com", hashlib.sha256).digest()
+    assert _Keyed(key, "email").digest("ann@corp.com") == expected

@@ -88,6 +88,11 @@ def quote_ident(name: str) -> str:
     return '"' + name.replace('"', '""') + '"'
 
 
+def escape_percent(text: str) -> str:
+    """SQL that will be sent with parameters: a literal % (in a name, in a where clause) must be %%."""
+    return text.replace("%", "%%")
+
+
 def read_catalog(conn: Any) -> Catalog:
     """Every ordinary and partitioned table outside the system schemas, with columns, keys and foreign keys."""
     system = "n.nspname NOT IN ('pg_catalog', 'information_schema') AND n.nspname NOT LIKE 'pg\\_%%'"

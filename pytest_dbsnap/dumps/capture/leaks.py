@@ -10,7 +10,7 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
-from pytest_dbsnap.dumps.capture.catalog import Catalog, quote_ident
+from pytest_dbsnap.dumps.capture.catalog import Catalog, escape_percent, quote_ident
 from pytest_dbsnap.dumps.capture.maskers import Masker
 
 PER_COLUMN = 200  # originals sampled per masked column (the first distinct ones long enough to mean something)
@@ -60,12 +60,15 @@ class LeakSample:
             columns = [c.name for c in table.columns if c.base_type in CHECKED_TYPES]
             if not columns:
                 continue
-            values = ", ".join(f"(%s, sha256(%s || convert_to({quote_ident(c)}::text, 'UTF8')))" for c in columns)
+            values = ", ".join(
+                f"(%s, sha256(%s || convert_to({escape_percent(quote_ident(c))}::text, 'UTF8')))" for c in columns
+            )
             params: list[Any] = []
             for c in columns:
                 params += [c, self.salt]
             rows = conn.execute(
-                f"SELECT DISTINCT v.c, v.h FROM ONLY {table.quoted} t, LATERAL (VALUES {values}) v(c, h) "
+                f"SELECT DISTINCT v.c, v.h FROM ONLY {escape_percent(table.quoted)} t, "
+                f"LATERAL (VALUES {values}) v(c, h) "
                 f"WHERE v.h = ANY(%s) LIMIT 20",
                 [*params, hashes],
             ).fetchall()

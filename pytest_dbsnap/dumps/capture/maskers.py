@@ -5,7 +5,6 @@ masked key still joins); a different key gives different values; the key never l
 from __future__ import annotations
 
 import hashlib
-import hmac
 import json
 import re
 from collections.abc import Callable, Mapping
@@ -45,6 +44,7 @@ EMAIL_TOKEN = 16  # hex digits of the HMAC in each email: distinct inputs stay d
 PHONE = re.compile(r"^\+1-555-\d{3}-\d{4}$")
 EMAIL = re.compile(rf"^[a-z]+\.[a-z]+\.[0-9a-f]{{{EMAIL_TOKEN}}}@example\.com$")
 _WORD = re.compile(r"\w+")
+_LOREM_SET = frozenset(LOREM)
 
 
 def key_fingerprint(key: bytes) -> str:
@@ -75,23 +75,23 @@ class _Keyed:
     """HMAC-SHA256 under the capture key, with the masker's name in the message so maskers do not agree."""
 
     def __init__(self, key: bytes, name: str) -> None:
-        self._mac = hmac.new(key, name.encode() + b"\0", hashlib.sha256)
+        # RFC 2104 by hand, so that the two padded-key states are computed once: copying two sha256 objects per
+        # value is about twice as fast as hmac's own objects (the same bytes: the unit tests compare them).
+        block = (hashlib.sha256(key).digest() if len(key) > 64 else key).ljust(64, b"\0")
+        self._inner = hashlib.sha256(bytes(b ^ 0x36 for b in block) + name.encode() + b"\0")
+        self._outer = hashlib.sha256(bytes(b ^ 0x5C for b in block))
 
     def digest(self, value: str) -> bytes:
-        mac = self._mac.copy()
-        mac.update(value.encode("utf-8", "surrogateescape"))
-        return mac.digest()
+        inner = self._inner.copy()
+        inner.update(value.encode("utf-8", "surrogateescape"))
+        outer = self._outer.copy()
+        outer.update(inner.digest())
+        return outer.digest()
 
-    def stream(self, value: str) -> Callable[[], bytes]:
-        """More keyed bytes for one value, for choices that need many (the words of a text)."""
-        seed, counter = self.digest(value), 0
-
-        def more() -> bytes:
-            nonlocal counter
-            counter += 1
-            return hmac.new(seed, counter.to_bytes(4, "big"), hashlib.sha256).digest()
-
-        return more
+    def stream(self, value: str, size: int) -> bytes:
+        """`size` keyed bytes for one value, for choices that need many (the words of a text): SHAKE-256 of the
+        value's HMAC, so they are as secret as the HMAC itself."""
+        return hashlib.shake_256(self.digest(value)).digest(size)
 
 
 def _pick(options: tuple[str, ...] | list[str], number: int) -> str:
@@ -109,9 +109,13 @@ JSON_TYPES = frozenset({"json", "jsonb"})
 def _named(name: str, key: bytes) -> Masker:
     keyed = _Keyed(key, name)
 
-    def ints(value: str) -> list[int]:
+    def ints(value: str) -> tuple[int, int, int]:
         digest = keyed.digest(value)
-        return [int.from_bytes(digest[i : i + 4], "big") for i in range(0, 32, 4)]
+        return (
+            int.from_bytes(digest[0:4], "big"),
+            int.from_bytes(digest[4:8], "big"),
+            int.from_bytes(digest[8:12], "big"),
+        )
 
     if name == "email":
 
@@ -177,17 +181,17 @@ def _text(keyed: _Keyed, value: str) -> str:
     if not value:
         return value
     banned = {word.lower() for word in _WORD.findall(value)}
-    words = [w for w in LOREM if w not in banned] or ["x"]
-    more = keyed.stream(value)
+    words = [w for w in LOREM if w not in banned] if banned & _LOREM_SET else LOREM
+    words = words or ("x",)
     out: list[str] = []
     size = 0
-    while size < len(value):
-        for byte in more():
-            word = _pick(words, byte)
-            out.append(word)
-            size += len(word) + 1
-            if size >= len(value):
-                break
+    # Every word but "x" takes at least 3 characters with its space: len // 2 + 2 choices always suffice.
+    for byte in keyed.stream(value, len(value) // 2 + 2):
+        word = words[byte % len(words)]
+        out.append(word)
+        size += len(word) + 1
+        if size >= len(value):
+            break
     text = " ".join(out)[: len(value)].rstrip()
     last = text.rsplit(" ", 1)[-1]
     if last.lower() in banned:  # the cut left a word that happens to be the original's

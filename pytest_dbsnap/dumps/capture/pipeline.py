@@ -17,7 +17,7 @@ import psycopg
 
 from pytest_dbsnap import __version__
 from pytest_dbsnap.dumps import databases
-from pytest_dbsnap.dumps.capture.catalog import Catalog, Table, quote_ident, read_catalog
+from pytest_dbsnap.dumps.capture.catalog import Catalog, Table, escape_percent, quote_ident, read_catalog
 from pytest_dbsnap.dumps.capture.leaks import LeakSample
 from pytest_dbsnap.dumps.capture.maskers import key_fingerprint
 from pytest_dbsnap.dumps.capture.policy import CapturePolicy, Plan, plan_capture
@@ -158,7 +158,8 @@ def _copy_table(
     else:
         batches = [
             (
-                f"COPY (SELECT {names} FROM ONLY {table.quoted} WHERE ctid = ANY(%s::tid[])) TO STDOUT",
+                escape_percent(f"COPY (SELECT {names} FROM ONLY {table.quoted}")
+                + " WHERE ctid = ANY(%s::tid[])) TO STDOUT",
                 [ids[i : i + CTID_BATCH]],
             )
             for i in range(0, len(ids), CTID_BATCH)

@@ -17,7 +17,7 @@ from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
-from pytest_dbsnap.dumps.capture.catalog import Catalog, ForeignKey, Table, quote_ident
+from pytest_dbsnap.dumps.capture.catalog import Catalog, ForeignKey, Table, escape_percent, quote_ident
 from pytest_dbsnap.dumps.capture.policy import SubsetRoot
 
 BATCH = 5000
@@ -123,7 +123,8 @@ class Closure:
         source = t.quoted if t.partitioned else f"ONLY {t.quoted}"
         cols = [c for key in self._refkeys(table) for c in key] + [c for e in out for c in e.columns]
         values = "".join(f", {quote_ident(c)}::text" for c in cols)
-        return f"SELECT tableoid::int8, ctid::text{values} FROM {source} WHERE {where}"
+        # `where` arrives escaped: a root's condition by compute(), a key lookup by _in().
+        return escape_percent(f"SELECT tableoid::int8, ctid::text{values} FROM {source}") + f" WHERE {where}"
 
     def _rows(self, query: str, params: Sequence[Any] = ()) -> Iterable[tuple[Any, ...]]:
         with self.conn.cursor(name=f"dbsnap_subset_{id(query) & 0xFFFF:x}") as cursor:
@@ -171,7 +172,7 @@ class Closure:
         t = self.catalog.tables[table]
         types = [next(c.type for c in t.columns if c.name == name) for name in cols]
         arrays = ", ".join(f"%s::text[]::{kind}[]" for kind in types)
-        names = ", ".join(quote_ident(c) for c in cols)
+        names = escape_percent(", ".join(quote_ident(c) for c in cols))
         return f"({names}) IN (SELECT * FROM unnest({arrays}))", [[v[i] for v in values] for i in range(len(cols))]
 
     def close(self) -> None:
@@ -187,7 +188,7 @@ class Closure:
     def compute(self) -> Kept:
         for root in self.roots:
             self.progress(f"subset: rows of {root.table} where {root.where}")
-            self.visit(root.table, f"({root.where})")
+            self.visit(root.table, f"({escape_percent(root.where)})")
         for root in self.roots:
             # Rows that reference a kept root row directly (a user's orders): the roots' rows as they are now.
             for e in self.edges:
