@@ -83,8 +83,21 @@ def build(cluster: LocalCluster, size_mb: int) -> int:
     return size
 
 
-def measured(step: Callable[[], None]) -> tuple[float, float]:
-    """(seconds, peak RSS in MB) of `step` run in a forked child."""
+class Steps:
+    """Progress lines on stderr with the time since the previous one, to see where a capture spends it."""
+
+    def __init__(self) -> None:
+        self.last = time.monotonic()
+
+    def __call__(self, line: str) -> None:
+        now = time.monotonic()
+        print(f"    +{now - self.last:6.1f} s  {line}", file=sys.stderr)
+        self.last = now
+
+
+def measured(step: Callable[[], None]) -> tuple[float, float, float]:
+    """(seconds, peak RSS in MB, CPU seconds of this process) of `step` run in a forked child: the CPU the
+    masking in Python takes, apart from the servers' and pg_dump's."""
     began = time.monotonic()
     pid = os.fork()
     if pid == 0:
@@ -98,7 +111,7 @@ def measured(step: Callable[[], None]) -> tuple[float, float]:
     seconds = time.monotonic() - began
     if os.waitstatus_to_exitcode(status) != 0:
         raise SystemExit("a measured step failed (see above)")
-    return seconds, usage.ru_maxrss / 1024
+    return seconds, usage.ru_maxrss / 1024, usage.ru_utime + usage.ru_stime
 
 
 def main() -> int:
@@ -123,13 +136,15 @@ def main() -> int:
 
             def full() -> None:
                 capture_dump(cluster, store, "full", source=source, policy=parse_policy(POLICY), key=key,
-                             database="app")  # fmt: skip
+                             database="app", progress=Steps())  # fmt: skip
 
             def subset() -> None:
                 policy = parse_policy({**POLICY, "subset": [{"table": "public.users", "where": "id % 10 = 0"}]})
-                capture_dump(cluster, store, "subset", source=source, policy=policy, key=key, database="app")
+                capture_dump(
+                    cluster, store, "subset", source=source, policy=policy, key=key, database="app", progress=Steps()
+                )
 
-            rows: list[tuple[str, float, float]] = []
+            rows: list[tuple[str, float, float, float]] = []
             for name, step in (
                 ("plain pg_dump -Fc", plain),
                 ("masked full capture", full),
@@ -137,22 +152,26 @@ def main() -> int:
             ):
                 for _ in range(args.reps):
                     print(f"  timing {name}", file=sys.stderr)
-                    seconds, rss = measured(step)
-                    rows.append((name, seconds, rss))
+                    seconds, rss, cpu = measured(step)
+                    rows.append((name, seconds, rss, cpu))
     finally:
         shutil.rmtree(scratch, ignore_errors=True)
-    best = {name: min(s for n, s, _ in rows if n == name) for name, _, _ in rows}
-    peak = {name: max(r for n, _, r in rows if n == name) for name, _, _ in rows}
+    best = {name: min(s for n, s, _, _ in rows if n == name) for name, _, _, _ in rows}
+    peak = {name: max(r for n, _, r, _ in rows if n == name) for name, _, _, _ in rows}
+    cpu = {name: min(c for n, _, _, c in rows if n == name) for name, _, _, _ in rows}
     baseline = best["plain pg_dump -Fc"]
+    load = Path("/proc/loadavg").read_text().split()[0] if Path("/proc/loadavg").exists() else "?"
     lines = [
-        f"source database {size / 1e6:.0f} MB, best of {args.reps}; the runner's own peak RSS "
+        f"source database {size / 1e6:.0f} MB, best of {args.reps}, {os.cpu_count()} cores, load {load} at the end; the runner's own peak RSS "
         f"{resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024:.0f} MB",
         "",
-        "| step | seconds | x pg_dump | peak RSS of the step |",
-        "| --- | --- | --- | --- |",
+        "| step | seconds | x pg_dump | peak RSS of the step | CPU s of the Python process |",
+        "| --- | --- | --- | --- | --- |",
     ]
     for name in best:
-        lines.append(f"| {name} | {best[name]:.1f} | {best[name] / baseline:.2f} | {peak[name]:.0f} MB |")
+        lines.append(
+            f"| {name} | {best[name]:.1f} | {best[name] / baseline:.2f} | {peak[name]:.0f} MB | {cpu[name]:.1f} |"
+        )
     ratio = best["masked full capture"] / baseline
     lines.append("")
     lines.append(

@@ -12,6 +12,7 @@ from typing import Any
 import pytest
 
 from pytest_dbsnap.dumps.capture.catalog import Catalog, Column, ForeignKey, Table
+from pytest_dbsnap.dumps.capture.copytext import decode_field, encode_field, mask_rows
 from pytest_dbsnap.dumps.capture.maskers import EMAIL, LOREM, NAMED, PHONE, _Keyed, build_masker, key_fingerprint
 from pytest_dbsnap.dumps.capture.pipeline import Source
 from pytest_dbsnap.dumps.capture.policy import parse_policy, plan_capture
@@ -200,3 +201,23 @@ def test_subset_roles_roots_referencers_upward_followers_and_whole() -> None:
 def test_the_keyed_hash_is_hmac_sha256_of_the_masker_name_and_the_value(key: bytes) -> None:
     expected = hmac.new(key, b"email\0ann@corp.com", hashlib.sha256).digest()
     assert _Keyed(key, "email").digest("ann@corp.com") == expected
+
+
+def test_copy_text_rows_are_masked_field_by_field_with_escapes_and_nulls_kept() -> None:
+    originals = ["a\tb\\c\nd", "plain", None]
+    lines = [f"{i}\t{encode_field(v).decode()}\tkept \\\\ as is\n".encode() for i, v in enumerate(originals)]
+    stream = b"".join(lines)
+    seen: list[str] = []
+
+    def take(value: str) -> bool:
+        seen.append(value)
+        return len(seen) < 1  # wants one sample only
+
+    chunks = list(mask_rows([stream[:7], stream[7:20], stream[20:]], [(1, lambda v: v.upper() + "\n", take)]))
+    rows = b"".join(chunks).split(b"\n")[:-1]
+    assert [r.split(b"\t")[2] for r in rows] == [b"kept \\\\ as is"] * 3  # untouched bytes
+    masked = [r.split(b"\t")[1] for r in rows]
+    assert [None if m == b"\\N" else decode_field(m) for m in masked] == ["A\tB\\C\nD\n", "PLAIN\n", None]
+    assert seen == ["a\tb\\c\nd"]  # the sampler stopped once it had enough
+    with pytest.raises(ValueError, match="inside a row"):
+        list(mask_rows([b"1\tunfinished"], [(1, str.upper, None)]))

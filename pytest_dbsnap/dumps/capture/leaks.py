@@ -29,14 +29,13 @@ class LeakSample:
     def _hash(self, value: str) -> bytes:
         return hashlib.sha256(self.salt + value.encode("utf-8", "surrogateescape")).digest()
 
-    def sampler(self, column: str, masker: Masker) -> Callable[[str], None]:
-        """What the copy calls with each original of one masked column."""
+    def sampler(self, column: str, masker: Masker) -> Callable[[str], bool] | None:
+        """What the copy calls with each original of one masked column, until it returns False (it has enough);
+        None for a column with nothing to sample."""
         if masker.makes_null:
-            return _ignore
+            return None
 
-        def take(value: str) -> None:
-            if self.taken.get(column, 0) >= PER_COLUMN:
-                return
+        def take(value: str) -> bool:
             for original in masker.hidden(value):
                 if len(original) < SHORTEST or masker.may_output(original):
                     continue  # an original the masker could itself write proves nothing (a first name is a name)
@@ -44,6 +43,7 @@ class LeakSample:
                 if digest not in self.hashes:
                     self.hashes[digest] = column
                     self.taken[column] = self.taken.get(column, 0) + 1
+            return self.taken.get(column, 0) < PER_COLUMN
 
         return take
 
@@ -75,7 +75,3 @@ class LeakSample:
             for column, digest in rows:
                 found.append(f"{table.name}.{column} holds an original value of {self.hashes[bytes(digest)]}")
         return sorted(set(found))
-
-
-def _ignore(_value: str) -> None:
-    """Sampling is off for a masker that writes NULL."""

@@ -18,6 +18,7 @@ import psycopg
 from pytest_dbsnap import __version__
 from pytest_dbsnap.dumps import databases
 from pytest_dbsnap.dumps.capture.catalog import Catalog, Table, escape_percent, quote_ident, read_catalog
+from pytest_dbsnap.dumps.capture.copytext import mask_rows
 from pytest_dbsnap.dumps.capture.leaks import LeakSample
 from pytest_dbsnap.dumps.capture.maskers import key_fingerprint
 from pytest_dbsnap.dumps.capture.policy import CapturePolicy, Plan, plan_capture
@@ -145,13 +146,13 @@ def _copy_table(
     plan: Plan,
     ids: list[str] | None,
     sample: LeakSample,
-) -> int:
+) -> None:
     """Stream one leaf table from the source into the local database, masking its masked columns row by row
-    (a table with none passes through as COPY's own bytes). Returns the rows written."""
+    (a table with none passes through as COPY's own bytes)."""
     columns = table.copied_columns()
     names = ", ".join(quote_ident(c) for c in columns)
     maskers = plan.maskers.get(table.name, {})
-    masked = [(columns.index(c), m, sample.sampler(f"{table.name}.{c}", m)) for c, m in maskers.items()]
+    masked = [(columns.index(c), m.mask, sample.sampler(f"{table.name}.{c}", m)) for c, m in maskers.items()]
     batches: list[tuple[str, list[Any]]]
     if ids is None:
         batches = [(f"COPY (SELECT {names} FROM ONLY {table.quoted}) TO STDOUT", [])]
@@ -164,26 +165,12 @@ def _copy_table(
             )
             for i in range(0, len(ids), CTID_BATCH)
         ]
-    written = 0
     with target.cursor() as out_cursor, out_cursor.copy(f"COPY {table.quoted} ({names}) FROM STDIN") as out:
         for statement, params in batches:
             with source.cursor() as in_cursor, in_cursor.copy(statement, params or None) as rows:
-                if not masked:
-                    for block in rows:
-                        out.write(block)
-                        written += bytes(block).count(b"\n")
-                    continue
-                while (row := rows.read_row()) is not None:
-                    values = list(row)
-                    for index, masker, take in masked:
-                        original = values[index]
-                        if original is not None:
-                            take(original)
-                            values[index] = masker.mask(original)
-                    out.write_row(values)
-                    written += 1
+                for chunk in mask_rows(rows, masked) if masked else rows:
+                    out.write(chunk)
     target.commit()
-    return written
 
 
 def _sequences(conn: psycopg.Connection[Any]) -> list[tuple[str, int, bool]]:
