@@ -77,7 +77,7 @@ def build(cluster: LocalCluster, size_mb: int) -> int:
                 conn.execute(statement, {"start": start, "stop": start + batch - 1})
             start += batch
             row = conn.execute("SELECT pg_database_size(current_database())").fetchone()
-            size = int(row[0]) if row else 0
+            size = int(str(row[0])) if row else 0
             print(f"  source: {start - 1} users, {size / 1e6:.0f} MB", file=sys.stderr)
         conn.execute("VACUUM ANALYZE")
     return size
@@ -152,8 +152,7 @@ def main() -> int:
             ):
                 for _ in range(args.reps):
                     print(f"  timing {name}", file=sys.stderr)
-                    seconds, rss, cpu = measured(step)
-                    rows.append((name, seconds, rss, cpu))
+                    rows.append((name, *measured(step)))
     finally:
         shutil.rmtree(scratch, ignore_errors=True)
     best = {name: min(s for n, s, _, _ in rows if n == name) for name, _, _, _ in rows}
@@ -162,8 +161,8 @@ def main() -> int:
     baseline = best["plain pg_dump -Fc"]
     load = Path("/proc/loadavg").read_text().split()[0] if Path("/proc/loadavg").exists() else "?"
     lines = [
-        f"source database {size / 1e6:.0f} MB, best of {args.reps}, {os.cpu_count()} cores, load {load} at the end; the runner's own peak RSS "
-        f"{resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024:.0f} MB",
+        f"source database {size / 1e6:.0f} MB, best of {args.reps}, {os.cpu_count()} cores, load {load} at the "
+        f"end; the runner's own peak RSS {resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024:.0f} MB",
         "",
         "| step | seconds | x pg_dump | peak RSS of the step | CPU s of the Python process |",
         "| --- | --- | --- | --- | --- |",
