@@ -421,3 +421,55 @@ def test_a_constraint_the_masked_data_breaks_fails_the_capture(
     finally:
         with dumps_cluster.connect() as admin:
             databases.drop(admin, name)
+
+
+def test_the_cli_captures_on_its_own_local_cluster_and_restore_uses_the_dump(
+    source: Source,
+    dumps_cluster: LocalCluster,
+    shared_pg_cache: Path,
+    tmp_path: Path,
+    monkeypatch: pytest.MonkeyPatch,
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    """`dbsnap capture` end to end, then `dbsnap restore` of the captured dump like any other."""
+    lines = [
+        "[tool.dbsnap]",
+        'dumps_dir = "dumps"',
+        'logs_dir = "logs"',
+        f'cache_dir = "{shared_pg_cache}"',
+        'provider = "local"',
+        "warm_cluster = false",
+        "cluster_snapshot = false",
+        "",
+        "[tool.dbsnap.capture]",
+        "keep = " + json.dumps(POLICY["keep"]),
+        "exclude = " + json.dumps(POLICY["exclude"]),
+        'key_env = "TEST_CAPTURE_KEY"',
+        "[tool.dbsnap.capture.mask]",
+    ]
+    for column, rule in POLICY["mask"].items():
+        lines.append(f'"{column}" = ' + (json.dumps(rule) if isinstance(rule, str) else _inline(rule)))
+    (tmp_path / "pyproject.toml").write_text("\n".join(lines) + "\n")
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.delenv("TEST_CAPTURE_KEY", raising=False)
+    assert cli.main(["capture", "--env", "prod", "--dsn", source.dsn, "-q"]) == 2  # no key: refused
+    assert "TEST_CAPTURE_KEY" in capsys.readouterr().err
+    monkeypatch.setenv("TEST_CAPTURE_KEY", "a-secret-from-the-vault")
+    assert cli.main(["capture", "--env", "prod", "--dsn", source.dsn, "-q"]) == 0
+    out = capsys.readouterr().out
+    assert "13 masked column(s)" in out
+    assert "constraints validated" in out
+    meta = DumpStore(tmp_path / "dumps").latest("prod")
+    assert meta is not None
+    assert meta.captured
+    target = f"capture_cli_{secrets.token_hex(3)}"
+    admin_dsn = dumps_cluster.dsn(target)
+    try:
+        assert cli.main(["restore", "--env", "prod", "--dsn", admin_dsn, "--no-spare", "-q"]) == 0
+        with dumps_cluster.connect(target) as conn:
+            row = conn.execute("SELECT count(*), count(*) FILTER (WHERE email LIKE '%realmail%') FROM users").fetchone()
+        assert row == (USERS, 0)
+    finally:
+        with dumps_cluster.connect() as admin:
+            databases.drop(admin, target)
+            databases.drop_template(admin, f"{databases.TEMPLATE_PREFIX}{meta.template_key}")
