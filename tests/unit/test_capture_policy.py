@@ -221,3 +221,10 @@ def test_copy_text_rows_are_masked_field_by_field_with_escapes_and_nulls_kept() 
     assert seen == ["a\tb\\c\nd"]  # the sampler stopped once it had enough
     with pytest.raises(ValueError, match="inside a row"):
         list(mask_rows([b"1\tunfinished"], [(1, str.upper, None)]))
+
+
+def test_a_table_the_role_may_not_read_is_named_before_anything_is_read() -> None:
+    source = catalog()
+    source.tables["public.orders"].readable = False
+    with pytest.raises(ConfigError, match=r"may not read 1 table\(s\) of the source: public\.orders\. Grant"):
+        plan_capture(parse_policy(FULL), source, KEY)

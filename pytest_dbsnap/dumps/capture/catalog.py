@@ -42,6 +42,7 @@ class Table:
     columns: list[Column] = field(default_factory=list)
     primary_key: tuple[str, ...] = ()
     unique_keys: list[tuple[str, ...]] = field(default_factory=list)
+    readable: bool = True  # the capturing role has SELECT on it
 
     @property
     def is_partition(self) -> bool:
@@ -99,15 +100,15 @@ def read_catalog(conn: Any) -> Catalog:
     tables: dict[str, Table] = {}
     by_oid: dict[int, str] = {}
     rows = conn.execute(
-        "SELECT c.oid, n.nspname, c.relname, c.relkind = 'p', "
+        "SELECT c.oid, n.nspname, c.relname, c.relkind = 'p', has_table_privilege(c.oid, 'SELECT'), "
         "  (SELECT i.inhparent FROM pg_inherits i WHERE i.inhrelid = c.oid AND c.relispartition LIMIT 1) "
         "FROM pg_class c JOIN pg_namespace n ON n.oid = c.relnamespace "
         f"WHERE c.relkind IN ('r', 'p') AND {system} ORDER BY 2, 3"
     ).fetchall()
     parent_oid: dict[int, int | None] = {}
-    for oid, schema, relname, partitioned, parent in rows:
+    for oid, schema, relname, partitioned, readable, parent in rows:
         name = f"{schema}.{relname}"
-        tables[name] = Table(int(oid), name, schema, relname, bool(partitioned), ())
+        tables[name] = Table(int(oid), name, schema, relname, bool(partitioned), (), readable=bool(readable))
         by_oid[int(oid)] = name
         parent_oid[int(oid)] = int(parent) if parent is not None else None
     for oid, name in by_oid.items():

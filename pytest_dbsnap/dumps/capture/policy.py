@@ -133,6 +133,14 @@ def plan_capture(policy: CapturePolicy, catalog: Catalog, key: bytes | None) -> 
         if owner not in tables or field not in {c.name for c in tables[owner].columns}:
             problems.append(f"mask names {name}, which the source does not have")
     excluded = frozenset(t.name for t in tables.values() if set(_lineage(t)) & set(policy.exclude))
+    unreadable = sorted(t.name for t in tables.values() if not t.readable)
+    if unreadable:
+        # pg_dump locks every table, excluded ones too, and the rows are read partition by partition.
+        raise ConfigError(
+            f"The capturing role may not read {len(unreadable)} table(s) of the source: {', '.join(unreadable)}. "
+            f"Grant it SELECT on every table (GRANT SELECT ON ALL TABLES IN SCHEMA ... covers partitions); nothing "
+            f"was read from the tables and nothing was written."
+        )
     kept = set(policy.keep)
     probe_key = key if key is not None else b"check"
     maskers: dict[str, dict[str, Masker]] = {}
