@@ -228,3 +228,15 @@ def test_a_table_the_role_may_not_read_is_named_before_anything_is_read() -> Non
     source.tables["public.orders"].readable = False
     with pytest.raises(ConfigError, match=r"may not read 1 table\(s\) of the source: public\.orders\. Grant"):
         plan_capture(parse_policy(FULL), source, KEY)
+
+
+@pytest.mark.parametrize(
+    ("table", "message"),
+    [
+        ("public.events_2025", "is a partition: name public.events instead"),
+        ("public.nothing", "public.nothing names no table"),
+    ],
+)
+def test_a_subset_root_must_be_a_whole_table_of_the_source(table: str, message: str) -> None:
+    with pytest.raises(ConfigError, match=message):
+        plan_capture(parse_policy({**FULL, "subset": [{"table": table, "where": "true"}]}), catalog(), KEY)

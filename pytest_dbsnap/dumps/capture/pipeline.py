@@ -9,7 +9,7 @@ import datetime as dt
 import tempfile
 import time
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -29,7 +29,7 @@ from pytest_dbsnap.dumps.restore import count_rows
 from pytest_dbsnap.dumps.store import DumpStore
 from pytest_dbsnap.errors import ConfigError, DbsnapError, DumpError, RestoreError, ServerError, ToolError
 from pytest_dbsnap.postgres.base import PgTools, Server
-from pytest_dbsnap.postgres.external import connect_external, non_local_hosts, parse_dsn
+from pytest_dbsnap.postgres.external import ExternalServer, non_local_hosts, parse_dsn
 from pytest_dbsnap.proc import run
 from pytest_dbsnap.redact import redact
 
@@ -45,7 +45,7 @@ def _quiet(_line: str) -> None:
 class Source:
     """The database to capture, from a DSN: where it is (for messages and the metadata, no password)."""
 
-    dsn: str
+    dsn: str = field(repr=False)  # may hold a password
     database: str
     host: str
 
@@ -85,9 +85,10 @@ def _open_source(source: Source, tools: PgTools) -> tuple[Server, psycopg.Connec
     """The source server and one connection in a read-only REPEATABLE READ transaction (works for a role with
     only CONNECT, USAGE and SELECT, and with default_transaction_read_only = on)."""
     params = {k: v for k, v in parse_dsn(source.dsn).items() if k != "dbname"}
-    server = connect_external(source.dsn, allow_remote=True, tools=tools, allow_remote_flag="--allow-remote")
+    # Never waits on the `postgres` database as connect_external does: the role may connect to its own only.
+    server = ExternalServer(params, tools)
     try:
-        conn = psycopg.connect(psycopg.conninfo.make_conninfo(**params, dbname=source.database), client_encoding="UTF8")
+        conn = psycopg.connect(server.conninfo(source.database), client_encoding="UTF8", connect_timeout=10)
     except psycopg.OperationalError as exc:
         raise ServerError(
             f"Cannot connect to the capture source {source.described}: {redact(str(exc)).strip()}"

@@ -133,6 +133,11 @@ def plan_capture(policy: CapturePolicy, catalog: Catalog, key: bytes | None) -> 
         if owner not in tables or field not in {c.name for c in tables[owner].columns}:
             problems.append(f"mask names {name}, which the source does not have")
     excluded = frozenset(t.name for t in tables.values() if set(_lineage(t)) & set(policy.exclude))
+    for root in policy.subset:
+        if root.table in tables and tables[root.table].is_partition:
+            problems.append(f"the subset root {root.table} is a partition: name {tables[root.table].top} instead")
+        elif root.table in excluded:
+            problems.append(f"the subset root {root.table} is excluded")
     unreadable = sorted(t.name for t in tables.values() if not t.readable)
     if unreadable:
         # pg_dump locks every table, excluded ones too, and the rows are read partition by partition.
