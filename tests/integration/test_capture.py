@@ -51,6 +51,7 @@ CREATE TABLE orders (id serial PRIMARY KEY, user_id int NOT NULL REFERENCES user
                      contact text);
 CREATE TABLE order_items (id serial PRIMARY KEY, order_id int NOT NULL REFERENCES orders, sku text NOT NULL);
 CREATE TABLE audit_log (id serial PRIMARY KEY, payload text);
+CREATE TABLE subscriptions (email varchar(80) PRIMARY KEY REFERENCES users (email), since date NOT NULL);
 CREATE TABLE events (id int, at date NOT NULL, kind text) PARTITION BY RANGE (at);
 CREATE TABLE events_2024 PARTITION OF events FOR VALUES FROM ('2024-01-01') TO ('2025-01-01');
 CREATE TABLE events_2025 PARTITION OF events FOR VALUES FROM ('2025-01-01') TO ('2026-01-01');
@@ -72,6 +73,7 @@ FROM generate_series(1, {USERS}) i;
 INSERT INTO orders (user_id, total, contact) SELECT u, u * 1.5, 'person' || u || '@realmail.org'
 FROM generate_series(1, {USERS}) u, generate_series(1, 2);
 INSERT INTO order_items (order_id, sku) SELECT o, 'sku-' || o FROM generate_series(1, {USERS * 2}) o;
+INSERT INTO subscriptions SELECT email, DATE '2024-01-01' FROM users WHERE id % 2 = 1;
 INSERT INTO audit_log (payload) SELECT 'secret audit ' || i FROM generate_series(1, 10) i;
 INSERT INTO events SELECT i, DATE '2024-06-01' + i * 30, 'kind' || i FROM generate_series(1, 12) i;
 REFRESH MATERIALIZED VIEW users_per_country;
@@ -86,6 +88,7 @@ POLICY: dict[str, Any] = {
         "public.order_items.sku",
         "public.events",
         "public.users.created_at",
+        "public.subscriptions.since",
     ],
     "exclude": ["public.audit_log"],
     "mask": {
@@ -102,6 +105,7 @@ POLICY: dict[str, Any] = {
         "public.users.settings": {"json": {"email": "email", "phone": "phone"}},
         "public.users.api_token": {"value": "redacted"},
         "public.orders.contact": "email",
+        "public.subscriptions.email": "email",  # a masked foreign key: it still joins because it is deterministic
     },
 }
 KEY = b"test-key-" + b"k" * 24
@@ -214,6 +218,9 @@ def test_every_masker_replaces_the_originals(
     assert joined[0][0] == USERS * 2
     # The json masker uses the same email masker: the address in settings equals the masked column.
     assert rows(dumps_cluster, db, "SELECT count(*) FROM users WHERE settings->>'email' = email")[0][0] == USERS
+    # A masked key still joins (the restore validated its foreign key): every subscription is a masked user's email.
+    joined = rows(dumps_cluster, db, "SELECT count(*) FROM subscriptions s JOIN users u USING (email)")
+    assert joined[0][0] == USERS // 2
 
 
 def test_excluded_rows_views_sequences_and_metadata(
@@ -315,6 +322,9 @@ def test_subset_keeps_foreign_keys_whole_over_a_self_reference_and_a_not_null_cy
     assert 0 < items == rows(dumps_cluster, db, "SELECT count(*) FROM orders")[0][0]
     assert meta.capture["subset_roots"] == subset
     assert rows(dumps_cluster, db, "SELECT count(*) FROM countries")[0][0] <= 3
+    # Rows that reference a kept root row through a masked text key: the lookups went by the original values.
+    subscribed = rows(dumps_cluster, db, "SELECT count(*) FROM subscriptions s JOIN users u USING (email)")[0][0]
+    assert subscribed == rows(dumps_cluster, db, "SELECT count(*) FROM subscriptions")[0][0] > 0
 
 
 def test_check_exits_1_with_the_uncovered_columns_and_0_when_covered(
@@ -371,7 +381,7 @@ def test_show_and_list_say_captured_and_seeding_never_replaces_it(
     assert "public.users.email" in shown
     assert re.search(r"stale\s+False", shown)
     assert cli.main(["list", "--env", "prod", "-q"]) == 0
-    assert "captured, 13 column(s) masked" in capsys.readouterr().out
+    assert "captured, 14 column(s) masked" in capsys.readouterr().out
     settings = load_settings(project_root=tmp_path, pyproject=tmp_path / "pyproject.toml", environ={})
     assert staleness(settings, store.latest("prod")) is None  # never stale by the working tree
     before = store.names("prod")
@@ -457,7 +467,7 @@ def test_the_cli_captures_on_its_own_local_cluster_and_restore_uses_the_dump(
     monkeypatch.setenv("TEST_CAPTURE_KEY", "a-secret-from-the-vault")
     assert cli.main(["capture", "--env", "prod", "--dsn", source.dsn, "-q"]) == 0
     out = capsys.readouterr().out
-    assert "13 masked column(s)" in out
+    assert "14 masked column(s)" in out
     assert "constraints validated" in out
     meta = DumpStore(tmp_path / "dumps").latest("prod")
     assert meta is not None
