@@ -229,7 +229,7 @@ def generate_dump(
         except DumpCorrupt:
             # Its message tells the user to regenerate: an unreadable latest must not block exactly that.
             current = None
-        if current is not None and current.captured:
+        if current is not None and current.captured and force:  # never stale: without force it is kept below
             raise ConfigError(
                 f"The latest dump of environment {env!r} ({current.name}) was captured from "
                 f"{current.capture.get('source', 'a live database')} with dbsnap capture, so it is never replaced "

@@ -387,6 +387,7 @@ def test_show_and_list_say_captured_and_seeding_never_replaces_it(
     before = store.names("prod")
     with pytest.raises(ConfigError, match="never replaced by seeding"):
         generate_dump(dumps_cluster, settings, store, "prod", force=True)
+    assert generate_dump(dumps_cluster, settings, store, "prod") == (store.latest("prod"), False)  # --if-stale
     assert store.names("prod") == before
 
 
