@@ -190,10 +190,12 @@ class Closure:
             self.progress(f"subset: rows of {root.table} where {root.where}")
             self.visit(root.table, f"({escape_percent(root.where)})")
         for root in self.roots:
-            # Rows that reference a kept root row directly (a user's orders): the roots' rows as they are now.
+            # Rows that reference a kept root row directly (a user's orders): the keys of the rows the roots' where
+            # matched, not those of rows they reference and that are only asked for so far (pending).
             for e in self.edges:
                 if e.parent == root.table and self.roles.get(e.child) != "whole":
-                    keys = list(self.wanted[(e.parent, e.parent_columns)])
+                    asked = set(self.pending[(e.parent, e.parent_columns)])
+                    keys = [k for k in self.wanted[(e.parent, e.parent_columns)] if k not in asked]
                     for start in range(0, len(keys), BATCH):
                         where, params = self._in(e.child, e.columns, keys[start : start + BATCH])
                         self.visit(e.child, where, params)
