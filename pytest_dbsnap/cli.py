@@ -580,16 +580,8 @@ COMMANDS: dict[str, tuple[Command, str]] = {
 }
 
 
-WATCHED = {
-    "generate",
-    "restore",
-    "import",
-    "push",
-    "pull",
-    "prune",
-    "up",
-    "capture",
-}  # the commands that start or write things
+# The commands that start or write things.
+WATCHED = {"generate", "restore", "import", "push", "pull", "prune", "up", "capture"}
 
 
 def _positive(text: str) -> int:
