@@ -17,7 +17,8 @@ from pytest_dbsnap.dumps.capture.maskers import EMAIL, LOREM, NAMED, PHONE, _Key
 from pytest_dbsnap.dumps.capture.pipeline import Source
 from pytest_dbsnap.dumps.capture.policy import parse_policy, plan_capture
 from pytest_dbsnap.dumps.capture.subset import Edge, roles_of
-from pytest_dbsnap.errors import ConfigError
+from pytest_dbsnap.dumps.meta import DumpMeta
+from pytest_dbsnap.errors import ConfigError, DumpCorrupt
 
 KEY = b"unit-test-key"
 
@@ -240,3 +241,24 @@ def test_a_table_the_role_may_not_read_is_named_before_anything_is_read() -> Non
 def test_a_subset_root_must_be_a_whole_table_of_the_source(table: str, message: str) -> None:
     with pytest.raises(ConfigError, match=message):
         plan_capture(parse_policy({**FULL, "subset": [{"table": table, "where": "true"}]}), catalog(), KEY)
+
+
+def test_capture_metadata_round_trips_and_a_malformed_capture_field_is_refused() -> None:
+    meta = DumpMeta(
+        name="20261203T000000Z-capture-abcdef12",
+        environment="prod",
+        database="app",
+        created_at="2026-12-03T00:00:00Z",
+        sha256="a" * 64,
+        size_bytes=1,
+        pg_dump_version="15.4",
+        server_version="15.4",
+        source="captured",
+        captured=True,
+        capture={"source": "db:5432/app", "masked_columns": ["public.users.email"]},
+    )
+    again = DumpMeta.from_dict(json.loads(meta.to_json()), where="test")
+    assert again == meta
+    assert again.fingerprint is None  # never stale by the working tree
+    with pytest.raises(DumpCorrupt, match="capture an object"):
+        DumpMeta.from_dict({**json.loads(meta.to_json()), "capture": "db"}, where="test")
