@@ -262,3 +262,11 @@ def test_capture_metadata_round_trips_and_a_malformed_capture_field_is_refused()
     assert again.fingerprint is None  # never stale by the working tree
     with pytest.raises(DumpCorrupt, match="capture an object"):
         DumpMeta.from_dict({**json.loads(meta.to_json()), "capture": "db"}, where="test")
+
+
+def test_a_long_text_keeps_its_length_and_none_of_its_words() -> None:
+    original = " ".join(f"secret{i} lorem ipsum" for i in range(20_000))  # longer than the lorem corpus
+    fake = build_masker("text", KEY).mask(original) or ""
+    assert len(fake) == len(original)
+    assert not {"lorem", "ipsum"} & set(re.findall(r"\w+", fake))
+    assert all(word in LOREM or set(word) == {"x"} for word in fake.split()[:-1])

@@ -38,12 +38,10 @@ def mask_rows(blocks: Iterable[bytes | bytearray | memoryview], fields: Sequence
     sampler): the sampler sees the original and says whether it wants more (None once it has enough)."""
     samplers = [take for _index, _mask, take in fields]
     pending = b""
-    out: list[bytes] = []
-    size = 0
-    for block in blocks:
-        data = pending + bytes(block)
-        lines = data.split(b"\n")
-        pending = lines.pop()  # an unfinished row, completed by the next block
+    for data in _gathered(blocks):
+        lines = (pending + data).split(b"\n")
+        pending = lines.pop()  # an unfinished row, completed by the next chunk
+        out: list[bytes] = []
         for line in lines:
             row = line.split(b"\t")
             for position, (index, mask, _take) in enumerate(fields):
@@ -55,13 +53,24 @@ def mask_rows(blocks: Iterable[bytes | bytearray | memoryview], fields: Sequence
                 if take is not None and not take(original):
                     samplers[position] = None
                 row[index] = encode_field(mask(original))
-            joined = b"\t".join(row) + b"\n"
-            out.append(joined)
-            size += len(joined)
-        if size >= FLUSH:
-            yield b"".join(out)
-            out, size = [], 0
+            out.append(b"\t".join(row))
+        if out:
+            yield b"\n".join(out) + b"\n"
     if pending:
         raise ValueError("COPY data ended inside a row")
-    if out:
-        yield b"".join(out)
+
+
+def _gathered(blocks: Iterable[bytes | bytearray | memoryview]) -> Iterator[bytes]:
+    """COPY TO sends a message per row: joined into chunks of about FLUSH bytes, a row is split, masked and
+    written with the others of its chunk instead of one at a time."""
+    chunk: list[bytes] = []
+    size = 0
+    for block in blocks:
+        data = bytes(block)
+        chunk.append(data)
+        size += len(data)
+        if size >= FLUSH:
+            yield b"".join(chunk)
+            chunk, size = [], 0
+    if chunk:
+        yield b"".join(chunk)

@@ -173,6 +173,7 @@ def _named(name: str, key: bytes) -> Masker:
 # A fixed text of lorem words in a scrambled order (the same on every machine); a masked text is a slice of it,
 # cut to the original's length, starting at a word the keyed hash picks: one hash and two regex passes per value.
 _CORPUS = " ".join(LOREM[(i * 7919 + i // len(LOREM)) % len(LOREM)] for i in range(8192))
+_LOREM_SET = frozenset(LOREM)
 _STARTS = [m.start() for m in re.finditer(r"\b\w", _CORPUS[: len(_CORPUS) // 2])]
 
 
@@ -181,11 +182,12 @@ def _text(keyed: _Keyed, value: str) -> str:
     if not value:
         return value
     size = len(value)
-    corpus = _CORPUS if size <= len(_CORPUS) // 2 else _CORPUS * (size // len(_CORPUS) + 2)
+    corpus = _CORPUS if size <= len(_CORPUS) // 2 else " ".join([_CORPUS] * (size // len(_CORPUS) + 2))
     start = _STARTS[int.from_bytes(keyed.digest(value)[:4], "big") % len(_STARTS)]
     text = corpus[start : start + size]
     banned = set(_WORD.findall(value.lower()))
-    if banned & set(_WORD.findall(text)):  # a lorem word, or a piece of one at the cut, that the original has
+    # The slice starts at a whole lorem word and may cut the last one: only those can be an original's word.
+    if banned & _LOREM_SET or text[text.rfind(" ") + 1 :] in banned:
         filler = "x" if "x" not in banned else "q"
         text = _WORD.sub(lambda m: filler * len(m[0]) if m[0] in banned else m[0], text)
     return text
