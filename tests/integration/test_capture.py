@@ -57,6 +57,9 @@ CREATE TABLE events_2024 PARTITION OF events FOR VALUES FROM ('2024-01-01') TO (
 CREATE TABLE events_2025 PARTITION OF events FOR VALUES FROM ('2025-01-01') TO ('2026-01-01');
 CREATE MATERIALIZED VIEW users_per_country AS SELECT country, count(*) AS n FROM users GROUP BY country;
 INSERT INTO countries VALUES ('de', 'Germany'), ('fr', 'France'), ('it', 'Italy');
+-- Row-level security: its policies apply to the reader's COPY of the table as to a SELECT.
+ALTER TABLE countries ENABLE ROW LEVEL SECURITY;
+CREATE POLICY everyone_reads ON countries FOR SELECT USING (true);
 BEGIN;
 INSERT INTO teams SELECT t, 'team ' || t, t * 2 FROM generate_series(1, 3) t;
 INSERT INTO players SELECT p, (p % 3) + 1, 'nick' || p FROM generate_series(1, 6) p;
@@ -228,6 +231,7 @@ def test_excluded_rows_views_sequences_and_metadata(
 ) -> None:
     store, meta, db = full
     assert rows(dumps_cluster, db, "SELECT count(*) FROM audit_log")[0][0] == 0  # the schema stays, no rows
+    assert rows(dumps_cluster, db, "SELECT count(*) FROM countries")[0][0] == 3  # under row-level security
     assert rows(dumps_cluster, db, "SELECT count(*) FROM events_2025")[0][0] > 0  # partitions copied
     assert rows(dumps_cluster, db, "SELECT sum(n) FROM users_per_country")[0][0] == USERS  # refreshed
     assert rows(dumps_cluster, db, "SELECT last_value FROM orders_id_seq")[0][0] == USERS * 2

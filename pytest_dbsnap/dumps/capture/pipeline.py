@@ -156,7 +156,9 @@ def _copy_table(
     masked = [(columns.index(c), m.mask, sample.sampler(f"{table.name}.{c}", m)) for c, m in maskers.items()]
     batches: list[tuple[str, list[Any]]]
     if ids is None:
-        batches = [(f"COPY (SELECT {names} FROM ONLY {table.quoted}) TO STDOUT", [])]
+        # COPY of a table reads only its own rows (never an inheritance child's), without a query's executor;
+        # row-level security policies apply to it as to a SELECT.
+        batches = [(f"COPY {table.quoted} ({names}) TO STDOUT", [])]
     else:
         batches = [
             (
@@ -166,11 +168,15 @@ def _copy_table(
             )
             for i in range(0, len(ids), CTID_BATCH)
         ]
-    with target.cursor() as out_cursor, out_cursor.copy(f"COPY {table.quoted} ({names}) FROM STDIN") as out:
-        for statement, params in batches:
-            with source.cursor() as in_cursor, in_cursor.copy(statement, params or None) as rows:
-                for chunk in mask_rows(rows, masked) if masked else rows:
-                    out.write(chunk)
+    with target.cursor() as out_cursor:
+        # Emptied in the same transaction, the table takes the rows frozen (FREEZE) and, on the local cluster's
+        # wal_level = minimal, without writing them to the WAL as well. ONLY: an inheritance child keeps its rows.
+        out_cursor.execute(f"TRUNCATE ONLY {table.quoted}")
+        with out_cursor.copy(f"COPY {table.quoted} ({names}) FROM STDIN (FREEZE)") as out:
+            for statement, params in batches:
+                with source.cursor() as in_cursor, in_cursor.copy(statement, params or None) as rows:
+                    for chunk in mask_rows(rows, masked) if masked else rows:
+                        out.write(chunk)
     target.commit()
 
 
