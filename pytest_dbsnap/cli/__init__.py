@@ -97,6 +97,16 @@ def build_parser() -> argparse.ArgumentParser:
     sub["prune"].add_argument("--keep", type=_positive, required=True, help="how many newest dumps to keep")
     sub["import"].add_argument("file", help="a pg_dump -Fc file")
     sub["up"].add_argument("--port", type=_port, help="port on 127.0.0.1 (default: a free one)")
+    sub["capture"].add_argument("--dsn", dest="capture_dsn", help="the source (default: DBSNAP_CAPTURE_DSN)")
+    sub["capture"].add_argument(
+        "--allow-remote",
+        dest="capture_allow_remote",
+        action="store_true",
+        help="allow a source that is not this machine",
+    )
+    sub["capture"].add_argument(
+        "--check", action="store_true", help="only check that the policy covers every column (exit 1 if not)"
+    )
     init = commands.add_parser(
         "init",
         help="write a commented [tool.dbsnap] block for this project into pyproject.toml",

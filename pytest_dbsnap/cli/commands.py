@@ -14,7 +14,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING
 
 from pytest_dbsnap.config.settings import Settings
-from pytest_dbsnap.errors import DbsnapError
+from pytest_dbsnap.errors import ConfigError, DbsnapError
 
 if TYPE_CHECKING:
     from pytest_dbsnap.dumps.meta import DumpMeta
@@ -299,6 +299,10 @@ def cmd_show(args: argparse.Namespace, settings: Settings) -> int:
     ):
         print(f"  {key:<17} {getattr(meta, key)}")
     print(f"  {'stale':<17} {stale}" + ("  (migrations or seed inputs changed since)" if stale else ""))
+    if meta.captured:  # dbsnap capture: where from, and what was masked (never stale: capture again to refresh)
+        print(f"  {'captured':<17} True, masked: {', '.join(meta.capture.get('masked_columns', [])) or 'nothing'}")
+        for key in ("source", "policy_sha256", "key_fingerprint", "subset_roots"):
+            print(f"  {'capture ' + key.split('_')[0]:<17} {meta.capture.get(key)}")
     print(f"  {'programs here':<17} {programs}")
     for table, count in sorted(meta.row_counts.items()):
         print(f"  rows {table:<40} {count}")
@@ -393,6 +397,49 @@ def cmd_import(args: argparse.Namespace, settings: Settings) -> int:
     return EXIT_OK
 
 
+def cmd_capture(args: argparse.Namespace, settings: Settings) -> int:
+    """Masked data of a live database into the store (`--check`: only whether the policy covers its catalog)."""
+    from pytest_dbsnap.config.loading import find_pyproject, read_pyproject_table
+    from pytest_dbsnap.dumps.capture.pipeline import Source, capture_dump, check_policy, require_key
+    from pytest_dbsnap.dumps.capture.policy import parse_policy
+    from pytest_dbsnap.postgres.base import find_pg_tools
+    from pytest_dbsnap.stack.servers import start_server, watch_server
+
+    # The source and the key are the command's own: neither is a setting that a session could pick up.
+    dsn = args.capture_dsn or os.environ.get("DBSNAP_CAPTURE_DSN")
+    if not dsn:
+        raise UsageError("dbsnap capture needs the source database: pass --dsn URL or set DBSNAP_CAPTURE_DSN.")
+    policy = parse_policy(read_pyproject_table(find_pyproject(Path.cwd())).get("capture"))
+    source = Source.parse(dsn, allow_remote=args.capture_allow_remote)
+    if args.check:
+        try:
+            plan = check_policy(source, policy, find_pg_tools(settings, need_server=False))
+        except ConfigError as exc:
+            print(f"dbsnap: {exc}", file=sys.stderr)
+            return EXIT_FAILED
+        print(f"the capture policy covers every column of {source.described} ({len(plan.masked_columns())} masked)")
+        return EXIT_OK
+    key = os.environ.get(policy.key_env, "").encode() or None
+    require_key(policy, key)
+    server = start_server(settings, "local")
+    forget = watch_server(server)
+    try:
+        with server:
+            meta = capture_dump(
+                server, dump_store(settings), settings.env, source=source, policy=policy, key=key,
+                database=settings.database, progress=progress_printer(),
+            )  # fmt: skip
+    finally:
+        forget()
+    progress_done()
+    print(
+        f"captured {source.described} as {settings.env}/{meta.name}: {meta.size_bytes / 1e6:.1f} MB, "
+        f"{sum(meta.row_counts.values())} rows, {len(meta.capture['masked_columns'])} masked column(s), "
+        f"constraints validated, no sampled original found"
+    )
+    return EXIT_OK
+
+
 Command = Callable[[argparse.Namespace, Settings], int]
 
 
@@ -444,10 +491,12 @@ COMMANDS: dict[str, tuple[Command, str]] = {
         "start the project's local cluster with the dump restored, print its DATABASE_URL, keep it running",
     ),
     "down": (cmd_down, "stop the cluster `dbsnap up` started (its data folder is parked for the next start)"),
+    "capture": (cmd_capture, "copy a live database, masked under [tool.dbsnap.capture], into the store as a dump"),
 }
 
 
-WATCHED = {"generate", "restore", "import", "push", "pull", "prune", "up"}  # the commands that start or write things
+# The commands that start or write things.
+WATCHED = {"generate", "restore", "import", "push", "pull", "prune", "up", "capture"}
 
 
 def cmd_init(args: argparse.Namespace) -> int:

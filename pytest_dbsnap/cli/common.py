@@ -126,6 +126,8 @@ def meta_line(meta: DumpMeta, latest: str | None, tree: str | None = None) -> st
     rows = sum(meta.row_counts.values())
     mark = "*" if meta.name == latest else " "
     matches = "  = working tree" if tree is not None and meta.fingerprint == tree else ""
+    if meta.captured:
+        matches += f"  captured, {len(meta.capture.get('masked_columns', []))} column(s) masked"
     return (
         f"{mark} {meta.name:<48} {meta.created_at:<21} {meta.size_bytes / 1e6:>9.1f} MB {rows:>10} rows  "
         f"schema {meta.schema_version or '-'}{matches}"

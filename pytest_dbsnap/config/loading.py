@@ -186,6 +186,7 @@ def load_settings(
         for variable, value in app_env.items():
             check(value, NAMES, key=f"env.{variable}")
     checks = parse_checks(table.pop("checks"), where) if "checks" in table else ()
+    table.pop("capture", None)  # [tool.dbsnap.capture]: read raw by dumps/capture/policy.py (dbsnap capture)
     unknown = sorted(set(table) - set(OPTIONS_BY_KEY))
     if unknown:
         raise ConfigError(

@@ -274,6 +274,12 @@ def generate_dump(
         except DumpCorrupt:
             # Its message tells the user to regenerate: an unreadable latest must not block exactly that.
             current = None
+        if current is not None and current.captured and force:  # never stale: without force it is kept below
+            raise ConfigError(
+                f"The latest dump of environment {env!r} ({current.name}) was captured from "
+                f"{current.capture.get('source', 'a live database')} with dbsnap capture, so it is never replaced "
+                f"by seeding. Refresh it with `dbsnap capture --env {env}`, or seed another environment."
+            )
         if current is not None and not force and current.fingerprint in (fingerprint, None):
             return Generated(current, made=False)
         store.remove_leftovers(env)

@@ -1,0 +1,77 @@
+"""The leak check: a bounded sample of salted hashes of original values of masked columns, kept in memory while
+capturing, then looked for in every text column of the captured database. Finding one means a masker let an
+original through, or a kept column holds what a masked column hid."""
+
+from __future__ import annotations
+
+import hashlib
+import secrets
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from typing import Any
+
+from pytest_dbsnap.dumps.capture.catalog import Catalog, escape_percent, quote_ident
+from pytest_dbsnap.dumps.capture.maskers import Masker
+
+PER_COLUMN = 200  # originals sampled per masked column (the first distinct ones long enough to mean something)
+SHORTEST = 4  # shorter originals ("NY", "0") match by chance far too often to be evidence
+CHECKED_TYPES = ("text", "varchar", "bpchar", "citext", "name", "json", "jsonb")
+
+
+@dataclass
+class LeakSample:
+    """Salted sha256 of sampled originals: the salt lives only in this process, and no original is stored."""
+
+    salt: bytes = field(default_factory=lambda: secrets.token_bytes(16))
+    hashes: dict[bytes, str] = field(default_factory=dict)  # hash -> the masked column it came from
+    taken: dict[str, int] = field(default_factory=dict)
+
+    def _hash(self, value: str) -> bytes:
+        return hashlib.sha256(self.salt + value.encode("utf-8", "surrogateescape")).digest()
+
+    def sampler(self, column: str, masker: Masker) -> Callable[[str], bool] | None:
+        """What the copy calls with each original of one masked column, until it returns False (it has enough);
+        None for a column with nothing to sample."""
+        if masker.makes_null:
+            return None
+
+        def take(value: str) -> bool:
+            for original in masker.hidden(value):
+                if len(original) < SHORTEST or masker.may_output(original):
+                    continue  # an original the masker could itself write proves nothing (a first name is a name)
+                digest = self._hash(original)
+                if digest not in self.hashes:
+                    self.hashes[digest] = column
+                    self.taken[column] = self.taken.get(column, 0) + 1
+            return self.taken.get(column, 0) < PER_COLUMN
+
+        return take
+
+    def find(self, conn: Any, catalog: Catalog, excluded: frozenset[str]) -> list[str]:
+        """Where sampled originals turn up in the captured database (`conn`, the local verification copy); the
+        salt and the hashes go to that local server only. One scan per table, every text column at once."""
+        if not self.hashes:
+            return []
+        found: list[str] = []
+        hashes = list(self.hashes)
+        for table in catalog.tables.values():
+            if table.partitioned or table.name in excluded:
+                continue
+            columns = [c.name for c in table.columns if c.base_type in CHECKED_TYPES]
+            if not columns:
+                continue
+            values = ", ".join(
+                f"(%s, sha256(%s || convert_to({escape_percent(quote_ident(c))}::text, 'UTF8')))" for c in columns
+            )
+            params: list[Any] = []
+            for c in columns:
+                params += [c, self.salt]
+            rows = conn.execute(
+                f"SELECT DISTINCT v.c, v.h FROM ONLY {escape_percent(table.quoted)} t, "
+                f"LATERAL (VALUES {values}) v(c, h) "
+                f"WHERE v.h = ANY(%s) LIMIT 20",
+                [*params, hashes],
+            ).fetchall()
+            for column, digest in rows:
+                found.append(f"{table.name}.{column} holds an original value of {self.hashes[bytes(digest)]}")
+        return sorted(set(found))

@@ -1,0 +1,283 @@
+"""Deterministic fake values: each output is chosen by HMAC-SHA256(key, masker and input), in Python, on the
+capturing machine. The same input, masker and key give the same output in every table and on every run (so a
+masked key still joins); a different key gives different values; the key never leaves this process."""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import re
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass
+from typing import Any
+
+
+def _words(text: str) -> tuple[str, ...]:
+    return tuple(text.split())
+
+
+FIRST_NAMES = _words(
+    "Ada Alan Alma Arne Bea Bruno Carla Cyril Dana Dario Edda Elio Fay Felix Gemma Gus Hana Hugo Ines Ivo "
+    "Jana Jonas Kira Kai Lea Lino Mara Milo Nell Nico Olga Otto Pia Paul Rosa Rui Sina Tom Una Vito Wanda "
+    "Yann Zoe"
+)
+LAST_NAMES = _words(
+    "Abbott Baker Castro Dalton Engel Fischer Garcia Holm Ito Jansen Keller Lopez Moreau Novak Olsen "
+    "Petrov Quinn Rossi Silva Tanaka Ueda Varga Weber Xu Young Zimmer Berg Costa Dubois Ferrari Hansen "
+    "Kowalski"
+)
+STREETS = _words("Oak Maple Cedar Elm Pine Birch Willow Aspen Linden Chestnut Alder Rowan Hazel Juniper")
+STREET_KINDS = ("Street", "Road", "Lane", "Avenue", "Way", "Court")
+LOREM = _words(
+    "lorem ipsum dolor sit amet consectetur adipiscing elit sed do eiusmod tempor incididunt ut labore et "
+    "dolore magna aliqua enim ad minim veniam quis nostrud exercitation ullamco laboris nisi aliquip ex "
+    "ea commodo consequat duis aute irure in reprehenderit voluptate velit esse cillum fugiat nulla "
+    "pariatur excepteur sint occaecat cupidatat non proident sunt culpa qui officia deserunt mollit anim "
+    "id est laborum"
+)
+
+# Names of the maskers written as a plain string in the policy; {value = ...} and {json = {...}} are tables.
+NAMED = ("email", "first_name", "last_name", "full_name", "phone", "street", "postal_code", "text", "hash", "null")
+# Maskers whose outputs come from a small vocabulary: an original that is one of them is not evidence of a leak.
+VOCABULARY = ("first_name", "last_name", "full_name", "street", "postal_code")
+EMAIL_TOKEN = 16  # hex digits of the HMAC in each email: distinct inputs stay distinct (64 bits)
+PHONE = re.compile(r"^\+1-555-\d{3}-\d{4}$")
+EMAIL = re.compile(rf"^[a-z]+\.[a-z]+\.[0-9a-f]{{{EMAIL_TOKEN}}}@example\.com$")
+_WORD = re.compile(r"\w+")
+
+
+def key_fingerprint(key: bytes) -> str:
+    """Recorded in the metadata: tells two captures' keys apart without revealing either."""
+    return hashlib.sha256(b"dbsnap capture key\0" + key).hexdigest()[:16]
+
+
+@dataclass(frozen=True)
+class Masker:
+    """One rule, ready to run: `mask(original text) -> replacement text or None (SQL NULL)`."""
+
+    spec: str  # how the policy wrote it, for messages
+    mask: Callable[[str], str | None]
+    max_length: int | None  # the longest output; None when it follows the input's length
+    unique: bool  # distinct inputs give distinct outputs (the restore checks unique columns)
+    categories: frozenset[str] | None  # pg_type categories it may fill; None: any type
+    may_output: Callable[[str], bool]  # whether this masker could itself produce the value
+    # The originals it hides in one value, for the leak check: the value itself, or a JSON document's strings
+    # under the masked keys.
+    hidden: Callable[[str], list[str]] = lambda value: [value]
+
+    @property
+    def makes_null(self) -> bool:
+        return self.spec == "null"
+
+
+class _Keyed:
+    """HMAC-SHA256 under the capture key, with the masker's name in the message so maskers do not agree."""
+
+    def __init__(self, key: bytes, name: str) -> None:
+        # RFC 2104 by hand, so that the two padded-key states are computed once: copying two sha256 objects per
+        # value is about twice as fast as hmac's own objects (the same bytes: the unit tests compare them).
+        block = (hashlib.sha256(key).digest() if len(key) > 64 else key).ljust(64, b"\0")
+        self._inner = hashlib.sha256(bytes(b ^ 0x36 for b in block) + name.encode() + b"\0")
+        self._outer = hashlib.sha256(bytes(b ^ 0x5C for b in block))
+
+    def digest(self, value: str) -> bytes:
+        inner = self._inner.copy()
+        inner.update(value.encode("utf-8", "surrogateescape"))
+        outer = self._outer.copy()
+        outer.update(inner.digest())
+        return outer.digest()
+
+
+def _pick(options: tuple[str, ...] | list[str], number: int) -> str:
+    return options[number % len(options)]
+
+
+def _never(_value: str) -> bool:
+    return False
+
+
+STRING = frozenset({"S"})
+JSON_TYPES = frozenset({"json", "jsonb"})
+
+
+def _named(name: str, key: bytes) -> Masker:
+    keyed = _Keyed(key, name)
+
+    def ints(value: str) -> tuple[int, int, int]:
+        digest = keyed.digest(value)
+        return (
+            int.from_bytes(digest[0:4], "big"),
+            int.from_bytes(digest[4:8], "big"),
+            int.from_bytes(digest[8:12], "big"),
+        )
+
+    if name == "email":
+
+        def email(value: str) -> str:
+            digest = keyed.digest(value)
+            first, last = _pick(FIRST_NAMES, digest[0]), _pick(LAST_NAMES, digest[1])
+            return f"{first}.{last}.{digest[2:].hex()[:EMAIL_TOKEN]}@example.com".lower()
+
+        longest = max(map(len, FIRST_NAMES)) + max(map(len, LAST_NAMES)) + EMAIL_TOKEN + len("..@example.com")
+        return Masker(name, email, longest, True, STRING, lambda v: bool(EMAIL.match(v)))
+    if name == "first_name":
+        return Masker(
+            name, lambda v: _pick(FIRST_NAMES, ints(v)[0]), max(map(len, FIRST_NAMES)), False, STRING,
+            lambda v: v in FIRST_NAMES,
+        )  # fmt: skip
+    if name == "last_name":
+        return Masker(
+            name, lambda v: _pick(LAST_NAMES, ints(v)[0]), max(map(len, LAST_NAMES)), False, STRING,
+            lambda v: v in LAST_NAMES,
+        )  # fmt: skip
+    if name == "full_name":
+
+        def full(value: str) -> str:
+            first, last = ints(value)[:2]
+            return f"{_pick(FIRST_NAMES, first)} {_pick(LAST_NAMES, last)}"
+
+        def is_full(value: str) -> bool:
+            parts = value.split(" ")
+            return len(parts) == 2 and parts[0] in FIRST_NAMES and parts[1] in LAST_NAMES
+
+        return Masker(name, full, max(map(len, FIRST_NAMES)) + 1 + max(map(len, LAST_NAMES)), False, STRING, is_full)
+    if name == "phone":
+
+        def phone(value: str) -> str:
+            number = ints(value)[0] % 10_000_000
+            return f"+1-555-{number // 10_000:03d}-{number % 10_000:04d}"
+
+        return Masker(name, phone, 15, False, STRING, lambda v: bool(PHONE.match(v)))
+    if name == "street":
+
+        def street(value: str) -> str:
+            number, which, kind = ints(value)[:3]
+            return f"{number % 998 + 1} {_pick(STREETS, which)} {_pick(STREET_KINDS, kind)}"
+
+        longest = 4 + max(map(len, STREETS)) + 1 + max(map(len, STREET_KINDS))
+        streets = re.compile(rf"^\d{{1,3}} ({'|'.join(STREETS)}) ({'|'.join(STREET_KINDS)})$")
+        return Masker(name, street, longest, False, STRING, lambda v: bool(streets.match(v)))
+    if name == "postal_code":
+        return Masker(
+            name, lambda v: f"{ints(v)[0] % 100_000:05d}", 5, False, STRING, lambda v: bool(re.fullmatch(r"\d{5}", v))
+        )
+    if name == "text":
+        return Masker(name, lambda v: _text(keyed, v), None, False, STRING, _never)
+    if name == "hash":
+        return Masker(name, lambda v: keyed.digest(v).hex(), 64, True, STRING, _never)
+    if name == "null":
+        return Masker(name, lambda _v: None, 0, True, None, _never)
+    raise ValueError(name)
+
+
+# A fixed text of lorem words in a scrambled order (the same on every machine); a masked text is a slice of it,
+# cut to the original's length, starting at a word the keyed hash picks: one hash and two regex passes per value.
+_CORPUS = " ".join(LOREM[(i * 7919 + i // len(LOREM)) % len(LOREM)] for i in range(8192))
+_LOREM_SET = frozenset(LOREM)
+_STARTS = [m.start() for m in re.finditer(r"\b\w", _CORPUS[: len(_CORPUS) // 2])]
+
+
+def _text(keyed: _Keyed, value: str) -> str:
+    """Lorem words to the original's exact length (so a length limit holds), none of them an original word."""
+    if not value:
+        return value
+    size = len(value)
+    corpus = _CORPUS if size <= len(_CORPUS) // 2 else " ".join([_CORPUS] * (size // len(_CORPUS) + 2))
+    start = _STARTS[int.from_bytes(keyed.digest(value)[:4], "big") % len(_STARTS)]
+    text = corpus[start : start + size]
+    banned = set(_WORD.findall(value.lower()))
+    # The slice starts at a whole lorem word and may cut the last one: only those can be an original's word.
+    if banned & _LOREM_SET or text[text.rfind(" ") + 1 :] in banned:
+        filler = "x" if "x" not in banned else "q"
+        text = _WORD.sub(lambda m: filler * len(m[0]) if m[0] in banned else m[0], text)
+    return text
+
+
+def _constant(value: Any) -> Masker:
+    """{ value = ... }: the same replacement for every row."""
+    if isinstance(value, bool):
+        text = "true" if value else "false"
+    elif isinstance(value, str | int | float):
+        text = str(value)
+    else:
+        raise ValueError("a string, number or boolean")
+    return Masker(f"value={text!r}", lambda _v: text, len(text), False, None, _never)
+
+
+def _json(rules: Mapping[str, Masker]) -> Masker:
+    """{ json = { key = masker } }: the string values under those keys, at any depth, are masked; a number or
+    a nested object under such a key is masked as its JSON text (fail closed); every other key is kept."""
+
+    def walk(node: Any) -> Any:
+        if isinstance(node, dict):
+            result = {}
+            for k, v in node.items():
+                rule = rules.get(k)
+                if rule is None or v is None:
+                    result[k] = walk(v)
+                else:
+                    result[k] = rule.mask(v if isinstance(v, str) else json.dumps(v))
+            return result
+        if isinstance(node, list):
+            return [walk(item) for item in node]
+        return node
+
+    def mask(value: str) -> str:
+        return json.dumps(walk(json.loads(value)), ensure_ascii=False)
+
+    def hidden(value: str) -> list[str]:
+        found: list[str] = []
+        stack = [json.loads(value)]
+        while stack:
+            node = stack.pop()
+            if isinstance(node, dict):
+                for k, v in node.items():
+                    if k in rules and isinstance(v, str) and not rules[k].may_output(v):
+                        found.append(v)
+                    else:
+                        stack.append(v)
+            elif isinstance(node, list):
+                stack.extend(node)
+        return found
+
+    spec = "json={" + ", ".join(f"{k}={m.spec}" for k, m in sorted(rules.items())) + "}"
+    return Masker(spec, mask, None, False, None, _never, hidden)
+
+
+def needs_key(spec: Any) -> bool:
+    """Whether a rule uses the key (`null` and `{value}` do not)."""
+    if isinstance(spec, str):
+        return spec != "null"
+    if isinstance(spec, dict) and "json" in spec:
+        return any(needs_key(inner) for inner in spec["json"].values())
+    return False
+
+
+def build_masker(spec: Any, key: bytes) -> Masker:
+    """The masker of one policy rule; the policy parser has already checked its shape."""
+    if isinstance(spec, str):
+        return _named(spec, key)
+    if "value" in spec:
+        return _constant(spec["value"])
+    return _json({name: build_masker(inner, key) for name, inner in spec["json"].items()})
+
+
+def check_spec(spec: Any) -> str | None:
+    """What is wrong with a rule as written, or None."""
+    if isinstance(spec, str):
+        return (
+            None
+            if spec in NAMED
+            else f"{spec!r} is not a masker (maskers: {', '.join(NAMED)}, {{value = ...}}, {{json = {{...}}}})"
+        )
+    if isinstance(spec, dict) and set(spec) == {"value"}:
+        value = spec["value"]
+        return (
+            None if isinstance(value, str | int | float | bool) else "{value = ...} takes a string, number or boolean"
+        )
+    if isinstance(spec, dict) and set(spec) == {"json"} and isinstance(spec["json"], dict) and spec["json"]:
+        for name, inner in spec["json"].items():
+            if not isinstance(inner, str) or inner not in NAMED:
+                return f"{{json = ...}} maps keys to named maskers ({', '.join(NAMED)}); {name!r} has {inner!r}"
+        return None
+    return f'{spec!r} is not a masker: write a name such as "email", {{value = "..."}} or {{json = {{key = "email"}}}}'

@@ -1,0 +1,381 @@
+"""The capture: read the source in one read-only REPEATABLE READ transaction, mask row by row in this process,
+write straight into a throwaway database on the local cluster, validate every constraint there, look for leaked
+originals, then pg_dump that database into the store as an ordinary versioned dump. Nothing is written to the
+source, and no unmasked value of a masked column reaches a file."""
+
+from __future__ import annotations
+
+import datetime as dt
+import tempfile
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import psycopg
+
+from pytest_dbsnap._version import __version__
+from pytest_dbsnap.core.proc import run
+from pytest_dbsnap.core.redact import redact
+from pytest_dbsnap.dumps.capture.catalog import Catalog, Table, escape_percent, quote_ident, read_catalog
+from pytest_dbsnap.dumps.capture.copytext import mask_rows
+from pytest_dbsnap.dumps.capture.leaks import LeakSample
+from pytest_dbsnap.dumps.capture.maskers import key_fingerprint
+from pytest_dbsnap.dumps.capture.policy import CapturePolicy, Plan, plan_capture
+from pytest_dbsnap.dumps.capture.subset import Kept, compute_kept
+from pytest_dbsnap.dumps.generate import pg_dump_to
+from pytest_dbsnap.dumps.meta import DumpMeta
+from pytest_dbsnap.dumps.restore import count_rows
+from pytest_dbsnap.dumps.store import DumpStore
+from pytest_dbsnap.errors import ConfigError, DbsnapError, DumpError, RestoreError, ServerError, ToolError
+from pytest_dbsnap.postgres import databases
+from pytest_dbsnap.postgres.base import PgTools, Server
+from pytest_dbsnap.postgres.external import ExternalServer, non_local_hosts, parse_dsn
+
+Progress = Callable[[str], None]
+CTID_BATCH = 10_000  # kept rows of a subsetted table copied per COPY statement
+
+
+def _quiet(_line: str) -> None:
+    """Progress sink that shows nothing."""
+
+
+@dataclass(frozen=True)
+class Source:
+    """The database to capture, from a DSN: where it is (for messages and the metadata, no password)."""
+
+    dsn: str = field(repr=False)  # may hold a password
+    database: str
+    host: str
+
+    @classmethod
+    def parse(cls, dsn: str, *, allow_remote: bool) -> Source:
+        params = parse_dsn(dsn)
+        remote = non_local_hosts(params)
+        if remote and not allow_remote:
+            raise ConfigError(
+                f"The capture source {', '.join(remote)} is not this machine. dbsnap capture only reads it, but "
+                f"reading a remote production database should be a deliberate choice: pass --allow-remote."
+            )
+        database = params.get("dbname")
+        if not database:
+            raise ConfigError(
+                f"The capture DSN {redact(dsn)!r} names no database: add it, as in postgresql://reader@host/app."
+            )
+        return cls(dsn, database, f"{params.get('host', 'local socket')}:{params.get('port', '5432')}")
+
+    @property
+    def described(self) -> str:
+        return f"{self.host}/{self.database}"
+
+
+def require_key(policy: CapturePolicy, key: bytes | None) -> None:
+    """A rule that masks needs the key; refusing here comes before any connection."""
+    if policy.needs_key and not key:
+        raise ConfigError(
+            f"The capture policy masks columns, but the environment variable {policy.key_env} (key_env in "
+            f"[tool.dbsnap.capture]) holds no masking key. Set it to a long random secret, the same on every run "
+            f"that should give the same fake values (for example `export {policy.key_env}=$(openssl rand -hex 32)`, "
+            f"kept in your secret store)."
+        )
+
+
+def _open_source(source: Source, tools: PgTools) -> tuple[Server, psycopg.Connection[Any]]:
+    """The source server and one connection in a read-only REPEATABLE READ transaction (works for a role with
+    only CONNECT, USAGE and SELECT, and with default_transaction_read_only = on)."""
+    params = {k: v for k, v in parse_dsn(source.dsn).items() if k != "dbname"}
+    # Never waits on the `postgres` database as connect_external does: the role may connect to its own only.
+    server = ExternalServer(params, tools)
+    try:
+        conn = psycopg.connect(server.conninfo(source.database), client_encoding="UTF8", connect_timeout=10)
+    except psycopg.OperationalError as exc:
+        raise ServerError(
+            f"Cannot connect to the capture source {source.described}: {redact(str(exc)).strip()}"
+        ) from exc
+    conn.isolation_level = psycopg.IsolationLevel.REPEATABLE_READ
+    conn.read_only = True
+    return server, conn
+
+
+def check_policy(source: Source, policy: CapturePolicy, tools: PgTools) -> Plan:
+    """`dbsnap capture --check`: read only the catalog and raise the coverage error, if any."""
+    _server, conn = _open_source(source, tools)
+    with conn:
+        plan = plan_capture(policy, read_catalog(conn), None)
+        conn.rollback()
+    return plan
+
+
+def _schema_archive(server: Server, source: Source, snapshot: str, folder: Path) -> Path:
+    """pg_dump --schema-only of the exported snapshot: the same tables the rows come from."""
+    conninfo, env = server.tool_args(source.database)
+    path = folder / "schema.dump"
+    run(
+        [
+            server.tools.path("pg_dump"),
+            "--schema-only",
+            "-Fc",
+            f"--snapshot={snapshot}",
+            "-f",
+            str(path),
+            "-d",
+            conninfo,
+        ],
+        what=f"pg_dump --schema-only of {source.described}",
+        env=env,
+    )
+    return path
+
+
+def _restore_section(local: Server, archive: Path, database: str, section: str) -> None:
+    conninfo, env = local.tool_args(database)
+    run(
+        [
+            local.tools.path("pg_restore"), "--no-owner", "--no-acl", "--exit-on-error", f"--section={section}",
+            "-d", conninfo, str(archive),
+        ],
+        what=f"pg_restore --section={section} of the captured schema",
+        env=env,
+    )  # fmt: skip
+
+
+def _copy_table(
+    source: psycopg.Connection[Any],
+    target: psycopg.Connection[Any],
+    table: Table,
+    plan: Plan,
+    ids: list[str] | None,
+    sample: LeakSample,
+) -> None:
+    """Stream one leaf table from the source into the local database, masking its masked columns row by row
+    (a table with none passes through as COPY's own bytes)."""
+    columns = table.copied_columns()
+    names = ", ".join(quote_ident(c) for c in columns)
+    maskers = plan.maskers.get(table.name, {})
+    masked = [(columns.index(c), m.mask, sample.sampler(f"{table.name}.{c}", m)) for c, m in maskers.items()]
+    batches: list[tuple[str, list[Any]]]
+    if ids is None:
+        # COPY of a table reads only its own rows (never an inheritance child's), without a query's executor;
+        # row-level security policies apply to it as to a SELECT.
+        batches = [(f"COPY {table.quoted} ({names}) TO STDOUT", [])]
+    else:
+        batches = [
+            (
+                escape_percent(f"COPY (SELECT {names} FROM ONLY {table.quoted}")
+                + " WHERE ctid = ANY(%s::tid[])) TO STDOUT",
+                [ids[i : i + CTID_BATCH]],
+            )
+            for i in range(0, len(ids), CTID_BATCH)
+        ]
+    with target.cursor() as out_cursor:
+        # Emptied in the same transaction, the table takes the rows frozen (FREEZE) and, on the local cluster's
+        # wal_level = minimal, without writing them to the WAL as well. ONLY: an inheritance child keeps its rows.
+        out_cursor.execute(f"TRUNCATE ONLY {table.quoted}")
+        with out_cursor.copy(f"COPY {table.quoted} ({names}) FROM STDIN (FREEZE)") as out:
+            for statement, params in batches:
+                with source.cursor() as in_cursor, in_cursor.copy(statement, params or None) as rows:
+                    for chunk in mask_rows(rows, masked) if masked else rows:
+                        out.write(chunk)
+    target.commit()
+
+
+def _sequences(conn: psycopg.Connection[Any]) -> list[tuple[str, int, bool]]:
+    """Sequence positions in the snapshot (pg_sequences hides them from a role without USAGE or SELECT)."""
+    rows = conn.execute(
+        "SELECT format('%I.%I', schemaname, sequencename), last_value FROM pg_sequences "
+        "WHERE schemaname NOT IN ('pg_catalog', 'information_schema') AND last_value IS NOT NULL"
+    ).fetchall()
+    return [(str(name), int(value), True) for name, value in rows]
+
+
+def _refresh_views(conn: psycopg.Connection[Any], views: list[str]) -> None:
+    """Materialized views are computed from the captured (masked) rows, never copied; one that reads another
+    waits for it, so views are retried until every one is filled."""
+    left = list(views)
+    while left:
+        failed: list[str] = []
+        last: Exception | None = None
+        for view in left:
+            schema, _, name = view.partition(".")
+            try:
+                conn.execute(f"REFRESH MATERIALIZED VIEW {quote_ident(schema)}.{quote_ident(name)}")
+                conn.commit()
+            except psycopg.Error as exc:
+                conn.rollback()
+                failed.append(view)
+                last = exc
+        if len(failed) == len(left):
+            raise RestoreError(f"Refreshing the materialized view(s) {', '.join(failed)} of the capture failed: {last}")
+        left = failed
+
+
+def capture_dump(
+    local: Server,
+    store: DumpStore,
+    env: str,
+    *,
+    source: Source,
+    policy: CapturePolicy,
+    key: bytes | None,
+    database: str,
+    progress: Progress = _quiet,
+) -> DumpMeta:
+    """Capture `source` under `policy` into the store as the latest dump of `env`; on any failure the store
+    (and its `latest`) is left as it was and the throwaway database is dropped."""
+    require_key(policy, key)
+    began = time.monotonic()
+    progress(f"reading the catalog of {source.described}")
+    server, conn = _open_source(source, local.tools)
+    scratch = databases.temporary_name(databases.STAGE_PREFIX)
+    created = False
+    try:
+        with tempfile.TemporaryDirectory(prefix="dbsnap-capture-") as folder:
+            with conn:
+                snapshot = str(conn.execute("SELECT pg_export_snapshot()").fetchone()[0])  # type: ignore[index]
+                catalog = read_catalog(conn)
+                plan = plan_capture(policy, catalog, key)  # refuses before a row is read
+                sequences = _sequences(conn)
+                progress(f"pg_dump --schema-only of {source.described}")
+                archive = _schema_archive(server, source, snapshot, Path(folder))
+                with local.connect() as admin:
+                    databases.drop_leftovers(admin)
+                    databases.create_empty(admin, scratch)
+                    created = True
+                _restore_section(local, archive, scratch, "pre-data")
+                cut = {(t, c) for t, cols in plan.maskers.items() for c, m in cols.items() if m.makes_null}
+                kept = compute_kept(conn, catalog, policy.subset, plan.excluded, cut, progress)
+                sample = LeakSample()
+                _copy_all(conn, local, scratch, catalog, plan, kept, sample, progress)
+                conn.rollback()  # nothing was written; this only ends the snapshot
+            progress("adding the constraints (every foreign key, unique and check constraint is validated)")
+            try:
+                _restore_section(local, archive, scratch, "post-data")
+            except ToolError as exc:
+                raise _broken_constraint(source, env, str(exc)) from exc
+        with psycopg.connect(local.conninfo(scratch)) as captured:
+            for name, value, called in sequences:
+                captured.execute("SELECT setval(%s::regclass, %s, %s)", (name, value, called))
+            captured.commit()
+            _refresh_views(captured, catalog.materialized_views)
+            progress("looking for original values in the captured data")
+            leaks = sample.find(captured, catalog, plan.excluded)
+            captured.commit()
+            if leaks:
+                raise DumpError(
+                    f"The capture of {source.described} still holds sampled original values of masked columns, so "
+                    f"it was not stored and the latest dump of {env!r} is unchanged: {'; '.join(leaks)}. Mask those "
+                    f"columns (a kept column that repeats a masked one needs the same masker)."
+                )
+            row_counts = count_rows(captured)
+        progress(f"pg_dump of the captured {env}")
+        return _store(local, store, env, scratch, database, source, policy, plan, key, row_counts, sample, began)
+    except psycopg.errors.IntegrityError as exc:  # a CHECK or NOT NULL of the table itself, during the COPY
+        raise _broken_constraint(source, env, redact(str(exc)).strip()) from exc
+    except psycopg.Error as exc:
+        raise DumpError(
+            f"Capturing {source.described} failed; the store was not changed: {redact(str(exc)).strip()}"
+        ) from exc
+    finally:
+        if not conn.closed:
+            conn.close()
+        if created:
+            try:
+                with local.connect() as admin:
+                    databases.drop(admin, scratch)
+            except DbsnapError:
+                pass
+
+
+def _broken_constraint(source: Source, env: str, detail: str) -> RestoreError:
+    """The restore into the throwaway database is the verification: the rows shown are the masked ones."""
+    return RestoreError(
+        f"The captured data of {source.described} breaks a constraint, so it was not stored and the latest dump of "
+        f"{env!r} is unchanged. A masker whose values a CHECK constraint refuses, or that maps two values of a "
+        f"unique column to one, is the usual cause: mask the column otherwise.\n{detail}"
+    )
+
+
+def _copy_all(
+    conn: psycopg.Connection[Any],
+    local: Server,
+    scratch: str,
+    catalog: Catalog,
+    plan: Plan,
+    kept: Kept,
+    sample: LeakSample,
+    progress: Progress,
+) -> None:
+    leaves = [t for t in catalog.tables.values() if not t.partitioned and t.top not in plan.excluded]
+    with psycopg.connect(local.conninfo(scratch), client_encoding="UTF8") as target:
+        for number, table in enumerate(leaves, 1):
+            progress(f"copying {table.name} ({number}/{len(leaves)})")
+            ids = kept.ids_of(table)
+            if ids is not None and not ids:
+                continue
+            _copy_table(conn, target, table, plan, ids, sample)
+
+
+def _store(
+    local: Server,
+    store: DumpStore,
+    env: str,
+    scratch: str,
+    database: str,
+    source: Source,
+    policy: CapturePolicy,
+    plan: Plan,
+    key: bytes | None,
+    row_counts: dict[str, int],
+    sample: LeakSample,
+    began: float,
+) -> DumpMeta:
+    """Serialised with other writers of `env`; the old latest stays until the new dump is installed."""
+    with store.lock(env):
+        store.remove_leftovers(env)
+        return _install(local, store, env, scratch, database, source, policy, plan, key, row_counts, sample, began)
+
+
+def _install(
+    local: Server,
+    store: DumpStore,
+    env: str,
+    scratch: str,
+    database: str,
+    source: Source,
+    policy: CapturePolicy,
+    plan: Plan,
+    key: bytes | None,
+    row_counts: dict[str, int],
+    sample: LeakSample,
+    began: float,
+) -> DumpMeta:
+    created = dt.datetime.now(dt.UTC).replace(microsecond=0)
+    with store.incoming(env) as temporary:
+        sha256, size = pg_dump_to(local, scratch, temporary)
+        name = f"{created.strftime('%Y%m%dT%H%M%SZ')}-capture-{sha256[:8]}"
+        meta = DumpMeta(
+            name=name,
+            environment=env,
+            database=database,
+            created_at=created.isoformat().replace("+00:00", "Z"),
+            sha256=sha256,
+            size_bytes=size,
+            pg_dump_version=local.tools.version,
+            server_version=local.version,
+            row_counts=row_counts,
+            tool_version=__version__,
+            duration_seconds=round(time.monotonic() - began, 3),
+            source="captured",
+            captured=True,
+            capture={
+                "source": source.described,
+                "policy_sha256": policy.sha256,
+                "key_fingerprint": key_fingerprint(key) if key else None,
+                "masked_columns": plan.masked_columns(),
+                "excluded_tables": sorted(plan.excluded),
+                "subset_roots": [{"table": r.table, "where": r.where} for r in policy.subset],
+                "leak_check_samples": len(sample.hashes),
+            },
+        )
+        return store.install(temporary, meta)

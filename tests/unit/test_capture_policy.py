@@ -1,0 +1,272 @@
+"""The capture policy and maskers as pure logic: parsing, the fail-closed coverage check against a catalog, and
+the maskers' determinism, shapes and limits."""
+
+from __future__ import annotations
+
+import hashlib
+import hmac
+import json
+import re
+from typing import Any
+
+import pytest
+
+from pytest_dbsnap.dumps.capture.catalog import Catalog, Column, ForeignKey, Table
+from pytest_dbsnap.dumps.capture.copytext import decode_field, encode_field, mask_rows
+from pytest_dbsnap.dumps.capture.maskers import EMAIL, LOREM, NAMED, PHONE, _Keyed, build_masker, key_fingerprint
+from pytest_dbsnap.dumps.capture.pipeline import Source
+from pytest_dbsnap.dumps.capture.policy import parse_policy, plan_capture
+from pytest_dbsnap.dumps.capture.subset import Edge, roles_of
+from pytest_dbsnap.dumps.meta import DumpMeta
+from pytest_dbsnap.errors import ConfigError, DumpCorrupt
+
+KEY = b"unit-test-key"
+
+
+def text(name: str, *, not_null: bool = False, limit: int | None = None) -> Column:
+    kind = f"character varying({limit})" if limit else "text"
+    return Column(name, kind, "S", "varchar" if limit else "text", not_null, limit, False)
+
+
+def integer(name: str) -> Column:
+    return Column(name, "integer", "N", "int4", True, None, False)
+
+
+def catalog() -> Catalog:
+    """users(id, email unique, name, bio), orders(id, user_id -> users, note), events partitioned with a partition."""
+    users = Table(1, "public.users", "public", "users", False, (), [integer("id"), text("email"), text("name")])
+    users.primary_key, users.unique_keys = ("id",), [("email",)]
+    orders = Table(2, "public.orders", "public", "orders", False, (), [integer("id"), integer("user_id"), text("note")])
+    orders.primary_key = ("id",)
+    events = Table(3, "public.events", "public", "events", True, (), [integer("id"), text("payload")])
+    part = Table(4, "public.events_2025", "public", "events_2025", False, ("public.events",), list(events.columns))
+    fks = [ForeignKey("orders_user_id_fkey", "public.orders", ("user_id",), "public.users", ("id",))]
+    tables = {t.name: t for t in (users, orders, events, part)}
+    return Catalog(tables, fks, [])
+
+
+FULL: dict[str, Any] = {
+    "keep": ["public.orders.note", "public.events.id"],
+    "mask": {"public.users.email": "email", "public.users.name": "full_name", "public.events.payload": "text"},
+}
+
+
+def test_a_covering_policy_plans_every_masked_column_and_partitions_follow_their_table() -> None:
+    plan = plan_capture(parse_policy(FULL), catalog(), KEY)
+    assert "public.events_2025.payload" in plan.masked_columns()  # the rule on the partitioned table covers it
+    assert "public.users.email" in plan.masked_columns()
+
+
+def test_uncovered_columns_are_listed_with_their_types_in_one_paragraph() -> None:
+    raw = {**FULL, "keep": [], "mask": {"public.users.email": "email"}}
+    with pytest.raises(ConfigError) as refused:
+        plan_capture(parse_policy(raw), catalog(), KEY)
+    message = str(refused.value)
+    for column in ("public.users.name (text)", "public.orders.note (text)", "public.events_2025.payload (text)"):
+        assert column in message
+    assert "public.users.id" not in message  # key columns are kept unless masked
+    assert "public.orders.user_id" not in message
+    assert "\n" not in message
+
+
+def test_an_excluded_table_needs_no_rules_but_a_reference_into_it_does() -> None:
+    raw = {"keep": ["public.orders.note", "public.events"], "exclude": ["public.users"]}
+    with pytest.raises(ConfigError, match=r"public\.orders\.user_id references the excluded table public\.users"):
+        plan_capture(parse_policy(raw), catalog(), KEY)
+
+
+@pytest.mark.parametrize(
+    ("rule", "column", "message"),
+    [
+        ("null", text("name", not_null=True), "NOT NULL"),
+        ("full_name", text("name", limit=8), "at most 8 characters"),
+        ("email", integer("name"), "writes text"),
+        ({"json": {"email": "email"}}, text("name"), "json or jsonb"),
+    ],
+)
+def test_a_rule_that_breaks_a_constraint_is_refused_before_reading(rule: Any, column: Column, message: str) -> None:
+    source = catalog()
+    source.tables["public.users"].columns[2] = column
+    raw = {**FULL, "mask": {**FULL["mask"], "public.users.name": rule}}
+    with pytest.raises(ConfigError, match=message):
+        plan_capture(parse_policy(raw), source, KEY)
+
+
+def test_a_unique_column_needs_a_masker_that_keeps_it_unique() -> None:
+    raw = {**FULL, "mask": {**FULL["mask"], "public.users.email": "first_name"}}
+    with pytest.raises(ConfigError, match=r"public\.users\.email is unique"):
+        plan_capture(parse_policy(raw), catalog(), KEY)
+
+
+def test_a_masked_key_must_be_masked_alike_where_it_is_referenced() -> None:
+    raw = {**FULL, "mask": {**FULL["mask"], "public.users.id": {"value": 1}}}
+    with pytest.raises(ConfigError, match=r"public\.orders\.user_id references public\.users\.id"):
+        plan_capture(parse_policy(raw), catalog(), KEY)
+
+
+@pytest.mark.parametrize(
+    ("raw", "message"),
+    [
+        ({"keep": ["users"]}, "schema is required"),
+        ({"mask": {"public.users.email": "scramble"}}, "'scramble' is not a masker"),
+        ({"mask": {"public.users.email": {"json": {"a": "nope"}}}}, "maps keys to named maskers"),
+        ({"subset": [{"table": "public.users"}]}, "needs exactly table"),
+        ({"colour": "red"}, "unknown key"),
+        ({"key_env": "not a name"}, "environment variable"),
+    ],
+)
+def test_malformed_policies_are_one_paragraph_config_errors(raw: dict[str, Any], message: str) -> None:
+    with pytest.raises(ConfigError, match=message):
+        parse_policy(raw)
+
+
+def test_the_policy_hash_changes_with_the_policy_and_only_maskers_that_use_it_need_the_key() -> None:
+    assert parse_policy(FULL).sha256 != parse_policy({**FULL, "keep": []}).sha256
+    assert parse_policy(FULL).needs_key
+    assert not parse_policy({"mask": {"public.users.name": "null", "public.users.bio": {"value": "x"}}}).needs_key
+
+
+@pytest.mark.parametrize("name", [n for n in NAMED if n != "null"])
+def test_named_maskers_are_deterministic_and_keyed(name: str) -> None:
+    masker, again, other = build_masker(name, KEY), build_masker(name, KEY), build_masker(name, b"other key")
+    originals = [f"Original Value {i} with words" for i in range(50)]
+    outputs = [masker.mask(v) for v in originals]
+    assert outputs == [again.mask(v) for v in originals]
+    assert outputs != [other.mask(v) for v in originals]
+    assert not set(outputs) & set(originals)
+    if masker.max_length is not None:
+        assert all(len(o or "") <= masker.max_length for o in outputs)
+    if masker.unique:
+        assert len(set(outputs)) == len(originals)
+
+
+def test_email_phone_text_hash_null_value_and_json_shapes() -> None:
+    assert EMAIL.match(build_masker("email", KEY).mask("ann@corp.com") or "")
+    assert PHONE.match(build_masker("phone", KEY).mask("+49 30 1234") or "")
+    assert re.fullmatch(r"[0-9a-f]{64}", build_masker("hash", KEY).mask("secret") or "")
+    assert build_masker("null", KEY).mask("x") is None
+    assert build_masker({"value": 0}, KEY).mask("42") == "0"
+    bio = "Alice likes lorem ipsum and dolor"
+    fake = build_masker("text", KEY).mask(bio) or ""
+    assert len(fake) == len(bio)
+    assert not {w.lower() for w in re.findall(r"\w+", bio)} & set(fake.split())
+    assert all(word in LOREM for word in fake.split()[:-1])  # the last word is cut to the length
+    document = json.dumps({"email": "ann@corp.com", "nested": [{"phone": "+49 1"}], "theme": "dark", "n": None})
+    masked = json.loads(build_masker({"json": {"email": "email", "phone": "phone"}}, KEY).mask(document) or "")
+    assert EMAIL.match(masked["email"])
+    assert PHONE.match(masked["nested"][0]["phone"])
+    assert (masked["theme"], masked["n"]) == ("dark", None)
+    # The same value masked by the email masker alone and inside JSON agrees, so it still joins.
+    assert masked["email"] == build_masker("email", KEY).mask("ann@corp.com")
+
+
+def test_the_key_fingerprint_tells_keys_apart_without_being_the_key() -> None:
+    assert key_fingerprint(KEY) != key_fingerprint(b"other")
+    assert KEY.hex() not in key_fingerprint(KEY)
+
+
+def test_a_remote_source_needs_allow_remote_and_the_metadata_source_has_no_password() -> None:
+    with pytest.raises(ConfigError, match="--allow-remote"):
+        Source.parse("postgresql://reader:pw@db.example.com/app", allow_remote=False)
+    source = Source.parse("postgresql://reader:pw@db.example.com:6543/app", allow_remote=True)
+    assert source.described == "db.example.com:6543/app"
+    with pytest.raises(ConfigError, match="names no database"):
+        Source.parse("postgresql://reader@127.0.0.1/", allow_remote=False)
+
+
+def test_subset_roles_roots_referencers_upward_followers_and_whole() -> None:
+    edges = [
+        Edge("orders", ("user_id",), "users", ("id",)),
+        Edge("users", ("manager_id",), "users", ("id",)),
+        Edge("users", ("team_id",), "teams", ("id",)),
+        Edge("teams", ("captain_id",), "players", ("id",)),
+        Edge("players", ("team_id",), "teams", ("id",)),
+        Edge("items", ("order_id",), "orders", ("id",)),
+        Edge("items", ("product_id",), "products", ("id",)),
+    ]
+    tables = ["orders", "users", "teams", "players", "items", "products", "events"]
+    roots = [type("Root", (), {"table": "users", "where": "true"})()]
+    roles = roles_of(tables, roots, edges)
+    assert roles == {
+        "users": "root",
+        "orders": "subset",
+        "teams": "subset",
+        "players": "subset",
+        "items": "follower",
+        "products": "whole",
+        "events": "whole",
+    }
+
+
+@pytest.mark.parametrize("key", [b"short", b"k" * 64, b"a much longer key than one sha256 block " * 3])
+def test_the_keyed_hash_is_hmac_sha256_of_the_masker_name_and_the_value(key: bytes) -> None:
+    expected = hmac.new(key, b"email\0ann@corp.com", hashlib.sha256).digest()
+    assert _Keyed(key, "email").digest("ann@corp.com") == expected
+
+
+def test_copy_text_rows_are_masked_field_by_field_with_escapes_and_nulls_kept() -> None:
+    originals = ["a\tb\\c\nd", "plain", None]
+    lines = [f"{i}\t{encode_field(v).decode()}\tkept \\\\ as is\n".encode() for i, v in enumerate(originals)]
+    stream = b"".join(lines)
+    seen: list[str] = []
+
+    def take(value: str) -> bool:
+        seen.append(value)
+        return len(seen) < 1  # wants one sample only
+
+    chunks = list(mask_rows([stream[:7], stream[7:20], stream[20:]], [(1, lambda v: v.upper() + "\n", take)]))
+    rows = b"".join(chunks).split(b"\n")[:-1]
+    assert [r.split(b"\t")[2] for r in rows] == [b"kept \\\\ as is"] * 3  # untouched bytes
+    masked = [r.split(b"\t")[1] for r in rows]
+    assert [None if m == b"\\N" else decode_field(m) for m in masked] == ["A\tB\\C\nD\n", "PLAIN\n", None]
+    assert seen == ["a\tb\\c\nd"]  # the sampler stopped once it had enough
+    with pytest.raises(ValueError, match="inside a row"):
+        list(mask_rows([b"1\tunfinished"], [(1, str.upper, None)]))
+
+
+def test_a_table_the_role_may_not_read_is_named_before_anything_is_read() -> None:
+    source = catalog()
+    source.tables["public.orders"].readable = False
+    with pytest.raises(ConfigError, match=r"may not read 1 table\(s\) of the source: public\.orders\. Grant"):
+        plan_capture(parse_policy(FULL), source, KEY)
+
+
+@pytest.mark.parametrize(
+    ("table", "message"),
+    [
+        ("public.events_2025", "is a partition: name public.events instead"),
+        ("public.nothing", "public.nothing names no table"),
+    ],
+)
+def test_a_subset_root_must_be_a_whole_table_of_the_source(table: str, message: str) -> None:
+    with pytest.raises(ConfigError, match=message):
+        plan_capture(parse_policy({**FULL, "subset": [{"table": table, "where": "true"}]}), catalog(), KEY)
+
+
+def test_capture_metadata_round_trips_and_a_malformed_capture_field_is_refused() -> None:
+    meta = DumpMeta(
+        name="20261203T000000Z-capture-abcdef12",
+        environment="prod",
+        database="app",
+        created_at="2026-12-03T00:00:00Z",
+        sha256="a" * 64,
+        size_bytes=1,
+        pg_dump_version="15.4",
+        server_version="15.4",
+        source="captured",
+        captured=True,
+        capture={"source": "db:5432/app", "masked_columns": ["public.users.email"]},
+    )
+    again = DumpMeta.from_dict(json.loads(meta.to_json()), where="test")
+    assert again == meta
+    assert again.fingerprint is None  # never stale by the working tree
+    with pytest.raises(DumpCorrupt, match="capture an object"):
+        DumpMeta.from_dict({**json.loads(meta.to_json()), "capture": "db"}, where="test")
+
+
+def test_a_long_text_keeps_its_length_and_none_of_its_words() -> None:
+    original = " ".join(f"secret{i} lorem ipsum" for i in range(20_000))  # longer than the lorem corpus
+    fake = build_masker("text", KEY).mask(original) or ""
+    assert len(fake) == len(original)
+    assert not {"lorem", "ipsum"} & set(re.findall(r"\w+", fake))
+    assert all(word in LOREM or set(word) == {"x"} for word in fake.split()[:-1])
