@@ -3,9 +3,7 @@
 from __future__ import annotations
 
 import dataclasses
-import shutil
 import subprocess
-import tempfile
 from collections.abc import Callable, Iterator
 from pathlib import Path
 
@@ -50,18 +48,6 @@ def dumps_cluster(shared_pg_cache: Path) -> Iterator[LocalCluster]:
     with LocalCluster(find_pg_tools(None), cache_dir=shared_pg_cache).start() as started:
         assert isinstance(started, LocalCluster)
         yield started
-
-
-@pytest.fixture
-def hold_folder() -> Iterator[Path]:
-    """A folder the server's unprivileged account can read (tmp_path is root's own, mode 0700), for a hold file
-    that a function in the server waits on, so a test catches a restore at a point and releases it itself."""
-    folder = Path(tempfile.mkdtemp(prefix="dbsnap-hold-"))
-    try:
-        folder.chmod(0o755)
-        yield folder
-    finally:
-        shutil.rmtree(folder, ignore_errors=True)
 
 
 @pytest.fixture(scope="session")

@@ -10,15 +10,13 @@ import os
 import pty
 import re
 import select
-import shutil
 import signal
 import struct
 import subprocess
 import sys
-import tempfile
 import termios
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from pathlib import Path
 
 import pytest
@@ -231,17 +229,6 @@ CREATE TABLE planets (id int PRIMARY KEY, name text CHECK (held()));
 INSERT INTO planets VALUES (1, 'mercury'), (2, 'venus'), (3, 'earth'), (4, 'mars');
 CREATE INDEX ON planets (name);
 """
-
-
-@pytest.fixture
-def hold_folder() -> Iterator[Path]:
-    """A folder the server's unprivileged account can read (pytest's tmp_path is root's own, mode 0700)."""
-    folder = Path(tempfile.mkdtemp(prefix="dbsnap-hold-"))
-    try:
-        folder.chmod(0o755)
-        yield folder
-    finally:
-        shutil.rmtree(folder, ignore_errors=True)
 
 
 def test_the_cli_shows_pg_restores_entries_and_verifys_bytes_on_a_terminal(
