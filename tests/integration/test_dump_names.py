@@ -10,11 +10,11 @@ from pathlib import Path
 
 from psycopg import sql
 
-from pytest_dbsnap.dumps import databases
 from pytest_dbsnap.dumps.importer import import_dump
 from pytest_dbsnap.dumps.meta import DumpMeta
 from pytest_dbsnap.dumps.restore import restore_dump, spare_name, template_name
 from pytest_dbsnap.dumps.store import DumpStore
+from pytest_dbsnap.postgres import databases
 from pytest_dbsnap.postgres.local import LocalCluster
 
 
