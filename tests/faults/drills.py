@@ -286,7 +286,8 @@ from pathlib import Path
 here = Path(__file__).resolve().parent
 worker = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(3600)"])
 daemon = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(3600)"], start_new_session=True)
-(here / "service.started").write_text(f"{os.getpid()} {worker.pid} {daemon.pid}")
+(here / "service.started.tmp").write_text(f"{os.getpid()} {worker.pid} {daemon.pid}")
+os.replace(here / "service.started.tmp", here / "service.started")  # whole when the drill sees it
 
 
 class Handler(BaseHTTPRequestHandler):
