@@ -24,6 +24,7 @@ from pytest_dbsnap.core.redact import redact
 from pytest_dbsnap.dumps.fingerprint import FingerprintInputs, compute_fingerprint
 from pytest_dbsnap.dumps.meta import DumpMeta
 from pytest_dbsnap.dumps.migrated import holds_nothing, left_empty_warning
+from pytest_dbsnap.dumps.naming import stamp, unused_name
 from pytest_dbsnap.dumps.restore import count_rows, template_name
 from pytest_dbsnap.dumps.store import DumpStore
 from pytest_dbsnap.errors import ConfigError, DbsnapError, DumpCorrupt, ToolError, writing
@@ -50,17 +51,7 @@ def git_state(folder: Path) -> tuple[str | None, bool]:
 
 
 def dump_name(created: dt.datetime, commit: str | None, dirty: bool, fingerprint: str) -> str:
-    stamp = created.strftime("%Y%m%dT%H%M%SZ")
-    return f"{stamp}-{commit or 'nogit'}{'-dirty' if dirty else ''}-{fingerprint[:8]}"
-
-
-def _unused_name(store: DumpStore, env: str, name: str) -> str:
-    """Two dumps made within one second (a forced regeneration) get distinct names instead of a refusal."""
-    candidate, number = name, 1
-    while store.meta_path(env, candidate).exists() or store.dump_path(env, candidate).exists():
-        number += 1
-        candidate = f"{name}-{number}"
-    return candidate
+    return f"{stamp(created)}-{commit or 'nogit'}{'-dirty' if dirty else ''}-{fingerprint[:8]}"
 
 
 def read_schema_version(server: Server, database: str, query: str | None) -> str | None:
@@ -214,7 +205,7 @@ def store_dump(
     with store.incoming(env) as temporary:
         sha256, size = pg_dump_to(server, database, temporary)
         meta = DumpMeta(
-            name=_unused_name(store, env, dump_name(created, commit, dirty, fingerprint or sha256)),
+            name=unused_name(store, env, dump_name(created, commit, dirty, fingerprint or sha256)),
             environment=env,
             database=settings.database,
             created_at=created.isoformat().replace("+00:00", "Z"),

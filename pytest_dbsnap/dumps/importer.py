@@ -13,6 +13,7 @@ from pytest_dbsnap._version import __version__
 from pytest_dbsnap.core.proc import run
 from pytest_dbsnap.core.progress import meter
 from pytest_dbsnap.dumps.meta import DumpMeta
+from pytest_dbsnap.dumps.naming import stamp, unused_name
 from pytest_dbsnap.dumps.restore import check_readable
 from pytest_dbsnap.dumps.store import DumpStore
 from pytest_dbsnap.errors import DumpCorrupt, ToolError
@@ -124,7 +125,7 @@ def import_dump(
         created = dt.datetime.now(dt.UTC).replace(microsecond=0)
         sha = digest.hexdigest()
         meta = DumpMeta(
-            name=f"{created.strftime('%Y%m%dT%H%M%SZ')}-import-{sha[:8]}",
+            name=unused_name(store, env, f"{stamp(created)}-import-{sha[:8]}"),
             environment=env,
             database=header.get("database", source.stem),
             created_at=created.isoformat().replace("+00:00", "Z"),

@@ -283,7 +283,10 @@ _VERBOSE = re.compile(
     r"^pg_restore: (connecting|creating|processing|executing|launching|finished|entering|transferring|reducing|"
     r"implied|dropping|disabling|enabling|setting|restoring|restored|skipping) "
 )
-_ITEM_BEGINS = re.compile(r"^pg_restore: (creating |executing |processing (?!item |missed item ))")
+_ITEM_BEGINS = re.compile(r"^pg_restore: (creating |executing (?!SELECT )|processing (?!item |missed item ))")
+# Not an entry: each connection pg_restore opens (the leader's, and with -j every worker's, at any moment of the
+# parallel loop) says "executing SELECT pg_catalog.set_config('search_path', '', false);". Entries say
+# "executing <KIND> <name>" (SEQUENCE SET, COMMENT...), and no kind of entry is called SELECT.
 
 
 class TocProgress:

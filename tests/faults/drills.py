@@ -24,6 +24,7 @@ from filelock import FileLock, Timeout
 from pytest_dbsnap.core.reaper import process_start
 from pytest_dbsnap.postgres import databases
 from pytest_dbsnap.postgres.account import runtime_base
+from pytest_dbsnap.postgres.base import Server
 
 DRILL_VARIABLE = "DBSNAP_DRILL_ID"  # every process a drilled run starts inherits it, daemons included
 LEFTOVER_DEADLINE = 15.0  # the issue's goal: nothing of a killed run alive 15 s after the kill
@@ -152,6 +153,23 @@ def runs_pg_restore(run: subprocess.Popen[bytes]) -> bool:
     return False
 
 
+def building_the_held_index(server: Server) -> Callable[[subprocess.Popen[bytes]], bool]:
+    """The run's pg_restore is held building the gated index: its backend shows on `server`, and it stays
+    there until the test removes hold-restore, so a kill that follows finds the run at that point."""
+
+    def held(run: subprocess.Popen[bytes]) -> bool:
+        if not runs_pg_restore(run):
+            return False
+        with server.connect() as conn:
+            row = conn.execute(
+                "SELECT count(*) FROM pg_stat_activity WHERE state = 'active' "
+                "AND query LIKE 'CREATE INDEX drill_items_gate %%'"
+            ).fetchone()
+        return bool(row and row[0])
+
+    return held
+
+
 def kill_at(
     project: Path,
     env: dict[str, str],
@@ -211,6 +229,8 @@ def generate_dump(project: Path, env: dict[str, str]) -> None:
 # A point of the run holds while its file `hold-<point>` exists in the project, so a drill can kill the run there
 # (and the next run, without the file, goes through). The restore hold is in the dump itself: the index of
 # drill_items calls drill_gate(), which waits while hold-restore exists, so pg_restore is caught building it.
+# (A field of pg_stat_file's row, not the row: `row IS NOT NULL` needs every field set, and the creation time
+# is NULL on Linux, so the whole row tested that way never held.)
 PROJECT_TOML = """\
 [tool.dbsnap]
 database = "app"
@@ -245,7 +265,7 @@ with psycopg.connect(os.environ["DATABASE_URL"], autocommit=True) as conn:
     conn.execute("""
         CREATE FUNCTION drill_gate(i int) RETURNS int LANGUAGE plpgsql IMMUTABLE AS $$
         BEGIN
-            WHILE pg_stat_file('HOLD', true) IS NOT NULL LOOP
+            WHILE (pg_stat_file('HOLD', true)).size IS NOT NULL LOOP
                 PERFORM pg_sleep(0.05);
             END LOOP;
             RETURN i;
@@ -266,7 +286,8 @@ from pathlib import Path
 here = Path(__file__).resolve().parent
 worker = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(3600)"])
 daemon = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(3600)"], start_new_session=True)
-(here / "service.started").write_text(f"{os.getpid()} {worker.pid} {daemon.pid}")
+(here / "service.started.tmp").write_text(f"{os.getpid()} {worker.pid} {daemon.pid}")
+os.replace(here / "service.started.tmp", here / "service.started")  # whole when the drill sees it
 
 
 class Handler(BaseHTTPRequestHandler):

@@ -17,12 +17,12 @@ from drills import (
     LEFTOVER_DEADLINE,
     Drilled,
     assert_green,
+    building_the_held_index,
     drill_runs,
     generate_dump,
     kill_at,
     reachable_folder,
     run_environ,
-    runs_pg_restore,
     temporary_databases,
     wait_until,
     write_project,
@@ -78,7 +78,7 @@ def test_killed_during_pg_restore(
     generate_dump(project, env)
     env["DBSNAP_DSN"] = outside_server.dsn("postgres")
 
-    killed = kill_at(project, env, drilled, PYTEST, hold="restore", reached=runs_pg_restore)
+    killed = kill_at(project, env, drilled, PYTEST, hold="restore", reached=building_the_held_index(outside_server))
 
     with outside_server.connect() as conn:
         # Its reaper dropped them (ending the backend that pg_restore left building the index).
@@ -153,7 +153,7 @@ def test_cli_killed_during_restore(
     generate_dump(project, env)
     restore = [DBSNAP, "restore", "--dsn", outside_server.dsn("postgres"), "--database", "restored", "--no-spare"]
 
-    killed = kill_at(project, env, drilled, restore, hold="restore", reached=runs_pg_restore)
+    killed = kill_at(project, env, drilled, restore, hold="restore", reached=building_the_held_index(outside_server))
 
     with outside_server.connect() as conn:
         wait_until(lambda: not temporary_databases(conn, killed), LEFTOVER_DEADLINE, "the drop of its staging database")

@@ -59,10 +59,12 @@ while True:  # the group leader's child: wait until it shows in /proc
         break
     time.sleep(0.01)
 pids = [group.pid, int(kids[0]), daemon.pid]
-(out / "pids.json").write_text(json.dumps({
+# Written whole, then renamed: the test reads it as soon as the name shows.
+(out / "pids.json.tmp").write_text(json.dumps({
     "processes": [[pid, process_start(pid)] for pid in pids],
     "watchdog": watchdog.watchdog_pid,
 }))
+os.replace(out / "pids.json.tmp", out / "pids.json")
 if mode == "forget":
     for token in tokens:
         watchdog.forget(token)

@@ -381,12 +381,19 @@ def test_rows_that_differ_from_the_metadata_fail_the_restore_and_leave_the_targe
 
 
 # A check that sleeps in staging databases only: the source fills fast, a restore of its dump takes seconds.
-SLOW_SOURCE_SQL = [
-    """CREATE FUNCTION public.slow_in_staging(n integer) RETURNS boolean LANGUAGE sql AS $$
-         SELECT CASE WHEN current_database() LIKE 'dbsnap\\_stage\\_%' THEN pg_sleep(0.002) IS NOT NULL
-                ELSE n IS NOT NULL END $$""",
-    "CREATE TABLE public.slow (n integer CHECK (public.slow_in_staging(n)))",
-    "INSERT INTO public.slow SELECT generate_series(1, 2000)",
+# In a staging database (a restore), a row waits while the hold file exists: the test sees the COPY held, kills the
+# restore there and only then removes the file, so the kill never depends on how long the COPY takes.
+HELD_SOURCE_SQL = [
+    """CREATE FUNCTION public.held_in_staging(n integer) RETURNS boolean LANGUAGE plpgsql AS $$
+       BEGIN
+           WHILE current_database() LIKE 'dbsnap\\_stage\\_%' AND (pg_stat_file('HOLD', true)).size IS NOT NULL
+                 AND clock_timestamp() < statement_timestamp() + interval '2 min' LOOP
+               PERFORM pg_sleep(0.02);
+           END LOOP;
+           RETURN n IS NOT NULL;
+       END $$""",
+    "CREATE TABLE public.held (n integer CHECK (public.held_in_staging(n)))",
+    "INSERT INTO public.held SELECT generate_series(1, 20)",
 ]
 RESTORE_SCRIPT = """
 import sys
@@ -415,15 +422,17 @@ def dump_database(server: Server, database: str, destination: Path) -> Path:
 
 
 def test_restore_killed_mid_way_leaves_the_target_and_the_next_run_drops_its_staging(
-    generated: Generated, server: ExternalServer, tmp_path: Path
+    generated: Generated, server: ExternalServer, tmp_path: Path, hold_folder: Path
 ) -> None:
+    hold = hold_folder / "hold-copy"
     make_marked_database(server, "slow_source", "source")
     with server.connect("slow_source") as conn:
-        for statement in SLOW_SOURCE_SQL:
-            conn.execute(statement.encode())
+        for statement in HELD_SOURCE_SQL:
+            conn.execute(statement.replace("HOLD", str(hold)).encode())
     store = DumpStore(tmp_path / "dumps")
     import_dump(store, server.tools, dump_database(server, "slow_source", tmp_path / "slow.dump"), "slow")
     make_marked_database(server, "kill_target", "keep me")
+    hold.touch()
 
     # The backend of a killed client notices at once only when asked to check; otherwise it keeps
     # working through the rows it has buffered and the staging database stays busy for seconds.
@@ -446,8 +455,9 @@ def test_restore_killed_mid_way_leaves_the_target_and_the_next_run_drops_its_sta
                     pytest.fail(f"the restore ended before it could be killed: {restoring.communicate()[1]!r}")
                 assert time.monotonic() < deadline, "pg_restore never started copying into a staging database"
                 time.sleep(0.02)  # polling interval while waiting for the COPY to show
-        os.killpg(restoring.pid, signal.SIGKILL)
+        os.killpg(restoring.pid, signal.SIGKILL)  # held in the COPY: it cannot have gone further
         restoring.wait(timeout=30)
+    hold.unlink()
     assert restoring.returncode == -signal.SIGKILL
 
     [leftover] = own_staging(server, restoring.pid)

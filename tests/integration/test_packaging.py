@@ -35,7 +35,8 @@ def test_the_wheel_ships_pytest_dbsnap_only(tmp_path: Path) -> None:
     dist_info = [folder for folder in top_level if folder.endswith(".dist-info")]
     assert top_level == {"pytest_dbsnap", *dist_info}, sorted(top_level)
     assert len(dist_info) == 1
-    assert {"pytest_dbsnap/plugin/__init__.py", "pytest_dbsnap/py.typed", "pytest_dbsnap/dumps/restore.py"} <= set(names)
+    shipped = {"pytest_dbsnap/plugin/__init__.py", "pytest_dbsnap/py.typed", "pytest_dbsnap/dumps/restore.py"}
+    assert shipped <= set(names)
     entry_points = zipfile.ZipFile(wheel).read(f"{dist_info[0]}/entry_points.txt").decode()
     assert "dbsnap = pytest_dbsnap.plugin" in entry_points
     assert "dbsnap = pytest_dbsnap.cli:main" in entry_points
