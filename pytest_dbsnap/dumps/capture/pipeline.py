@@ -26,6 +26,7 @@ from pytest_dbsnap.dumps.capture.policy import CapturePolicy, Plan, plan_capture
 from pytest_dbsnap.dumps.capture.subset import Kept, compute_kept
 from pytest_dbsnap.dumps.generate import pg_dump_to
 from pytest_dbsnap.dumps.meta import DumpMeta
+from pytest_dbsnap.dumps.naming import stamp, unused_name
 from pytest_dbsnap.dumps.restore import count_rows
 from pytest_dbsnap.dumps.store import DumpStore
 from pytest_dbsnap.errors import ConfigError, DbsnapError, DumpError, RestoreError, ServerError, ToolError
@@ -330,52 +331,35 @@ def _store(
     sample: LeakSample,
     began: float,
 ) -> DumpMeta:
-    """Serialised with other writers of `env`; the old latest stays until the new dump is installed."""
+    """Serialised with other writers of `env` (so the name picked is free); the old latest stays until the new dump
+    is installed."""
     with store.lock(env):
         store.remove_leftovers(env)
-        return _install(local, store, env, scratch, database, source, policy, plan, key, row_counts, sample, began)
-
-
-def _install(
-    local: Server,
-    store: DumpStore,
-    env: str,
-    scratch: str,
-    database: str,
-    source: Source,
-    policy: CapturePolicy,
-    plan: Plan,
-    key: bytes | None,
-    row_counts: dict[str, int],
-    sample: LeakSample,
-    began: float,
-) -> DumpMeta:
-    created = dt.datetime.now(dt.UTC).replace(microsecond=0)
-    with store.incoming(env) as temporary:
-        sha256, size = pg_dump_to(local, scratch, temporary)
-        name = f"{created.strftime('%Y%m%dT%H%M%SZ')}-capture-{sha256[:8]}"
-        meta = DumpMeta(
-            name=name,
-            environment=env,
-            database=database,
-            created_at=created.isoformat().replace("+00:00", "Z"),
-            sha256=sha256,
-            size_bytes=size,
-            pg_dump_version=local.tools.version,
-            server_version=local.version,
-            row_counts=row_counts,
-            tool_version=__version__,
-            duration_seconds=round(time.monotonic() - began, 3),
-            source="captured",
-            captured=True,
-            capture={
-                "source": source.described,
-                "policy_sha256": policy.sha256,
-                "key_fingerprint": key_fingerprint(key) if key else None,
-                "masked_columns": plan.masked_columns(),
-                "excluded_tables": sorted(plan.excluded),
-                "subset_roots": [{"table": r.table, "where": r.where} for r in policy.subset],
-                "leak_check_samples": len(sample.hashes),
-            },
-        )
-        return store.install(temporary, meta)
+        created = dt.datetime.now(dt.UTC).replace(microsecond=0)
+        with store.incoming(env) as temporary:
+            sha256, size = pg_dump_to(local, scratch, temporary)
+            meta = DumpMeta(
+                name=unused_name(store, env, f"{stamp(created)}-capture-{sha256[:8]}"),
+                environment=env,
+                database=database,
+                created_at=created.isoformat().replace("+00:00", "Z"),
+                sha256=sha256,
+                size_bytes=size,
+                pg_dump_version=local.tools.version,
+                server_version=local.version,
+                row_counts=row_counts,
+                tool_version=__version__,
+                duration_seconds=round(time.monotonic() - began, 3),
+                source="captured",
+                captured=True,
+                capture={
+                    "source": source.described,
+                    "policy_sha256": policy.sha256,
+                    "key_fingerprint": key_fingerprint(key) if key else None,
+                    "masked_columns": plan.masked_columns(),
+                    "excluded_tables": sorted(plan.excluded),
+                    "subset_roots": [{"table": r.table, "where": r.where} for r in policy.subset],
+                    "leak_check_samples": len(sample.hashes),
+                },
+            )
+            return store.install(temporary, meta)
