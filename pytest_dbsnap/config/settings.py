@@ -115,3 +115,8 @@ class Settings:
 
     def source_of(self, key: str) -> str:
         return self.sources.get(key, "default")
+
+    @property
+    def configured(self) -> bool:
+        """A [tool.dbsnap] table or any dbsnap option: otherwise the plugin stays idle until a fixture is used."""
+        return self.has_table or bool(self.sources)

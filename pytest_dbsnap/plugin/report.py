@@ -84,7 +84,7 @@ def progress_reporter(config: pytest.Config) -> Reporter:
 
 def pytest_report_header(config: pytest.Config) -> list[str]:
     settings = config.stash[SETTINGS_KEY]
-    if not settings.has_table and not settings.sources:
+    if not settings.configured:
         # Installed but not configured: no probe for a server or programs (they cost a run that never uses them).
         return ["dbsnap: idle (no [tool.dbsnap] in pyproject.toml and no dbsnap option); its fixtures start on use"]
     provider, why = provider_choice(config)
@@ -293,5 +293,5 @@ def pytest_sessionfinish(session: pytest.Session) -> None:
     config = session.config
     settings = config.stash.get(SETTINGS_KEY, None)
     # A project that neither configures the plugin nor used a fixture of it gets no facts, and no provider probe.
-    if SERVER_KEY in config.stash or (settings is not None and (settings.has_table or settings.sources)):
+    if SERVER_KEY in config.stash or (settings is not None and settings.configured):
         publish_facts(config)
