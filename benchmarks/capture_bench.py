@@ -45,8 +45,8 @@ SELECT i, 'person' || i || '@realmail.org', 'First' || i || ' Last' || i, '+49 3
        jsonb_build_object('email', 'person' || i || '@realmail.org', 'theme', 'dark')
 FROM generate_series(%(start)s, %(stop)s) i;
 INSERT INTO orders (user_id, total, contact, note)
-SELECT u, u %% 1000, 'person' || u || '@realmail.org', 'deliver to the back door, ring twice ' || u
-FROM generate_series(%(start)s, %(stop)s) u, generate_series(1, 3);
+SELECT u, u %% 1000, 'person' || u || '@realmail.org', 'deliver to the back door, ring twice ' || u || '/' || n
+FROM generate_series(%(start)s, %(stop)s) u, generate_series(1, 3) n;
 """
 POLICY = {
     "keep": ["public.users.created_at", "public.orders.total"],
@@ -134,9 +134,9 @@ def main() -> int:
                 run([cluster.tools.path("pg_dump"), "-Fc", "-f", str(scratch / "plain.dump"), "-d", conninfo],
                     what="pg_dump", env=env)  # fmt: skip
 
-            def full() -> None:
+            def full(jobs: int | None = None) -> None:
                 capture_dump(cluster, store, "full", source=source, policy=parse_policy(POLICY), key=key,
-                             database="app", progress=Steps())  # fmt: skip
+                             database="app", progress=Steps(), jobs=jobs)  # fmt: skip
 
             def subset() -> None:
                 policy = parse_policy({**POLICY, "subset": [{"table": "public.users", "where": "id % 10 = 0"}]})
@@ -148,6 +148,7 @@ def main() -> int:
             for name, step in (
                 ("plain pg_dump -Fc", plain),
                 ("masked full capture", full),
+                ("masked full capture, masking in this process only (jobs=1)", lambda: full(1)),
                 ("masked 10% subset", subset),
             ):
                 for _ in range(args.reps):

@@ -107,6 +107,9 @@ def build_parser() -> argparse.ArgumentParser:
     sub["capture"].add_argument(
         "--check", action="store_true", help="only check that the policy covers every column (exit 1 if not)"
     )
+    sub["capture"].add_argument(
+        "--jobs", dest="capture_jobs", type=_positive, help="masking processes (default: one per core)"
+    )
     init = commands.add_parser(
         "init",
         help="write a commented [tool.dbsnap] block for this project into pyproject.toml",

@@ -427,7 +427,7 @@ def cmd_capture(args: argparse.Namespace, settings: Settings) -> int:
         with server:
             meta = capture_dump(
                 server, dump_store(settings), settings.env, source=source, policy=policy, key=key,
-                database=settings.database, progress=progress_printer(),
+                database=settings.database, progress=progress_printer(), jobs=args.capture_jobs,
             )  # fmt: skip
     finally:
         forget()

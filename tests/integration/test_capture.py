@@ -16,6 +16,7 @@ import pytest
 
 from pytest_dbsnap import cli
 from pytest_dbsnap.config.loading import load_settings
+from pytest_dbsnap.dumps.capture import masking
 from pytest_dbsnap.dumps.capture.maskers import EMAIL, FIRST_NAMES, LAST_NAMES, PHONE
 from pytest_dbsnap.dumps.capture.pipeline import Source, capture_dump
 from pytest_dbsnap.dumps.capture.policy import CapturePolicy, parse_policy
@@ -261,6 +262,28 @@ def test_same_key_gives_the_same_values_and_another_key_others(
     assert all(a[1] != b[1] and a[4] != b[4] for a, b in zip(first, different, strict=True))
 
 
+def test_masking_workers_give_the_rows_one_process_gives(
+    full: tuple[DumpStore, DumpMeta, str], dumps_cluster: LocalCluster, source: Source, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A large capture masks in a pool of worker processes; the pool starts at once here (no bytes masked in this
+    process first), and its output and its leak samples are those of masking in this process."""
+    monkeypatch.setattr(masking, "IN_PROCESS_BYTES", 0)
+    store, _meta, db = full
+    pooled_meta = capture_dump(
+        dumps_cluster, store, "prod", source=source, policy=policy_with(), key=KEY, database="app", jobs=2
+    )
+    pooled = restored(dumps_cluster, store, pooled_meta)
+    for table in ("users", "orders", "subscriptions"):
+        query = f"SELECT * FROM {table} ORDER BY 1"
+        assert rows(dumps_cluster, pooled, query) == rows(dumps_cluster, db, query), table
+    assert pooled_meta.capture["leak_check_samples"] > 0
+    # The workers' samples reach the leak check: a kept column repeating a masked one is still caught.
+    leaking = policy_with(mask={"public.orders.contact": None}, keep=[*POLICY["keep"], "public.orders.contact"])
+    with pytest.raises(DumpError, match=r"public\.orders\.contact holds an original value of public\.users\.email"):
+        capture_dump(dumps_cluster, store, "prod", source=source, policy=leaking, key=KEY, database="app", jobs=2)
+    assert store.latest_name("prod") == pooled_meta.name
+
+
 def test_an_uncovered_column_is_refused_and_the_store_is_unchanged(
     dumps_cluster: LocalCluster, source: Source, tmp_path: Path
 ) -> None:
@@ -470,7 +493,8 @@ def test_the_cli_captures_on_its_own_local_cluster_and_restore_uses_the_dump(
     assert cli.main(["capture", "--env", "prod", "--dsn", source.dsn, "-q"]) == 2  # no key: refused
     assert "TEST_CAPTURE_KEY" in capsys.readouterr().err
     monkeypatch.setenv("TEST_CAPTURE_KEY", "a-secret-from-the-vault")
-    assert cli.main(["capture", "--env", "prod", "--dsn", source.dsn, "-q"]) == 0
+    monkeypatch.setattr(masking, "IN_PROCESS_BYTES", 0)  # the workers from the first row: --jobs reaches them
+    assert cli.main(["capture", "--env", "prod", "--dsn", source.dsn, "--jobs", "2", "-q"]) == 0
     out = capsys.readouterr().out
     assert "14 masked column(s)" in out
     assert "constraints validated" in out

@@ -4,7 +4,6 @@ the maskers' determinism, shapes and limits."""
 from __future__ import annotations
 
 import hashlib
-import hmac
 import json
 import re
 from typing import Any
@@ -12,7 +11,7 @@ from typing import Any
 import pytest
 
 from pytest_dbsnap.dumps.capture.catalog import Catalog, Column, ForeignKey, Table
-from pytest_dbsnap.dumps.capture.copytext import decode_field, encode_field, mask_rows
+from pytest_dbsnap.dumps.capture.copytext import decode_field, encode_field, mask_rows, to_copy
 from pytest_dbsnap.dumps.capture.maskers import EMAIL, LOREM, NAMED, PHONE, _Keyed, build_masker, key_fingerprint
 from pytest_dbsnap.dumps.capture.pipeline import Source
 from pytest_dbsnap.dumps.capture.policy import parse_policy, plan_capture
@@ -199,9 +198,12 @@ def test_subset_roles_roots_referencers_upward_followers_and_whole() -> None:
 
 
 @pytest.mark.parametrize("key", [b"short", b"k" * 64, b"a much longer key than one sha256 block " * 3])
-def test_the_keyed_hash_is_hmac_sha256_of_the_masker_name_and_the_value(key: bytes) -> None:
-    expected = hmac.new(key, b"email\0ann@corp.com", hashlib.sha256).digest()
-    assert _Keyed(key, "email").digest("ann@corp.com") == expected
+def test_the_keyed_hash_is_keyed_blake2b_of_the_masker_name_and_the_value(key: bytes) -> None:
+    secret = key if len(key) <= 64 else hashlib.sha256(key).digest()
+    expected = hashlib.blake2b(b"email\0ann@corp.com", key=secret, digest_size=32, person=b"dbsnap-capture")
+    assert _Keyed(key, "email").digest("ann@corp.com") == expected.digest()
+    assert _Keyed(key + b"!", "email").digest("ann@corp.com") != expected.digest()  # every byte of the key counts
+    assert _Keyed(key, "hash").digest("ann@corp.com") != expected.digest()  # maskers do not agree
 
 
 def test_copy_text_rows_are_masked_field_by_field_with_escapes_and_nulls_kept() -> None:
@@ -214,14 +216,16 @@ def test_copy_text_rows_are_masked_field_by_field_with_escapes_and_nulls_kept() 
         seen.append(value)
         return len(seen) < 1  # wants one sample only
 
-    chunks = list(mask_rows([stream[:7], stream[7:20], stream[20:]], [(1, lambda v: v.upper() + "\n", take)]))
+    chunks = list(
+        mask_rows([stream[:7], stream[7:20], stream[20:]], [(1, to_copy(lambda v: v.upper() + "\n"), take, {})])
+    )
     rows = b"".join(chunks).split(b"\n")[:-1]
     assert [r.split(b"\t")[2] for r in rows] == [b"kept \\\\ as is"] * 3  # untouched bytes
     masked = [r.split(b"\t")[1] for r in rows]
     assert [None if m == b"\\N" else decode_field(m) for m in masked] == ["A\tB\\C\nD\n", "PLAIN\n", None]
     assert seen == ["a\tb\\c\nd"]  # the sampler stopped once it had enough
     with pytest.raises(ValueError, match="inside a row"):
-        list(mask_rows([b"1\tunfinished"], [(1, str.upper, None)]))
+        list(mask_rows([b"1\tunfinished"], [(1, to_copy(str.upper), None, None)]))
 
 
 def test_a_table_the_role_may_not_read_is_named_before_anything_is_read() -> None:

@@ -14,7 +14,9 @@ _CODES = {value: b"\\" + key for key, value in _LETTERS.items()} | {b"\\": b"\\\
 _ESCAPED = re.compile(rb"\\(.)", re.DOTALL)
 _SPECIAL = re.compile(rb"[\\\n\r\t\b\f\v]")
 NULL = b"\\N"
-FLUSH = 1 << 16  # bytes of masked rows gathered before one write to the target
+FLUSH = 1 << 16  # bytes of rows gathered into one chunk: masked together, written to the target in one call
+REMEMBERED = 1 << 14  # masked values remembered per rule, for inputs that repeat (an email in every order)
+REMEMBERED_LONGEST = 128  # bytes: longer inputs (texts) rarely repeat and would make the memory grow
 
 
 def decode_field(field: bytes) -> str:
@@ -30,47 +32,78 @@ def encode_field(value: str | None) -> bytes:
     return _SPECIAL.sub(lambda m: _CODES[m[0]], data) if _SPECIAL.search(data) else data
 
 
-FieldMask = tuple[int, Callable[[str], str | None], Callable[[str], bool] | None]
+Mask = Callable[[str], str | None]
+Sampler = Callable[[str], bool]
+# (column index, mask to COPY bytes, sampler, memo): the sampler sees originals and says whether it wants more; the
+# memo maps an input's COPY bytes to its masked COPY bytes, shared by the fields whose rule is the same.
+FieldMask = tuple[int, Callable[[str], bytes], Sampler | None, dict[bytes, bytes] | None]
 
 
-def mask_rows(blocks: Iterable[bytes | bytearray | memoryview], fields: Sequence[FieldMask]) -> Iterator[bytes]:
-    """Masked COPY text from COPY text, in chunks of about FLUSH bytes. Each field is (column index, mask,
-    sampler): the sampler sees the original and says whether it wants more (None once it has enough)."""
-    samplers = [take for _index, _mask, take in fields]
-    pending = b""
-    for data in _gathered(blocks):
-        lines = (pending + data).split(b"\n")
-        pending = lines.pop()  # an unfinished row, completed by the next chunk
-        out: list[bytes] = []
-        for line in lines:
-            row = line.split(b"\t")
-            for position, (index, mask, _take) in enumerate(fields):
+def to_copy(mask: Mask, plain: bool = False) -> Callable[[str], bytes]:
+    """`mask` writing COPY bytes; `plain`: its outputs never hold a character COPY escapes (no regex pass)."""
+    if plain:
+        return lambda value: mask(value).encode()  # type: ignore[union-attr]
+    return lambda value: encode_field(mask(value))
+
+
+class ChunkMasker:
+    """Masks whole rows of one table, a chunk at a time; the samplers stop once they have enough."""
+
+    def __init__(self, fields: Sequence[FieldMask]) -> None:
+        self.fields = list(fields)
+
+    def __call__(self, data: bytes) -> bytes:
+        """Masked COPY text of `data`, which holds whole rows (each ending in a newline)."""
+        rows = [line.split(b"\t") for line in data.split(b"\n")[:-1]]
+        for position, (index, mask, take, memo) in enumerate(self.fields):
+            for row in rows:
                 raw = row[index]
                 if raw == NULL:
                     continue
+                if take is None and memo is not None:
+                    done = memo.get(raw)
+                    if done is not None:
+                        row[index] = done
+                        continue
                 original = decode_field(raw)
-                take = samplers[position]
                 if take is not None and not take(original):
-                    samplers[position] = None
-                row[index] = encode_field(mask(original))
-            out.append(b"\t".join(row))
-        if out:
-            yield b"\n".join(out) + b"\n"
-    if pending:
-        raise ValueError("COPY data ended inside a row")
+                    take = None
+                    self.fields[position] = (index, mask, None, memo)
+                masked = mask(original)
+                if memo is not None and len(raw) <= REMEMBERED_LONGEST:
+                    if len(memo) >= REMEMBERED:
+                        memo.clear()  # bounded: a fresh start costs a few recomputations, never memory
+                    memo[raw] = masked
+                row[index] = masked
+        return b"".join(b"\t".join(row) + b"\n" for row in rows)
 
 
-def _gathered(blocks: Iterable[bytes | bytearray | memoryview]) -> Iterator[bytes]:
-    """COPY TO sends a message per row: joined into chunks of about FLUSH bytes, a row is split, masked and
-    written with the others of its chunk instead of one at a time."""
+def whole_rows(blocks: Iterable[bytes | bytearray | memoryview], size: int = FLUSH) -> Iterator[bytes]:
+    """COPY TO sends a message per row: joined into chunks of about `size` bytes that end at a row's end, so a
+    chunk can be masked on its own (here or in another process) and written with one call."""
     chunk: list[bytes] = []
-    size = 0
+    gathered = 0
+    pending = b""
     for block in blocks:
         data = bytes(block)
         chunk.append(data)
-        size += len(data)
-        if size >= FLUSH:
-            yield b"".join(chunk)
-            chunk, size = [], 0
-    if chunk:
-        yield b"".join(chunk)
+        gathered += len(data)
+        if gathered >= size:
+            joined = pending + b"".join(chunk)
+            end = joined.rfind(b"\n") + 1
+            pending = joined[end:]
+            chunk, gathered = [], 0
+            if end:
+                yield joined[:end]
+    joined = pending + b"".join(chunk)
+    if joined and not joined.endswith(b"\n"):
+        raise ValueError("COPY data ended inside a row")
+    if joined:
+        yield joined
+
+
+def mask_rows(blocks: Iterable[bytes | bytearray | memoryview], fields: Sequence[FieldMask]) -> Iterator[bytes]:
+    """Masked COPY text from COPY text, in chunks of about FLUSH bytes."""
+    masker = ChunkMasker(fields)
+    for data in whole_rows(blocks):
+        yield masker(data)

@@ -25,6 +25,7 @@ class LeakSample:
     salt: bytes = field(default_factory=lambda: secrets.token_bytes(16))
     hashes: dict[bytes, str] = field(default_factory=dict)  # hash -> the masked column it came from
     taken: dict[str, int] = field(default_factory=dict)
+    fresh: list[bytes] = field(default_factory=list)  # taken since the last drain (a worker sends them home)
 
     def _hash(self, value: str) -> bytes:
         return hashlib.sha256(self.salt + value.encode("utf-8", "surrogateescape")).digest()
@@ -42,10 +43,21 @@ class LeakSample:
                 digest = self._hash(original)
                 if digest not in self.hashes:
                     self.hashes[digest] = column
+                    self.fresh.append(digest)
                     self.taken[column] = self.taken.get(column, 0) + 1
             return self.taken.get(column, 0) < PER_COLUMN
 
         return take
+
+    def drain(self) -> dict[bytes, str]:
+        """The hashes taken since the last call, for the parent's sample (a masking worker's)."""
+        fresh = {digest: self.hashes[digest] for digest in self.fresh}
+        self.fresh.clear()
+        return fresh
+
+    def merge(self, hashes: dict[bytes, str]) -> None:
+        """A worker's hashes (each worker samples at most PER_COLUMN of a column: the whole stays bounded)."""
+        self.hashes.update(hashes)
 
     def find(self, conn: Any, catalog: Catalog, excluded: frozenset[str]) -> list[str]:
         """Where sampled originals turn up in the captured database (`conn`, the local verification copy); the

@@ -1,4 +1,4 @@
-"""Deterministic fake values: each output is chosen by HMAC-SHA256(key, masker and input), in Python, on the
+"""Deterministic fake values: each output is chosen by keyed BLAKE2b (key, masker and input), in Python, on the
 capturing machine. The same input, masker and key give the same output in every table and on every run (so a
 masked key still joins); a different key gives different values; the key never leaves this process."""
 
@@ -40,10 +40,12 @@ LOREM = _words(
 NAMED = ("email", "first_name", "last_name", "full_name", "phone", "street", "postal_code", "text", "hash", "null")
 # Maskers whose outputs come from a small vocabulary: an original that is one of them is not evidence of a leak.
 VOCABULARY = ("first_name", "last_name", "full_name", "street", "postal_code")
-EMAIL_TOKEN = 16  # hex digits of the HMAC in each email: distinct inputs stay distinct (64 bits)
+EMAIL_TOKEN = 16  # hex digits of the keyed hash in each email: distinct inputs stay distinct (64 bits)
 PHONE = re.compile(r"^\+1-555-\d{3}-\d{4}$")
 EMAIL = re.compile(rf"^[a-z]+\.[a-z]+\.[0-9a-f]{{{EMAIL_TOKEN}}}@example\.com$")
 _WORD = re.compile(r"\w+")
+# ASCII text splits into \w+ words faster by turning every other byte into a space (the same words).
+_ASCII_WORDS = bytes(c if chr(c).isalnum() or chr(c) == "_" else 32 for c in range(256))
 
 
 def key_fingerprint(key: bytes) -> str:
@@ -64,6 +66,7 @@ class Masker:
     # The originals it hides in one value, for the leak check: the value itself, or a JSON document's strings
     # under the masked keys.
     hidden: Callable[[str], list[str]] = lambda value: [value]
+    plain: bool = False  # its outputs never hold a tab, newline or backslash (COPY needs no escaping)
 
     @property
     def makes_null(self) -> bool:
@@ -71,21 +74,20 @@ class Masker:
 
 
 class _Keyed:
-    """HMAC-SHA256 under the capture key, with the masker's name in the message so maskers do not agree."""
+    """Keyed BLAKE2b (RFC 7693's MAC mode) under the capture key, with the masker's name before the value so
+    maskers do not agree. One pass over the value, where HMAC-SHA256 takes two hashes: about a third of the time
+    per value, and the same guarantee (without the key, the outputs cannot be told from random choices)."""
 
     def __init__(self, key: bytes, name: str) -> None:
-        # RFC 2104 by hand, so that the two padded-key states are computed once: copying two sha256 objects per
-        # value is about twice as fast as hmac's own objects (the same bytes: the unit tests compare them).
-        block = (hashlib.sha256(key).digest() if len(key) > 64 else key).ljust(64, b"\0")
-        self._inner = hashlib.sha256(bytes(b ^ 0x36 for b in block) + name.encode() + b"\0")
-        self._outer = hashlib.sha256(bytes(b ^ 0x5C for b in block))
+        # BLAKE2b takes keys of up to 64 bytes; a longer secret is first hashed to 32.
+        secret = key if len(key) <= 64 else hashlib.sha256(key).digest()
+        self._state = hashlib.blake2b(key=secret, digest_size=32, person=b"dbsnap-capture")
+        self._state.update(name.encode() + b"\0")
 
     def digest(self, value: str) -> bytes:
-        inner = self._inner.copy()
-        inner.update(value.encode("utf-8", "surrogateescape"))
-        outer = self._outer.copy()
-        outer.update(inner.digest())
-        return outer.digest()
+        state = self._state.copy()
+        state.update(value.encode("utf-8", "surrogateescape"))
+        return state.digest()
 
 
 def _pick(options: tuple[str, ...] | list[str], number: int) -> str:
@@ -103,13 +105,8 @@ JSON_TYPES = frozenset({"json", "jsonb"})
 def _named(name: str, key: bytes) -> Masker:
     keyed = _Keyed(key, name)
 
-    def ints(value: str) -> tuple[int, int, int]:
-        digest = keyed.digest(value)
-        return (
-            int.from_bytes(digest[0:4], "big"),
-            int.from_bytes(digest[4:8], "big"),
-            int.from_bytes(digest[8:12], "big"),
-        )
+    def number(value: str) -> int:
+        return int.from_bytes(keyed.digest(value)[:4])
 
     if name == "email":
 
@@ -119,52 +116,60 @@ def _named(name: str, key: bytes) -> Masker:
             return f"{first}.{last}.{digest[2:].hex()[:EMAIL_TOKEN]}@example.com".lower()
 
         longest = max(map(len, FIRST_NAMES)) + max(map(len, LAST_NAMES)) + EMAIL_TOKEN + len("..@example.com")
-        return Masker(name, email, longest, True, STRING, lambda v: bool(EMAIL.match(v)))
+        return Masker(name, email, longest, True, STRING, lambda v: bool(EMAIL.match(v)), plain=True)
     if name == "first_name":
         return Masker(
-            name, lambda v: _pick(FIRST_NAMES, ints(v)[0]), max(map(len, FIRST_NAMES)), False, STRING,
-            lambda v: v in FIRST_NAMES,
+            name, lambda v: _pick(FIRST_NAMES, number(v)), max(map(len, FIRST_NAMES)), False, STRING,
+            lambda v: v in FIRST_NAMES, plain=True,
         )  # fmt: skip
     if name == "last_name":
         return Masker(
-            name, lambda v: _pick(LAST_NAMES, ints(v)[0]), max(map(len, LAST_NAMES)), False, STRING,
-            lambda v: v in LAST_NAMES,
+            name, lambda v: _pick(LAST_NAMES, number(v)), max(map(len, LAST_NAMES)), False, STRING,
+            lambda v: v in LAST_NAMES, plain=True,
         )  # fmt: skip
     if name == "full_name":
 
         def full(value: str) -> str:
-            first, last = ints(value)[:2]
-            return f"{_pick(FIRST_NAMES, first)} {_pick(LAST_NAMES, last)}"
+            digest = keyed.digest(value)
+            return f"{_pick(FIRST_NAMES, int.from_bytes(digest[:4]))} {_pick(LAST_NAMES, int.from_bytes(digest[4:8]))}"
 
         def is_full(value: str) -> bool:
             parts = value.split(" ")
             return len(parts) == 2 and parts[0] in FIRST_NAMES and parts[1] in LAST_NAMES
 
-        return Masker(name, full, max(map(len, FIRST_NAMES)) + 1 + max(map(len, LAST_NAMES)), False, STRING, is_full)
+        longest = max(map(len, FIRST_NAMES)) + 1 + max(map(len, LAST_NAMES))
+        return Masker(name, full, longest, False, STRING, is_full, plain=True)
     if name == "phone":
 
         def phone(value: str) -> str:
-            number = ints(value)[0] % 10_000_000
-            return f"+1-555-{number // 10_000:03d}-{number % 10_000:04d}"
+            digits = number(value) % 10_000_000
+            return f"+1-555-{digits // 10_000:03d}-{digits % 10_000:04d}"
 
-        return Masker(name, phone, 15, False, STRING, lambda v: bool(PHONE.match(v)))
+        return Masker(name, phone, 15, False, STRING, lambda v: bool(PHONE.match(v)), plain=True)
     if name == "street":
 
         def street(value: str) -> str:
-            number, which, kind = ints(value)[:3]
-            return f"{number % 998 + 1} {_pick(STREETS, which)} {_pick(STREET_KINDS, kind)}"
+            digest = keyed.digest(value)
+            house, which, kind = (int.from_bytes(digest[i : i + 4]) for i in (0, 4, 8))
+            return f"{house % 998 + 1} {_pick(STREETS, which)} {_pick(STREET_KINDS, kind)}"
 
         longest = 4 + max(map(len, STREETS)) + 1 + max(map(len, STREET_KINDS))
         streets = re.compile(rf"^\d{{1,3}} ({'|'.join(STREETS)}) ({'|'.join(STREET_KINDS)})$")
-        return Masker(name, street, longest, False, STRING, lambda v: bool(streets.match(v)))
+        return Masker(name, street, longest, False, STRING, lambda v: bool(streets.match(v)), plain=True)
     if name == "postal_code":
         return Masker(
-            name, lambda v: f"{ints(v)[0] % 100_000:05d}", 5, False, STRING, lambda v: bool(re.fullmatch(r"\d{5}", v))
+            name,
+            lambda v: f"{number(v) % 100_000:05d}",
+            5,
+            False,
+            STRING,
+            lambda v: bool(re.fullmatch(r"\d{5}", v)),
+            plain=True,
         )
     if name == "text":
-        return Masker(name, lambda v: _text(keyed, v), None, False, STRING, _never)
+        return Masker(name, lambda v: _text(keyed, v), None, False, STRING, _never, plain=True)
     if name == "hash":
-        return Masker(name, lambda v: keyed.digest(v).hex(), 64, True, STRING, _never)
+        return Masker(name, lambda v: keyed.digest(v).hex(), 64, True, STRING, _never, plain=True)
     if name == "null":
         return Masker(name, lambda _v: None, 0, True, None, _never)
     raise ValueError(name)
@@ -185,7 +190,11 @@ def _text(keyed: _Keyed, value: str) -> str:
     corpus = _CORPUS if size <= len(_CORPUS) // 2 else " ".join([_CORPUS] * (size // len(_CORPUS) + 2))
     start = _STARTS[int.from_bytes(keyed.digest(value)[:4], "big") % len(_STARTS)]
     text = corpus[start : start + size]
-    banned = set(_WORD.findall(value.lower()))
+    lowered = value.lower()
+    if lowered.isascii():
+        banned = set(lowered.encode().translate(_ASCII_WORDS).decode().split())
+    else:
+        banned = set(_WORD.findall(lowered))
     # The slice starts at a whole lorem word and may cut the last one: only those can be an original's word.
     if banned & _LOREM_SET or text[text.rfind(" ") + 1 :] in banned:
         filler = "x" if "x" not in banned else "q"

@@ -1,7 +1,8 @@
-"""The capture: read the source in one read-only REPEATABLE READ transaction, mask row by row in this process,
-write straight into a throwaway database on the local cluster, validate every constraint there, look for leaked
-originals, then pg_dump that database into the store as an ordinary versioned dump. Nothing is written to the
-source, and no unmasked value of a masked column reaches a file."""
+"""The capture: read the source in one read-only REPEATABLE READ transaction, mask row by row (in this process,
+then in a pool of worker processes for a large capture), write straight into a throwaway database on the local
+cluster, validate every constraint there, look for leaked originals, then pg_dump that database into the store as
+an ordinary versioned dump. Nothing is written to the source, and no unmasked value of a masked column reaches a
+file."""
 
 from __future__ import annotations
 
@@ -9,6 +10,7 @@ import datetime as dt
 import tempfile
 import time
 from collections.abc import Callable
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -19,9 +21,9 @@ from pytest_dbsnap._version import __version__
 from pytest_dbsnap.core.proc import run
 from pytest_dbsnap.core.redact import redact
 from pytest_dbsnap.dumps.capture.catalog import Catalog, Table, escape_percent, quote_ident, read_catalog
-from pytest_dbsnap.dumps.capture.copytext import mask_rows
 from pytest_dbsnap.dumps.capture.leaks import LeakSample
 from pytest_dbsnap.dumps.capture.maskers import key_fingerprint
+from pytest_dbsnap.dumps.capture.masking import Masking, TableRules, default_jobs
 from pytest_dbsnap.dumps.capture.policy import CapturePolicy, Plan, plan_capture
 from pytest_dbsnap.dumps.capture.subset import Kept, compute_kept
 from pytest_dbsnap.dumps.generate import pg_dump_to
@@ -145,16 +147,12 @@ def _copy_table(
     source: psycopg.Connection[Any],
     target: psycopg.Connection[Any],
     table: Table,
-    plan: Plan,
     ids: list[str] | None,
-    sample: LeakSample,
+    masking: Masking,
 ) -> None:
     """Stream one leaf table from the source into the local database, masking its masked columns row by row
     (a table with none passes through as COPY's own bytes)."""
-    columns = table.copied_columns()
-    names = ", ".join(quote_ident(c) for c in columns)
-    maskers = plan.maskers.get(table.name, {})
-    masked = [(columns.index(c), m.mask, sample.sampler(f"{table.name}.{c}", m)) for c, m in maskers.items()]
+    names = ", ".join(quote_ident(c) for c in table.copied_columns())
     batches: list[tuple[str, list[Any]]]
     if ids is None:
         # COPY of a table reads only its own rows (never an inheritance child's), without a query's executor;
@@ -176,7 +174,7 @@ def _copy_table(
         with out_cursor.copy(f"COPY {table.quoted} ({names}) FROM STDIN (FREEZE)") as out:
             for statement, params in batches:
                 with source.cursor() as in_cursor, in_cursor.copy(statement, params or None) as rows:
-                    for chunk in mask_rows(rows, masked) if masked else rows:
+                    for chunk in masking.mask(table.name, rows) if masking.masks(table.name) else rows:
                         out.write(chunk)
     target.commit()
 
@@ -221,9 +219,11 @@ def capture_dump(
     key: bytes | None,
     database: str,
     progress: Progress = _quiet,
+    jobs: int | None = None,
 ) -> DumpMeta:
     """Capture `source` under `policy` into the store as the latest dump of `env`; on any failure the store
-    (and its `latest`) is left as it was and the throwaway database is dropped."""
+    (and its `latest`) is left as it was and the throwaway database is dropped. `jobs`: masking processes for a
+    large capture (default: one per core)."""
     require_key(policy, key)
     began = time.monotonic()
     progress(f"reading the catalog of {source.described}")
@@ -247,7 +247,8 @@ def capture_dump(
                 cut = {(t, c) for t, cols in plan.maskers.items() for c, m in cols.items() if m.makes_null}
                 kept = compute_kept(conn, catalog, policy.subset, plan.excluded, cut, progress)
                 sample = LeakSample()
-                _copy_all(conn, local, scratch, catalog, plan, kept, sample, progress)
+                with Masking(_rules(catalog, plan), key, sample, jobs or default_jobs()) as masking:
+                    _copy_all(conn, local, scratch, catalog, plan, kept, masking, progress)
                 conn.rollback()  # nothing was written; this only ends the snapshot
             progress("adding the constraints (every foreign key, unique and check constraint is validated)")
             try:
@@ -259,18 +260,8 @@ def capture_dump(
                 captured.execute("SELECT setval(%s::regclass, %s, %s)", (name, value, called))
             captured.commit()
             _refresh_views(captured, catalog.materialized_views)
-            progress("looking for original values in the captured data")
-            leaks = sample.find(captured, catalog, plan.excluded)
-            captured.commit()
-            if leaks:
-                raise DumpError(
-                    f"The capture of {source.described} still holds sampled original values of masked columns, so "
-                    f"it was not stored and the latest dump of {env!r} is unchanged: {'; '.join(leaks)}. Mask those "
-                    f"columns (a kept column that repeats a masked one needs the same masker)."
-                )
-            row_counts = count_rows(captured)
-        progress(f"pg_dump of the captured {env}")
-        return _store(local, store, env, scratch, database, source, policy, plan, key, row_counts, sample, began)
+        progress(f"pg_dump of the captured {env}, while looking for original values in it")
+        return _store(local, store, env, scratch, database, source, policy, plan, key, sample, catalog, began)
     except psycopg.errors.IntegrityError as exc:  # a CHECK or NOT NULL of the table itself, during the COPY
         raise _broken_constraint(source, env, redact(str(exc)).strip()) from exc
     except psycopg.Error as exc:
@@ -304,7 +295,7 @@ def _copy_all(
     catalog: Catalog,
     plan: Plan,
     kept: Kept,
-    sample: LeakSample,
+    masking: Masking,
     progress: Progress,
 ) -> None:
     leaves = [t for t in catalog.tables.values() if not t.partitioned and t.top not in plan.excluded]
@@ -314,7 +305,26 @@ def _copy_all(
             ids = kept.ids_of(table)
             if ids is not None and not ids:
                 continue
-            _copy_table(conn, target, table, plan, ids, sample)
+            _copy_table(conn, target, table, ids, masking)
+
+
+def _rules(catalog: Catalog, plan: Plan) -> TableRules:
+    """Each masked table's rules by the position of the column in its COPY."""
+    rules: TableRules = {}
+    for name, columns in plan.rules.items():
+        copied = catalog.tables[name].copied_columns()
+        rules[name] = [(copied.index(c), f"{name}.{c}", spec) for c, spec in columns.items()]
+    return rules
+
+
+def _look(
+    local: Server, scratch: str, catalog: Catalog, plan: Plan, sample: LeakSample
+) -> tuple[list[str], dict[str, int]]:
+    """The leak check and the row counts, on a connection of their own (they run beside pg_dump)."""
+    with psycopg.connect(local.conninfo(scratch)) as captured:
+        leaks = sample.find(captured, catalog, plan.excluded)
+        captured.commit()
+        return leaks, count_rows(captured)
 
 
 def _store(
@@ -327,17 +337,26 @@ def _store(
     policy: CapturePolicy,
     plan: Plan,
     key: bytes | None,
-    row_counts: dict[str, int],
     sample: LeakSample,
+    catalog: Catalog,
     began: float,
 ) -> DumpMeta:
-    """Serialised with other writers of `env` (so the name picked is free); the old latest stays until the new dump
-    is installed."""
+    """pg_dump of the captured database, with the leak check and the row counts read beside it (all three only
+    read, so they share the two cores); installed only once the check found nothing. Serialised with other
+    writers of `env` (so the name picked is free); the old latest stays until the new dump is installed."""
     with store.lock(env):
         store.remove_leftovers(env)
         created = dt.datetime.now(dt.UTC).replace(microsecond=0)
-        with store.incoming(env) as temporary:
+        with store.incoming(env) as temporary, ThreadPoolExecutor(1, thread_name_prefix="dbsnap-leaks") as pool:
+            looked = pool.submit(_look, local, scratch, catalog, plan, sample)
             sha256, size = pg_dump_to(local, scratch, temporary)
+            leaks, row_counts = looked.result()
+            if leaks:
+                raise DumpError(
+                    f"The capture of {source.described} still holds sampled original values of masked columns, so "
+                    f"it was not stored and the latest dump of {env!r} is unchanged: {'; '.join(leaks)}. Mask those "
+                    f"columns (a kept column that repeats a masked one needs the same masker)."
+                )
             meta = DumpMeta(
                 name=unused_name(store, env, f"{stamp(created)}-capture-{sha256[:8]}"),
                 environment=env,

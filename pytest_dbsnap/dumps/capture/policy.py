@@ -105,6 +105,7 @@ class Plan:
 
     maskers: dict[str, dict[str, Masker]]  # table -> column -> masker
     excluded: frozenset[str]
+    rules: dict[str, dict[str, Any]]  # table -> column -> the rule as written (a masking worker builds its own)
 
     def masked_columns(self) -> list[str]:
         return sorted(f"{t}.{c}" for t, cols in self.maskers.items() for c in cols)
@@ -222,7 +223,10 @@ def plan_capture(policy: CapturePolicy, catalog: Catalog, key: bytes | None) -> 
             f"The capture policy {WHERE} cannot be applied to the source database: {'; '.join(problems)}. Fix "
             f"the rules; nothing was read from the tables and nothing was written."
         )
-    return Plan(maskers, excluded)
+    rules_by_table: dict[str, dict[str, Any]] = {}
+    for (table_name, column_name), spec in specs.items():
+        rules_by_table.setdefault(table_name, {})[column_name] = spec
+    return Plan(maskers, excluded, rules_by_table)
 
 
 def _shown(spec: Any) -> str:
