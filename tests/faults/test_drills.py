@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import subprocess
 import sys
+import uuid
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -18,6 +19,7 @@ from drills import (
     Drilled,
     assert_green,
     building_the_held_index,
+    descendants,
     drill_runs,
     generate_dump,
     kill_at,
@@ -186,3 +188,59 @@ def test_xdist_controller_killed_during_the_tests(project: Path, pg_cache: Path,
     kill_at(project, env, drilled, parallel, hold="tests", reached=lambda _run: (project / "tests.started").exists())
 
     assert_green(project, env, drilled, parallel)
+
+
+CAPTURE_POLICY = """
+[tool.dbsnap.capture]
+keep = ["public.people.id"]
+
+[tool.dbsnap.capture.mask]
+"public.people.email" = "email"
+"public.people.bio" = "text"
+"""
+
+
+def masking_workers(run: subprocess.Popen[bytes]) -> int:
+    """How many of the run's masking worker processes (python -m ...capture.masking) are alive."""
+    found = 0
+    for pid, _started in descendants(run.pid):
+        try:
+            if b"pytest_dbsnap.dumps.capture.masking" in Path(f"/proc/{pid}/cmdline").read_bytes():
+                found += 1
+        except OSError:
+            continue
+    return found
+
+
+def test_cli_killed_while_workers_mask_a_capture(
+    project: Path, pg_cache: Path, outside_server: LocalCluster, drilled: Drilled
+) -> None:
+    """`dbsnap capture` masks a large source in worker processes; killed then, the workers end with it (they
+    hold the masking key), as do its cluster and its files, and the store gets nothing."""
+    source = f"drill_source_{uuid.uuid4().hex[:8]}"
+    with outside_server.connect() as admin:
+        admin.execute(f'CREATE DATABASE "{source}"')
+    try:
+        with outside_server.connect(source) as conn:
+            # About 40 MB of masked COPY text: past the 16 MB masked in the command's own process.
+            conn.execute("CREATE TABLE people (id int PRIMARY KEY, email text NOT NULL, bio text)")
+            conn.execute(
+                "INSERT INTO people SELECT i, 'person' || i || '@realmail.org', repeat('a true story ' || i, 10) "
+                "FROM generate_series(1, 250000) i"
+            )
+        with (project / "pyproject.toml").open("a") as toml:
+            toml.write(CAPTURE_POLICY)
+        env = {**run_environ(pg_cache), "DBSNAP_MASK_KEY": "drill-" + uuid.uuid4().hex}
+        capture = [DBSNAP, "capture", "--env", "prod", "--dsn", outside_server.dsn(source), "--jobs", "2"]
+
+        kill_at(project, env, drilled, capture, hold="capture", reached=lambda run: masking_workers(run) == 2)
+
+        assert DumpStore(project / "dumps").latest("prod") is None
+        assert_green(project, env, drilled, capture)
+        meta = DumpStore(project / "dumps").latest("prod")
+        assert meta is not None
+        assert meta.captured
+        assert meta.row_counts["public.people"] == 250000
+    finally:
+        with outside_server.connect() as admin:
+            databases.drop(admin, source)
