@@ -2,9 +2,22 @@
 
 from __future__ import annotations
 
+import datetime as dt
+import os
 import statistics
 from dataclasses import asdict, dataclass, field
+from pathlib import Path
 from typing import Any
+
+
+def default_out(prefix: str) -> Path:
+    """benchmarks/out/<prefix>-<UTC time to the microsecond>-<pid>.md: two runs never write the same file."""
+    return (
+        Path(__file__).resolve().parent
+        / "out"
+        / f"{prefix}-{dt.datetime.now(dt.UTC):%Y%m%dT%H%M%S%fZ}-{os.getpid()}.md"
+    )
+
 
 # Stable row keys: the quick test and RESULTS.md refer to them through their labels below.
 SEED = "seed"

@@ -35,6 +35,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 import bench_data
+from bench_report import default_out
 
 from pytest_dbsnap.config.loading import load_settings
 from pytest_dbsnap.dumps.meta import DumpMeta
@@ -399,7 +400,7 @@ def main() -> int:
             print(report, flush=True)
     finally:
         run.close()
-    out = args.out or ROOT / "benchmarks" / "out" / f"cow-{dt.datetime.now(dt.UTC):%Y%m%dT%H%M%SZ}.md"
+    out = args.out or default_out("cow")
     out.parent.mkdir(parents=True, exist_ok=True)
     out.write_text(report)
     out.with_suffix(".json").write_text(

@@ -623,7 +623,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     finally:
         bench.close()
     text = report.markdown()
-    out = args.out or ROOT / "benchmarks" / "out" / f"bench-{dt.datetime.now(dt.UTC):%Y%m%dT%H%M%SZ}.md"
+    out = args.out or rpt.default_out("bench")
     out.parent.mkdir(parents=True, exist_ok=True)
     out.write_text(text)
     out.with_suffix(".json").write_text(json.dumps(report.to_json(), indent=2) + "\n")

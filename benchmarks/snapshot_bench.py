@@ -36,6 +36,7 @@ import time
 from pathlib import Path
 
 import bench_data
+from bench_report import default_out
 
 from pytest_dbsnap.dumps.restore import count_rows, restore_dump
 from pytest_dbsnap.dumps.store import DumpStore
@@ -194,7 +195,7 @@ def main() -> int:
         shutil.rmtree(scratch, ignore_errors=True)
     report = render(rows, cores, load_start)
     print(report)
-    out = args.out or ROOT / "benchmarks" / "out" / f"snapshot-{dt.datetime.now(dt.UTC):%Y%m%dT%H%M%SZ}.md"
+    out = args.out or default_out("snapshot")
     out.parent.mkdir(parents=True, exist_ok=True)
     out.write_text(report)
     out.with_suffix(".json").write_text(json.dumps(rows, indent=2))
