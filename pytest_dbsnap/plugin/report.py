@@ -22,6 +22,7 @@ from pytest_dbsnap.plugin.stash import (
     SERVICES_KEY,
     SETTINGS_KEY,
     WORKER_DATABASES_KEY,
+    WORKER_WARNINGS_KEY,
     provider_choice,
 )
 
@@ -202,6 +203,7 @@ def pytest_terminal_summary(terminalreporter: pytest.TerminalReporter) -> None:
     book = config.stash.get(PHASES_KEY, None)
     outcome = config.stash.get(OUTCOME_KEY, None)
     workers = config.stash.get(WORKER_DATABASES_KEY, [])
+    worker_warnings = config.stash.get(WORKER_WARNINGS_KEY, [])
     server = config.stash.get(SERVER_KEY, None)
     # A local cluster says what it wrote when it stopped, or why it wrote nothing.
     written = getattr(server, "snapshot_written", None)
@@ -233,6 +235,8 @@ def pytest_terminal_summary(terminalreporter: pytest.TerminalReporter) -> None:
         terminalreporter.write_line(f"warning: {not_written}", yellow=True)
     for line in sorted(workers):
         terminalreporter.write_line(f"database {line}")
+    for warning in worker_warnings:
+        terminalreporter.write_line(f"warning: {warning}", yellow=True)
     if book and book.phases:
         for line in book.table(steps):
             terminalreporter.write_line(line)

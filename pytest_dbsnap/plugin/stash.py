@@ -35,10 +35,12 @@ __all__ = [
     "SERVICES_KEY",
     "SETTINGS_KEY",
     "WORKER_DATABASES_KEY",
+    "WORKER_WARNINGS_KEY",
     "provider_choice",
     "worker_id",
 ]
 WORKER_DATABASES_KEY = pytest.StashKey[list[str]]()
+WORKER_WARNINGS_KEY = pytest.StashKey[list[str]]()  # the xdist workers' session warnings, each once
 
 
 def provider_choice(config: pytest.Config) -> tuple[str, str]:

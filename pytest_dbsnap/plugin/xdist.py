@@ -20,6 +20,7 @@ from pytest_dbsnap.plugin.stash import (
     SERVER_KEY,
     SETTINGS_KEY,
     WORKER_DATABASES_KEY,
+    WORKER_WARNINGS_KEY,
     provider_choice,
     worker_id,
 )
@@ -197,6 +198,7 @@ def pytest_sessionfinish(session: pytest.Session) -> None:
     workeroutput["dbsnap"] = json.dumps(
         {
             "database": outcome.describe() if outcome is not None else None,
+            "warnings": outcome.warnings if outcome is not None else [],
             "phases": [dataclasses.asdict(p) for p in config.stash[PHASES_KEY].ordered()],
             "facts": report_facts(config) if outcome is not None else {},
             # Restored from a dump: the controller's local cluster drops it before parking, as its own.
@@ -249,6 +251,8 @@ def pytest_testnodedown(node: Any, error: object) -> None:
         book.phases.setdefault(phase["name"], Phase(**phase))
     if data["database"]:
         config.stash.setdefault(WORKER_DATABASES_KEY, []).append(f"{node.gateway.id}: {data['database']}")
+    said = config.stash.setdefault(WORKER_WARNINGS_KEY, [])
+    said.extend(w for w in data.get("warnings", []) if w not in said)  # every worker finds the same budget
     publish_facts(config, data["facts"])
     if data.get("discard"):
         from pytest_dbsnap.postgres.local import LocalCluster

@@ -95,3 +95,18 @@ def test_pooled_copies_equal_the_dump_the_budget_warns_once_and_list_shows_the_d
     parked = [line for line in listed.stdout.splitlines() if line.startswith("disk: parked cluster ")]
     assert len(parked) == 1, listed.stdout
     assert parked[0].endswith(" MB")
+
+
+def test_under_xdist_the_workers_budget_warning_reaches_the_summary_once(
+    pytester: pytest.Pytester, project: Path
+) -> None:
+    """Each xdist worker finds the same budget too small; the controller's summary says so once."""
+    pytester.makepyprojecttoml(PYPROJECT)
+    pytester.makepyfile(test_pool=TESTS)
+
+    result = pytester.runpytest_subprocess("-p", "no:cacheprovider", "-n", "2", timeout=300)
+
+    result.assert_outcomes(passed=4)
+    warnings = [line for line in result.stdout.lines if line.startswith("warning: the disk budget (2x the database")]
+    assert len(warnings) == 1, result.stdout.str()
+    assert "cannot hold a spare copy of the database" in warnings[0]
