@@ -118,8 +118,8 @@ def wheel_bindir() -> Path | None:
     return wheel.bindir if wheel is not None else None
 
 
-def mount_xfs(scratch: Path) -> tuple[Path | None, str]:
-    """(mount point, "") or (None, why not)."""
+def mount_xfs(scratch: Path, size: int = XFS_SIZE_BYTES) -> tuple[Path | None, str]:
+    """(mount point, "") or (None, why not): an XFS filesystem of `size` bytes (sparse) in a loop file."""
     if os.geteuid() != 0:
         return None, "not root: cannot mount a loop file"
     mkfs = shutil.which("mkfs.xfs")
@@ -128,7 +128,7 @@ def mount_xfs(scratch: Path) -> tuple[Path | None, str]:
     image, mount = scratch / "xfs.img", scratch / "xfs"
     mount.mkdir()
     with image.open("wb") as handle:
-        handle.truncate(XFS_SIZE_BYTES)
+        handle.truncate(size)
     subprocess.run([mkfs, "-q", "-m", "reflink=1", str(image)], check=True, capture_output=True)
     done = subprocess.run(["mount", "-o", "loop", str(image), str(mount)], capture_output=True, text=True)
     if done.returncode != 0:
