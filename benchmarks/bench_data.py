@@ -207,6 +207,42 @@ def dump_database(
     return meta, time.monotonic() - began
 
 
+def seed_source(server: Server, settings: Settings, database: str, progress: Progress) -> float:
+    """The reference app's seed at 10 MB, frozen and analysed, in `database`: the source of every larger scale.
+    Returns its table data in bytes (one copy's worth for build_dump)."""
+    nodes = seed_nodes(parse_scale("10MB"))
+    progress(f"seeding {nodes} nodes through refapp.seed")
+    create_migrated(server, settings, database)
+    run_seed(server, settings, database, nodes)
+    with server.connect(database) as conn:
+        conn.execute("VACUUM (FREEZE, ANALYZE)")
+    return float(measure(server, database)[2])
+
+
+def build_dump(
+    server: Server,
+    settings: Settings,
+    store: DumpStore,
+    scale: Scale,
+    source: str,
+    build: str,
+    per_copy: float,
+    progress: Progress,
+) -> tuple[DumpMeta, dict[str, object]]:
+    """The scale built from the seeded `source` in SQL (in `build`, dropped afterwards) and dumped into the store.
+    Returns the dump's metadata and the facts a report shows: scale, table data, database and dump bytes."""
+    # The seed builds its indexes row by row; copies get rebuilt ones, about half the size per row.
+    copies = max(2, round(scale.target_bytes / per_copy * 1.9))
+    progress(f"{scale.label}: building {copies} copies of the seed in SQL")
+    synthesize(server, source, build, copies, progress)
+    _nodes, _edges, table_bytes, database_bytes = measure(server, build)
+    meta, _seconds = dump_database(server, settings, store, scale.env, build, f"{copies} copies")
+    with server.connect() as conn:
+        databases.drop(conn, build)
+    facts: dict[str, object] = {"scale": scale.label, "table_bytes": table_bytes, "database_bytes": database_bytes}
+    return meta, facts | {"dump_bytes": meta.size_bytes}
+
+
 def settle(conn: psycopg.Connection[Any]) -> None:
     """Untimed, before each timed step: let the replaced databases that a restore drops in the background go, and
     flush what earlier steps left dirty, so that no step pays for another."""

@@ -119,8 +119,8 @@ def wheel_bindir() -> Path | None:
     return wheel.bindir if wheel is not None else None
 
 
-def mount_xfs(scratch: Path) -> tuple[Path | None, str]:
-    """(mount point, "") or (None, why not)."""
+def mount_xfs(scratch: Path, size: int = XFS_SIZE_BYTES) -> tuple[Path | None, str]:
+    """(mount point, "") or (None, why not): an XFS filesystem of `size` bytes (sparse) in a loop file."""
     if os.geteuid() != 0:
         return None, "not root: cannot mount a loop file"
     mkfs = shutil.which("mkfs.xfs")
@@ -129,7 +129,7 @@ def mount_xfs(scratch: Path) -> tuple[Path | None, str]:
     image, mount = scratch / "xfs.img", scratch / "xfs"
     mount.mkdir()
     with image.open("wb") as handle:
-        handle.truncate(XFS_SIZE_BYTES)
+        handle.truncate(size)
     subprocess.run([mkfs, "-q", "-m", "reflink=1", str(image)], check=True, capture_output=True)
     done = subprocess.run(["mount", "-o", "loop", str(image), str(mount)], capture_output=True, text=True)
     if done.returncode != 0:
@@ -195,26 +195,15 @@ class Run:
         cluster = LocalCluster(self.system, cache_dir=self.scratch / "cache").start()
         self.clusters.append(cluster)
         try:
-            progress(f"{scale.label}: seeding 10MB through refapp.seed")
-            bench_data.create_migrated(cluster, self.settings, SOURCE_DB)
-            bench_data.run_seed(
-                cluster, self.settings, SOURCE_DB, bench_data.seed_nodes(bench_data.parse_scale("10MB"))
+            per_copy = bench_data.seed_source(
+                cluster, self.settings, SOURCE_DB, lambda text: progress(f"{scale.label}: {text}")
             )
-            with cluster.connect(SOURCE_DB) as conn:
-                conn.execute("VACUUM (FREEZE, ANALYZE)")
-            per_copy = float(bench_data.measure(cluster, SOURCE_DB)[2])
-            copies = max(2, round(scale.target_bytes / per_copy * 1.9))
-            progress(f"{scale.label}: building {copies} copies of the seed in SQL")
-            bench_data.synthesize(cluster, SOURCE_DB, BUILD_DB, copies, progress)
-            _nodes, _edges, table_bytes, database_bytes = bench_data.measure(cluster, BUILD_DB)
-            meta, _ = bench_data.dump_database(
-                cluster, self.settings, self.store, scale.env, BUILD_DB, f"{copies} copies"
+            return bench_data.build_dump(
+                cluster, self.settings, self.store, scale, SOURCE_DB, BUILD_DB, per_copy, progress
             )
         finally:
             cluster.stop()
             self.clusters.remove(cluster)
-        facts = {"scale": scale.label, "table_bytes": table_bytes, "database_bytes": database_bytes}
-        return meta, facts | {"dump_bytes": meta.size_bytes}
 
     def timed(self, cluster: LocalCluster, step: Callable[[], object]) -> float:
         """Untimed first: let background drops finish and flush dirty pages, so no step pays for another."""
