@@ -47,6 +47,7 @@ from pathlib import Path
 from types import FrameType
 
 import bench_data
+from bench_report import default_out
 from cow_bench import XFS_SIZE_BYTES, mount_xfs, wheel_bindir
 
 from pytest_dbsnap.core.proc import RunAs, chown_tree
@@ -601,8 +602,7 @@ def main() -> int:
     )
     parser.add_argument("--out", type=Path)
     args = parser.parse_args()
-    stamp = f"{dt.datetime.now(dt.UTC):%Y%m%dT%H%M%S%fZ}"
-    out = args.out or ROOT / "benchmarks" / "out" / f"peers-{stamp}.md"
+    out = args.out or default_out("peers")
     if args.tests < 3:
         parser.error("--tests must be 3 or more: the per-test figure leaves out the first and the last test")
     signal.signal(signal.SIGTERM, _interrupted)
