@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import re
 from collections.abc import Callable
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -251,8 +252,11 @@ def pytest_testnodedown(node: Any, error: object) -> None:
         book.phases.setdefault(phase["name"], Phase(**phase))
     if data["database"]:
         config.stash.setdefault(WORKER_DATABASES_KEY, []).append(f"{node.gateway.id}: {data['database']}")
+    # Every worker finds the same budget too small, each with the sizes it measured: said once.
     said = config.stash.setdefault(WORKER_WARNINGS_KEY, [])
-    said.extend(w for w in data.get("warnings", []) if w not in said)  # every worker finds the same budget
+    for warning in data.get("warnings", []):
+        if _shape(warning) not in {_shape(w) for w in said}:
+            said.append(warning)
     publish_facts(config, data["facts"])
     if data.get("discard"):
         from pytest_dbsnap.postgres.local import LocalCluster
@@ -262,6 +266,11 @@ def pytest_testnodedown(node: Any, error: object) -> None:
             server.discard_at_park(data["discard"])
     if data.get("snapshot_of"):
         _request_snapshot(config, *data["snapshot_of"])
+
+
+def _shape(warning: str) -> str:
+    """A warning without its numbers: two workers' sizes of one finding differ."""
+    return re.sub(r"\d+", "#", warning)
 
 
 def pytest_unconfigure(config: pytest.Config) -> None:
