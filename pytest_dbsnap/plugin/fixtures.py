@@ -89,14 +89,18 @@ def pg_server(pytestconfig: pytest.Config, dbsnap_settings: Settings) -> Iterato
 
 @pytest.fixture(scope="session")
 def dbsnap_database(
-    pytestconfig: pytest.Config, dbsnap_settings: Settings, pg_server: Server
+    request: pytest.FixtureRequest, pytestconfig: pytest.Config, dbsnap_settings: Settings, pg_server: Server
 ) -> Iterator[DatabaseOutcome]:
     """The app database, restored from the latest dump of --dump-env (generated first when missing or stale)."""
     from pytest_dbsnap.stack.session import prepare_database
 
     preparing = f"preparing {dbsnap_settings.database!r} from {dbsnap_settings.env}"
+    # Tests that take fresh_db copies: the spare comes from the pool at the end, not cloned while they start.
+    takes_copies = any("fresh_db" in getattr(item, "fixturenames", ()) for item in request.session.items)
     with setup_step(pytestconfig, preparing, "could not prepare the app database"):
-        outcome = prepare_database(pg_server, dbsnap_settings, progress=progress_reporter(pytestconfig).step)
+        outcome = prepare_database(
+            pg_server, dbsnap_settings, progress=progress_reporter(pytestconfig).step, spare_at_end=takes_copies
+        )
     pytestconfig.stash[OUTCOME_KEY] = outcome
     publish_facts(pytestconfig)
     try:

@@ -102,8 +102,9 @@ class ClonePool:
             self._waiting_for_room = False  # the filler looks again before anyone is told it waits
             self._changed.notify_all()
 
-    def close(self) -> None:
-        """Stop the filler and drop the copies it made; the connections are closed."""
+    def close(self, *, keep_as: str | None = None) -> bool:
+        """Stop the filler and drop the copies it made; the connections are closed. `keep_as`: one ready copy
+        is renamed to that name instead (a spare: an identical closed copy of the template); True if one was."""
         with self._changed:
             self._closed = True
             self._changed.notify_all()
@@ -111,9 +112,13 @@ class ClonePool:
             self._thread.join()
         with self._changed:
             left, self._ready = self._ready, []
+        kept = False
         try:
             if left:
                 conn = self._connection()
+                if keep_as is not None and not databases.exists(conn, keep_as):
+                    databases.rename_closed(conn, left.pop(0), keep_as)
+                    kept = True
                 for name in left:
                     databases.drop(conn, name)
         except psycopg.Error as exc:  # the server is gone or failing: its leftovers are dropped by the next restore
@@ -121,6 +126,7 @@ class ClonePool:
         finally:
             if self._conn is not None:
                 self._conn.close()
+        return kept
 
     @property
     def ready(self) -> int:

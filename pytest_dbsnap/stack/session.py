@@ -65,6 +65,9 @@ class DatabaseOutcome:
     disk_budget: DiskBudget | None = None
     _spare_thread: threading.Thread | None = field(default=None, repr=False)
     _pool: ClonePool | None = field(default=None, repr=False)
+    # The spare is made at the session's end, from a copy the fresh_db pool made ahead when it has one: cloning it
+    # while the tests start would queue the first fresh_db behind it (one clone of a template at a time).
+    _spare_after: tuple[Server, DumpMeta] | None = field(default=None, repr=False)
 
     def describe(self) -> str:
         if self.meta is None:
@@ -95,10 +98,16 @@ class DatabaseOutcome:
         return self._pool
 
     def close_pool(self) -> None:
-        """Drop the clones made ahead (at the session's end)."""
+        """Drop the clones made ahead (at the session's end); a deferred spare is one of them renamed, or made
+        now when the pool has none ready."""
         pool, self._pool = self._pool, None
-        if pool is not None:
-            pool.close()
+        spare_after, self._spare_after = self._spare_after, None
+        kept = pool.close(keep_as=spare_name(spare_after[1]) if spare_after else None) if pool is not None else False
+        if spare_after is not None and not kept:
+            self._spare_thread = threading.Thread(
+                target=_spare_quietly, args=spare_after, daemon=True, name="dbsnap-spare"
+            )
+            self._spare_thread.start()
 
 
 def changed_inputs(meta: DumpMeta, current: dict[str, str]) -> list[str]:
@@ -241,9 +250,15 @@ def ensure_database(server: Server, name: str) -> None:
 
 
 def prepare_database(
-    server: Server, settings: Settings, *, progress: Progress = _quiet, spare_in_background: bool = True
+    server: Server,
+    settings: Settings,
+    *,
+    progress: Progress = _quiet,
+    spare_in_background: bool = True,
+    spare_at_end: bool = False,
 ) -> DatabaseOutcome:
-    """Get the app database ready: restore (or generate, then restore), migrate, and start the next spare."""
+    """Get the app database ready: restore (or generate, then restore), migrate, and start the next spare
+    (`spare_at_end`: when the pool closes instead, for a session whose tests take fresh_db copies)."""
     target = settings.database
     store = DumpStore(settings.dumps_dir)
     began = time.monotonic()
@@ -374,10 +389,13 @@ def prepare_database(
         and _spare_outlives_session(server)
         and _spare_fits(server, meta, settings.disk_budget, warnings)
     ):
-        outcome._spare_thread = threading.Thread(
-            target=_spare_quietly, args=(server, meta), daemon=True, name="dbsnap-spare"
-        )
-        outcome._spare_thread.start()
+        if spare_at_end and settings.fresh_db_pool > 0:
+            outcome._spare_after = (server, meta)
+        else:
+            outcome._spare_thread = threading.Thread(
+                target=_spare_quietly, args=(server, meta), daemon=True, name="dbsnap-spare"
+            )
+            outcome._spare_thread.start()
     return outcome
 
 

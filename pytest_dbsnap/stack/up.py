@@ -85,7 +85,7 @@ def bring_up(settings: Settings, *, port: int | None = None, progress: Progress 
         # Killed before the hand-over, the cluster is this command's: its reaper stops it.
         with reaper.watched(lambda watchdog: watchdog.register(*cluster_instructions(folder))):
             outcome: DatabaseOutcome = prepare_database(
-                cluster, settings, spare_in_background=False, **({"progress": progress} if progress else {})
+                cluster, settings, spare_in_background=False, progress=progress or (lambda _line: None)
             )
         # From now on the folder belongs to the project, not to this short-lived process.
         (cluster.folder / "owner.json").write_text(

@@ -167,3 +167,28 @@ def test_a_copy_gone_before_its_hand_out_is_replaced_by_a_clone(
         pool.close()
     assert ours(cluster, databases.POOL_PREFIX) == []
     assert ours(cluster, databases.FRESH_PREFIX) == []
+
+
+def test_closing_keeps_one_ready_copy_under_the_spares_name(
+    cluster: LocalCluster, template: tuple[str, tuple[object, ...]]
+) -> None:
+    """A session whose tests took fresh_db copies gets its spare from the pool at the end: a rename of a copy
+    made ahead (closed to connections, equal to the template), the others dropped; with nothing ready, False."""
+    name, expected = template
+    spare = f"{databases.SPARE_PREFIX}pooltest_{os.getpid()}"
+    pool = ClonePool(cluster, name, ahead=2).start()
+    assert pool.wait_until_full(timeout=120)
+    assert pool.close(keep_as=spare) is True
+    assert ours(cluster, databases.POOL_PREFIX) == []
+    try:
+        with cluster.connect() as conn:
+            row = conn.execute("SELECT datallowconn FROM pg_database WHERE datname = %s", (spare,)).fetchone()
+            assert row == (False,)  # closed, so it stays identical to its template until used
+            databases.open_to_connections(conn, spare, spare + "_open")
+        assert checksum(cluster, spare + "_open") == expected
+    finally:
+        with cluster.connect() as conn:
+            databases.drop(conn, spare + "_open")
+            databases.drop(conn, spare)
+    empty = ClonePool(cluster, name, ahead=0).start()
+    assert empty.close(keep_as=spare) is False

@@ -110,3 +110,25 @@ def test_under_xdist_the_workers_budget_warning_reaches_the_summary_once(
     warnings = [line for line in result.stdout.lines if line.startswith("warning: the disk budget (2x the database")]
     assert len(warnings) == 1, result.stdout.str()
     assert "cannot hold a spare copy of the database" in warnings[0]
+
+
+def test_a_fresh_db_sessions_spare_is_a_pooled_copy_and_the_next_session_swaps_it_in(
+    pytester: pytest.Pytester, project: Path
+) -> None:
+    """Tests that take fresh_db copies get no spare cloned beside their first copy; the pool's leftover copy
+    becomes the spare at the end, and the next session's app database is that spare, renamed."""
+    pytester.makepyprojecttoml(PYPROJECT.replace('disk_budget = "2x"\n', ""))
+    pytester.makepyfile(test_pool=TESTS)
+    # The first run generates the dump and writes the cluster snapshot, which holds the template alone.
+    pytester.runpytest_subprocess("-p", "no:cacheprovider", timeout=300).assert_outcomes(passed=4)
+    second = pytester.runpytest_subprocess("-p", "no:cacheprovider", timeout=300)
+    second.assert_outcomes(passed=4)
+    assert any("template clone" in line for line in second.stdout.lines if line.startswith("database: "))
+
+    third = pytester.runpytest_subprocess(
+        "-p", "no:cacheprovider", "test_pool.py::test_private_copy_of_the_dump[0]", timeout=300
+    )
+
+    third.assert_outcomes(passed=1)
+    [line] = [line for line in third.stdout.lines if line.startswith("database: ")]
+    assert "spare swap" in line, third.stdout.str()
