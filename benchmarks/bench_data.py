@@ -266,3 +266,12 @@ def scratch_settings(scratch: Path) -> Settings:
             "DBSNAP_CACHE_DIR": str(scratch / "cache"),
         },
     )
+
+
+def scale_heading(label: str, facts: dict[str, object]) -> str:
+    """The markdown heading of one scale's table: its sizes on disk, of the table data and of the dump."""
+    return (
+        f"## {label}: database {pretty_bytes(float(str(facts['database_bytes'])))} on disk, "
+        f"table data {pretty_bytes(float(str(facts['table_bytes'])))}, "
+        f"dump {pretty_bytes(float(str(facts['dump_bytes'])))}"
+    )

@@ -2,12 +2,48 @@
 
 from __future__ import annotations
 
+import contextlib
 import datetime as dt
 import os
+import signal
 import statistics
+import subprocess
+import sys
+import time
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
+
+
+def progress(message: str) -> None:
+    """A progress line on stderr with the time of day (the tables go to stdout)."""
+    print(f"[{time.strftime('%H:%M:%S')}] {message}", file=sys.stderr, flush=True)
+
+
+def median(samples: list[float]) -> float:
+    return statistics.median(samples) if samples else float("nan")
+
+
+def seconds(value: float) -> str:
+    """0.34 s as "340 ms", 2.5 as "2.50 s", nan as "-"."""
+    if value != value:  # nan
+        return "-"
+    return f"{value * 1000:.0f} ms" if value < 1 else f"{value:.2f} s"
+
+
+def end_session(child: subprocess.Popen[bytes] | None) -> None:
+    """Interrupt a pytest session started in its own process group as Ctrl-C would (its own teardown stops its
+    cluster), then kill the group if it has not ended within a minute."""
+    if child is None or child.poll() is not None:
+        return
+    with contextlib.suppress(ProcessLookupError):
+        os.killpg(child.pid, signal.SIGINT)
+    try:
+        child.wait(timeout=60)
+    except subprocess.TimeoutExpired:
+        with contextlib.suppress(ProcessLookupError):
+            os.killpg(child.pid, signal.SIGKILL)
+        child.wait()
 
 
 def default_out(prefix: str) -> Path:

@@ -25,7 +25,6 @@ import json
 import os
 import platform
 import shutil
-import statistics
 import subprocess
 import sys
 import tempfile
@@ -35,7 +34,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 import bench_data
-from bench_report import default_out
+from bench_report import default_out, median, progress, seconds
 
 from pytest_dbsnap.config.loading import load_settings
 from pytest_dbsnap.dumps.meta import DumpMeta
@@ -79,20 +78,6 @@ logs_dir = "{logs_dir}"
 migrate_command = "python -m refapp.migrate"
 cluster_snapshot = false
 """
-
-
-def progress(message: str) -> None:
-    print(f"[{time.strftime('%H:%M:%S')}] {message}", file=sys.stderr, flush=True)
-
-
-def median(samples: list[float]) -> float:
-    return statistics.median(samples) if samples else float("nan")
-
-
-def seconds(value: float) -> str:
-    if value != value:  # nan
-        return "-"
-    return f"{value * 1000:.0f} ms" if value < 1 else f"{value:.2f} s"
 
 
 @dataclass
@@ -323,9 +308,7 @@ def render(results: list[tuple[dict[str, object], list[Combo]]], notes: list[str
         label = str(facts["scale"])
         lines += [
             "",
-            f"## {label}: database {bench_data.pretty_bytes(float(str(facts['database_bytes'])))} on disk, "
-            f"table data {bench_data.pretty_bytes(float(str(facts['table_bytes'])))}, "
-            f"dump {bench_data.pretty_bytes(float(str(facts['dump_bytes'])))}",
+            bench_data.scale_heading(label, facts),
             "",
             "| Measurement (median) | " + " | ".join(c.name for c in combos) + " |",
             "|---|" + "---:|" * len(combos),

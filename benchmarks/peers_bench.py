@@ -36,7 +36,6 @@ import pwd
 import re
 import shutil
 import signal
-import statistics
 import subprocess
 import sys
 import tempfile
@@ -47,7 +46,7 @@ from pathlib import Path
 from types import FrameType
 
 import bench_data
-from bench_report import default_out
+from bench_report import default_out, end_session, median, progress, seconds
 from cow_bench import XFS_SIZE_BYTES, mount_xfs, wheel_bindir
 
 from pytest_dbsnap.core.proc import RunAs, chown_tree
@@ -151,24 +150,10 @@ def _interrupted(_signum: int, _frame: FrameType | None) -> None:
     raise KeyboardInterrupt  # SIGTERM cleans up the same way as Ctrl-C
 
 
-def progress(message: str) -> None:
-    print(f"[{time.strftime('%H:%M:%S')}] {message}", file=sys.stderr, flush=True)
-
-
 def filesystem(folder: Path) -> str:
     """The type of the filesystem holding `folder` ("ext4", "xfs", "tmpfs"...), as findmnt names it."""
     done = subprocess.run(["findmnt", "-n", "-o", "FSTYPE", "--target", str(folder)], capture_output=True, text=True)
     return done.stdout.strip() or "unknown filesystem"
-
-
-def median(samples: list[float]) -> float:
-    return statistics.median(samples) if samples else float("nan")
-
-
-def seconds(value: float) -> str:
-    if value != value:  # nan
-        return "-"
-    return f"{value * 1000:.0f} ms" if value < 1 else f"{value:.2f} s"
 
 
 def spread(samples: list[float]) -> str:
@@ -246,15 +231,7 @@ class Bench:
 
     def close(self) -> None:
         child, self.child = self.child, None
-        if child is not None and child.poll() is None:
-            with contextlib.suppress(ProcessLookupError):
-                os.killpg(child.pid, signal.SIGINT)  # its own teardown stops its server
-            try:
-                child.wait(timeout=60)
-            except subprocess.TimeoutExpired:
-                with contextlib.suppress(ProcessLookupError):
-                    os.killpg(child.pid, signal.SIGKILL)
-                child.wait()
+        end_session(child)
         wheel = wheel_bindir()
         every_tools = [self.system, *([find_pg_tools(wheel)] if wheel is not None else [])]
         for pid_file in self.scratch.glob("**/postmaster.pid"):
@@ -539,9 +516,7 @@ def render(
         label = str(facts["scale"])
         lines += [
             "",
-            f"## {label}: database {bench_data.pretty_bytes(float(str(facts['database_bytes'])))} on disk, "
-            f"table data {bench_data.pretty_bytes(float(str(facts['table_bytes'])))}, "
-            f"dump {bench_data.pretty_bytes(float(str(facts['dump_bytes'])))}",
+            bench_data.scale_heading(label, facts),
             "",
             "| Server, filesystem | Run | pytest-dbsnap | pytest-postgresql | Ratio | Peak RSS dbsnap / peer |",
             "|---|---|---:|---:|---:|---:|",

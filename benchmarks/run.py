@@ -128,16 +128,7 @@ class Bench:
     def end_child(self) -> None:
         """Interrupt a running smoke session like Ctrl-C would (its own teardown stops its cluster), then kill."""
         child, self.child = self.child, None
-        if child is None or child.poll() is not None:
-            return
-        with contextlib.suppress(ProcessLookupError):
-            os.killpg(child.pid, signal.SIGINT)
-        try:
-            child.wait(timeout=60)
-        except subprocess.TimeoutExpired:
-            with contextlib.suppress(ProcessLookupError):
-                os.killpg(child.pid, signal.SIGKILL)
-            child.wait()
+        rpt.end_session(child)
 
     # --- the run --------------------------------------------------------------------------------------------
 

@@ -28,7 +28,6 @@ import os
 import platform
 import resource
 import shutil
-import statistics
 import subprocess
 import sys
 import tempfile
@@ -36,7 +35,7 @@ import time
 from pathlib import Path
 
 import bench_data
-from bench_report import default_out
+from bench_report import default_out, median, progress
 
 from pytest_dbsnap.dumps.restore import count_rows, restore_dump
 from pytest_dbsnap.dumps.store import DumpStore
@@ -56,14 +55,6 @@ SUITES = {
     "user": ["benchmarks/user_session/test_user_queries.py"],
     "smoke": ["-m", "smoke", "--skip-frontend"],
 }
-
-
-def progress(message: str) -> None:
-    print(f"[{time.strftime('%H:%M:%S')}] {message}", file=sys.stderr, flush=True)
-
-
-def median(samples: list[float]) -> float:
-    return statistics.median(samples) if samples else float("nan")
 
 
 def spread(samples: list[float]) -> str:
