@@ -284,6 +284,20 @@ def test_masking_workers_give_the_rows_one_process_gives(
     assert store.latest_name("prod") == pooled_meta.name
 
 
+def test_masking_workers_that_cannot_start_fail_the_capture_in_one_paragraph(
+    dumps_cluster: LocalCluster, source: Source, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setattr(masking, "IN_PROCESS_BYTES", 0)
+    monkeypatch.setattr(masking.sys, "executable", str(tmp_path / "no-such-python"))
+    store = DumpStore(tmp_path / "store")
+    with pytest.raises(DumpError, match=r"could not start a masking worker .*Run it with --jobs 1") as failed:
+        capture_dump(dumps_cluster, store, "prod", source=source, policy=policy_with(), key=KEY, database="app", jobs=2)
+    assert "\n" not in str(failed.value)
+    assert store.latest_name("prod") is None
+    with dumps_cluster.connect() as conn:
+        assert databases.temporary_names_of(conn, os.getpid()) == []  # its throwaway database was dropped
+
+
 def test_an_uncovered_column_is_refused_and_the_store_is_unchanged(
     dumps_cluster: LocalCluster, source: Source, tmp_path: Path
 ) -> None:

@@ -31,9 +31,13 @@ CHUNK = 1 << 18  # bytes of rows masked (here or by a worker) and written at a t
 TableRules = dict[str, list[tuple[int, str, Any]]]
 
 
+MOST_JOBS = 8  # by default: past that the servers and the command's own reading are the limit, not masking
+
+
 def default_jobs() -> int:
-    """One worker per core this process may use."""
-    return len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1
+    """One worker per core this process may use, at most MOST_JOBS (`--jobs` asks for more)."""
+    cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1
+    return min(cores, MOST_JOBS)
 
 
 def build_fields(
@@ -52,12 +56,18 @@ class _Worker:
     """One `python -m pytest_dbsnap.dumps.capture.masking` and the two ends of its pipes."""
 
     def __init__(self, start: tuple[int, TableRules, bytes, bytes]) -> None:
-        self.process = subprocess.Popen(
-            [sys.executable, "-m", __name__],
-            stdin=subprocess.PIPE,
-            stdout=subprocess.PIPE,
-            preexec_fn=reaper.child_setup(),
-        )
+        try:
+            self.process = subprocess.Popen(
+                [sys.executable, "-m", __name__],
+                stdin=subprocess.PIPE,
+                stdout=subprocess.PIPE,
+                preexec_fn=reaper.child_setup(),
+            )
+        except OSError as exc:
+            raise DumpError(
+                f"The capture could not start a masking worker ({sys.executable}: {exc}); nothing was stored. "
+                f"Run it with --jobs 1 to mask in the command's own process."
+            ) from exc
         stdin, stdout = self.process.stdin, self.process.stdout
         assert stdin is not None
         assert stdout is not None
@@ -135,7 +145,8 @@ class Masking:
     def _started(self) -> bool:
         if not self.workers and self.jobs > 1 and self.masked_here >= IN_PROCESS_BYTES:
             start = (os.getpid(), self.rules, self.key, self.sample.salt)
-            self.workers = [_Worker(start) for _ in range(self.jobs)]
+            for _ in range(self.jobs):
+                self.workers.append(_Worker(start))  # one at a time: those started are ended if the next fails
         return bool(self.workers)
 
     def _collect(self, worker: _Worker) -> bytes:
