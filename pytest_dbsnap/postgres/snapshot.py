@@ -26,10 +26,11 @@ import os
 import platform
 import re
 import secrets
+import shutil
+import subprocess
 import tempfile
-import threading
 import time
-from dataclasses import asdict, dataclass, field, fields
+from dataclasses import asdict, dataclass, fields
 from pathlib import Path
 from typing import IO, Any, Protocol
 
@@ -37,16 +38,12 @@ from filelock import FileLock, Timeout
 
 from pytest_dbsnap._version import __version__
 from pytest_dbsnap.core.files import FILE_MODE, fsync_dir, write_atomic
-from pytest_dbsnap.core.proc import run
+from pytest_dbsnap.core.proc import run, tail
 from pytest_dbsnap.core.progress import meter
 from pytest_dbsnap.errors import SnapshotUnusable, ToolError
-from pytest_dbsnap.postgres.archive import Unpacking, pack_part, program, split
 from pytest_dbsnap.postgres.base import PgTools
 
-# 2: the key names the programs' build (origin and exact version); 3: the archive is PARTS zstd streams, one after
-# the other, each a tar of about the same bytes, unpacked at once (their offsets, sizes and sha256 in `parts`).
-SNAPSHOT_FORMAT = 3
-PARTS = 2  # measured on 2 cores, 470 MB (benchmarks/unpack_bench.py): two streams unpack 1.46x faster than one
+SNAPSHOT_FORMAT = 2  # 2: the key names the programs' build (origin and exact version)
 ARCHIVE_SUFFIX = ".tar.zst"
 META_SUFFIX = ".json"
 # LocalCluster always runs initdb with --locale=C -E UTF8: the C collation of libc, which sorts by bytes.
@@ -149,7 +146,6 @@ class SnapshotMeta:
     tool_version: str = __version__
     compressor: str = f"zstd -{ZSTD_LEVEL}"
     format: int = SNAPSHOT_FORMAT
-    parts: list[list[Any]] = field(default_factory=list)  # [offset, size, sha256] of each stream, in order
 
     def to_json(self) -> str:
         return json.dumps({**asdict(self), "key_digest": self.key.digest}, indent=2, sort_keys=True) + "\n"
@@ -185,32 +181,11 @@ class SnapshotMeta:
             "size_bytes": isinstance(meta.size_bytes, int) and meta.size_bytes > 0,
             "archive": isinstance(meta.archive, str) and "/" not in meta.archive,
             "wal_segment_size": isinstance(meta.wal_segment_size, int) and meta.wal_segment_size > 0,
-            "parts": _parts_cover(meta.parts, meta.size_bytes),
         }
         wrong = [name for name, ok in checks.items() if not ok]
         if wrong:
             raise SnapshotUnusable(f"its metadata {path.name} has malformed {', '.join(wrong)}")
         return meta
-
-
-def _parts_cover(parts: Any, size: Any) -> bool:
-    """The streams follow each other from the first byte to the last, each with a sha256."""
-    if not isinstance(parts, list) or not parts or not isinstance(size, int):
-        return False
-    offset = 0
-    for part in parts:
-        if not (
-            isinstance(part, list)
-            and len(part) == 3
-            and part[0] == offset
-            and isinstance(part[1], int)
-            and part[1] > 0
-            and isinstance(part[2], str)
-            and re.fullmatch(r"[0-9a-f]{64}", part[2]) is not None
-        ):
-            return False
-        offset += part[1]
-    return offset == size
 
 
 @dataclass(frozen=True)
@@ -340,10 +315,19 @@ def _members(data_dir: Path, facts: ClusterFacts) -> list[str]:
     return members
 
 
+def _program(name: str) -> str:
+    found = shutil.which(name)
+    if found is None:
+        raise ToolError(
+            f"the {name} program is not installed (Debian/Ubuntu: apt-get install {name}; macOS: brew install {name})"
+        )
+    return found
+
+
 def require_programs() -> None:
     """Before anything is changed for a snapshot: the programs that pack and unpack it are there."""
-    program("tar")
-    program("zstd")
+    _program("tar")
+    _program("zstd")
 
 
 def write_snapshot(
@@ -363,7 +347,7 @@ def write_snapshot(
         raise SnapshotUnusable(f"the cluster in {data_dir} was not shut down cleanly ({facts.state})")
     key = machine_key(tools, ref.meta.sha256)
     snapshot = snapshot_for(ref.dump_path, key)
-    tar, zstd = program("tar"), program("zstd")
+    tar, zstd = _program("tar"), _program("zstd")
     lock = FileLock(str(snapshot.archive.with_name(f".{snapshot.archive.name}.lock")), timeout=0)
     try:
         lock.acquire()
@@ -379,7 +363,7 @@ def write_snapshot(
         fd = os.open(temporary, os.O_WRONLY | os.O_CREAT | os.O_EXCL, FILE_MODE)
         try:
             with os.fdopen(fd, "wb") as out:
-                sha256, size, data_bytes, parts = _pack(tar, zstd, data_dir, facts, out)
+                sha256, size, data_bytes = _pack(tar, zstd, data_dir, facts, out)
                 out.flush()
                 os.fsync(out.fileno())
             os.replace(temporary, snapshot.archive)
@@ -402,7 +386,6 @@ def write_snapshot(
             server_version=server_version,
             created_at=dt.datetime.now(dt.UTC).replace(microsecond=0).isoformat().replace("+00:00", "Z"),
             write_seconds=round(time.monotonic() - began, 3),
-            parts=parts,
         )
         write_atomic(snapshot.meta_path, meta.to_json())
         return snapshot, meta
@@ -412,25 +395,46 @@ def write_snapshot(
         lock.release()
 
 
-def _pack(
-    tar: str, zstd: str, data_dir: Path, facts: ClusterFacts, out: IO[bytes]
-) -> tuple[str, int, int, list[list[Any]]]:
-    """PARTS tar | zstd streams, one after the other into `out`, hashing the compressed bytes as they pass
-    (never held in memory): the whole archive's sha256 and size, the data's bytes, each part's [offset, size,
-    sha256]."""
+def _pack(tar: str, zstd: str, data_dir: Path, facts: ClusterFacts, out: IO[bytes]) -> tuple[str, int, int]:
+    """tar | zstd into `out`, hashing the compressed bytes as they pass (never held in memory)."""
     members = _members(data_dir, facts)
     data_bytes = sum((data_dir / m).stat().st_size for m in members if (data_dir / m).is_file())
     digest = hashlib.sha256()
     size = 0
-    parts: list[list[Any]] = []
     with tempfile.TemporaryDirectory(prefix="dbsnap-pack-") as scratch:
-        for number, group in enumerate(split(data_dir, members, PARTS)):
-            listing = Path(scratch) / f"members-{number}"
-            listing.write_bytes(b"\0".join(os.fsencode(m) for m in group) + b"\0")
-            part_digest, part_size = pack_part(tar, zstd, data_dir, listing, out, digest, level=ZSTD_LEVEL)
-            parts.append([size, part_size, part_digest])
-            size += part_size
-    return digest.hexdigest(), size, data_bytes, parts
+        listing = Path(scratch) / "members"
+        listing.write_bytes(b"\0".join(os.fsencode(m) for m in members) + b"\0")
+        tar_errors = (Path(scratch) / "tar.err").open("w+")
+        zstd_errors = (Path(scratch) / "zstd.err").open("w+")
+        with tar_errors, zstd_errors:
+            archiver = subprocess.Popen(
+                [tar, "-C", str(data_dir), "--null", "--no-recursion", "-T", str(listing), "-cf", "-"],
+                stdout=subprocess.PIPE,
+                stderr=tar_errors,
+            )
+            assert archiver.stdout is not None
+            compressor = subprocess.Popen(
+                [zstd, f"-{ZSTD_LEVEL}", "-T0", "-q", "-c"],
+                stdin=archiver.stdout,
+                stdout=subprocess.PIPE,
+                stderr=zstd_errors,
+            )
+            archiver.stdout.close()  # zstd holds it now; tar sees a closed pipe if zstd dies
+            assert compressor.stdout is not None
+            try:
+                for chunk in iter(lambda: compressor.stdout.read(_CHUNK), b""):  # type: ignore[union-attr]
+                    digest.update(chunk)
+                    out.write(chunk)
+                    size += len(chunk)
+            finally:
+                compressor.stdout.close()
+                compressor.wait()
+                archiver.wait()
+            for process, errors, what in ((archiver, tar_errors, "tar"), (compressor, zstd_errors, "zstd")):
+                if process.returncode != 0:
+                    errors.seek(0)
+                    raise ToolError(f"{what} failed with exit code {process.returncode}:\n{tail(errors.read())}")
+    return digest.hexdigest(), size, data_bytes
 
 
 # --- reading ------------------------------------------------------------------------------------------------
@@ -463,37 +467,51 @@ def check_snapshot(snapshot: Snapshot, key: SnapshotKey) -> SnapshotMeta | None:
 
 
 def unpack(tools: PgTools, snapshot: Snapshot, meta: SnapshotMeta, dest: Path) -> None:
-    """Unpack into `dest` (which must not exist), each part through its own `zstd -d | tar -x` at once, hashing
-    the bytes on the way in; then compare what pg_controldata says with the metadata. On any failure `dest` may
-    hold a partial folder: the caller removes it and nothing is started from it."""
-    tar, zstd = program("tar"), program("zstd")
+    """Unpack into `dest` (which must not exist), hashing the bytes on the way in; then compare what
+    pg_controldata says with the metadata. On any failure `dest` may hold a partial folder: the caller removes
+    it and nothing is started from it."""
+    tar, zstd = _program("tar"), _program("zstd")
     dest.mkdir(mode=0o700)
+    digest = hashlib.sha256()
     with tempfile.TemporaryDirectory(prefix="dbsnap-unpack-") as scratch:
-        parts = [
-            Unpacking(tar, zstd, snapshot.archive, dest, offset, size, Path(scratch) / str(number))
-            for number, (offset, size, _sha256) in enumerate(meta.parts)
-        ]
-        try:
-            feeders = [threading.Thread(target=part.feed, name="dbsnap-unpack", daemon=True) for part in parts]
-            for feeder in feeders:
-                feeder.start()
-            count = meter()  # the step's bar, by bytes of the archive unpacked (told from this thread only)
-            for feeder in feeders:
-                while feeder.is_alive():
-                    feeder.join(0.2)
-                    count(sum(part.done for part in parts), meta.size_bytes)
-        finally:
-            for part in parts:
-                part.finish()
-        for number, (part, (_offset, _size, sha256)) in enumerate(zip(parts, meta.parts, strict=True)):
-            if part.error is not None:
-                raise SnapshotUnusable(f"reading its archive failed ({part.error})")
-            if part.digest.hexdigest() != sha256:
+        tar_errors = (Path(scratch) / "tar.err").open("w+")
+        zstd_errors = (Path(scratch) / "zstd.err").open("w+")
+        with tar_errors, zstd_errors:
+            decompressor = subprocess.Popen(
+                [zstd, "-d", "-q", "-c"], stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=zstd_errors
+            )
+            assert decompressor.stdout is not None
+            assert decompressor.stdin is not None
+            # --no-same-owner: as root the files become root's (then the server account's), never the uids
+            # recorded on another machine. GNU tar and bsdtar refuse member names that climb out with "..".
+            extractor = subprocess.Popen(
+                [tar, "-C", str(dest), "--no-same-owner", "-xf", "-"], stdin=decompressor.stdout, stderr=tar_errors
+            )
+            decompressor.stdout.close()
+            count, done = meter(), 0  # the step's bar, by bytes of the archive unpacked
+            try:
+                with snapshot.archive.open("rb") as archive:
+                    for chunk in iter(lambda: archive.read(_CHUNK), b""):
+                        digest.update(chunk)
+                        decompressor.stdin.write(chunk)
+                        done += len(chunk)
+                        count(done, meta.size_bytes)
+            except BrokenPipeError:
+                pass  # zstd or tar gave up; their exit codes say why
+            finally:
+                with contextlib.suppress(BrokenPipeError):
+                    decompressor.stdin.close()
+                decompressor.wait()
+                extractor.wait()
+            if digest.hexdigest() != meta.sha256:
                 raise SnapshotUnusable(
-                    f"its sha256 does not match its metadata (part {number + 1}: expected {sha256[:16]}..., got "
-                    f"{part.digest.hexdigest()[:16]}...): the archive is damaged"
+                    f"its sha256 does not match its metadata (expected {meta.sha256[:16]}..., got "
+                    f"{digest.hexdigest()[:16]}...): the archive is damaged"
                 )
-            part.check()
+            for process, errors, what in ((decompressor, zstd_errors, "zstd -d"), (extractor, tar_errors, "tar -x")):
+                if process.returncode != 0:
+                    errors.seek(0)
+                    raise SnapshotUnusable(f"{what} failed ({tail(errors.read(), 3) or process.returncode})")
     dest.chmod(0o700)
     try:
         facts = controldata(tools, dest)
