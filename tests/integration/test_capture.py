@@ -7,6 +7,7 @@ import json
 import os
 import re
 import secrets
+import sys
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -288,7 +289,7 @@ def test_masking_workers_that_cannot_start_fail_the_capture_in_one_paragraph(
     dumps_cluster: LocalCluster, source: Source, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     monkeypatch.setattr(masking, "IN_PROCESS_BYTES", 0)
-    monkeypatch.setattr(masking.sys, "executable", str(tmp_path / "no-such-python"))
+    monkeypatch.setattr(sys, "executable", str(tmp_path / "no-such-python"))
     store = DumpStore(tmp_path / "store")
     with pytest.raises(DumpError, match=r"could not start a masking worker .*Run it with --jobs 1") as failed:
         capture_dump(dumps_cluster, store, "prod", source=source, policy=policy_with(), key=KEY, database="app", jobs=2)
