@@ -68,22 +68,17 @@ def child_setup(*, new_session: bool = False) -> Callable[[], None] | None:
     if _PRCTL is None and not new_session:
         return None
     parent = os.getpid()
+    prctl = _PRCTL
 
     def setup() -> None:
         if new_session:
             os.setsid()
-        die_with_parent(parent)
+        if prctl is not None:
+            prctl(_PR_SET_PDEATHSIG, int(signal.SIGKILL), 0, 0, 0)
+            if os.getppid() != parent:  # the parent died before the signal was armed
+                os._exit(1)
 
     return setup
-
-
-def die_with_parent(parent: int) -> None:
-    """In a child of `parent`: SIGKILL when the thread that started it ends (Linux); a child that starts after
-    its parent died exits at once. Python's own workers (multiprocessing) call it first thing."""
-    if _PRCTL is not None:
-        _PRCTL(_PR_SET_PDEATHSIG, int(signal.SIGKILL), 0, 0, 0)
-        if os.getppid() != parent:  # the parent died before the signal was armed
-            os._exit(1)
 
 
 # --- processes, told apart from a later process with the same pid --------------------------------------------

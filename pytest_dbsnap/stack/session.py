@@ -104,10 +104,14 @@ class DatabaseOutcome:
         spare_after, self._spare_after = self._spare_after, None
         kept = pool.close(keep_as=spare_name(spare_after[1]) if spare_after else None) if pool is not None else False
         if spare_after is not None and not kept:
-            self._spare_thread = threading.Thread(
-                target=_spare_quietly, args=spare_after, daemon=True, name="dbsnap-spare"
-            )
-            self._spare_thread.start()
+            self.start_spare(*spare_after)
+
+    def start_spare(self, server: Server, meta: DumpMeta) -> None:
+        """Clone the spare in the background (wait_for_spare waits for it)."""
+        self._spare_thread = threading.Thread(
+            target=_spare_quietly, args=(server, meta), daemon=True, name="dbsnap-spare"
+        )
+        self._spare_thread.start()
 
 
 def changed_inputs(meta: DumpMeta, current: dict[str, str]) -> list[str]:
@@ -392,10 +396,7 @@ def prepare_database(
         if spare_at_end and settings.fresh_db_pool > 0:
             outcome._spare_after = (server, meta)
         else:
-            outcome._spare_thread = threading.Thread(
-                target=_spare_quietly, args=(server, meta), daemon=True, name="dbsnap-spare"
-            )
-            outcome._spare_thread.start()
+            outcome.start_spare(server, meta)
     return outcome
 
 
