@@ -11,7 +11,7 @@ from typing import Any
 import pytest
 
 from pytest_dbsnap.dumps.capture.catalog import Catalog, Column, ForeignKey, Table
-from pytest_dbsnap.dumps.capture.copytext import decode_field, encode_field, mask_rows, to_copy
+from pytest_dbsnap.dumps.capture.copytext import ChunkMasker, decode_field, encode_field, to_copy, whole_rows
 from pytest_dbsnap.dumps.capture.maskers import EMAIL, LOREM, NAMED, PHONE, _Keyed, build_masker, key_fingerprint
 from pytest_dbsnap.dumps.capture.pipeline import Source
 from pytest_dbsnap.dumps.capture.policy import parse_policy, plan_capture
@@ -216,16 +216,16 @@ def test_copy_text_rows_are_masked_field_by_field_with_escapes_and_nulls_kept() 
         seen.append(value)
         return len(seen) < 1  # wants one sample only
 
-    chunks = list(
-        mask_rows([stream[:7], stream[7:20], stream[20:]], [(1, to_copy(lambda v: v.upper() + "\n"), take, {})])
-    )
+    masker = ChunkMasker([(1, to_copy(lambda v: v.upper() + "\n"), take, {})])
+    # Chunks of 8 bytes or more, each ending at a row's end: rows cut between COPY blocks are joined first.
+    chunks = [masker(data) for data in whole_rows([stream[:7], stream[7:20], stream[20:]], 8)]
     rows = b"".join(chunks).split(b"\n")[:-1]
     assert [r.split(b"\t")[2] for r in rows] == [b"kept \\\\ as is"] * 3  # untouched bytes
     masked = [r.split(b"\t")[1] for r in rows]
     assert [None if m == b"\\N" else decode_field(m) for m in masked] == ["A\tB\\C\nD\n", "PLAIN\n", None]
     assert seen == ["a\tb\\c\nd"]  # the sampler stopped once it had enough
     with pytest.raises(ValueError, match="inside a row"):
-        list(mask_rows([b"1\tunfinished"], [(1, to_copy(str.upper), None, None)]))
+        list(whole_rows([b"1\tunfinished"], 8))
 
 
 def test_a_table_the_role_may_not_read_is_named_before_anything_is_read() -> None:

@@ -14,7 +14,6 @@ _CODES = {value: b"\\" + key for key, value in _LETTERS.items()} | {b"\\": b"\\\
 _ESCAPED = re.compile(rb"\\(.)", re.DOTALL)
 _SPECIAL = re.compile(rb"[\\\n\r\t\b\f\v]")
 NULL = b"\\N"
-FLUSH = 1 << 16  # bytes of rows gathered into one chunk: masked together, written to the target in one call
 REMEMBERED = 1 << 14  # masked values remembered per rule, for inputs that repeat (an email in every order)
 REMEMBERED_LONGEST = 128  # bytes: longer inputs (texts) rarely repeat and would make the memory grow
 
@@ -78,7 +77,7 @@ class ChunkMasker:
         return b"".join(b"\t".join(row) + b"\n" for row in rows)
 
 
-def whole_rows(blocks: Iterable[bytes | bytearray | memoryview], size: int = FLUSH) -> Iterator[bytes]:
+def whole_rows(blocks: Iterable[bytes | bytearray | memoryview], size: int) -> Iterator[bytes]:
     """COPY TO sends a message per row: joined into chunks of about `size` bytes that end at a row's end, so a
     chunk can be masked on its own (here or in another process) and written with one call."""
     chunk: list[bytes] = []
@@ -100,10 +99,3 @@ def whole_rows(blocks: Iterable[bytes | bytearray | memoryview], size: int = FLU
         raise ValueError("COPY data ended inside a row")
     if joined:
         yield joined
-
-
-def mask_rows(blocks: Iterable[bytes | bytearray | memoryview], fields: Sequence[FieldMask]) -> Iterator[bytes]:
-    """Masked COPY text from COPY text, in chunks of about FLUSH bytes."""
-    masker = ChunkMasker(fields)
-    for data in whole_rows(blocks):
-        yield masker(data)

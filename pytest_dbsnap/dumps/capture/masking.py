@@ -55,13 +55,13 @@ def build_fields(
 class _Worker:
     """One `python -m pytest_dbsnap.dumps.capture.masking` and the two ends of its pipes."""
 
-    def __init__(self, start: tuple[int, TableRules, bytes, bytes]) -> None:
+    def __init__(self, start: tuple[TableRules, bytes, bytes]) -> None:
         try:
             self.process = subprocess.Popen(
                 [sys.executable, "-m", __name__],
                 stdin=subprocess.PIPE,
                 stdout=subprocess.PIPE,
-                preexec_fn=reaper.child_setup(),
+                preexec_fn=reaper.child_setup(),  # SIGKILL when this process ends (it holds the key)
             )
         except OSError as exc:
             raise DumpError(
@@ -82,9 +82,18 @@ class _Worker:
         try:
             self.send.send(message)
         except OSError as exc:  # a broken pipe: it ended
-            raise DumpError(
-                f"A masking worker of the capture (pid {self.process.pid}) ended unexpectedly; nothing was stored."
-            ) from exc
+            raise self.gone() from exc
+
+    def reply(self) -> Any:
+        try:
+            return self.receive.recv()
+        except (EOFError, OSError) as exc:
+            raise self.gone() from exc
+
+    def gone(self) -> DumpError:
+        return DumpError(
+            f"A masking worker of the capture (pid {self.process.pid}) ended unexpectedly; nothing was stored."
+        )
 
     def end(self, *, kill: bool) -> None:
         """Closing its stdin ends a worker; one that fails the capture is killed first."""
@@ -144,18 +153,13 @@ class Masking:
 
     def _started(self) -> bool:
         if not self.workers and self.jobs > 1 and self.masked_here >= IN_PROCESS_BYTES:
-            start = (os.getpid(), self.rules, self.key, self.sample.salt)
+            start = (self.rules, self.key, self.sample.salt)
             for _ in range(self.jobs):
                 self.workers.append(_Worker(start))  # one at a time: those started are ended if the next fails
         return bool(self.workers)
 
     def _collect(self, worker: _Worker) -> bytes:
-        try:
-            reply = worker.receive.recv()
-        except (EOFError, OSError) as exc:
-            raise DumpError(
-                f"A masking worker of the capture (pid {worker.process.pid}) ended unexpectedly; nothing was stored."
-            ) from exc
+        reply = worker.reply()
         if reply[0] == "error":
             raise DumpError(f"Masking failed in a worker of the capture; nothing was stored: {reply[1]}")
         _ok, data, hashes = reply
@@ -165,11 +169,10 @@ class Masking:
 
 
 def _serve() -> None:
-    """A worker: the start message (parent, rules, key, salt), then (table, rows) until stdin closes."""
+    """A worker: the start message (rules, key, salt), then (table, rows) until stdin closes."""
     receive = Connection(sys.stdin.buffer.fileno(), writable=False)
     send = Connection(sys.stdout.buffer.fileno(), readable=False)
-    parent, rules, key, salt = receive.recv()
-    reaper.die_with_parent(parent)
+    rules, key, salt = receive.recv()
     sample = LeakSample(salt=salt)
     memos: dict[str, dict[bytes, bytes]] = {}
     maskers = {table: ChunkMasker(build_fields(r, key, sample, memos)) for table, r in rules.items()}
