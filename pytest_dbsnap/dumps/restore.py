@@ -55,6 +55,7 @@ class RestoreResult:
     seconds: float
     verified: bool
     copy_on_write: bool = False  # the server's clones share the template's blocks (PostgreSQL 18+, XFS/btrfs/APFS)
+    deferred: bool = False  # the template is ready; `database` is cloned from it later (clone_template_into)
 
     @property
     def label(self) -> str:
@@ -352,10 +353,14 @@ def restore_dump(
     jobs: int = 1,
     progress: Progress = _quiet,
     replace: bool = False,
+    defer_clone: bool = False,
 ) -> RestoreResult:
     """Put the dump's data in `target`; on any failure `target` is exactly as it was.
 
     A target that exists, is not empty and was not made by pytest-dbsnap is refused unless `replace`.
+    `defer_clone`: when `target` does not exist, only the template is made ready, and the spare left as it is
+    (a session whose tests take only fresh_db copies never needs the app database); call restore_dump again,
+    without it, to make `target` when it is needed.
     """
     check_target(target)
     check_replaceable(server, target, replace=replace)
@@ -368,6 +373,9 @@ def restore_dump(
             check_readable(meta.pg_dump_version, server.tools, dump=describe_dump(meta, dump_path))
             check_restorable_into(server, dump=describe_dump(meta, dump_path))
         databases.drop_leftovers(conn)
+        if defer_clone and databases.exists(conn, spare) and not databases.exists(conn, target):
+            # Swapped in when first used (restore_dump again): until then the spare stays the next session's.
+            return RestoreResult(meta, target, "spare swap", time.monotonic() - began, False, cow, deferred=True)
         if databases.exists(conn, spare):
             try:
                 _drop_in_background(server, databases.swap_in(conn, spare, target, drop_old=False))
@@ -380,13 +388,14 @@ def restore_dump(
             had_template = databases.exists(conn, template)
             if not had_template:
                 _restore_template(server, conn, meta, dump_path, target, verify=verify, jobs=jobs, progress=progress)
+        method, verified = ("template clone", False) if had_template else ("pg_restore", verify)
+        if defer_clone and not databases.exists(conn, target):
+            return RestoreResult(meta, target, method, time.monotonic() - began, verified, cow, deferred=True)
         progress(f"cloning the template of {meta.name}")
         staging = databases.temporary_name(databases.STAGE_PREFIX)
         databases.clone(conn, template, staging, copy_on_write=cow)
         _drop_in_background(server, _swap_or_drop(conn, staging, target))
-        if had_template:
-            return RestoreResult(meta, target, "template clone", time.monotonic() - began, False, cow)
-        return RestoreResult(meta, target, "pg_restore", time.monotonic() - began, verify, cow)
+        return RestoreResult(meta, target, method, time.monotonic() - began, verified, cow)
 
 
 def _restore_template(

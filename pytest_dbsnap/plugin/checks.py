@@ -15,7 +15,6 @@ from decimal import Decimal
 from pathlib import Path
 from typing import TYPE_CHECKING, NoReturn
 
-import httpx
 import pytest
 
 from pytest_dbsnap.config.checks import BUILTIN_CHECKS, PHASES, CheckSpec
@@ -189,8 +188,11 @@ def row_counts(pg_server: Server, dbsnap_database: DatabaseOutcome) -> None:
     _restored(dbsnap_database)
     meta = dbsnap_database.meta
     assert meta is not None
-    with pg_server.connect(dbsnap_database.database) as conn:
-        actual = count_rows(conn)
+    try:
+        with pg_server.connect(dbsnap_database.database) as conn:
+            actual = count_rows(conn)
+    except DbsnapError as exc:
+        fail(f"database check 'row_counts': {exc}")
     wrong = [
         f"{table}: expected {meta.row_counts.get(table, 'no table')}, got {actual.get(table, 'no table')}"
         for table in sorted(set(meta.row_counts) | set(actual))
@@ -204,6 +206,8 @@ def row_counts(pg_server: Server, dbsnap_database: DatabaseOutcome) -> None:
 
 
 def _answers(phase: str, check: str, service: RunningService, url: str, expected: int) -> None:
+    import httpx  # here: a session without services never loads it (70 ms at start)
+
     try:
         response = service.client.get(url)
     except httpx.HTTPError as exc:  # no answer at all is the check failing, quoted
@@ -350,7 +354,11 @@ def _values(request: pytest.FixtureRequest, wanted: Iterable[str]) -> dict[str, 
     if wanted & set(DATABASE_NAMES):
         server: Server = request.getfixturevalue("pg_server")
         outcome: DatabaseOutcome = request.getfixturevalue("dbsnap_database")
-        values.update(database_values(server.params, server.dsn(outcome.database), outcome.database))
+        try:
+            name = outcome.database  # a deferred app database is made here
+        except DbsnapError as exc:
+            fail(f"the app database for the check's placeholders: {exc}")
+        values.update(database_values(server.params, server.dsn(name), name))
     for name in ("backend", "frontend"):
         if f"{name}_url" in wanted:
             values[f"{name}_url"] = request.getfixturevalue(name).url.rstrip("/")
@@ -366,6 +374,8 @@ def _request_check(spec: CheckSpec, label: str, request: pytest.FixtureRequest) 
         headers = {name: fill(value, values, key=f"{key}.headers.{name}") for name, value in spec.headers.items()}
     except DbsnapError as exc:  # {port} of a service that was not started has no value
         fail(f"{label}: {exc}")
+    import httpx
+
     try:
         response = service.client.request(spec.method, path.lstrip("/"), json=spec.json, headers=headers)
     except httpx.HTTPError as exc:  # no answer at all is the check failing, quoted

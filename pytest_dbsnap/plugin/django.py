@@ -100,14 +100,18 @@ def _is_transactional(request: pytest.FixtureRequest) -> bool:
 
 @pytest.fixture(scope="session")
 def django_db_setup(
+    request: pytest.FixtureRequest,
     django_test_environment: None,
     django_db_blocker: Any,
     pg_server: Server,
     dbsnap_database: DatabaseOutcome,
 ) -> Iterator[None]:
     """pytest-dbsnap's database instead of pytest-django's test database (none is created)."""
+    from pytest_dbsnap.plugin.fixtures import app_database
+
+    name = app_database(request.config, dbsnap_database)
     with django_db_blocker.unblock():
-        point_default_at(pg_server, dbsnap_database.database)
+        point_default_at(pg_server, name)
     yield
     with django_db_blocker.unblock():
         from django.db import connections

@@ -99,7 +99,11 @@ def dbsnap_database(
     takes_copies = any("fresh_db" in getattr(item, "fixturenames", ()) for item in request.session.items)
     with setup_step(pytestconfig, preparing, "could not prepare the app database"):
         outcome = prepare_database(
-            pg_server, dbsnap_settings, progress=progress_reporter(pytestconfig).step, spare_at_end=takes_copies
+            pg_server,
+            dbsnap_settings,
+            progress=progress_reporter(pytestconfig).step,
+            spare_at_end=takes_copies,
+            defer_app=True,
         )
     pytestconfig.stash[OUTCOME_KEY] = outcome
     publish_facts(pytestconfig)
@@ -110,6 +114,14 @@ def dbsnap_database(
         outcome.wait_for_spare(timeout=120)
 
 
+def app_database(config: pytest.Config, outcome: DatabaseOutcome) -> str:
+    """The app database's name, made here when the session deferred it (its failure is one paragraph)."""
+    if not outcome.pending:
+        return outcome.database
+    with setup_step(config, f"cloning the template into {outcome.name!r}", "could not make the app database"):
+        return outcome.database
+
+
 @pytest.fixture(scope="session")
 def dbsnap_dump(dbsnap_database: DatabaseOutcome) -> DumpMeta | None:
     """Metadata of the dump the app database was restored from (None with --skip-dump-restore and no dump)."""
@@ -117,17 +129,19 @@ def dbsnap_dump(dbsnap_database: DatabaseOutcome) -> DumpMeta | None:
 
 
 @pytest.fixture(scope="session")
-def db_dsn(pg_server: Server, dbsnap_database: DatabaseOutcome) -> str:
+def db_dsn(pytestconfig: pytest.Config, pg_server: Server, dbsnap_database: DatabaseOutcome) -> str:
     """URL of the restored app database, as the app gets it in DATABASE_URL."""
-    return pg_server.dsn(dbsnap_database.database)
+    return pg_server.dsn(app_database(pytestconfig, dbsnap_database))
 
 
 @pytest.fixture
-def dbsnap_db(pg_server: Server, dbsnap_database: DatabaseOutcome) -> Iterator[psycopg.Connection[tuple[object, ...]]]:
+def dbsnap_db(
+    pytestconfig: pytest.Config, pg_server: Server, dbsnap_database: DatabaseOutcome
+) -> Iterator[psycopg.Connection[tuple[object, ...]]]:
     """A connection to the app database for one test (closed after it)."""
     import psycopg
 
-    with psycopg.connect(pg_server.conninfo(dbsnap_database.database)) as conn:
+    with psycopg.connect(pg_server.conninfo(app_database(pytestconfig, dbsnap_database))) as conn:
         yield conn
 
 

@@ -124,7 +124,7 @@ def report_facts(config: pytest.Config) -> dict[str, str]:
         facts["dbsnap PostgreSQL programs"] = server.tools.describe()
     if OUTCOME_KEY in config.stash:
         outcome = config.stash[OUTCOME_KEY]
-        facts["dbsnap database"] = outcome.database
+        facts["dbsnap database"] = outcome.name
         facts["dbsnap restore"] = f"{outcome.method} in {outcome.seconds:.2f} s"
         if outcome.meta is not None:
             facts["dbsnap environment"] = outcome.meta.environment

@@ -203,7 +203,7 @@ def pytest_sessionfinish(session: pytest.Session) -> None:
             "phases": [dataclasses.asdict(p) for p in config.stash[PHASES_KEY].ordered()],
             "facts": report_facts(config) if outcome is not None else {},
             # Restored from a dump: the controller's local cluster drops it before parking, as its own.
-            "discard": outcome.database
+            "discard": outcome.name
             if outcome is not None and outcome.meta is not None and outcome.method != "kept as it was"
             else None,
             "snapshot_of": [outcome.meta.environment, outcome.meta.name, outcome.pushed]

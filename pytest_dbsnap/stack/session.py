@@ -43,7 +43,7 @@ def _quiet(_message: str) -> None:
 class DatabaseOutcome:
     """What the session did to get its database, for the header, the summary and the reports."""
 
-    database: str
+    name: str  # the app database's name (`database` also makes a deferred one)
     method: str  # "spare swap" | "template clone" | "cluster snapshot" | "pg_restore" | "kept as it was"
     seconds: float
     meta: DumpMeta | None
@@ -68,11 +68,40 @@ class DatabaseOutcome:
     # The spare is made at the session's end, from a copy the fresh_db pool made ahead when it has one: cloning it
     # while the tests start would queue the first fresh_db behind it (one clone of a template at a time).
     _spare_after: tuple[Server, DumpMeta] | None = field(default=None, repr=False)
+    # A deferred app database (prepare_database(defer_app=True)): cloned from the template the first time
+    # `database` is read, so a session whose tests take only fresh_db copies never copies the whole database once
+    # more for nothing. made_seconds: what that clone took, once made.
+    _make: Callable[[], None] | None = field(default=None, repr=False)
+    _make_lock: threading.Lock = field(default_factory=threading.Lock, repr=False)
+    deferred: bool = False
+    made_seconds: float | None = None
+
+    @property
+    def pending(self) -> bool:
+        """The app database is deferred and not made yet."""
+        return self._make is not None
+
+    @property
+    def database(self) -> str:
+        """The app database's name; a deferred one is made here, on first use (DumpError if it cannot be)."""
+        if self._make is not None:
+            with self._make_lock:
+                if self._make is not None:
+                    began = time.monotonic()
+                    self._make()  # on failure it stays to do: the next reader gets the same error
+                    self._make, self.made_seconds = None, time.monotonic() - began
+        return self.name
 
     def describe(self) -> str:
         if self.meta is None:
-            return f"database {self.database!r} {self.method} (no dump)"
+            return f"database {self.name!r} {self.method} (no dump)"
         how = f"{with_copy_on_write(self.method, self.copy_on_write)} in {self.seconds:.2f} s"
+        if self.deferred:
+            how += (
+                f", made when first used ({self.made_seconds:.2f} s)"
+                if self.made_seconds is not None
+                else f", {self.name!r} not made: no test used it (fresh_db copies come from the template)"
+            )
         if self.generated:
             how = f"generated in {self.generate_seconds:.1f} s ({self.stale_reason}), then {how}"
         if self.pulled:
@@ -82,7 +111,7 @@ class DatabaseOutcome:
         verified = ", sha256 verified" if self.verified else ""
         pushed = ", pushed to the remote store" if self.pushed else ""
         cow = ", clones copy-on-write" if self.copy_on_write and self.method != "template clone" else ""
-        return f"{self.meta.environment}/{self.meta.name} -> {self.database!r}: {how}{verified}{pushed}{cow}"
+        return f"{self.meta.environment}/{self.meta.name} -> {self.name!r}: {how}{verified}{pushed}{cow}"
 
     def wait_for_spare(self, timeout: float | None = None) -> None:
         if self._spare_thread is not None:
@@ -260,9 +289,12 @@ def prepare_database(
     progress: Progress = _quiet,
     spare_in_background: bool = True,
     spare_at_end: bool = False,
+    defer_app: bool = False,
 ) -> DatabaseOutcome:
     """Get the app database ready: restore (or generate, then restore), migrate, and start the next spare
-    (`spare_at_end`: when the pool closes instead, for a session whose tests take fresh_db copies)."""
+    (`spare_at_end`: when the pool closes instead, for a session whose tests take fresh_db copies).
+    `defer_app`: an app database that would be a clone of the template (or the spare renamed) is made, and
+    migrated, when `DatabaseOutcome.database` is first read (by a fixture or a check), not now."""
     target = settings.database
     store = DumpStore(settings.dumps_dir)
     began = time.monotonic()
@@ -337,6 +369,7 @@ def prepare_database(
         jobs=settings.jobs,
         progress=progress,
         replace=settings.replace_database,
+        defer_clone=defer_app,
     )
     method, seconds = result.method, result.seconds
     snapshot_ref: DumpRef | None = None
@@ -349,11 +382,16 @@ def prepare_database(
         if settings.cluster_snapshot and (generated or result.method == "pg_restore"):
             snapshot_ref = DumpRef(meta, store.dump_path(settings.env, meta.name))
             server.snapshot_after_stop(snapshot_ref)
-    if settings.migrate_command:
-        progress(f"migrating {target!r}")
-    migrate_warning = migrate(server, settings, target)
-    if migrate_warning is not None and not generation_warned:  # else it is the same finding again
-        warnings.append(migrate_warning)
+
+    def migrate_target(progress: Progress) -> None:
+        if settings.migrate_command:
+            progress(f"migrating {target!r}")
+        migrate_warning = migrate(server, settings, target)
+        if migrate_warning is not None and not generation_warned:  # else it is the same finding again
+            warnings.append(migrate_warning)
+
+    if not result.deferred:
+        migrate_target(progress)
     pushed = False
     if settings.push_dump and not pulled:
         # After the restore, so that only a dump that restores is shared; pushing an existing one is a no-op.
@@ -384,15 +422,28 @@ def prepare_database(
         copy_on_write=result.copy_on_write,
     )
     outcome.pool_ahead, outcome.disk_budget = settings.fresh_db_pool, settings.disk_budget
+    spare_wanted = (
+        spare_in_background
+        and _spare_outlives_session(server)
+        and _spare_fits(server, meta, settings.disk_budget, warnings, app_to_come=result.deferred)
+    )
+    if result.deferred:
+        dump_path = store.dump_path(settings.env, meta.name)
+
+        def make() -> None:
+            # The spare when there is one (a rename), else a clone of the template; refused, as at the start,
+            # when a database of that name that pytest-dbsnap did not make has appeared since. Then migrated.
+            made = restore_dump(server, meta, dump_path, target, verify=False, replace=settings.replace_database)
+            if made.method == "spare swap" and spare_wanted and outcome._spare_after is None:
+                outcome.start_spare(server, meta)  # the next session's, as after a swap at the start
+            migrate_target(_quiet)
+
+        outcome.deferred, outcome._make = True, make
     if isinstance(server, LocalCluster):
         # Restored from the dump, so the next session restores it again (from the spare): parked, it would only
         # be a third copy on disk.
         server.discard_at_park(target)
-    if (
-        spare_in_background
-        and _spare_outlives_session(server)
-        and _spare_fits(server, meta, settings.disk_budget, warnings)
-    ):
+    if spare_wanted:
         if spare_at_end and settings.fresh_db_pool > 0:
             outcome._spare_after = (server, meta)
         else:
@@ -407,9 +458,12 @@ def _spare_outlives_session(server: Server) -> bool:
     return not (isinstance(server, LocalCluster) and server.warm_slot is None)
 
 
-def _spare_fits(server: Server, meta: DumpMeta, budget: DiskBudget | None, warnings: list[str]) -> bool:
+def _spare_fits(
+    server: Server, meta: DumpMeta, budget: DiskBudget | None, warnings: list[str], *, app_to_come: bool = False
+) -> bool:
     """Whether the disk budget holds one more copy of the database for the spare; when it does not, the
-    session says so once (a line in the summary) and goes on without one."""
+    session says so once (a line in the summary) and goes on without one. `app_to_come`: the app database is
+    deferred, and counted as if made (a test may still ask for it)."""
     if budget is None or server.copy_on_write:
         return True
     template = template_name(meta)
@@ -417,7 +471,7 @@ def _spare_fits(server: Server, meta: DumpMeta, budget: DiskBudget | None, warni
         if databases.exists(conn, spare_name(meta)):
             return True
         size = databases.size_of(conn, template)
-        used = sum(databases.our_sizes(conn).values())
+        used = sum(databases.our_sizes(conn).values()) + (size if app_to_come else 0)
     if used + size <= budget.limit(size):
         return True
     warnings.append(
@@ -440,7 +494,7 @@ def verify_restored_dump(outcome: DatabaseOutcome, settings: Settings) -> None:
     from pytest_dbsnap.dumps.restore import verify_file
 
     if outcome.meta is None:
-        raise DumpError(f"No dump was restored into {outcome.database!r} in this session, so there is none to verify.")
+        raise DumpError(f"No dump was restored into {outcome.name!r} in this session, so there is none to verify.")
     meta = outcome.meta
     verify_file(meta, DumpStore(settings.dumps_dir).dump_path(meta.environment, meta.name))
 

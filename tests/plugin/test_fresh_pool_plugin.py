@@ -132,3 +132,52 @@ def test_a_fresh_db_sessions_spare_is_a_pooled_copy_and_the_next_session_swaps_i
     third.assert_outcomes(passed=1)
     [line] = [line for line in third.stdout.lines if line.startswith("database: ")]
     assert "spare swap" in line, third.stdout.str()
+
+
+COPIES_ONLY = """
+import psycopg
+
+
+def test_copies_only(fresh_db):
+    with psycopg.connect(fresh_db) as conn:
+        assert conn.execute("SELECT count(*) FROM reality_nodes").fetchone()[0] > 0
+        app = conn.execute("SELECT count(*) FROM pg_database WHERE datname = 'app'").fetchone()
+    assert app == (0,), "the app database was made although no test used it"
+"""
+
+COPY_THEN_APP = """
+import psycopg
+
+
+def test_a_copy_first(fresh_db):
+    with psycopg.connect(fresh_db) as conn:
+        assert conn.execute("SELECT count(*) FROM pg_database WHERE datname = 'app'").fetchone() == (0,)
+
+
+def test_then_the_app_database(db_dsn):
+    with psycopg.connect(db_dsn) as conn:
+        assert conn.execute("SELECT count(*) FROM reality_nodes").fetchone()[0] > 0
+        assert conn.execute("SELECT count(*) FROM alembic_version").fetchone() == (1,)  # migrated when made
+"""
+
+
+def test_the_app_database_is_made_only_when_a_test_uses_it(pytester: pytest.Pytester, project: Path) -> None:
+    """A session whose tests take only fresh_db copies never clones (or migrates) the app database; one that
+    reads db_dsn later gets it then, migrated, and both say so in the summary."""
+    pytester.makepyprojecttoml(PYPROJECT.replace('disk_budget = "2x"\n', ""))
+    pytester.makepyfile(test_copies=COPIES_ONLY)
+    first = pytester.runpytest_subprocess("-p", "no:cacheprovider", timeout=300)  # generates the dump
+    first.assert_outcomes(passed=1)
+    for run in range(2):  # from the template (the first run's snapshot), then from the spare the pool left
+        again = pytester.runpytest_subprocess("-p", "no:cacheprovider", timeout=300)
+        again.assert_outcomes(passed=1)
+        [line] = [line for line in again.stdout.lines if line.startswith("database: ")]
+        assert "'app' not made: no test used it" in line, (run, line)
+
+    pytester.makepyfile(test_copies="")
+    pytester.makepyfile(test_later=COPY_THEN_APP)
+    later = pytester.runpytest_subprocess("-p", "no:cacheprovider", timeout=300)
+
+    later.assert_outcomes(passed=2)
+    [line] = [line for line in later.stdout.lines if line.startswith("database: ")]
+    assert "made when first used (" in line, line
