@@ -117,7 +117,8 @@ def group_members(pgid: int) -> list[int]:
     return members
 
 
-def _alive(pid: int) -> bool:
+def alive(pid: int) -> bool:
+    """The process runs (neither gone nor a zombie nobody has reaped yet)."""
     try:
         state = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0]
     except FileNotFoundError:
@@ -357,9 +358,14 @@ def _still_ours(entry: Instruction) -> bool:
 
 
 def _pid_from_file(entry: Instruction) -> int | None:
-    """The pid named by the file, checked against the process itself (its command line holds `expect`)."""
+    return pid_from_file(Path(entry["path"]), expect=entry["expect"])
+
+
+def pid_from_file(path: Path, *, expect: str) -> int | None:
+    """The live pid named by the file's first line, checked against the process itself (its command line holds
+    `expect`), so a pid the system has given to another process since is never signalled."""
     try:
-        pid = int(Path(entry["path"]).read_text().splitlines()[0])
+        pid = int(path.read_text().splitlines()[0])
     except (OSError, ValueError, IndexError):
         return None
     try:
@@ -368,7 +374,7 @@ def _pid_from_file(entry: Instruction) -> int | None:
         return None
     except OSError:
         return pid if sys.platform != "linux" else None
-    return pid if os.fsencode(entry["expect"]) in cmdline and _alive(pid) else None
+    return pid if os.fsencode(expect) in cmdline and alive(pid) else None
 
 
 def _run(entry: Instruction, log: _Log) -> None:
@@ -391,7 +397,7 @@ def _run(entry: Instruction, log: _Log) -> None:
 
 
 def _gone(pid: int) -> Callable[[], bool]:
-    return lambda: not _alive(pid)
+    return lambda: not alive(pid)
 
 
 def _wait(condition: Callable[[], bool], seconds: float) -> bool:
@@ -444,7 +450,7 @@ def clean_up(instructions: list[Instruction], log: _Log) -> None:
     grace = max([float(e.get("grace") or 0) for e in groups] + [max(marked.values(), default=0.0)])
 
     def processes_gone() -> bool:
-        return not any(group_members(int(e["pgid"])) for e in groups) and not any(_alive(p) for p in marked)
+        return not any(group_members(int(e["pgid"])) for e in groups) and not any(alive(p) for p in marked)
 
     if not _wait(processes_gone, grace):
         for entry in groups:

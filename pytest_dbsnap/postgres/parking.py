@@ -8,6 +8,7 @@ import json
 import logging
 import os
 import shutil
+import signal
 import time
 from pathlib import Path
 
@@ -84,7 +85,7 @@ def stop_postmaster(tools: PgTools, data_dir: Path, account: RunAs | None) -> bo
 
     True when it shut down cleanly (a fast shutdown, or it was not running), so the folder may be reused.
     """
-    if not (data_dir / "postmaster.pid").exists():
+    if not (data_dir / "postmaster.pid").exists() or _fast_stop_by_signal(data_dir):
         return True
     for mode in ("fast", "immediate"):
         try:
@@ -98,6 +99,28 @@ def stop_postmaster(tools: PgTools, data_dir: Path, account: RunAs | None) -> bo
             return mode == "fast"
         except ToolError as exc:
             log.warning("stopping PostgreSQL in %s (%s) failed: %s", data_dir, mode, exc)
+    return False
+
+
+def _fast_stop_by_signal(data_dir: Path, timeout: float = 30.0) -> bool:
+    """A fast shutdown (SIGINT) of the postmaster its pid file names, then the pid file watched every 5 ms:
+    `pg_ctl stop -w` looks every 100 ms, most of what a stop takes. False when the postmaster cannot be signalled
+    from here (another user's) or does not stop in time: pg_ctl then does it."""
+    pid_file = data_dir / "postmaster.pid"
+    pid = reaper.pid_from_file(pid_file, expect=str(data_dir))
+    if pid is None:
+        return False
+    try:
+        os.kill(pid, signal.SIGINT)
+    except OSError:
+        return False
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if not pid_file.exists():  # removed by the postmaster as it exits, after the shutdown checkpoint
+            return True
+        if not reaper.alive(pid):  # it ended without removing it: not a clean stop
+            return not pid_file.exists()
+        time.sleep(0.005)
     return False
 
 
