@@ -1,7 +1,7 @@
 """pytest-dbsnap side by side with pytest-postgresql 10: the same dump, the same tests, whole pytest sessions.
 
     .venv/bin/python benchmarks/peers_bench.py [--scales 474MB 1GB] [--reps 5] [--tests 5] [--xfs] [--pg18]
-        [--peer-fsync-off] [--out FILE]
+        [--peer-fsync-off] [--goals-only] [--out FILE]
 
 Per scale, the data is built once (the reference app's seed copied up to the scale in SQL, benchmarks/bench_data.py)
 and dumped with pg_dump -Fc into a dump store in the scratch folder. Two throwaway venvs, made by this run from the
@@ -575,6 +575,11 @@ def main() -> int:
     parser.add_argument(
         "--peer-fsync-off", action="store_true", help="run pytest-postgresql's server with durability off too"
     )
+    parser.add_argument(
+        "--goals-only",
+        action="store_true",
+        help="only the setups the issue sets goals for (system PostgreSQL on ext4, PostgreSQL 18 on XFS)",
+    )
     parser.add_argument("--out", type=Path)
     args = parser.parse_args()
     out = args.out or default_out("peers")
@@ -589,6 +594,8 @@ def main() -> int:
     try:
         bench.make_venvs()
         combos_template = bench.combos()
+        if args.goals_only:
+            combos_template = [c for c in combos_template if (c.origin, c.filesystem) in GOALS]
         for text in args.scales:
             meta, facts = bench.build(text)
             combos = [Combo(c.origin, c.filesystem, c.tools, c.folder) for c in combos_template]
