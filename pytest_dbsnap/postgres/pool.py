@@ -52,6 +52,7 @@ class ClonePool:
         self._changed = threading.Condition()
         self._conn: Connection | None = None  # the test thread's connection; the filler has its own
         self._conn_lock = threading.Lock()
+        self._filler_conn: Connection | None = None  # for close() to cancel a copy nobody will take
         self._thread: threading.Thread | None = None
 
     # --- the test thread ----------------------------------------------------------------------------------
@@ -104,10 +105,15 @@ class ClonePool:
 
     def close(self, *, keep_as: str | None = None) -> bool:
         """Stop the filler and drop the copies it made; the connections are closed. `keep_as`: one ready copy
-        is renamed to that name instead (a spare: an identical closed copy of the template); True if one was."""
+        is renamed to that name instead (a spare: an identical closed copy of the template); True if one was.
+        Without `keep_as`, a copy under way is cancelled rather than finished and dropped."""
         with self._changed:
             self._closed = True
             self._changed.notify_all()
+            filler = self._filler_conn if self._busy and keep_as is None else None
+        if filler is not None:
+            with contextlib.suppress(psycopg.Error):
+                filler.cancel()  # the filler sees QueryCanceled and ends
         if self._thread is not None:
             self._thread.join()
         with self._changed:
@@ -147,8 +153,12 @@ class ClonePool:
         try:
             self._connection()  # ready for the first hand-out
             with self.server.connect() as conn:
+                self._filler_conn = conn
                 while self._make_next(conn):
                     pass
+        except psycopg.errors.QueryCanceled:
+            if not self._closed:
+                log.warning("the fresh_db pool's clone was cancelled; no more clones are made ahead")
         except Exception as exc:  # a pool that cannot fill only costs the hand-outs their speed
             log.warning("the fresh_db pool stopped making clones ahead: %s", exc)
         finally:

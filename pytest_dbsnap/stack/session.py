@@ -128,9 +128,13 @@ class DatabaseOutcome:
 
     def close_pool(self) -> None:
         """Drop the clones made ahead (at the session's end); a deferred spare is one of them renamed, or made
-        now when the pool has none ready."""
+        now when the pool has none ready (not when the app database was never made)."""
         pool, self._pool = self._pool, None
         spare_after, self._spare_after = self._spare_after, None
+        if self.pending:
+            # No test read the app database, so this session used no spare (one it found is still there): the
+            # next session that needs one clones the template then, rather than this one at its end.
+            spare_after = None
         kept = pool.close(keep_as=spare_name(spare_after[1]) if spare_after else None) if pool is not None else False
         if spare_after is not None and not kept:
             self.start_spare(*spare_after)

@@ -5,6 +5,7 @@ closing it leaves nothing."""
 from __future__ import annotations
 
 import os
+import threading
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -192,3 +193,47 @@ def test_closing_keeps_one_ready_copy_under_the_spares_name(
             databases.drop(conn, spare)
     empty = ClonePool(cluster, name, ahead=0).start()
     assert empty.close(keep_as=spare) is False
+
+
+def test_closing_cancels_a_copy_under_way_instead_of_finishing_it(
+    cluster: LocalCluster, template: tuple[str, tuple[object, ...]]
+) -> None:
+    """At a session's end a copy nobody will take is cancelled, not finished and then dropped: the filler's
+    CREATE DATABASE waits here on a lock this test holds, and close() returns while it still holds it."""
+    name, expected = template
+    with cluster.connect() as blocker:
+        blocker.autocommit = False  # the rename below stays uncommitted: it holds the template's lock
+        blocker.execute(f'ALTER DATABASE "{name}" RENAME TO "{name}_held"')
+        pool = ClonePool(cluster, name, ahead=1).start()
+        with cluster.connect() as watcher:
+            for _ in range(6000):  # until the filler's clone waits on the lock (a condition, not a sleep)
+                waiting = watcher.execute(
+                    "SELECT count(*) FROM pg_stat_activity WHERE wait_event_type = 'Lock' "
+                    "AND query LIKE 'CREATE DATABASE%%'"
+                ).fetchone()
+                if waiting == (1,):
+                    break
+                watcher.execute("SELECT pg_sleep(0.01)")
+            else:
+                pytest.fail("the pool's clone never started")
+        closing = threading.Thread(target=pool.close)
+        closing.start()
+        closing.join(timeout=120)
+        finished_waiting = closing.is_alive()
+        blocker.rollback()  # lets a clone that was not cancelled finish, so the test ends either way
+        closing.join()
+        assert not finished_waiting, "close() waited for the copy under way instead of cancelling it"
+        assert ours(cluster, databases.POOL_PREFIX) == []
+    assert checksum_after_open(cluster, name) == expected
+
+
+def checksum_after_open(cluster: LocalCluster, template: str) -> tuple[object, ...]:
+    """The template is intact: a clone of it holds its rows."""
+    copy = f"{databases.FRESH_PREFIX}check_{os.getpid()}"
+    with cluster.connect() as conn:
+        databases.clone(conn, template, copy)
+    try:
+        return checksum(cluster, copy)
+    finally:
+        with cluster.connect() as conn:
+            databases.drop(conn, copy)
