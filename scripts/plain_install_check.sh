@@ -42,6 +42,14 @@ def test_the_database_answers(dbsnap_db):
 
 def test_it_was_kept_as_it_was(dbsnap_database):
     assert dbsnap_database.method == "kept as it was"
+
+
+def test_the_plugin_is_imported_without_assertion_rewriting():
+    # pytest would compile each of its modules again on every run that cannot cache bytecode (a fresh runner)
+    import sys
+
+    loader = type(sys.modules["pytest_dbsnap.plugin.fixtures"].__spec__.loader).__name__
+    assert loader != "AssertionRewritingHook", loader
 PY
 
 # A project without a seed command keeps its database (--skip-dump-restore). Nothing of the caller's
@@ -51,7 +59,7 @@ if "$work/venv/bin/python" -c "import refapp" 2>/dev/null; then
   echo "plain install: FAILED, the install put the reference app (refapp) into the environment" >&2
   exit 1
 fi
-# run_project WHAT: the tiny project's two tests with warnings as errors; their output in $work/output.txt.
+# run_project WHAT: the tiny project's three tests with warnings as errors; their output in $work/output.txt.
 run_project() {
   status=0
   env -i PATH="$PATH" HOME="$HOME" LANG="${LANG:-C.UTF-8}" TMPDIR="${TMPDIR:-/tmp}" \
@@ -62,8 +70,8 @@ run_project() {
     echo "plain install: FAILED ($1), pytest exited with $status" >&2
     exit 1
   fi
-  if ! grep -Eq "^=+ 2 passed" "$work/output.txt"; then
-    echo "plain install: FAILED ($1), the two tests did not both run and pass" >&2
+  if ! grep -Eq "^=+ 3 passed" "$work/output.txt"; then
+    echo "plain install: FAILED ($1), the three tests did not all run and pass" >&2
     exit 1
   fi
 }
