@@ -101,8 +101,9 @@ class ChunkMasker:
 
 
 def whole_rows(blocks: Iterable[bytes | bytearray | memoryview], size: int) -> Iterator[bytes]:
-    """COPY TO sends a message per row: joined into chunks of about `size` bytes that end at a row's end, so a
-    chunk can be masked on its own (here or in another process) and written with one call."""
+    """Blocks of COPY data (a row each, as COPY TO sends them, or many) joined into chunks of about `size` bytes
+    that end at a row's end, so a chunk can be masked on its own (here or in another process) and written with
+    one call."""
     chunk: list[bytes] = []
     gathered = 0
     pending = b""
