@@ -53,8 +53,8 @@ def to_copy(mask: Mask, plain: bool = False) -> Callable[[str], bytes]:
 
 class ChunkMasker:
     """Masks whole rows of one table, a chunk at a time, a column at a time; the samplers stop once they have
-    enough. Inputs of up to REMEMBERED_LONGEST bytes are remembered once sampling is over, REMEMBERED per memo
-    (checked once a chunk: a memo holds at most REMEMBERED and one chunk's values)."""
+    enough. Inputs of up to REMEMBERED_LONGEST bytes are remembered, REMEMBERED per memo (checked once a chunk: a
+    memo holds at most REMEMBERED and one chunk's values)."""
 
     def __init__(self, fields: Sequence[FieldMask]) -> None:
         self.fields = list(fields)
@@ -80,9 +80,11 @@ class ChunkMasker:
                 if raw == NULL:
                     continue
                 original = decode_field(raw)
-                masked = mask(original)
-                if len(raw) <= REMEMBERED_LONGEST:
-                    memo[raw] = masked
+                masked = memo.get(raw)  # the sampler still sees every original; the memo only saves masking it
+                if masked is None:
+                    masked = mask(original) if fast is None or 92 in raw else fast(raw)
+                    if len(raw) <= REMEMBERED_LONGEST:
+                        memo[raw] = masked
                 row[index] = masked
                 if not take(original):
                     self.fields[position] = (index, mask, fast, None, memo)

@@ -11,7 +11,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from pytest_dbsnap.dumps.capture.catalog import Catalog, escape_percent, quote_ident
-from pytest_dbsnap.dumps.capture.maskers import Masker
+from pytest_dbsnap.dumps.capture.maskers import Masker, itself
 
 PER_COLUMN = 200  # originals sampled per masked column (the first distinct ones long enough to mean something)
 SHORTEST = 4  # shorter originals ("NY", "0") match by chance far too often to be evidence
@@ -36,18 +36,27 @@ class LeakSample:
         if masker.makes_null:
             return None
 
+        may_output = masker.may_output
+
+        def keep(original: str) -> None:
+            if len(original) < SHORTEST or may_output(original):
+                return  # an original the masker could itself write proves nothing (a first name is a name)
+            digest = self._hash(original)
+            if digest not in self.hashes:
+                self.hashes[digest] = column
+                self.fresh.append(digest)
+                self.taken[column] = self.taken.get(column, 0) + 1
+
         def take(value: str) -> bool:
             for original in masker.hidden(value):
-                if len(original) < SHORTEST or masker.may_output(original):
-                    continue  # an original the masker could itself write proves nothing (a first name is a name)
-                digest = self._hash(original)
-                if digest not in self.hashes:
-                    self.hashes[digest] = column
-                    self.fresh.append(digest)
-                    self.taken[column] = self.taken.get(column, 0) + 1
+                keep(original)
             return self.taken.get(column, 0) < PER_COLUMN
 
-        return take
+        def take_value(value: str) -> bool:  # a masker whose value is its only original: no list per value
+            keep(value)
+            return self.taken.get(column, 0) < PER_COLUMN
+
+        return take_value if masker.hidden is itself else take
 
     def drain(self) -> dict[bytes, str]:
         """The hashes taken since the last call, for the parent's sample (a masking worker's)."""

@@ -57,6 +57,11 @@ def key_fingerprint(key: bytes) -> str:
     return hashlib.sha256(b"dbsnap capture key\0" + key).hexdigest()[:16]
 
 
+def itself(value: str) -> list[str]:
+    """The originals a plain value hides: the value itself (what most maskers' `hidden` is)."""
+    return [value]
+
+
 @dataclass(frozen=True)
 class Masker:
     """One rule, ready to run: `mask(original text) -> replacement text or None (SQL NULL)`."""
@@ -69,7 +74,7 @@ class Masker:
     may_output: Callable[[str], bool]  # whether this masker could itself produce the value
     # The originals it hides in one value, for the leak check: the value itself, or a JSON document's strings
     # under the masked keys.
-    hidden: Callable[[str], list[str]] = lambda value: [value]
+    hidden: Callable[[str], list[str]] = itself
     plain: bool = False  # its outputs never hold a tab, newline or backslash (COPY needs no escaping)
     # The same masking from the value's UTF-8 bytes to the output's COPY bytes, without a str in between (what
     # COPY sends for a field with no backslash); None: only the str path.
