@@ -343,17 +343,18 @@ def _json(rules: Mapping[str, Masker]) -> Masker:
     a nested object under such a key is masked as its JSON text (fail closed); every other key is kept."""
 
     def walk(node: Any) -> Any:
+        """Masks in place (the document was just parsed), descending only into objects and arrays."""
         if isinstance(node, dict):
-            result = {}
             for k, v in node.items():
                 rule = rules.get(k)
-                if rule is None or v is None:
-                    result[k] = walk(v)
-                else:
-                    result[k] = rule.mask(v if isinstance(v, str) else json.dumps(v))
-            return result
-        if isinstance(node, list):
-            return [walk(item) for item in node]
+                if rule is not None and v is not None:
+                    node[k] = rule.mask(v if isinstance(v, str) else json.dumps(v))
+                elif isinstance(v, dict | list):
+                    walk(v)
+        elif isinstance(node, list):
+            for item in node:
+                if isinstance(item, dict | list):
+                    walk(item)
         return node
 
     def mask(value: str) -> str:
