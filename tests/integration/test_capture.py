@@ -19,7 +19,7 @@ from pytest_dbsnap import cli
 from pytest_dbsnap.config.loading import load_settings
 from pytest_dbsnap.dumps.capture import masking
 from pytest_dbsnap.dumps.capture.maskers import EMAIL, FIRST_NAMES, LAST_NAMES, PHONE
-from pytest_dbsnap.dumps.capture.pipeline import Source, capture_dump
+from pytest_dbsnap.dumps.capture.pipeline import Source, _copied_blocks, capture_dump
 from pytest_dbsnap.dumps.capture.policy import CapturePolicy, parse_policy
 from pytest_dbsnap.dumps.generate import generate_dump
 from pytest_dbsnap.dumps.meta import DumpMeta
@@ -283,6 +283,28 @@ def test_masking_workers_give_the_rows_one_process_gives(
     with pytest.raises(DumpError, match=r"public\.orders\.contact holds an original value of public\.users\.email"):
         capture_dump(dumps_cluster, store, "prod", source=source, policy=leaking, key=KEY, database="app", jobs=2)
     assert store.latest_name("prod") == pooled_meta.name
+
+
+def test_copy_data_read_from_libpq_is_psycopgs_and_a_failing_copy_raises_psycopgs_error(
+    dumps_cluster: LocalCluster,
+) -> None:
+    """The capture reads COPY TO past psycopg's per-row `read`: the same bytes, and an error the server sends
+    instead of more rows is raised as psycopg raises it, with the connection usable afterwards."""
+    statement = "COPY (SELECT u, 'row ' || u || E'\\t\\\\ end' FROM generate_series(1, 5000) u) TO STDOUT"
+    with dumps_cluster.connect() as conn:
+        with conn.cursor() as cursor, cursor.copy(statement) as copy:
+            expected = b"".join(bytes(row) for row in copy)
+        with conn.cursor() as cursor, cursor.copy(statement) as copy:
+            blocks = list(_copied_blocks(copy, 1000))
+        assert b"".join(blocks) == expected
+        assert len(blocks) > 1
+        assert all(block.endswith(b"\n") for block in blocks)
+        failing = "COPY (SELECT 1 / (5000 - u) FROM generate_series(1, 5001) u) TO STDOUT"
+        with pytest.raises(psycopg.errors.DivisionByZero), conn.cursor() as cursor, cursor.copy(failing) as copy:
+            for _block in _copied_blocks(copy, 1000):
+                pass
+        conn.rollback()
+        assert conn.execute("SELECT 1").fetchone() == (1,)
 
 
 def test_masking_workers_that_cannot_start_fail_the_capture_in_one_paragraph(

@@ -216,7 +216,7 @@ def test_copy_text_rows_are_masked_field_by_field_with_escapes_and_nulls_kept() 
         seen.append(value)
         return len(seen) < 1  # wants one sample only
 
-    masker = ChunkMasker([(1, to_copy(lambda v: v.upper() + "\n"), take, {})])
+    masker = ChunkMasker([(1, to_copy(lambda v: v.upper() + "\n"), None, take, {})])
     # Chunks of 8 bytes or more, each ending at a row's end: rows cut between COPY blocks are joined first.
     chunks = [masker(data) for data in whole_rows([stream[:7], stream[7:20], stream[20:]], 8)]
     rows = b"".join(chunks).split(b"\n")[:-1]
@@ -274,3 +274,30 @@ def test_a_long_text_keeps_its_length_and_none_of_its_words() -> None:
     assert len(fake) == len(original)
     assert not {"lorem", "ipsum"} & set(re.findall(r"\w+", fake))
     assert all(word in LOREM or set(word) == {"x"} for word in fake.split()[:-1])
+
+
+FAST_PATH_VALUES = [
+    "ann@corp.com", "", "a", "Zoë Ünal", "日本語のテキスト", "emoji 🎉 here", "a\tb\\c\nd", "back\\slash",
+    "lorem ipsum dolor", "in et ad sit", "dolo", "Ada", "12345", "Confidential biography number 7 about hobbies",
+    "x" * 9000, "word " * 4000, "\udce9t\udcc3",  # the last: bytes that are not UTF-8 (surrogateescape)
+]  # fmt: skip
+
+
+@pytest.mark.parametrize("spec", [*NAMED, {"value": "a\tb\\c"}, {"value": 7}, {"json": {"email": "email"}}])
+def test_the_bytes_fast_path_gives_the_str_paths_outputs(spec: Any) -> None:
+    """A field without a backslash is masked from its bytes; the outputs are byte for byte those of decoding,
+    masking the str and encoding (so captures stay comparable), for every masker and any value."""
+    masker = build_masker(spec, KEY)
+    slow = to_copy(masker.mask, masker.plain)
+    values = FAST_PATH_VALUES
+    if "json" in spec:
+        values = [json.dumps({"email": v, "list": [v]}, ensure_ascii=False) for v in FAST_PATH_VALUES]
+    for value in values:
+        raw = encode_field(value)
+        if masker.fast is not None and b"\\" not in raw:
+            assert masker.fast(raw) == slow(decode_field(raw)), value
+    # Whole rows through ChunkMasker: with the fast path (escaped fields still take the str path) and without.
+    stream = b"".join(b"%d\t%s\tkept\n" % (i, encode_field(v)) for i, v in enumerate([*values, None]))
+    fast = ChunkMasker([(1, slow, masker.fast, None, {})])(stream)
+    assert fast == ChunkMasker([(1, slow, None, None, {})])(stream)
+    assert fast.count(b"\n") == len(values) + 1

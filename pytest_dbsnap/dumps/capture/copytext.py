@@ -1,5 +1,7 @@
-"""Masking rows in COPY's text format, as bytes: only the masked fields of a row are decoded and re-encoded,
-every other field passes through untouched, so a wide table costs little more than its masked columns."""
+"""Masking rows in COPY's text format, as bytes: only the masked fields of a row are touched, every other field
+passes through, so a wide table costs little more than its masked columns. A masked field without a backslash is
+the value's own UTF-8 bytes, which a masker with a fast path hashes and answers as bytes; the others are decoded,
+masked as str and re-encoded (the same outputs either way)."""
 
 from __future__ import annotations
 
@@ -19,7 +21,7 @@ REMEMBERED_LONGEST = 128  # bytes: longer inputs (texts) rarely repeat and would
 
 
 def decode_field(field: bytes) -> str:
-    if b"\\" in field:
+    if 92 in field:  # a backslash (an int test: several times faster than b"\\" in field)
         field = _ESCAPED.sub(lambda m: _LETTERS.get(m[1], m[1]), field)
     return field.decode("utf-8", "surrogateescape")
 
@@ -28,14 +30,21 @@ def encode_field(value: str | None) -> bytes:
     if value is None:
         return NULL
     data = value.encode("utf-8", "surrogateescape")
-    return _SPECIAL.sub(lambda m: _CODES[m[0]], data) if _SPECIAL.search(data) else data
+    # One memchr per byte COPY escapes: a third of the time of the regex's search.
+    if 92 in data or 10 in data or 13 in data or 9 in data or 8 in data or 12 in data or 11 in data:
+        return _SPECIAL.sub(lambda m: _CODES[m[0]], data)
+    return data
 
 
 Mask = Callable[[str], str | None]
 Sampler = Callable[[str], bool]
-# (column index, mask to COPY bytes, sampler, memo): the sampler sees originals and says whether it wants more; the
-# memo maps an input's COPY bytes to its masked COPY bytes, shared by the fields whose rule is the same.
-FieldMask = tuple[int, Callable[[str], bytes], Sampler | None, dict[bytes, bytes] | None]
+# Masks a field COPY sent without a backslash: its bytes are the value's own (what the keyed hash reads), the
+# result is the masked value's COPY bytes, the same as the str path's.
+FastMask = Callable[[bytes], bytes]
+# (column index, mask to COPY bytes, fast mask or None, sampler, memo): the sampler sees originals and says whether
+# it wants more; the memo maps an input's COPY bytes to its masked COPY bytes, shared by the fields whose rule is
+# the same.
+FieldMask = tuple[int, Callable[[str], bytes], FastMask | None, Sampler | None, dict[bytes, bytes]]
 
 
 def to_copy(mask: Mask, plain: bool = False) -> Callable[[str], bytes]:
@@ -46,40 +55,60 @@ def to_copy(mask: Mask, plain: bool = False) -> Callable[[str], bytes]:
 
 
 class ChunkMasker:
-    """Masks whole rows of one table, a chunk at a time; the samplers stop once they have enough."""
+    """Masks whole rows of one table, a chunk at a time, a column at a time; the samplers stop once they have
+    enough. Inputs of up to REMEMBERED_LONGEST bytes are remembered, REMEMBERED per memo (checked once a chunk: a
+    memo holds at most REMEMBERED and one chunk's values)."""
 
     def __init__(self, fields: Sequence[FieldMask]) -> None:
         self.fields = list(fields)
 
     def __call__(self, data: bytes) -> bytes:
         """Masked COPY text of `data`, which holds whole rows (each ending in a newline)."""
-        rows = [line.split(b"\t") for line in data.split(b"\n")[:-1]]
-        for position, (index, mask, take, memo) in enumerate(self.fields):
+        rows = [line.split(b"\t") for line in data.split(b"\n")]
+        rows.pop()  # after the last newline
+        for position in range(len(self.fields)):
+            self._column(position, rows)
+        rows.append([b""])
+        return b"\n".join([b"\t".join(row) for row in rows])
+
+    def _column(self, position: int, rows: list[list[bytes]]) -> None:
+        index, mask, fast, take, memo = self.fields[position]
+        if len(memo) >= REMEMBERED:
+            memo.clear()  # bounded: a fresh start costs a few recomputations, never memory
+        done = 0
+        if take is not None:
             for row in rows:
+                done += 1
                 raw = row[index]
                 if raw == NULL:
                     continue
-                if take is None and memo is not None:
-                    done = memo.get(raw)
-                    if done is not None:
-                        row[index] = done
-                        continue
                 original = decode_field(raw)
-                if take is not None and not take(original):
-                    take = None
-                    self.fields[position] = (index, mask, None, memo)
-                masked = mask(original)
-                if memo is not None and len(raw) <= REMEMBERED_LONGEST:
-                    if len(memo) >= REMEMBERED:
-                        memo.clear()  # bounded: a fresh start costs a few recomputations, never memory
-                    memo[raw] = masked
+                masked = memo.get(raw)  # the sampler still sees every original; the memo only saves masking it
+                if masked is None:
+                    masked = mask(original) if fast is None or 92 in raw else fast(raw)
+                    if len(raw) <= REMEMBERED_LONGEST:
+                        memo[raw] = masked
                 row[index] = masked
-        return b"".join(b"\t".join(row) + b"\n" for row in rows)
+                if not take(original):
+                    self.fields[position] = (index, mask, fast, None, memo)
+                    break
+        remembered = memo.get
+        for row in rows[done:] if done else rows:
+            raw = row[index]
+            known = remembered(raw)
+            if known is None:
+                if raw == NULL:
+                    continue
+                known = mask(decode_field(raw)) if fast is None or 92 in raw else fast(raw)
+                if len(raw) <= REMEMBERED_LONGEST:
+                    memo[raw] = known
+            row[index] = known
 
 
 def whole_rows(blocks: Iterable[bytes | bytearray | memoryview], size: int) -> Iterator[bytes]:
-    """COPY TO sends a message per row: joined into chunks of about `size` bytes that end at a row's end, so a
-    chunk can be masked on its own (here or in another process) and written with one call."""
+    """Blocks of COPY data (a row each, as COPY TO sends them, or many) joined into chunks of about `size` bytes
+    that end at a row's end, so a chunk can be masked on its own (here or in another process) and written with
+    one call."""
     chunk: list[bytes] = []
     gathered = 0
     pending = b""

@@ -7,9 +7,13 @@ from __future__ import annotations
 import hashlib
 import json
 import re
+import struct
+from binascii import hexlify
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from typing import Any
+
+from pytest_dbsnap.dumps.capture.copytext import encode_field
 
 
 def _words(text: str) -> tuple[str, ...]:
@@ -53,6 +57,11 @@ def key_fingerprint(key: bytes) -> str:
     return hashlib.sha256(b"dbsnap capture key\0" + key).hexdigest()[:16]
 
 
+def itself(value: str) -> list[str]:
+    """The originals a plain value hides: the value itself (what most maskers' `hidden` is)."""
+    return [value]
+
+
 @dataclass(frozen=True)
 class Masker:
     """One rule, ready to run: `mask(original text) -> replacement text or None (SQL NULL)`."""
@@ -65,8 +74,11 @@ class Masker:
     may_output: Callable[[str], bool]  # whether this masker could itself produce the value
     # The originals it hides in one value, for the leak check: the value itself, or a JSON document's strings
     # under the masked keys.
-    hidden: Callable[[str], list[str]] = lambda value: [value]
+    hidden: Callable[[str], list[str]] = itself
     plain: bool = False  # its outputs never hold a tab, newline or backslash (COPY needs no escaping)
+    # The same masking from the value's UTF-8 bytes to the output's COPY bytes, without a str in between (what
+    # COPY sends for a field with no backslash); None: only the str path.
+    fast: Callable[[bytes], bytes] | None = None
 
     @property
     def makes_null(self) -> bool:
@@ -89,9 +101,30 @@ class _Keyed:
         state.update(value.encode("utf-8", "surrogateescape"))
         return state.digest()
 
+    def fresh(self) -> Callable[[], hashlib.blake2b]:
+        """A new hash state holding the key and the name, for the fast paths: they update it with the value's
+        bytes, the same hash input as `digest`'s."""
+        return self._state.copy
+
 
 def _pick(options: tuple[str, ...] | list[str], number: int) -> str:
     return options[number % len(options)]
+
+
+def _by_byte(options: tuple[str, ...], suffix: str) -> list[bytes]:
+    """_pick's choice for each value of one byte, as bytes: a list index instead of a modulo and an encode."""
+    return [(_pick(options, i) + suffix).lower().encode() for i in range(256)]
+
+
+# int.from_bytes(digest[:4]) (big-endian) and the next ones, without slices
+_U32: Callable[[bytes], tuple[int]] = struct.Struct(">I").unpack_from
+_U32X2: Callable[[bytes], tuple[int, int]] = struct.Struct(">II").unpack_from
+_U32X3: Callable[[bytes], tuple[int, int, int]] = struct.Struct(">III").unpack_from
+_ENCODED: dict[tuple[str, ...], list[bytes]] = {}
+
+
+def _encoded(options: tuple[str, ...]) -> list[bytes]:
+    return _ENCODED.setdefault(options, [o.encode() for o in options])
 
 
 def _never(_value: str) -> bool:
@@ -104,6 +137,19 @@ JSON_TYPES = frozenset({"json", "jsonb"})
 
 def _named(name: str, key: bytes) -> Masker:
     keyed = _Keyed(key, name)
+    fresh = keyed.fresh()
+
+    def picked(options: tuple[str, ...]) -> Callable[[bytes], bytes]:
+        """The fast path of a masker that picks one of `options` by the first four bytes of the digest."""
+        encoded = _encoded(options)
+        count = len(options)
+
+        def pick(data: bytes) -> bytes:
+            state = fresh()
+            state.update(data)
+            return encoded[_U32(state.digest())[0] % count]
+
+        return pick
 
     def number(value: str) -> int:
         return int.from_bytes(keyed.digest(value)[:4])
@@ -115,17 +161,25 @@ def _named(name: str, key: bytes) -> Masker:
             first, last = _pick(FIRST_NAMES, digest[0]), _pick(LAST_NAMES, digest[1])
             return f"{first}.{last}.{digest[2:].hex()[:EMAIL_TOKEN]}@example.com".lower()
 
+        firsts, lasts = _by_byte(FIRST_NAMES, "."), _by_byte(LAST_NAMES, ".")
+
+        def email_fast(data: bytes) -> bytes:
+            state = fresh()
+            state.update(data)
+            digest = state.digest()
+            return firsts[digest[0]] + lasts[digest[1]] + hexlify(digest[2 : 2 + EMAIL_TOKEN // 2]) + b"@example.com"
+
         longest = max(map(len, FIRST_NAMES)) + max(map(len, LAST_NAMES)) + EMAIL_TOKEN + len("..@example.com")
-        return Masker(name, email, longest, True, STRING, lambda v: bool(EMAIL.match(v)), plain=True)
+        return Masker(name, email, longest, True, STRING, lambda v: bool(EMAIL.match(v)), plain=True, fast=email_fast)
     if name == "first_name":
         return Masker(
             name, lambda v: _pick(FIRST_NAMES, number(v)), max(map(len, FIRST_NAMES)), False, STRING,
-            lambda v: v in FIRST_NAMES, plain=True,
+            lambda v: v in FIRST_NAMES, plain=True, fast=picked(FIRST_NAMES),
         )  # fmt: skip
     if name == "last_name":
         return Masker(
             name, lambda v: _pick(LAST_NAMES, number(v)), max(map(len, LAST_NAMES)), False, STRING,
-            lambda v: v in LAST_NAMES, plain=True,
+            lambda v: v in LAST_NAMES, plain=True, fast=picked(LAST_NAMES),
         )  # fmt: skip
     if name == "full_name":
 
@@ -137,15 +191,29 @@ def _named(name: str, key: bytes) -> Masker:
             parts = value.split(" ")
             return len(parts) == 2 and parts[0] in FIRST_NAMES and parts[1] in LAST_NAMES
 
+        firsts, lasts = _encoded(FIRST_NAMES), _encoded(LAST_NAMES)
+
+        def full_fast(data: bytes) -> bytes:
+            state = fresh()
+            state.update(data)
+            first, last = _U32X2(state.digest())
+            return firsts[first % len(firsts)] + b" " + lasts[last % len(lasts)]
+
         longest = max(map(len, FIRST_NAMES)) + 1 + max(map(len, LAST_NAMES))
-        return Masker(name, full, longest, False, STRING, is_full, plain=True)
+        return Masker(name, full, longest, False, STRING, is_full, plain=True, fast=full_fast)
     if name == "phone":
 
         def phone(value: str) -> str:
             digits = number(value) % 10_000_000
             return f"+1-555-{digits // 10_000:03d}-{digits % 10_000:04d}"
 
-        return Masker(name, phone, 15, False, STRING, lambda v: bool(PHONE.match(v)), plain=True)
+        def phone_fast(data: bytes) -> bytes:
+            state = fresh()
+            state.update(data)
+            digits = _U32(state.digest())[0] % 10_000_000
+            return b"+1-555-%03d-%04d" % (digits // 10_000, digits % 10_000)
+
+        return Masker(name, phone, 15, False, STRING, lambda v: bool(PHONE.match(v)), plain=True, fast=phone_fast)
     if name == "street":
 
         def street(value: str) -> str:
@@ -153,25 +221,51 @@ def _named(name: str, key: bytes) -> Masker:
             house, which, kind = (int.from_bytes(digest[i : i + 4]) for i in (0, 4, 8))
             return f"{house % 998 + 1} {_pick(STREETS, which)} {_pick(STREET_KINDS, kind)}"
 
+        names, kinds = _encoded(STREETS), _encoded(STREET_KINDS)
+
+        def street_fast(data: bytes) -> bytes:
+            state = fresh()
+            state.update(data)
+            house, which, kind = _U32X3(state.digest())
+            return b"%d %s %s" % (house % 998 + 1, names[which % len(names)], kinds[kind % len(kinds)])
+
         longest = 4 + max(map(len, STREETS)) + 1 + max(map(len, STREET_KINDS))
         streets = re.compile(rf"^\d{{1,3}} ({'|'.join(STREETS)}) ({'|'.join(STREET_KINDS)})$")
-        return Masker(name, street, longest, False, STRING, lambda v: bool(streets.match(v)), plain=True)
+        return Masker(
+            name, street, longest, False, STRING, lambda v: bool(streets.match(v)), plain=True, fast=street_fast
+        )
     if name == "postal_code":
+
+        def postal_fast(data: bytes) -> bytes:
+            state = fresh()
+            state.update(data)
+            return b"%05d" % (_U32(state.digest())[0] % 100_000)
+
+        five_digits = re.compile(r"\d{5}").fullmatch
         return Masker(
             name,
             lambda v: f"{number(v) % 100_000:05d}",
             5,
             False,
             STRING,
-            lambda v: bool(re.fullmatch(r"\d{5}", v)),
+            lambda v: bool(five_digits(v)),
             plain=True,
+            fast=postal_fast,
         )
     if name == "text":
-        return Masker(name, lambda v: _text(keyed, v), None, False, STRING, _never, plain=True)
+        return Masker(
+            name, lambda v: _text(keyed, v), None, False, STRING, _never, plain=True, fast=_text_fast(keyed, fresh)
+        )
     if name == "hash":
-        return Masker(name, lambda v: keyed.digest(v).hex(), 64, True, STRING, _never, plain=True)
+
+        def hash_fast(data: bytes) -> bytes:
+            state = fresh()
+            state.update(data)
+            return hexlify(state.digest())
+
+        return Masker(name, lambda v: keyed.digest(v).hex(), 64, True, STRING, _never, plain=True, fast=hash_fast)
     if name == "null":
-        return Masker(name, lambda _v: None, 0, True, None, _never)
+        return Masker(name, lambda _v: None, 0, True, None, _never, fast=lambda _data: b"\\N")
     raise ValueError(name)
 
 
@@ -202,6 +296,32 @@ def _text(keyed: _Keyed, value: str) -> str:
     return text
 
 
+_CORPUS_BYTES = _CORPUS.encode()
+_LOREM_BYTES = frozenset(word.encode() for word in LOREM)
+
+
+def _text_fast(keyed: _Keyed, fresh: Callable[[], hashlib.blake2b]) -> Callable[[bytes], bytes]:
+    """_text on bytes for an ASCII value whose words are no lorem word (the common case: one hash, one translate
+    and a list of its words); any other value goes the str way."""
+    starts = _STARTS
+    half = len(_CORPUS) // 2
+
+    def text(data: bytes) -> bytes:
+        size = len(data)
+        if not size or size > half or not data.isascii():
+            return _text(keyed, data.decode("utf-8", "surrogateescape")).encode("utf-8", "surrogateescape")
+        state = fresh()
+        state.update(data)
+        start = starts[_U32(state.digest())[0] % len(starts)]
+        out = _CORPUS_BYTES[start : start + size]
+        words = data.lower().translate(_ASCII_WORDS).split()  # a list: a set of them costs more than it saves
+        if not _LOREM_BYTES.isdisjoint(words) or out[out.rfind(b" ") + 1 :] in words:
+            return _text(keyed, data.decode()).encode()
+        return out
+
+    return text
+
+
 def _constant(value: Any) -> Masker:
     """{ value = ... }: the same replacement for every row."""
     if isinstance(value, bool):
@@ -210,7 +330,12 @@ def _constant(value: Any) -> Masker:
         text = str(value)
     else:
         raise ValueError("a string, number or boolean")
-    return Masker(f"value={text!r}", lambda _v: text, len(text), False, None, _never)
+    copied = encode_field(text)
+    return Masker(f"value={text!r}", lambda _v: text, len(text), False, None, _never, fast=lambda _data: copied)
+
+
+# json.dumps(value, ensure_ascii=False) builds this encoder on every call (it caches only the default one).
+_TO_JSON = json.JSONEncoder(ensure_ascii=False).encode
 
 
 def _json(rules: Mapping[str, Masker]) -> Masker:
@@ -218,21 +343,22 @@ def _json(rules: Mapping[str, Masker]) -> Masker:
     a nested object under such a key is masked as its JSON text (fail closed); every other key is kept."""
 
     def walk(node: Any) -> Any:
+        """Masks in place (the document was just parsed), descending only into objects and arrays."""
         if isinstance(node, dict):
-            result = {}
             for k, v in node.items():
                 rule = rules.get(k)
-                if rule is None or v is None:
-                    result[k] = walk(v)
-                else:
-                    result[k] = rule.mask(v if isinstance(v, str) else json.dumps(v))
-            return result
-        if isinstance(node, list):
-            return [walk(item) for item in node]
+                if rule is not None and v is not None:
+                    node[k] = rule.mask(v if isinstance(v, str) else json.dumps(v))
+                elif isinstance(v, dict | list):
+                    walk(v)
+        elif isinstance(node, list):
+            for item in node:
+                if isinstance(item, dict | list):
+                    walk(item)
         return node
 
     def mask(value: str) -> str:
-        return json.dumps(walk(json.loads(value)), ensure_ascii=False)
+        return _TO_JSON(walk(json.loads(value)))
 
     def hidden(value: str) -> list[str]:
         found: list[str] = []

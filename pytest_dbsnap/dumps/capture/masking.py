@@ -48,7 +48,7 @@ def build_fields(
     for index, column, spec in rules:
         masker = build_masker(spec, key)
         memo = memos.setdefault(json.dumps(spec, sort_keys=True), {})
-        fields.append((index, to_copy(masker.mask, masker.plain), sample.sampler(column, masker), memo))
+        fields.append((index, to_copy(masker.mask, masker.plain), masker.fast, sample.sampler(column, masker), memo))
     return fields
 
 
