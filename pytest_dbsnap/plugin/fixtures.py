@@ -118,7 +118,7 @@ def app_database(config: pytest.Config, outcome: DatabaseOutcome) -> str:
     """The app database's name, made here when the session deferred it (its failure is one paragraph)."""
     if not outcome.pending:
         return outcome.database
-    with setup_step(config, f"cloning the template into {outcome.name!r}", "could not make the app database"):
+    with setup_step(config, f"making the app database {outcome.name!r}", "could not make the app database"):
         return outcome.database
 
 

@@ -439,7 +439,7 @@ def test_html_and_junit_reports_carry_dump_facts_phases_and_log_tails(
     ], table
     assert under["database"][1 : 1 + len(parts)] == parts, table
     # The database phase's test here does not read the app database, so it is made (deferred) for the backend.
-    assert under["backend"] == ["cloning the template into 'app'", "starting the backend"], table
+    assert under["backend"] == ["making the app database 'app'", "starting the backend"], table
     assert under["after"] == []
     [failed] = data["tests"]["test_02_backend.py::test_backend_is_the_frontend"]
     assert "backend log, last lines" in failed["log"]
