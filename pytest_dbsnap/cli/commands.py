@@ -303,6 +303,8 @@ def cmd_show(args: argparse.Namespace, settings: Settings) -> int:
         print(f"  {'captured':<17} True, masked: {', '.join(meta.capture.get('masked_columns', [])) or 'nothing'}")
         for key in ("source", "policy_sha256", "key_fingerprint", "subset_roots"):
             print(f"  {'capture ' + key.split('_')[0]:<17} {meta.capture.get(key)}")
+        if meta.capture.get("subset_whole"):
+            print(f"  {'capture whole':<17} {', '.join(meta.capture['subset_whole'])}")
     print(f"  {'programs here':<17} {programs}")
     for table, count in sorted(meta.row_counts.items()):
         print(f"  rows {table:<40} {count}")
@@ -428,6 +430,7 @@ def cmd_capture(args: argparse.Namespace, settings: Settings) -> int:
             meta = capture_dump(
                 server, dump_store(settings), settings.env, source=source, policy=policy, key=key,
                 database=settings.database, progress=progress_printer(), jobs=args.capture_jobs,
+                schema_version_query=settings.schema_version_query,
             )  # fmt: skip
     finally:
         forget()

@@ -176,7 +176,16 @@ def schema_version(pg_server: Server, dbsnap_database: DatabaseOutcome, dbsnap_s
         actual = read_schema_version(pg_server, dbsnap_database.database, query)
     except DbsnapError as exc:
         fail(f"database check 'schema_version': {exc}")
-    expected = dbsnap_database.meta.schema_version
+    meta = dbsnap_database.meta
+    expected = meta.schema_version
+    if actual != expected and meta.source != "generated":
+        # Captured from a live database or imported: made by other migrations than this tree's, which
+        # migrate_command may have moved on since (a pull request's new migration). Nothing to hold it to.
+        was = f"recorded schema version {expected}" if expected is not None else "no recorded schema version"
+        pytest.skip(
+            f"the dump {meta.environment}/{meta.name} was {meta.source} ({was}); after migrate_command the database "
+            f"is at {actual}: a dump made elsewhere is not held to this tree's migrations"
+        )
     if actual != expected:
         fail(f"database check 'schema_version' ({query}): expected {expected} (the dump's), got {actual}")
 
@@ -193,9 +202,14 @@ def row_counts(pg_server: Server, dbsnap_database: DatabaseOutcome) -> None:
             actual = count_rows(conn)
     except DbsnapError as exc:
         fail(f"database check 'row_counts': {exc}")
+    made_here = meta.source == "generated"
+    if not meta.row_counts and not made_here:
+        pytest.skip(f"the dump {meta.environment}/{meta.name} was {meta.source} and records no row counts")
+    # A dump made elsewhere may be behind this tree's migrations: tables they added since are not its.
+    tables = set(meta.row_counts) | set(actual) if made_here else set(meta.row_counts)
     wrong = [
         f"{table}: expected {meta.row_counts.get(table, 'no table')}, got {actual.get(table, 'no table')}"
-        for table in sorted(set(meta.row_counts) | set(actual))
+        for table in sorted(tables)
         if meta.row_counts.get(table) != actual.get(table)
     ]
     if wrong:

@@ -14,7 +14,7 @@ from pytest_dbsnap.dumps.capture.catalog import Catalog, Column, ForeignKey, Tab
 from pytest_dbsnap.dumps.capture.copytext import ChunkMasker, decode_field, encode_field, to_copy, whole_rows
 from pytest_dbsnap.dumps.capture.maskers import EMAIL, LOREM, NAMED, PHONE, _Keyed, build_masker, key_fingerprint
 from pytest_dbsnap.dumps.capture.pipeline import Source
-from pytest_dbsnap.dumps.capture.policy import parse_policy, plan_capture
+from pytest_dbsnap.dumps.capture.policy import SubsetRoot, parse_policy, plan_capture
 from pytest_dbsnap.dumps.capture.subset import Edge, roles_of
 from pytest_dbsnap.dumps.meta import DumpMeta
 from pytest_dbsnap.errors import ConfigError, DumpCorrupt
@@ -184,7 +184,7 @@ def test_subset_roles_roots_referencers_upward_followers_and_whole() -> None:
         Edge("items", ("product_id",), "products", ("id",)),
     ]
     tables = ["orders", "users", "teams", "players", "items", "products", "events"]
-    roots = [type("Root", (), {"table": "users", "where": "true"})()]
+    roots = [SubsetRoot("users", "true")]
     roles = roles_of(tables, roots, edges)
     assert roles == {
         "users": "root",
@@ -195,6 +195,46 @@ def test_subset_roles_roots_referencers_upward_followers_and_whole() -> None:
         "products": "whole",
         "events": "whole",
     }
+
+
+def test_a_whole_table_is_a_root_whose_referencers_are_not_pulled_in() -> None:
+    edges = [
+        Edge("orders", ("user_id",), "users", ("id",)),
+        Edge("items", ("order_id",), "orders", ("id",)),
+        Edge("items", ("product_id",), "products", ("id",)),
+        Edge("products", ("maker_id",), "makers", ("id",)),
+    ]
+    tables = ["orders", "users", "items", "products", "makers"]
+    as_root = roles_of(tables, [SubsetRoot("users", "true"), SubsetRoot("products", "true")], edges)
+    whole = roles_of(tables, [SubsetRoot("users", "true"), SubsetRoot("products", "true", whole=True)], edges)
+    assert as_root["items"] == "subset"  # a root's direct referencers are pulled in
+    assert whole["items"] == "follower"  # a whole table's are not: an item needs its order kept too
+    assert whole["products"] == "root"
+    assert whole["makers"] == "subset"  # what a whole table references is kept
+
+
+def test_whole_tables_are_roots_only_beside_a_subset() -> None:
+    policy = parse_policy({**FULL, "whole": ["public.countries"]})
+    assert policy.subset_roots == ()  # no subset: every table is copied whole anyway
+    subset = parse_policy({**FULL, "whole": ["public.countries"], "subset": [{"table": "public.users", "where": "x"}]})
+    assert [(r.table, r.where, r.whole) for r in subset.subset_roots] == [
+        ("public.users", "x", False),
+        ("public.countries", "true", True),
+    ]
+
+
+@pytest.mark.parametrize(
+    ("whole", "subset", "message"),
+    [
+        ("public.events_2025", "public.users", "whole names public.events_2025, a partition: name public.events"),
+        ("public.nothing", "public.users", "public.nothing names no table"),
+        ("public.users", "public.users", "whole names public.users, which is a subset root"),
+    ],
+)
+def test_a_whole_table_must_be_a_top_table_and_not_a_root(whole: str, subset: str, message: str) -> None:
+    raw = {**FULL, "whole": [whole], "subset": [{"table": subset, "where": "true"}]}
+    with pytest.raises(ConfigError, match=message):
+        plan_capture(parse_policy(raw), catalog(), KEY)
 
 
 @pytest.mark.parametrize("key", [b"short", b"k" * 64, b"a much longer key than one sha256 block " * 3])

@@ -28,7 +28,7 @@ from pytest_dbsnap.dumps.capture.maskers import key_fingerprint
 from pytest_dbsnap.dumps.capture.masking import CHUNK, Masking, TableRules, default_jobs
 from pytest_dbsnap.dumps.capture.policy import CapturePolicy, Plan, plan_capture
 from pytest_dbsnap.dumps.capture.subset import Kept, compute_kept
-from pytest_dbsnap.dumps.generate import pg_dump_to
+from pytest_dbsnap.dumps.generate import pg_dump_to, read_schema_version
 from pytest_dbsnap.dumps.meta import DumpMeta
 from pytest_dbsnap.dumps.naming import stamp, unused_name
 from pytest_dbsnap.dumps.restore import count_rows
@@ -263,10 +263,12 @@ def capture_dump(
     database: str,
     progress: Progress = _quiet,
     jobs: int | None = None,
+    schema_version_query: str | None = None,
 ) -> DumpMeta:
     """Capture `source` under `policy` into the store as the latest dump of `env`; on any failure the store
     (and its `latest`) is left as it was and the throwaway database is dropped. `jobs`: masking processes for a
-    large capture (default: one per core)."""
+    large capture (default: one per core). `schema_version_query` is read on the captured data, so the dump
+    records the schema version it holds (None when the query fails there, an excluded table say)."""
     require_key(policy, key)
     began = time.monotonic()
     progress(f"reading the catalog of {source.described}")
@@ -288,7 +290,7 @@ def capture_dump(
                     created = True
                 _restore_section(local, archive, scratch, "pre-data")
                 cut = {(t, c) for t, cols in plan.maskers.items() for c, m in cols.items() if m.makes_null}
-                kept = compute_kept(conn, catalog, policy.subset, plan.excluded, cut, progress)
+                kept = compute_kept(conn, catalog, policy.subset_roots, plan.excluded, cut, progress)
                 sample = LeakSample()
                 with Masking(_rules(catalog, plan), key, sample, jobs or default_jobs()) as masking:
                     _copy_all(conn, local, scratch, catalog, plan, kept, masking, progress)
@@ -303,8 +305,12 @@ def capture_dump(
                 captured.execute("SELECT setval(%s::regclass, %s, %s)", (name, value, called))
             captured.commit()
             _refresh_views(captured, catalog.materialized_views)
+        try:
+            version = read_schema_version(local, scratch, schema_version_query)
+        except ConfigError:
+            version = None
         progress(f"pg_dump of the captured {env}, while looking for original values in it")
-        return _store(local, store, env, scratch, database, source, policy, plan, key, sample, catalog, began)
+        return _store(local, store, env, scratch, database, source, policy, plan, key, sample, catalog, began, version)
     except psycopg.errors.IntegrityError as exc:  # a CHECK or NOT NULL of the table itself, during the COPY
         raise _broken_constraint(source, env, redact(str(exc)).strip()) from exc
     except psycopg.Error as exc:
@@ -383,6 +389,7 @@ def _store(
     sample: LeakSample,
     catalog: Catalog,
     began: float,
+    schema_version: str | None,
 ) -> DumpMeta:
     """pg_dump of the captured database, with the leak check and the row counts read beside it (all three only
     read, so they share the two cores); installed only once the check found nothing. Serialised with other
@@ -409,6 +416,7 @@ def _store(
                 size_bytes=size,
                 pg_dump_version=local.tools.version,
                 server_version=local.version,
+                schema_version=schema_version,
                 row_counts=row_counts,
                 tool_version=__version__,
                 duration_seconds=round(time.monotonic() - began, 3),
@@ -421,6 +429,7 @@ def _store(
                     "masked_columns": plan.masked_columns(),
                     "excluded_tables": sorted(plan.excluded),
                     "subset_roots": [{"table": r.table, "where": r.where} for r in policy.subset],
+                    "subset_whole": list(policy.whole) if policy.subset else [],
                     "leak_check_samples": len(sample.hashes),
                 },
             )

@@ -14,13 +14,14 @@ from pytest_dbsnap.errors import ConfigError
 
 DEFAULT_KEY_ENV = "DBSNAP_MASK_KEY"
 WHERE = "[tool.dbsnap.capture]"
-_KEYS = {"keep", "exclude", "key_env", "mask", "subset"}
+_KEYS = {"keep", "exclude", "key_env", "mask", "subset", "whole"}
 
 
 @dataclass(frozen=True)
 class SubsetRoot:
     table: str  # schema.table
     where: str  # SQL, run on the source inside the capture's read-only transaction
+    whole: bool = False  # a `whole` table: every row kept, rows that reference them are not pulled in
 
 
 @dataclass(frozen=True)
@@ -30,6 +31,7 @@ class CapturePolicy:
     key_env: str = DEFAULT_KEY_ENV
     mask: tuple[tuple[str, Any], ...] = ()  # (schema.table.column, rule as written)
     subset: tuple[SubsetRoot, ...] = ()
+    whole: tuple[str, ...] = ()  # schema.table: lookup tables a subset copies whole (with what they reference)
     sha256: str = ""  # of the table as written, canonical JSON: recorded in the dump's metadata
 
     @property
@@ -38,6 +40,14 @@ class CapturePolicy:
 
     def rules(self) -> dict[str, Any]:
         return dict(self.mask)
+
+    @property
+    def subset_roots(self) -> tuple[SubsetRoot, ...]:
+        """The roots the closure starts from: the subset's, then each `whole` table as a root of every row whose
+        referencers are not pulled in. No subset roots: none (the whole database is copied anyway)."""
+        if not self.subset:
+            return ()
+        return (*self.subset, *(SubsetRoot(name, "true", whole=True) for name in self.whole))
 
 
 def _names(raw: Any, key: str, parts: tuple[int, ...]) -> tuple[str, ...]:
@@ -95,6 +105,7 @@ def parse_policy(raw: Any) -> CapturePolicy:
         key_env=key_env,
         mask=tuple(sorted(mask_table.items())),
         subset=tuple(SubsetRoot(r["table"], r["where"]) for r in roots),
+        whole=_names(raw.get("whole"), "whole", (2,)),
         sha256=hashlib.sha256(canonical.encode()).hexdigest(),
     )
 
@@ -122,7 +133,7 @@ def plan_capture(policy: CapturePolicy, catalog: Catalog, key: bytes | None) -> 
     rules = policy.rules()
     tables = catalog.tables
     problems: list[str] = []
-    for name in [*policy.exclude, *(r.table for r in policy.subset)]:
+    for name in [*policy.exclude, *(r.table for r in policy.subset), *policy.whole]:
         if name not in tables:
             problems.append(f"{name} names no table of the source")
     for name in policy.keep:
@@ -139,6 +150,13 @@ def plan_capture(policy: CapturePolicy, catalog: Catalog, key: bytes | None) -> 
             problems.append(f"the subset root {root.table} is a partition: name {tables[root.table].top} instead")
         elif root.table in excluded:
             problems.append(f"the subset root {root.table} is excluded")
+    for name in policy.whole:
+        if name in tables and tables[name].is_partition:
+            problems.append(f"whole names {name}, a partition: name {tables[name].top} instead")
+        elif name in excluded:
+            problems.append(f"whole names {name}, which is excluded")
+        elif name in {r.table for r in policy.subset}:
+            problems.append(f"whole names {name}, which is a subset root: drop one of the two")
     unreadable = sorted(t.name for t in tables.values() if not t.readable)
     if unreadable:
         # pg_dump locks every table, excluded ones too, and the rows are read partition by partition.

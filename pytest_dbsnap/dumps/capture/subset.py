@@ -1,6 +1,7 @@
 """Which rows a subset capture keeps, computed inside the capture's read-only transaction so every foreign key
 holds: the roots' rows, the rows that reference them directly, everything those reference (transitively), and
-the rows of tables that follow a subsetted table (their references must all be kept).
+the rows of tables that follow a subsetted table (their references must all be kept). A `whole` table (a lookup
+table) is a root whose every row is kept, without the rows that reference it.
 
 The source is read only, so no TEMP table: the closure is computed on this machine. Memory is bounded by the
 kept rows of the subsetted tables, never by the size of the database or the width of rows: each kept row costs
@@ -73,7 +74,8 @@ def roles_of(tables: Iterable[str], roots: Sequence[SubsetRoot], edges: list[Edg
     names = set(tables)
     roles = {name: "whole" for name in names}
     root_tables = {r.table for r in roots}
-    reached = set(root_tables) | {e.child for e in edges if e.parent in root_tables}
+    matched = {r.table for r in roots if not r.whole}  # a `whole` table's referencers are not pulled in
+    reached = set(root_tables) | {e.child for e in edges if e.parent in matched}
     work = deque(reached)
     while work:
         table = work.popleft()
@@ -187,9 +189,13 @@ class Closure:
 
     def compute(self) -> Kept:
         for root in self.roots:
-            self.progress(f"subset: rows of {root.table} where {root.where}")
+            self.progress(
+                f"subset: every row of {root.table} (whole)"
+                if root.whole
+                else f"subset: rows of {root.table} where {root.where}"
+            )
             self.visit(root.table, f"({escape_percent(root.where)})")
-        for root in self.roots:
+        for root in (r for r in self.roots if not r.whole):
             # Rows that reference a kept root row directly (a user's orders): the keys of the rows the roots' where
             # matched, not those of rows they reference and that are only asked for so far (pending).
             for e in self.edges:
