@@ -162,6 +162,17 @@ def evict_parked(base: Path, now: float | None = None) -> list[Path]:
             shutil.rmtree(trash, ignore_errors=True)
             owner_file(slot).unlink(missing_ok=True)
             evicted.append(slot)
+    for stray in base.glob("warm-*.owner.json"):
+        # The owner file of a folder that is not parked now: taken by a session (which writes it again when it
+        # parks), or gone (a session that did not park it, killed). Only litter once its project is gone.
+        slot = stray.with_name(stray.name.removesuffix(".owner.json"))
+        if slot.exists():
+            continue
+        with contextlib.suppress(OSError, ValueError, KeyError, TypeError):
+            owner = json.loads(stray.read_text())
+            root, parked_at = owner.get("project_root"), float(owner["parked_at"])
+            if (root is not None and not Path(root).is_dir()) or now - parked_at > WARM_MAX_AGE:
+                stray.unlink(missing_ok=True)
     return evicted
 
 

@@ -275,6 +275,22 @@ def test_parked_folders_of_gone_projects_or_a_week_unused_are_evicted(tmp_path: 
     assert list(base.glob(".trash-*")) == []
 
 
+def test_owner_files_left_without_their_folder_are_removed_once_their_project_is_gone(tmp_path: Path) -> None:
+    base = tmp_path / "runtime"
+    live, gone = tmp_path / "live", tmp_path / "gone"
+    live.mkdir()
+    now = time.time()
+    taken = _park_fake(base, "taken", live, now - 60)  # a session holds it now: it writes the file when it parks
+    left = _park_fake(base, "left", gone, now - 60)
+    for slot in (taken, left):
+        shutil.rmtree(slot)
+
+    evict_parked(base, now=now)
+
+    assert taken.with_name(f"{taken.name}.owner.json").exists()
+    assert not left.with_name(f"{left.name}.owner.json").exists()
+
+
 def test_parked_folders_of_an_older_version_are_evicted(tmp_path: Path) -> None:
     base = tmp_path / "runtime"
     live = tmp_path / "live"
