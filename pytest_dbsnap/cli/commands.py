@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import argparse
 import contextlib
+import dataclasses
 import functools
 import json
 import os
@@ -302,7 +303,10 @@ def cmd_show(args: argparse.Namespace, settings: Settings) -> int:
     if meta.captured:  # dbsnap capture: where from, and what was masked (never stale: capture again to refresh)
         print(f"  {'captured':<17} True, masked: {', '.join(meta.capture.get('masked_columns', [])) or 'nothing'}")
         for key in ("source", "policy_sha256", "key_fingerprint", "subset_roots"):
-            print(f"  {'capture ' + key.split('_')[0]:<17} {meta.capture.get(key)}")
+            value = meta.capture.get(key)
+            if key == "source" and meta.capture.get("source_version"):
+                value = f"{value} (PostgreSQL {meta.capture['source_version']})"
+            print(f"  {'capture ' + key.split('_')[0]:<17} {value}")
         if meta.capture.get("subset_whole"):
             print(f"  {'capture whole':<17} {', '.join(meta.capture['subset_whole'])}")
     print(f"  {'programs here':<17} {programs}")
@@ -402,7 +406,13 @@ def cmd_import(args: argparse.Namespace, settings: Settings) -> int:
 def cmd_capture(args: argparse.Namespace, settings: Settings) -> int:
     """Masked data of a live database into the store (`--check`: only whether the policy covers its catalog)."""
     from pytest_dbsnap.config.loading import find_pyproject, read_pyproject_table
-    from pytest_dbsnap.dumps.capture.pipeline import Source, capture_dump, check_policy, require_key
+    from pytest_dbsnap.dumps.capture.pipeline import (
+        Source,
+        capture_dump,
+        check_policy,
+        programs_for_source,
+        require_key,
+    )
     from pytest_dbsnap.dumps.capture.policy import parse_policy
     from pytest_dbsnap.postgres.base import find_pg_tools
     from pytest_dbsnap.stack.servers import start_server, watch_server
@@ -423,6 +433,9 @@ def cmd_capture(args: argparse.Namespace, settings: Settings) -> int:
         return EXIT_OK
     key = os.environ.get(policy.key_env, "").encode() or None
     require_key(policy, key)
+    tools, note = programs_for_source(source, settings, find_pg_tools(settings, need_server=True))
+    if tools.bindir != settings.pg_bindir:
+        settings = dataclasses.replace(settings, pg_bindir=tools.bindir)
     server = start_server(settings, "local")
     forget = watch_server(server)
     try:
@@ -440,6 +453,8 @@ def cmd_capture(args: argparse.Namespace, settings: Settings) -> int:
         f"{sum(meta.row_counts.values())} rows, {len(meta.capture['masked_columns'])} masked column(s), "
         f"constraints validated, no sampled original found"
     )
+    if note is not None:
+        print(f"dbsnap: note: {note}", file=sys.stderr)
     return EXIT_OK
 
 

