@@ -108,6 +108,11 @@ def build_parser() -> argparse.ArgumentParser:
         "--check", action="store_true", help="only check that the policy covers every column (exit 1 if not)"
     )
     sub["capture"].add_argument(
+        "--draft",
+        action="store_true",
+        help="with --check: print [tool.dbsnap.capture] rules for the columns the policy does not cover, to review",
+    )
+    sub["capture"].add_argument(
         "--jobs", dest="capture_jobs", type=_positive, help="masking processes (default: one per core)"
     )
     init = commands.add_parser(

@@ -406,14 +406,15 @@ def cmd_import(args: argparse.Namespace, settings: Settings) -> int:
 def cmd_capture(args: argparse.Namespace, settings: Settings) -> int:
     """Masked data of a live database into the store (`--check`: only whether the policy covers its catalog)."""
     from pytest_dbsnap.config.loading import find_pyproject, read_pyproject_table
+    from pytest_dbsnap.dumps.capture.draft import draft_policy, render
     from pytest_dbsnap.dumps.capture.pipeline import (
         Source,
         capture_dump,
-        check_policy,
         programs_for_source,
         require_key,
+        source_catalog,
     )
-    from pytest_dbsnap.dumps.capture.policy import parse_policy
+    from pytest_dbsnap.dumps.capture.policy import parse_policy, plan_capture
     from pytest_dbsnap.postgres.base import find_pg_tools
     from pytest_dbsnap.stack.servers import start_server, watch_server
 
@@ -423,11 +424,23 @@ def cmd_capture(args: argparse.Namespace, settings: Settings) -> int:
         raise UsageError("dbsnap capture needs the source database: pass --dsn URL or set DBSNAP_CAPTURE_DSN.")
     policy = parse_policy(read_pyproject_table(find_pyproject(Path.cwd())).get("capture"))
     source = Source.parse(dsn, allow_remote=args.capture_allow_remote)
-    if args.check:
+    if args.check or args.draft:
+        catalog = source_catalog(source, find_pg_tools(settings, need_server=False))
+        drafted = draft_policy(policy, catalog) if args.draft else None
+        if drafted:
+            print(render(drafted, source.described), end="")
         try:
-            plan = check_policy(source, policy, find_pg_tools(settings, need_server=False))
+            plan = plan_capture(policy, catalog, None)
         except ConfigError as exc:
-            print(f"dbsnap: {exc}", file=sys.stderr)
+            # With a draft, its uncovered columns are the draft's lines: the paragraph would list them again.
+            message = (
+                "The capture policy does not cover every column of the source yet: the draft above has a rule for "
+                "each one it leaves out. Review it, merge it into [tool.dbsnap.capture] and check again; nothing "
+                "was read from the tables."
+                if drafted
+                else str(exc)
+            )
+            print(f"dbsnap: {message}", file=sys.stderr)
             return EXIT_FAILED
         print(f"the capture policy covers every column of {source.described} ({len(plan.masked_columns())} masked)")
         return EXIT_OK

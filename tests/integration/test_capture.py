@@ -8,6 +8,7 @@ import os
 import re
 import secrets
 import sys
+import tomllib
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -634,3 +635,42 @@ def test_a_source_older_than_the_programs_is_captured_with_programs_of_its_own_m
         with older_cluster.connect() as admin:
             databases.drop(admin, name)
             databases.drop(admin, target)
+
+
+def test_the_draft_covers_every_column_and_the_leak_check_still_catches_what_it_kept(
+    dumps_cluster: LocalCluster,
+    source: Source,
+    tmp_path: Path,
+    monkeypatch: pytest.MonkeyPatch,
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    """`--check --draft` from an empty policy: rules by column name that pass the check once merged; a kept
+    column that repeats a masked one (orders.contact holds users' emails) is then refused by the leak check."""
+    (tmp_path / "pyproject.toml").write_text('[tool.dbsnap]\ndumps_dir = "dumps"\n')
+    monkeypatch.chdir(tmp_path)
+    assert cli.main(["capture", "--check", "--draft", "--dsn", source.dsn]) == 1
+    out, err = capsys.readouterr()
+    assert "the draft above has a rule for each one it leaves out" in err
+    policy = tomllib.loads(out)["tool"]["dbsnap"]["capture"]
+    mask = policy["mask"]
+    assert mask["public.users.email"] == "email"
+    assert mask["public.users.name"] == "full_name"  # a bare name beside an email is a person's
+    assert (mask["public.users.first_name"], mask["public.users.last_name"]) == ("first_name", "last_name")
+    assert (mask["public.users.phone"], mask["public.users.zip"], mask["public.users.bio"]) == (
+        "phone",
+        "postal_code",
+        "text",
+    )
+    assert mask["public.users.password_hash"] == mask["public.users.api_token"] == "hash"
+    assert mask["public.subscriptions.email"] == "email"  # a key that references a masked column: masked alike
+    assert "public.audit_log" in policy["exclude"]
+    assert "public.countries.name" in policy["keep"]
+    assert "public.orders.contact" in policy["keep"]  # its name says nothing: the leak check is the net
+
+    (tmp_path / "pyproject.toml").write_text(f'[tool.dbsnap]\ndumps_dir = "dumps"\n\n{out}')  # pasted as it is
+    assert cli.main(["capture", "--check", "--dsn", source.dsn]) == 0
+    assert "covers every column" in capsys.readouterr().out
+    store = DumpStore(tmp_path / "dumps")
+    with pytest.raises(DumpError, match=r"public\.orders\.contact holds an original value of public\.users\.email"):
+        capture(dumps_cluster, store, source, parse_policy(policy), KEY)
+    assert store.latest("prod") is None

@@ -12,6 +12,7 @@ import pytest
 
 from pytest_dbsnap.dumps.capture.catalog import Catalog, Column, ForeignKey, Table
 from pytest_dbsnap.dumps.capture.copytext import ChunkMasker, decode_field, encode_field, to_copy, whole_rows
+from pytest_dbsnap.dumps.capture.draft import suggest
 from pytest_dbsnap.dumps.capture.maskers import EMAIL, LOREM, NAMED, PHONE, _Keyed, build_masker, key_fingerprint
 from pytest_dbsnap.dumps.capture.pipeline import Source
 from pytest_dbsnap.dumps.capture.policy import SubsetRoot, parse_policy, plan_capture
@@ -341,3 +342,25 @@ def test_the_bytes_fast_path_gives_the_str_paths_outputs(spec: Any) -> None:
     fast = ChunkMasker([(1, slow, masker.fast, None, {})])(stream)
     assert fast == ChunkMasker([(1, slow, None, None, {})])(stream)
     assert fast.count(b"\n") == len(values) + 1
+
+
+@pytest.mark.parametrize(
+    ("name", "column", "unique", "expected"),
+    [
+        ("email", Column("email", "text", "S", "text", True, None, False), True, "email"),
+        ("contact_email", Column("contact_email", "text", "S", "text", False, None, False), False, "email"),
+        ("phone_number", Column("phone_number", "text", "S", "text", False, None, False), False, "phone"),
+        ("phone", Column("phone", "character varying(8)", "S", "varchar", False, 8, False), False, "?"),  # too short
+        ("first_name", integer("first_name"), False, "?"),  # no masker writes an integer
+        ("password", Column("password", "character varying(40)", "S", "varchar", True, 40, False), False, "?"),
+        ("username", Column("username", "text", "S", "text", True, None, False), True, "hash"),  # stays unique
+        ("first_name", Column("first_name", "text", "S", "text", True, None, False), True, "?"),  # may repeat
+        ("birth_date", Column("birth_date", "date", "D", "date", False, None, False), False, "?"),
+        ("title", Column("title", "text", "S", "text", True, None, False), False, None),
+        ("notes", Column("notes", "text", "S", "text", False, None, False), False, "text"),
+    ],
+)
+def test_the_draft_suggests_a_masker_by_name_only_where_it_passes_the_checks(
+    name: str, column: Column, unique: bool, expected: str | None
+) -> None:
+    assert suggest(name, column, unique) == expected

@@ -132,13 +132,13 @@ def programs_for_source(source: Source, choice: BinariesChoice, found: PgTools) 
     )
 
 
-def check_policy(source: Source, policy: CapturePolicy, tools: PgTools) -> Plan:
-    """`dbsnap capture --check`: read only the catalog and raise the coverage error, if any."""
+def source_catalog(source: Source, tools: PgTools) -> Catalog:
+    """`dbsnap capture --check`: the source's catalog only, no rows."""
     _server, conn = _open_source(source, tools)
     with conn:
-        plan = plan_capture(policy, read_catalog(conn), None)
+        catalog = read_catalog(conn)
         conn.rollback()
-    return plan
+    return catalog
 
 
 def _schema_archive(server: Server, source: Source, snapshot: str, folder: Path) -> Path:

@@ -8,7 +8,7 @@ import json
 from dataclasses import dataclass
 from typing import Any
 
-from pytest_dbsnap.dumps.capture.catalog import Catalog, Table
+from pytest_dbsnap.dumps.capture.catalog import Catalog, Column, Table
 from pytest_dbsnap.dumps.capture.maskers import JSON_TYPES, Masker, build_masker, check_spec, needs_key
 from pytest_dbsnap.errors import ConfigError
 
@@ -126,6 +126,22 @@ def _lineage(table: Table) -> tuple[str, ...]:
     return (table.name, *table.parents)
 
 
+def _rule_for(rules: dict[str, Any], table: Table, column: str) -> Any:
+    """The column's rule, its own or its partitioned ancestors' (a rule on a partitioned table covers them)."""
+    return next((rules[f"{t}.{column}"] for t in _lineage(table) if f"{t}.{column}" in rules), None)
+
+
+def _is_kept(kept: set[str] | tuple[str, ...], table: Table, column: str) -> bool:
+    return any(t in kept or f"{t}.{column}" in kept for t in _lineage(table))
+
+
+def has_rule(policy: CapturePolicy, table: Table, column: Column) -> bool:
+    """Masked or kept (itself or its table), generated, or in an excluded table: covered whatever the keys."""
+    if set(_lineage(table)) & set(policy.exclude) or column.generated:
+        return True
+    return _rule_for(policy.rules(), table, column.name) is not None or _is_kept(policy.keep, table, column.name)
+
+
 def plan_capture(policy: CapturePolicy, catalog: Catalog, key: bytes | None) -> Plan:
     """Check the policy against the catalog before any row is read; raise one ConfigError listing every
     uncovered column, then one listing every other conflict. `key` None checks without building maskers'
@@ -176,8 +192,8 @@ def plan_capture(policy: CapturePolicy, catalog: Catalog, key: bytes | None) -> 
         keys = catalog.key_columns(table.name)
         unique = catalog.unique_columns(table.name)
         for column in table.columns:
-            spec = next((rules[f"{t}.{column.name}"] for t in _lineage(table) if f"{t}.{column.name}" in rules), None)
-            is_kept = any(t in kept or f"{t}.{column.name}" in kept for t in _lineage(table))
+            spec = _rule_for(rules, table, column.name)
+            is_kept = _is_kept(kept, table, column.name)
             where = f"{table.name}.{column.name}"
             if spec is None:
                 if not (is_kept or column.name in keys or column.generated):
@@ -234,7 +250,8 @@ def plan_capture(policy: CapturePolicy, catalog: Catalog, key: bytes | None) -> 
             f"The capture policy {WHERE} does not cover {len(uncovered)} column(s) of the source database: "
             f"{', '.join(uncovered)}. Every column must be masked ([tool.dbsnap.capture.mask] "
             f'"schema.table.column" = "email"), kept (keep = ["schema.table.column"] or the whole table) or in an '
-            f"excluded table; nothing was read from the tables and nothing was written."
+            f"excluded table; nothing was read from the tables and nothing was written. `dbsnap capture --check "
+            f"--draft` prints rules for these columns to start from."
         )
     if problems:
         raise ConfigError(
