@@ -446,9 +446,10 @@ def cmd_capture(args: argparse.Namespace, settings: Settings) -> int:
         return EXIT_OK
     key = os.environ.get(policy.key_env, "").encode() or None
     require_key(policy, key)
-    tools, note = programs_for_source(source, settings, find_pg_tools(settings, need_server=True))
-    if tools.bindir != settings.pg_bindir:
-        settings = dataclasses.replace(settings, pg_bindir=tools.bindir)
+    found = find_pg_tools(settings, need_server=True)
+    tools, note = programs_for_source(source, settings, found)
+    if tools is not found:  # the system's programs of the source's major
+        settings = dataclasses.replace(settings, pg_bindir=tools.bindir, postgres_binaries="system")
     server = start_server(settings, "local")
     forget = watch_server(server)
     try:

