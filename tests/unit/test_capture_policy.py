@@ -69,6 +69,19 @@ def test_uncovered_columns_are_listed_with_their_types_in_one_paragraph() -> Non
     assert "\n" not in message
 
 
+def test_a_unique_column_another_table_references_is_not_kept_as_a_key() -> None:
+    """subscriptions.email references users.email: the foreign key column is kept unless masked, the email it
+    points at is personal data like any other column and needs a rule."""
+    cat = catalog()
+    subscriptions = Table(5, "public.subscriptions", "public", "subscriptions", False, (), [text("email")])
+    subscriptions.primary_key = ("email",)
+    cat.tables[subscriptions.name] = subscriptions
+    cat.foreign_keys.append(ForeignKey("subs_email", "public.subscriptions", ("email",), "public.users", ("email",)))
+    raw = {**FULL, "mask": {k: v for k, v in FULL["mask"].items() if k != "public.users.email"}}
+    with pytest.raises(ConfigError, match=r"does not cover 1 column\(s\).*public\.users\.email \(text\)"):
+        plan_capture(parse_policy(raw), cat, KEY)
+
+
 def test_an_excluded_table_needs_no_rules_but_a_reference_into_it_does() -> None:
     raw = {"keep": ["public.orders.note", "public.events"], "exclude": ["public.users"]}
     with pytest.raises(ConfigError, match=r"public\.orders\.user_id references the excluded table public\.users"):

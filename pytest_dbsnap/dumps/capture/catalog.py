@@ -69,14 +69,14 @@ class Catalog:
     materialized_views: list[str]
 
     def key_columns(self, table: str) -> set[str]:
-        """Primary and foreign key columns of a table (kept unless masked), its partition ancestors' included."""
+        """Primary and foreign key columns of a table (kept unless masked), its partition ancestors' included. A
+        unique column that another table's foreign key references is not one: an email referenced elsewhere is
+        still personal data, so it needs a rule like any other column."""
         t = self.tables[table]
         keys = set(t.primary_key)
         for fk in self.foreign_keys:
             if fk.table == table or fk.table in t.parents:
                 keys.update(fk.columns)
-            if fk.parent == table or fk.parent in t.parents:
-                keys.update(fk.parent_columns)
         return keys
 
     def unique_columns(self, table: str) -> set[str]:
