@@ -140,10 +140,11 @@ def migrate(server: Server, settings: AppCommands, database: str, *, where: str 
     return left_empty_warning(redact(shown), where or f"database {database!r}", settings.app_env, wrapped)
 
 
-def pg_dump_to(server: Server, database: str, destination: Path) -> tuple[str, int]:
-    """pg_dump -Fc into `destination`, hashing the bytes as they stream by (one pass over the data)."""
+def pg_dump_to(server: Server, database: str, destination: Path, *, level: int | None = None) -> tuple[str, int]:
+    """pg_dump -Fc into `destination`, hashing the bytes as they stream by (one pass over the data). `level`:
+    gzip's (pg_dump's default when None), which every pg_restore reads."""
     conninfo, env = server.tool_args(database)
-    command = [str(server.tools.path("pg_dump")), "-Fc", "-d", conninfo]
+    command = [str(server.tools.path("pg_dump")), "-Fc", *([] if level is None else ["-Z", str(level)]), "-d", conninfo]
     digest = hashlib.sha256()
     size = 0
     with (

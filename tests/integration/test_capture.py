@@ -19,7 +19,9 @@ import pytest
 from pytest_dbsnap import cli
 from pytest_dbsnap.config.loading import load_settings
 from pytest_dbsnap.dumps.capture import masking
-from pytest_dbsnap.dumps.capture.maskers import EMAIL, FIRST_NAMES, LAST_NAMES, PHONE
+from pytest_dbsnap.dumps.capture.catalog import read_catalog
+from pytest_dbsnap.dumps.capture.leaks import LeakSample
+from pytest_dbsnap.dumps.capture.maskers import EMAIL, FIRST_NAMES, LAST_NAMES, PHONE, build_masker
 from pytest_dbsnap.dumps.capture.pipeline import Source, _copied_blocks, capture_dump
 from pytest_dbsnap.dumps.capture.policy import CapturePolicy, parse_policy
 from pytest_dbsnap.dumps.generate import generate_dump
@@ -728,4 +730,37 @@ def test_an_extension_the_local_programs_lack_is_named_with_where_to_get_it(
         assert "was not touched" in err
     finally:
         with older_cluster.connect() as admin:
+            databases.drop(admin, name)
+
+
+def test_the_leak_check_falls_back_to_sha256_where_md5_is_refused(dumps_cluster: LocalCluster) -> None:
+    """A FIPS build refuses md5(): the scan then looks for the sha256 alone, and still finds the original."""
+    name = f"leaks_{secrets.token_hex(3)}"
+    sample = LeakSample()
+    take = sample.sampler("public.users.email", build_masker("email", KEY))
+    assert take is not None
+    take("person7@realmail.org")
+    with dumps_cluster.connect() as admin:
+        admin.execute(f'CREATE DATABASE "{name}"')
+    try:
+        with psycopg.connect(dumps_cluster.conninfo(name)) as conn:
+            conn.execute("CREATE TABLE notes (id int, body text)")
+            conn.execute("INSERT INTO notes VALUES (1, 'nothing'), (2, 'person7@realmail.org')")
+            assert sample.find(conn, read_catalog(conn), frozenset()) == [
+                "public.notes.body holds an original value of public.users.email"
+            ]
+            conn.execute(
+                "CREATE FUNCTION public.md5(text) RETURNS text LANGUAGE plpgsql AS "
+                "$$ BEGIN RAISE EXCEPTION 'md5 is not allowed here'; END $$"
+            )
+            conn.execute("SET search_path = public, pg_catalog")  # public.md5 now shadows the built-in one
+            conn.commit()
+            with pytest.raises(psycopg.errors.RaiseException):
+                conn.execute("SELECT md5('x')")
+            conn.rollback()
+            assert sample.find(conn, read_catalog(conn), frozenset()) == [
+                "public.notes.body holds an original value of public.users.email"
+            ]
+    finally:
+        with dumps_cluster.connect() as admin:
             databases.drop(admin, name)
