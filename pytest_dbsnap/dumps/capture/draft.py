@@ -69,9 +69,8 @@ def _excludable(table: Table, catalog: Catalog) -> bool:
 
 
 def draft_policy(policy: CapturePolicy, catalog: Catalog) -> Draft:
-    """Rules for every column `policy` leaves uncovered, and masks for key columns (kept unless masked) named
-    like personal data: an email as a primary key or referenced by a foreign key (partitions follow their top
-    table)."""
+    """Rules for every column `policy` leaves uncovered, and masks for primary and foreign key columns (kept
+    unless masked) named like personal data, an email as a key (partitions follow their top table)."""
     draft = Draft([], [], [], [])
     for table in catalog.tables.values():
         if table.is_partition:
