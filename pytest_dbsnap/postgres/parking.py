@@ -138,6 +138,19 @@ def owner_file(slot: Path) -> Path:
     return slot.with_name(f"{slot.name}.owner.json")
 
 
+def _abandoned(slot: Path, now: float, unknown_since: float | None) -> bool:
+    """Whether the project that parked `slot` is gone, or left it unused for WARM_MAX_AGE. An owner file that
+    cannot be read counts from `unknown_since` (None: never abandoned)."""
+    try:
+        owner = json.loads(owner_file(slot).read_text())
+        root, parked_at = owner.get("project_root"), float(owner["parked_at"])
+    except (OSError, ValueError, KeyError, TypeError):
+        if unknown_since is None:
+            return False
+        root, parked_at = None, unknown_since
+    return (root is not None and not Path(root).is_dir()) or now - parked_at > WARM_MAX_AGE
+
+
 def evict_parked(base: Path, now: float | None = None) -> list[Path]:
     """Parked folders of projects that are gone (deleted checkouts, temporary test projects), unused for a week,
     or made by an older version (trust authentication). One that a session takes at this moment is renamed
@@ -147,13 +160,7 @@ def evict_parked(base: Path, now: float | None = None) -> list[Path]:
     for slot in base.glob("warm-*"):
         if not slot.is_dir():
             continue
-        try:
-            owner = json.loads(owner_file(slot).read_text())
-            root, parked_at = owner.get("project_root"), float(owner["parked_at"])
-        except (OSError, ValueError, KeyError, TypeError):
-            root, parked_at = None, slot.stat().st_mtime
-        outdated = not is_current_format(slot)
-        if (root is not None and not Path(root).is_dir()) or now - parked_at > WARM_MAX_AGE or outdated:
+        if _abandoned(slot, now, slot.stat().st_mtime) or not is_current_format(slot):
             trash = base / f".trash-evict-{os.getpid()}-{slot.name}"
             try:
                 os.rename(slot, trash)  # atomic: a session claiming it at the same time wins or loses cleanly
@@ -166,13 +173,8 @@ def evict_parked(base: Path, now: float | None = None) -> list[Path]:
         # The owner file of a folder that is not parked now: taken by a session (which writes it again when it
         # parks), or gone (a session that did not park it, killed). Only litter once its project is gone.
         slot = stray.with_name(stray.name.removesuffix(".owner.json"))
-        if slot.exists():
-            continue
-        with contextlib.suppress(OSError, ValueError, KeyError, TypeError):
-            owner = json.loads(stray.read_text())
-            root, parked_at = owner.get("project_root"), float(owner["parked_at"])
-            if (root is not None and not Path(root).is_dir()) or now - parked_at > WARM_MAX_AGE:
-                stray.unlink(missing_ok=True)
+        if not slot.exists() and _abandoned(slot, now, None):
+            stray.unlink(missing_ok=True)
     return evicted
 
 
