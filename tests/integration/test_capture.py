@@ -591,6 +591,14 @@ def test_the_cli_captures_on_its_own_local_cluster_and_restore_uses_the_dump(
             databases.drop_template(admin, f"{databases.TEMPLATE_PREFIX}{meta.template_key}")
 
 
+def cli_project(root: Path, cache: Path, capture: str = "") -> None:
+    """A project for `dbsnap capture` on the command line: its cluster from the shared cache, never parked."""
+    (root / "pyproject.toml").write_text(
+        f'[tool.dbsnap]\ndumps_dir = "dumps"\ncache_dir = "{cache}"\nwarm_cluster = false\n'
+        f"cluster_snapshot = false\n\n{capture}"
+    )
+
+
 def test_a_source_older_than_the_programs_is_captured_with_programs_of_its_own_major(
     older_cluster: LocalCluster,
     shared_pg_cache: Path,
@@ -609,10 +617,11 @@ def test_a_source_older_than_the_programs_is_captured_with_programs_of_its_own_m
     with older_cluster.connect(name) as conn:
         conn.execute("CREATE TABLE people (id int PRIMARY KEY, email text NOT NULL)")
         conn.execute("INSERT INTO people SELECT i, 'someone' || i || '@realmail.org' FROM generate_series(1, 20) i")
-    (tmp_path / "pyproject.toml").write_text(
-        f'[tool.dbsnap]\ndumps_dir = "dumps"\ncache_dir = "{shared_pg_cache}"\nwarm_cluster = false\n'
-        'cluster_snapshot = false\n\n[tool.dbsnap.capture]\nkey_env = "TEST_CAPTURE_KEY"\n\n'
-        '[tool.dbsnap.capture.mask]\n"public.people.email" = "email"\n'
+    cli_project(
+        tmp_path,
+        shared_pg_cache,
+        '[tool.dbsnap.capture]\nkey_env = "TEST_CAPTURE_KEY"\n\n'
+        '[tool.dbsnap.capture.mask]\n"public.people.email" = "email"\n',
     )
     monkeypatch.chdir(tmp_path)
     monkeypatch.setenv("TEST_CAPTURE_KEY", "a-secret-from-the-vault")
@@ -708,10 +717,7 @@ def test_an_extension_the_local_programs_lack_is_named_with_where_to_get_it(
         conn.execute(f'CREATE EXTENSION "{extension}"')
         conn.execute("CREATE TABLE things (id int PRIMARY KEY, label text NOT NULL)")
         conn.execute("INSERT INTO things SELECT i, 'thing ' || i FROM generate_series(1, 5) i")
-    (tmp_path / "pyproject.toml").write_text(
-        f'[tool.dbsnap]\ndumps_dir = "dumps"\ncache_dir = "{shared_pg_cache}"\nwarm_cluster = false\n'
-        'cluster_snapshot = false\n\n[tool.dbsnap.capture]\nkeep = ["public.things"]\n'
-    )
+    cli_project(tmp_path, shared_pg_cache, '[tool.dbsnap.capture]\nkeep = ["public.things"]\n')
     monkeypatch.chdir(tmp_path)
     dsn = older_cluster.dsn(name)
     try:
@@ -768,6 +774,7 @@ def test_the_leak_check_falls_back_to_sha256_where_md5_is_refused(dumps_cluster:
 
 def test_a_source_newer_than_the_programs_is_refused_in_one_paragraph(
     source: Source,
+    dumps_cluster: LocalCluster,
     older_cluster: LocalCluster,
     shared_pg_cache: Path,
     tmp_path: Path,
@@ -775,10 +782,8 @@ def test_a_source_newer_than_the_programs_is_refused_in_one_paragraph(
     capsys: pytest.CaptureFixture[str],
 ) -> None:
     """The wheel's PostgreSQL 18 as the source, the system's 15 as the programs: their pg_dump cannot read it."""
-    assert older_cluster.tools.major < int(source_version(source).split(".")[0])
-    (tmp_path / "pyproject.toml").write_text(
-        f'[tool.dbsnap]\ndumps_dir = "dumps"\ncache_dir = "{shared_pg_cache}"\nwarm_cluster = false\n'
-    )
+    assert older_cluster.tools.major < dumps_cluster.tools.major  # the source's server
+    cli_project(tmp_path, shared_pg_cache)
     monkeypatch.chdir(tmp_path)
     assert cli.main(["capture", "--env", "prod", "--dsn", source.dsn, "--postgres-binaries", "system", "-q"]) != 0
     err = capsys.readouterr().err
@@ -786,8 +791,3 @@ def test_a_source_newer_than_the_programs_is_refused_in_one_paragraph(
     assert "pip install 'pytest-dbsnap[server]'" in err
     assert "Traceback" not in err
     assert not (tmp_path / "dumps").exists() or DumpStore(tmp_path / "dumps").latest("prod") is None
-
-
-def source_version(source: Source) -> str:
-    with psycopg.connect(source.dsn) as conn:
-        return str(conn.execute("SHOW server_version").fetchone()[0])  # type: ignore[index]
