@@ -126,7 +126,8 @@ def render(draft: Draft, described: str) -> str:
     """The draft as TOML with a comment on every line, for a person to review."""
     total = len(draft.keep) + len(draft.mask) + len(draft.undecided)
     lines = [
-        f"# A draft for [tool.dbsnap.capture]: {total} column(s) of {described} the policy does not cover yet.",
+        f"# A draft for [tool.dbsnap.capture]: rules for {total} column(s) of {described} (those the policy does",
+        "# not cover yet, and key columns named like personal data, which are kept unless masked).",
         "# Merge it into pyproject.toml (into the keep, exclude and mask you have), then review every line: a kept",
         "# column is copied as it is. Columns named like personal data are masked; the rest are kept.",
         "[tool.dbsnap.capture]",
