@@ -69,6 +69,21 @@ def test_uncovered_columns_are_listed_with_their_types_in_one_paragraph() -> Non
     assert "\n" not in message
 
 
+def test_a_partition_takes_its_partitioned_tables_keys() -> None:
+    """A primary or unique key declared on a partitioned table is each partition's too (the catalog reads only the
+    declared constraints): its columns are kept unless masked, and a masker there must keep values distinct."""
+    cat = catalog()
+    events = cat.tables["public.events"]
+    events.primary_key, events.unique_keys = ("id",), [("payload",)]
+    assert cat.key_columns("public.events_2025") == {"id"}
+    assert cat.unique_columns("public.events_2025") == {"id", "payload"}
+    unique = {**FULL["mask"], "public.events.payload": "hash"}
+    raw = {**FULL, "keep": ["public.orders.note"], "mask": unique}  # events.id kept as a key, not by a rule
+    assert "public.events_2025.payload" in plan_capture(parse_policy(raw), cat, KEY).masked_columns()
+    with pytest.raises(ConfigError, match=r"public\.events_2025\.payload is unique and text"):
+        plan_capture(parse_policy({**raw, "mask": FULL["mask"]}), cat, KEY)
+
+
 def test_a_unique_column_another_table_references_is_not_kept_as_a_key() -> None:
     """subscriptions.email references users.email: the foreign key column is kept unless masked, the email it
     points at is personal data like any other column and needs a rule."""

@@ -74,15 +74,20 @@ class Catalog:
         still personal data, so it needs a rule like any other column."""
         t = self.tables[table]
         keys = set(t.primary_key)
+        for parent in t.parents:  # a partition's copy of its top table's key is not read (conparentid)
+            keys.update(self.tables[parent].primary_key)
         for fk in self.foreign_keys:
             if fk.table == table or fk.table in t.parents:
                 keys.update(fk.columns)
         return keys
 
     def unique_columns(self, table: str) -> set[str]:
-        """Columns that alone form a primary or unique key: a masker there must give distinct outputs."""
-        t = self.tables[table]
-        return {k[0] for k in [t.primary_key, *t.unique_keys] if len(k) == 1}
+        """Columns that alone form a primary or unique key, its partition ancestors' included: a masker there
+        must give distinct outputs."""
+        found: set[str] = set()
+        for t in [self.tables[table], *(self.tables[p] for p in self.tables[table].parents)]:
+            found.update(k[0] for k in [t.primary_key, *t.unique_keys] if len(k) == 1)
+        return found
 
 
 def quote_ident(name: str) -> str:
