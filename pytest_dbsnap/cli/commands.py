@@ -309,6 +309,12 @@ def cmd_show(args: argparse.Namespace, settings: Settings) -> int:
             print(f"  {'capture ' + key.split('_')[0]:<17} {value}")
         if meta.capture.get("subset_whole"):
             print(f"  {'capture whole':<17} {', '.join(meta.capture['subset_whole'])}")
+        for key, why in (
+            ("sequences_from_rows", "set past the captured rows: the role may not read them"),
+            ("sequences_not_set", "not set: the role may not read them and no column owns them"),
+        ):
+            if meta.capture.get(key):
+                print(f"  {'capture sequences':<17} {', '.join(meta.capture[key])} ({why})")
     print(f"  {'programs here':<17} {programs}")
     for table, count in sorted(meta.row_counts.items()):
         print(f"  rows {table:<40} {count}")
@@ -412,6 +418,7 @@ def cmd_capture(args: argparse.Namespace, settings: Settings) -> int:
         capture_dump,
         programs_for_source,
         require_key,
+        sequence_notes,
         source_catalog,
     )
     from pytest_dbsnap.dumps.capture.policy import parse_policy, plan_capture
@@ -467,8 +474,8 @@ def cmd_capture(args: argparse.Namespace, settings: Settings) -> int:
         f"{sum(meta.row_counts.values())} rows, {len(meta.capture['masked_columns'])} masked column(s), "
         f"constraints validated, no sampled original found"
     )
-    if note is not None:
-        print(f"dbsnap: note: {note}", file=sys.stderr)
+    for line in [*sequence_notes(meta.capture), *([note] if note is not None else [])]:
+        print(f"dbsnap: note: {line}", file=sys.stderr)
     return EXIT_OK
 
 

@@ -255,6 +255,36 @@ def test_excluded_rows_views_sequences_and_metadata(
     assert b"realmail" not in store.dump_path("prod", meta.name).read_bytes()
 
 
+def test_sequences_the_role_may_not_read_are_set_past_the_captured_rows(
+    dumps_cluster: LocalCluster, source: Source, tmp_path: Path
+) -> None:
+    """A role with SELECT on the tables only (what the capture asks for) sees no sequence's position: a serial
+    column's sequence is set past its captured values, so the app's next insert works; one no column owns keeps
+    the schema's start, and both are named in the metadata."""
+    with dumps_cluster.connect(source.database) as conn:
+        conn.execute("CREATE SEQUENCE ticket_numbers START 500")
+        conn.execute("SELECT setval('ticket_numbers', 900)")
+        conn.execute("REVOKE SELECT ON orders_id_seq FROM capture_reader")
+        conn.execute("SELECT setval('order_items_id_seq', 7000)")  # past its rows: a position, not their max
+    try:
+        store = DumpStore(tmp_path / "store")
+        meta = capture(dumps_cluster, store, source, policy_with())
+    finally:
+        with dumps_cluster.connect(source.database) as conn:
+            conn.execute("GRANT SELECT ON orders_id_seq TO capture_reader")
+            conn.execute("DROP SEQUENCE ticket_numbers")
+            conn.execute(f"SELECT setval('order_items_id_seq', {USERS * 2})")
+    assert meta.capture["sequences_from_rows"] == ["public.orders_id_seq"]
+    assert meta.capture["sequences_not_set"] == ["public.ticket_numbers"]
+    db = restored(dumps_cluster, store, meta)
+    with dumps_cluster.connect(db) as conn:
+        top = conn.execute("SELECT max(id) + 1 FROM orders").fetchone()
+        assert conn.execute("INSERT INTO orders (user_id, total) VALUES (1, 1) RETURNING id").fetchone() == top
+        assert conn.execute("SELECT nextval('ticket_numbers')").fetchone() == (500,)
+        # The one the role may read has the source's position.
+        assert conn.execute("SELECT last_value FROM order_items_id_seq").fetchone() == (7000,)
+
+
 def test_same_key_gives_the_same_values_and_another_key_others(
     full: tuple[DumpStore, DumpMeta, str], dumps_cluster: LocalCluster, source: Source
 ) -> None:

@@ -259,13 +259,86 @@ def _copied_blocks(copy: psycopg.Copy, size: int) -> Iterator[bytes]:
         raise psycopg.errors.error_from_result(failed, encoding=copy.connection.info.encoding)
 
 
-def _sequences(conn: psycopg.Connection[Any]) -> list[tuple[str, int, bool]]:
-    """Sequence positions in the snapshot (pg_sequences hides them from a role without USAGE or SELECT)."""
-    rows = conn.execute(
+@dataclass(frozen=True)
+class Sequences:
+    """The source's sequences: positions read in the snapshot, and those the role may not read (pg_sequences
+    shows no last_value without USAGE or SELECT on the sequence), each with the column that owns it, if any."""
+
+    positions: list[tuple[str, int]]
+    unread: list[tuple[str, str | None]]  # (schema.sequence quoted, schema.table.column quoted, or None)
+
+
+def _sequences(conn: psycopg.Connection[Any]) -> Sequences:
+    system = "n.nspname NOT IN ('pg_catalog', 'information_schema') AND n.nspname NOT LIKE 'pg\\_%%'"
+    positions = conn.execute(
         "SELECT format('%I.%I', schemaname, sequencename), last_value FROM pg_sequences "
         "WHERE schemaname NOT IN ('pg_catalog', 'information_schema') AND last_value IS NOT NULL"
     ).fetchall()
-    return [(str(name), int(value), True) for name, value in rows]
+    # The catalog says which column owns a sequence (serial, identity, OWNED BY) to any role.
+    unread = conn.execute(
+        "SELECT format('%I.%I', n.nspname, c.relname), "
+        "  (SELECT format('%I.%I.%I', tn.nspname, t.relname, a.attname) FROM pg_depend d "
+        "   JOIN pg_class t ON t.oid = d.refobjid JOIN pg_namespace tn ON tn.oid = t.relnamespace "
+        "   JOIN pg_attribute a ON a.attrelid = d.refobjid AND a.attnum = d.refobjsubid "
+        "   WHERE d.classid = 'pg_class'::regclass AND d.objid = c.oid AND d.refclassid = 'pg_class'::regclass "
+        "   AND d.deptype IN ('a', 'i') LIMIT 1) "
+        "FROM pg_class c JOIN pg_namespace n ON n.oid = c.relnamespace "
+        # CASE: the planner may test the privilege before the kind, and the test fails on anything else.
+        f"WHERE c.relkind = 'S' AND {system} "
+        "AND CASE WHEN c.relkind = 'S' THEN NOT has_sequence_privilege(c.oid, 'SELECT,USAGE') END ORDER BY 1"
+    ).fetchall()
+    return Sequences(
+        [(str(name), int(value)) for name, value in positions],
+        [(str(name), None if owner is None else str(owner)) for name, owner in unread],
+    )
+
+
+def _set_sequences(conn: psycopg.Connection[Any], sequences: Sequences) -> tuple[list[str], list[str]]:
+    """Sets the captured database's sequences: to the source's positions, and one the role may not read past the
+    largest value its column holds in the captured rows (so the app's next insert does not collide with them).
+    Returns (set from the rows, left where the schema starts them: no column owns them)."""
+    for name, value in sequences.positions:
+        conn.execute("SELECT setval(%s::regclass, %s, true)", (name, value))
+    from_rows: list[str] = []
+    unset: list[str] = []
+    for name, owner in sequences.unread:
+        if owner is None:
+            unset.append(name)
+            continue
+        table, _, column = owner.rpartition(".")
+        try:
+            row = conn.execute(
+                f"SELECT setval(%s::regclass, m) FROM (SELECT max({column})::bigint AS m FROM {table}) s "
+                "WHERE m IS NOT NULL",
+                (name,),
+            ).fetchone()
+        except psycopg.Error:  # a column whose values are no sequence's (OWNED BY a text column)
+            conn.rollback()
+            unset.append(name)
+            continue
+        if row is not None:  # none when its table kept no rows: the schema's start collides with nothing
+            from_rows.append(name)
+    conn.commit()
+    return from_rows, unset
+
+
+def sequence_notes(capture: dict[str, Any]) -> list[str]:
+    """What a capture says about the sequences its role could not read (none when it read them all)."""
+    notes = []
+    if capture.get("sequences_from_rows"):
+        notes.append(
+            f"the capturing role may not read the position of {', '.join(capture['sequences_from_rows'])}: each "
+            f"was set to the largest value its column holds in the captured rows, so inserts do not collide with "
+            f"them. GRANT SELECT ON SEQUENCE to the role (GRANT SELECT ON ALL SEQUENCES IN SCHEMA ...) to capture "
+            f"the source's positions."
+        )
+    if capture.get("sequences_not_set"):
+        notes.append(
+            f"the capturing role may not read the position of {', '.join(capture['sequences_not_set'])}, and no "
+            f"column owns them: they start where the schema starts them, not where the source's are. GRANT SELECT "
+            f"ON SEQUENCE to the role and capture again to keep their positions."
+        )
+    return notes
 
 
 def _refresh_views(conn: psycopg.Connection[Any], views: list[str]) -> None:
@@ -349,9 +422,7 @@ def capture_dump(
             except ToolError as exc:
                 raise _broken_constraint(source, env, str(exc)) from exc
         with psycopg.connect(local.conninfo(scratch)) as captured:
-            for name, value, called in sequences:
-                captured.execute("SELECT setval(%s::regclass, %s, %s)", (name, value, called))
-            captured.commit()
+            from_rows, unset = _set_sequences(captured, sequences)
             _refresh_views(captured, catalog.materialized_views)
         try:
             version = read_schema_version(local, scratch, schema_version_query)
@@ -360,7 +431,7 @@ def capture_dump(
         progress(f"pg_dump of the captured {env}, while looking for original values in it")
         return _store(
             local, store, env, scratch, database, source, policy, plan, key, sample, catalog, began, version,
-            source_version,
+            {"source_version": source_version, "sequences_from_rows": from_rows, "sequences_not_set": unset},
         )  # fmt: skip
     except psycopg.errors.IntegrityError as exc:  # a CHECK or NOT NULL of the table itself, during the COPY
         raise _broken_constraint(source, env, redact(str(exc)).strip()) from exc
@@ -441,10 +512,11 @@ def _store(
     catalog: Catalog,
     began: float,
     schema_version: str | None,
-    source_version: str,
+    facts: dict[str, Any],
 ) -> DumpMeta:
     """pg_dump of the captured database, with the leak check and the row counts read beside it (all three only
-    read, so they share the two cores); installed only once the check found nothing. Serialised with other
+    read, so they share the two cores); installed only once the check found nothing. `facts` join the metadata's
+    `capture` (the source's version, the sequences set from the rows or not set). Serialised with other
     writers of `env` (so the name picked is free); the old latest stays until the new dump is installed."""
     with store.lock(env):
         store.remove_leftovers(env)
@@ -478,7 +550,6 @@ def _store(
                 captured=True,
                 capture={
                     "source": source.described,
-                    "source_version": source_version,
                     "policy_sha256": policy.sha256,
                     "key_fingerprint": key_fingerprint(key) if key else None,
                     "masked_columns": plan.masked_columns(),
@@ -486,6 +557,7 @@ def _store(
                     "subset_roots": [{"table": r.table, "where": r.where} for r in policy.subset],
                     "subset_whole": list(policy.whole) if policy.subset else [],
                     "leak_check_samples": len(sample.hashes),
+                    **facts,
                 },
             )
             return store.install(temporary, meta)
