@@ -386,6 +386,10 @@ def test_the_bytes_fast_path_gives_the_str_paths_outputs(spec: Any) -> None:
         ("birth_date", Column("birth_date", "date", "D", "date", False, None, False), False, "?"),
         ("title", Column("title", "text", "S", "text", True, None, False), False, None),
         ("notes", Column("notes", "text", "S", "text", False, None, False), False, "text"),
+        ("body", Column("body", "text", "S", "text", False, None, False), False, "text"),
+        ("born", Column("born", "date", "D", "date", False, None, False), False, "?"),
+        ("avatar", Column("avatar", "bytea", "U", "bytea", False, None, False), False, "?"),
+        ("avatar_id", integer("avatar_id"), False, None),  # a key to an image row, not the image
     ],
 )
 def test_the_draft_suggests_a_masker_by_name_only_where_it_passes_the_checks(

@@ -26,10 +26,14 @@ _BY_NAME: tuple[tuple[str, str], ...] = (
     (r"^(user_?name|login)$", "hash"),
     (r"(^|_)(password|passwd|password_?hash|secret|api_?key|token|access_?token|refresh_?token)$", "hash"),
     (r"^(bio|biography|about|about_?me)$", "text"),
-    (r"(^|_)(comments?|message|notes?|remarks?)$", "text"),
+    (r"(^|_)(comments?|message|notes?|remarks?|body)$", "text"),
 )
-# Personal by name, but no masker writes the type (dates of birth, IP addresses): left for a person to decide.
-_UNMASKABLE = r"(^|_)(birth_?date|date_?of_?birth|dob|birthday|ip|ip_?address|remote_?addr|last_?login_?ip)$"
+# Personal by name, but no masker writes the type (dates of birth, IP addresses, photos): left for a person to
+# decide.
+_UNMASKABLE = (
+    r"(^|_)(birth_?date|date_?of_?birth|dob|birthday|born(_on|_at)?|ip|ip_?address|remote_?addr|last_?login_?ip"
+    r"|avatar|photo|picture|portrait|selfie)$"
+)
 _LOG_TABLE = r"(sessions?|audit|audit_?log|admin_?log|log_?entry|access_?log)$"
 
 
