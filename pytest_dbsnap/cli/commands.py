@@ -312,9 +312,10 @@ def cmd_show(args: argparse.Namespace, settings: Settings) -> int:
         for key, why in (
             ("sequences_from_rows", "set past the captured rows: the role may not read them"),
             ("sequences_not_set", "not set: the role may not read them and no column owns them"),
+            ("policies_left_out", "row-level security policies left out: roles the local cluster lacks"),
         ):
             if meta.capture.get(key):
-                print(f"  {'capture sequences':<17} {', '.join(meta.capture[key])} ({why})")
+                print(f"  {'capture ' + key.split('_')[0]:<17} {', '.join(meta.capture[key])} ({why})")
     print(f"  {'programs here':<17} {programs}")
     for table, count in sorted(meta.row_counts.items()):
         print(f"  rows {table:<40} {count}")
@@ -416,9 +417,9 @@ def cmd_capture(args: argparse.Namespace, settings: Settings) -> int:
     from pytest_dbsnap.dumps.capture.pipeline import (
         Source,
         capture_dump,
+        capture_notes,
         programs_for_source,
         require_key,
-        sequence_notes,
         source_catalog,
     )
     from pytest_dbsnap.dumps.capture.policy import parse_policy, plan_capture
@@ -474,7 +475,7 @@ def cmd_capture(args: argparse.Namespace, settings: Settings) -> int:
         f"{sum(meta.row_counts.values())} rows, {len(meta.capture['masked_columns'])} masked column(s), "
         f"constraints validated, no sampled original found"
     )
-    for line in [*sequence_notes(meta.capture), *([note] if note is not None else [])]:
+    for line in [*capture_notes(meta.capture), *([note] if note is not None else [])]:
         print(f"dbsnap: note: {line}", file=sys.stderr)
     return EXIT_OK
 

@@ -14,7 +14,7 @@ from pytest_dbsnap.dumps.capture.catalog import Catalog, Column, ForeignKey, Tab
 from pytest_dbsnap.dumps.capture.copytext import ChunkMasker, decode_field, encode_field, to_copy, whole_rows
 from pytest_dbsnap.dumps.capture.draft import suggest
 from pytest_dbsnap.dumps.capture.maskers import EMAIL, LOREM, NAMED, PHONE, _Keyed, build_masker, key_fingerprint
-from pytest_dbsnap.dumps.capture.pipeline import Source, sequence_notes
+from pytest_dbsnap.dumps.capture.pipeline import Source, capture_notes
 from pytest_dbsnap.dumps.capture.policy import SubsetRoot, parse_policy, plan_capture
 from pytest_dbsnap.dumps.capture.subset import Edge, roles_of
 from pytest_dbsnap.dumps.meta import DumpMeta
@@ -398,10 +398,10 @@ def test_the_draft_suggests_a_masker_by_name_only_where_it_passes_the_checks(
     assert suggest(name, column, unique) == expected
 
 
-def test_sequence_notes_name_the_sequences_and_the_grant_only_when_there_are_any() -> None:
-    assert sequence_notes({"sequences_from_rows": [], "sequences_not_set": []}) == []
-    assert sequence_notes({}) == []  # a dump captured before these were recorded
-    notes = sequence_notes({"sequences_from_rows": ["public.orders_id_seq"], "sequences_not_set": ["public.t"]})
+def test_capture_notes_name_the_sequences_and_the_grant_only_when_there_are_any() -> None:
+    assert capture_notes({"sequences_from_rows": [], "sequences_not_set": []}) == []
+    assert capture_notes({}) == []  # a dump captured before these were recorded
+    notes = capture_notes({"sequences_from_rows": ["public.orders_id_seq"], "sequences_not_set": ["public.t"]})
     assert len(notes) == 2
     assert "public.orders_id_seq" in notes[0]
     assert "largest value" in notes[0]

@@ -20,13 +20,13 @@ import psycopg
 from psycopg import pq
 
 from pytest_dbsnap._version import __version__
-from pytest_dbsnap.core.proc import run
 from pytest_dbsnap.core.redact import redact
 from pytest_dbsnap.dumps.capture.catalog import Catalog, Table, escape_percent, quote_ident, read_catalog
 from pytest_dbsnap.dumps.capture.leaks import LeakSample
 from pytest_dbsnap.dumps.capture.maskers import key_fingerprint
 from pytest_dbsnap.dumps.capture.masking import CHUNK, Masking, TableRules, default_jobs
 from pytest_dbsnap.dumps.capture.policy import CapturePolicy, Plan, plan_capture
+from pytest_dbsnap.dumps.capture.schema import foreign_policies, restore_section, schema_archive
 from pytest_dbsnap.dumps.capture.subset import Kept, compute_kept
 from pytest_dbsnap.dumps.generate import pg_dump_to, read_schema_version
 from pytest_dbsnap.dumps.meta import DumpMeta
@@ -147,39 +147,6 @@ def source_catalog(source: Source, tools: PgTools) -> Catalog:
         catalog = read_catalog(conn)
         conn.rollback()
     return catalog
-
-
-def _schema_archive(server: Server, source: Source, snapshot: str, folder: Path) -> Path:
-    """pg_dump --schema-only of the exported snapshot: the same tables the rows come from."""
-    conninfo, env = server.tool_args(source.database)
-    path = folder / "schema.dump"
-    run(
-        [
-            server.tools.path("pg_dump"),
-            "--schema-only",
-            "-Fc",
-            f"--snapshot={snapshot}",
-            "-f",
-            str(path),
-            "-d",
-            conninfo,
-        ],
-        what=f"pg_dump --schema-only of {source.described}",
-        env=env,
-    )
-    return path
-
-
-def _restore_section(local: Server, archive: Path, database: str, section: str) -> None:
-    conninfo, env = local.tool_args(database)
-    run(
-        [
-            local.tools.path("pg_restore"), "--no-owner", "--no-acl", "--exit-on-error", f"--section={section}",
-            "-d", conninfo, str(archive),
-        ],
-        what=f"pg_restore --section={section} of the captured schema",
-        env=env,
-    )  # fmt: skip
 
 
 def _copy_table(
@@ -322,8 +289,9 @@ def _set_sequences(conn: psycopg.Connection[Any], sequences: Sequences) -> tuple
     return from_rows, unset
 
 
-def sequence_notes(capture: dict[str, Any]) -> list[str]:
-    """What a capture says about the sequences its role could not read (none when it read them all)."""
+def capture_notes(capture: dict[str, Any]) -> list[str]:
+    """What a capture says after its result: the sequences its role could not read, the policies it left out
+    (none when there are none)."""
     notes = []
     if capture.get("sequences_from_rows"):
         notes.append(
@@ -337,6 +305,12 @@ def sequence_notes(capture: dict[str, Any]) -> list[str]:
             f"the capturing role may not read the position of {', '.join(capture['sequences_not_set'])}, and no "
             f"column owns them: they start where the schema starts them, not where the source's are. GRANT SELECT "
             f"ON SEQUENCE to the role and capture again to keep their positions."
+        )
+    if capture.get("policies_left_out"):
+        notes.append(
+            f"the row-level security policies {', '.join(capture['policies_left_out'])} name roles the local "
+            f"cluster does not have, so the dump leaves them out (a restore would fail on them); their tables "
+            f"still have row-level security enabled, which the tables' owner and superusers bypass."
         )
     return notes
 
@@ -394,13 +368,14 @@ def capture_dump(
                 plan = plan_capture(policy, catalog, key)  # refuses before a row is read
                 sequences = _sequences(conn)
                 progress(f"pg_dump --schema-only of {source.described}")
-                archive = _schema_archive(server, source, snapshot, Path(folder))
+                archive = schema_archive(server, source.database, source.described, snapshot, Path(folder))
                 with local.connect() as admin:
                     databases.drop_leftovers(admin)
                     databases.create_empty(admin, scratch)
                     created = True
+                    left_out = foreign_policies(conn, admin)
                 try:
-                    _restore_section(local, archive, scratch, "pre-data")
+                    restore_section(local, archive, scratch, "pre-data")
                 except ToolError as exc:
                     extension = missing_extension(str(exc), local)
                     if extension is None:
@@ -418,7 +393,7 @@ def capture_dump(
                 conn.rollback()  # nothing was written; this only ends the snapshot
             progress("adding the constraints (every foreign key, unique and check constraint is validated)")
             try:
-                _restore_section(local, archive, scratch, "post-data")
+                restore_section(local, archive, scratch, "post-data", leave_out=left_out)
             except ToolError as exc:
                 raise _broken_constraint(source, env, str(exc)) from exc
         with psycopg.connect(local.conninfo(scratch)) as captured:
@@ -431,7 +406,12 @@ def capture_dump(
         progress(f"pg_dump of the captured {env}, while looking for original values in it")
         return _store(
             local, store, env, scratch, database, source, policy, plan, key, sample, catalog, began, version,
-            {"source_version": source_version, "sequences_from_rows": from_rows, "sequences_not_set": unset},
+            {
+                "source_version": source_version,
+                "sequences_from_rows": from_rows,
+                "sequences_not_set": unset,
+                "policies_left_out": [str(p) for p in left_out],
+            },
         )  # fmt: skip
     except psycopg.errors.IntegrityError as exc:  # a CHECK or NOT NULL of the table itself, during the COPY
         raise _broken_constraint(source, env, redact(str(exc)).strip()) from exc
@@ -450,12 +430,29 @@ def capture_dump(
                 pass
 
 
-def _broken_constraint(source: Source, env: str, detail: str) -> RestoreError:
-    """The restore into the throwaway database is the verification: the rows shown are the masked ones."""
+def _broken_constraint(source: Source, env: str, output: str) -> RestoreError:
+    """The restore into the throwaway database is the verification (the rows it names are the masked ones): one
+    paragraph with the server's error and detail, and the usual cause of that kind of failure."""
+    lines = [" ".join(raw.split()) for raw in output.splitlines() if raw.strip()]
+    errors = [line.split("ERROR:", 1)[1].strip() for line in lines if "ERROR:" in line]
+    said = (errors or lines[:1]) + [line for line in lines if line.startswith("DETAIL:")]  # [:1]: psycopg's
+    unchanged = f"so it was not stored and the latest dump of {env!r} is unchanged"
+    if "foreign key constraint" in output:
+        return RestoreError(
+            f"The captured data of {source.described} breaks a foreign key, {unchanged}: rows that captured rows "
+            f"reference were not visible to the capturing role (row-level security on the referenced table is the "
+            f"usual cause). Let the role read every row (ALTER ROLE ... BYPASSRLS, or a policy for it), "
+            f"or capture a subset that starts from rows it sees. The server said: {' '.join(said)}"
+        )
+    if "constraint" in output or "duplicate key" in output or "unique index" in output:
+        return RestoreError(
+            f"The captured data of {source.described} breaks a constraint, {unchanged}. A masker whose values a "
+            f"CHECK constraint refuses, or that maps two values of a unique column to one, is the usual cause: "
+            f"mask the column otherwise. The server said: {' '.join(said)}"
+        )
     return RestoreError(
-        f"The captured data of {source.described} breaks a constraint, so it was not stored and the latest dump of "
-        f"{env!r} is unchanged. A masker whose values a CHECK constraint refuses, or that maps two values of a "
-        f"unique column to one, is the usual cause: mask the column otherwise.\n{detail}"
+        f"Rebuilding the indexes and constraints of {source.described} around the captured rows failed, "
+        f"{unchanged}. The server said: {' '.join(said)}"
     )
 
 
