@@ -15,6 +15,7 @@ from __future__ import annotations
 import contextlib
 import hashlib
 import re
+import tempfile
 import threading
 import time
 from collections.abc import Callable
@@ -26,6 +27,7 @@ import psycopg
 from pytest_dbsnap.core.proc import run
 from pytest_dbsnap.core.progress import active, listener, meter
 from pytest_dbsnap.dumps.meta import DumpMeta
+from pytest_dbsnap.dumps.policies import listing_of, policies_without_roles, restore_list, roles_of
 from pytest_dbsnap.errors import (
     ConfigError,
     DumpCorrupt,
@@ -236,15 +238,18 @@ def count_rows(conn: psycopg.Connection[tuple[object, ...]]) -> dict[str, int]:
     return counts
 
 
-def pg_restore_into(server: Server, dump_path: Path, database: str, jobs: int) -> None:
+def pg_restore_into(
+    server: Server, dump_path: Path, database: str, jobs: int, only: Path | None = None, listing: str | None = None
+) -> None:
     """pg_restore with the flags every restore uses (also the benchmarks' baseline), into an existing database.
 
     While a step is in progress its live line gets a bar of the archive's table of contents: the entries are
     counted with `pg_restore --list` (it reads only the table of contents), and `--verbose` says which one
-    pg_restore is at. With no step in progress (the benchmarks' baseline) it runs without either.
+    pg_restore is at. With no step in progress (the benchmarks' baseline) it runs without either. `only`: a
+    `pg_restore -L` file of the entries to restore; `listing`: the archive's `--list`, when already read.
     """
     conninfo, env = server.tool_args(database)
-    follow = TocProgress(toc_entries(server, dump_path)) if active() else None
+    follow = TocProgress(toc_entries(server, dump_path, listing)) if active() else None
     run(
         [
             server.tools.path("pg_restore"),
@@ -252,6 +257,7 @@ def pg_restore_into(server: Server, dump_path: Path, database: str, jobs: int) -
             "--no-acl",
             "--exit-on-error",
             *(["--verbose"] if follow else []),
+            *(["-L", str(only)] if only is not None else []),
             "-j",
             str(jobs),
             "-d",
@@ -266,11 +272,10 @@ def pg_restore_into(server: Server, dump_path: Path, database: str, jobs: int) -
         follow.finish()
 
 
-def toc_entries(server: Server, dump_path: Path) -> int:
+def toc_entries(server: Server, dump_path: Path, listing: str | None = None) -> int:
     """How many entries of the archive's table of contents a restore with --no-acl processes."""
-    listing = run(
-        [server.tools.path("pg_restore"), "--list", str(dump_path)], what=f"pg_restore --list {dump_path.name}"
-    ).stdout
+    if listing is None:
+        listing = listing_of(server, dump_path)
     return sum(1 for line in listing.splitlines() if line.strip() and not line.startswith(";") and not _ACL.match(line))
 
 
@@ -417,11 +422,20 @@ def _restore_template(
     elif not dump_path.is_file():
         raise DumpCorrupt(f"The dump file {dump_path} is missing; regenerate it (dbsnap generate).")
     staging = databases.temporary_name(databases.STAGE_PREFIX)
-    progress(f"pg_restore of {meta.name} with {jobs} job(s)")
     databases.create_empty(conn, staging)
     try:
         try:
-            pg_restore_into(server, dump_path, staging, jobs)
+            listing = listing_of(server, dump_path)  # a damaged file fails here, as in pg_restore
+            left_out = policies_without_roles(server, dump_path, roles_of(conn), listing)
+            if left_out:  # a dump of a real environment: policies for its own roles (see dumps/policies.py)
+                progress(
+                    f"leaving out the row-level security policies {', '.join(map(str, left_out))}: "
+                    f"{server.describe()} has no such role"
+                )
+            progress(f"pg_restore of {meta.name} with {jobs} job(s)")
+            with tempfile.TemporaryDirectory(prefix="dbsnap-restore-") as folder:
+                only = restore_list(listing, left_out, Path(folder)) if left_out else None
+                pg_restore_into(server, dump_path, staging, jobs, only, listing)
         except ToolError as exc:
             extension = missing_extension(str(exc), server)
             raise RestoreError(

@@ -26,11 +26,12 @@ from pytest_dbsnap.dumps.capture.leaks import LeakSample
 from pytest_dbsnap.dumps.capture.maskers import key_fingerprint
 from pytest_dbsnap.dumps.capture.masking import CHUNK, Masking, TableRules, default_jobs
 from pytest_dbsnap.dumps.capture.policy import CapturePolicy, Plan, plan_capture
-from pytest_dbsnap.dumps.capture.schema import foreign_policies, restore_section, schema_archive
+from pytest_dbsnap.dumps.capture.schema import restore_section, schema_archive
 from pytest_dbsnap.dumps.capture.subset import Kept, compute_kept
 from pytest_dbsnap.dumps.generate import pg_dump_to, read_schema_version
 from pytest_dbsnap.dumps.meta import DumpMeta
 from pytest_dbsnap.dumps.naming import stamp, unused_name
+from pytest_dbsnap.dumps.policies import listing_of, policies_without_roles, restore_list, roles_of
 from pytest_dbsnap.dumps.restore import count_rows
 from pytest_dbsnap.dumps.store import DumpStore
 from pytest_dbsnap.errors import ConfigError, DbsnapError, DumpError, RestoreError, ServerError, ToolError
@@ -373,7 +374,9 @@ def capture_dump(
                     databases.drop_leftovers(admin)
                     databases.create_empty(admin, scratch)
                     created = True
-                    left_out = foreign_policies(conn, admin)
+                    listing = listing_of(local, archive)
+                    left_out = policies_without_roles(local, archive, roles_of(admin), listing)
+                only = restore_list(listing, left_out, Path(folder)) if left_out else None
                 try:
                     restore_section(local, archive, scratch, "pre-data")
                 except ToolError as exc:
@@ -393,7 +396,7 @@ def capture_dump(
                 conn.rollback()  # nothing was written; this only ends the snapshot
             progress("adding the constraints (every foreign key, unique and check constraint is validated)")
             try:
-                restore_section(local, archive, scratch, "post-data", leave_out=left_out)
+                restore_section(local, archive, scratch, "post-data", only=only)
             except ToolError as exc:
                 raise _broken_constraint(source, env, str(exc)) from exc
         with psycopg.connect(local.conninfo(scratch)) as captured:
