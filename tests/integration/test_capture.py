@@ -288,6 +288,25 @@ def test_sequences_the_role_may_not_read_are_set_past_the_captured_rows(
         assert conn.execute("SELECT last_value FROM order_items_id_seq").fetchone() == (7000,)
 
 
+def test_timeouts_the_role_is_given_do_not_end_the_capture(
+    dumps_cluster: LocalCluster, source: Source, tmp_path: Path
+) -> None:
+    """Managed servers give roles statement and idle-in-transaction timeouts; the capture idles in its
+    transaction while it rebuilds the schema locally, so it turns them off for its own session."""
+    with dumps_cluster.connect() as admin:
+        admin.execute("ALTER ROLE capture_reader SET idle_in_transaction_session_timeout = '1ms'")
+        admin.execute("ALTER ROLE capture_reader SET statement_timeout = '1s'")
+    try:
+        with psycopg.connect(source.dsn) as probe:  # the premise: the role's sessions start with them
+            assert probe.execute("SHOW idle_in_transaction_session_timeout").fetchone() == ("1ms",)
+        meta = capture(dumps_cluster, DumpStore(tmp_path / "store"), source, policy_with())
+    finally:
+        with dumps_cluster.connect() as admin:
+            admin.execute("ALTER ROLE capture_reader RESET idle_in_transaction_session_timeout")
+            admin.execute("ALTER ROLE capture_reader RESET statement_timeout")
+    assert meta.row_counts["public.users"] == USERS
+
+
 def test_same_key_gives_the_same_values_and_another_key_others(
     full: tuple[DumpStore, DumpMeta, str], dumps_cluster: LocalCluster, source: Source
 ) -> None:

@@ -100,9 +100,18 @@ def _open_source(source: Source, tools: PgTools) -> tuple[Server, psycopg.Connec
         raise ServerError(
             f"Cannot connect to the capture source {source.described}: {redact(str(exc)).strip()}"
         ) from exc
+    # Managed servers often give roles a statement or idle timeout that a capture outlasts (it copies whole
+    # tables, and rebuilds the schema locally between two reads): off for this session, as pg_dump does.
+    conn.autocommit = True
+    for setting in _NO_TIMEOUTS + (("transaction_timeout",) if conn.info.server_version >= 170000 else ()):
+        conn.execute(f"SET {setting} = 0")
+    conn.autocommit = False
     conn.isolation_level = psycopg.IsolationLevel.REPEATABLE_READ
     conn.read_only = True
     return server, conn
+
+
+_NO_TIMEOUTS = ("statement_timeout", "idle_in_transaction_session_timeout")
 
 
 def _version_text(conn: psycopg.Connection[Any]) -> str:
@@ -311,7 +320,7 @@ def capture_notes(capture: dict[str, Any]) -> list[str]:
         notes.append(
             f"the row-level security policies {', '.join(capture['policies_left_out'])} name roles the local "
             f"cluster does not have, so the dump leaves them out (a restore would fail on them); their tables "
-            f"still have row-level security enabled, which the tables' owner and superusers bypass."
+            f"keep their row-level security setting, which the tables' owner and superusers bypass."
         )
     return notes
 
