@@ -178,8 +178,9 @@ def plan_capture(policy: CapturePolicy, catalog: Catalog, key: bytes | None) -> 
         # pg_dump locks every table, excluded ones too, and the rows are read partition by partition.
         raise ConfigError(
             f"The capturing role may not read {len(unreadable)} table(s) of the source: {', '.join(unreadable)}. "
-            f"Grant it SELECT on every table (GRANT SELECT ON ALL TABLES IN SCHEMA ... covers partitions); nothing "
-            f"was read from the tables and nothing was written."
+            f"Grant it SELECT on every table, excluded ones too (pg_dump locks each table whose schema it copies, "
+            f"which takes SELECT; GRANT SELECT ON ALL TABLES IN SCHEMA ... covers partitions); nothing was read "
+            f"from the tables and nothing was written."
         )
     kept = set(policy.keep)
     probe_key = key if key is not None else b"check"
