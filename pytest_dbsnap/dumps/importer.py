@@ -68,7 +68,7 @@ def read_archive_header(tools: PgTools, path: Path) -> dict[str, str]:
     if not head.startswith(ARCHIVE_MAGIC):
         raise DumpCorrupt(
             f"{path} is not a pg_dump custom-format archive (it does not start with PGDMP). "
-            f"Make one with `pg_dump -Fc -f FILE DATABASE`; plain SQL dumps are not accepted."
+            f"Make one with `pg_dump -Fc -f FILE DATABASE`; plain SQL and tar (-Ft) dumps are not accepted."
         )
     written_by = archive_pg_dump_version(head)
     if written_by is not None:
@@ -105,6 +105,11 @@ def import_dump(
 
     An imported dump has no fingerprint: it did not come from this project's seed, so it is never stale.
     """
+    if source.is_dir():
+        raise DumpCorrupt(
+            f"{source} is a folder (a pg_dump -Fd archive, say), and dbsnap import takes one custom-format file: "
+            f"make one with `pg_dump -Fc -f FILE DATABASE`."
+        )
     if not source.is_file():
         raise DumpCorrupt(f"There is no file {source} to import.")
     progress(f"reading the table of contents of {source.name}")

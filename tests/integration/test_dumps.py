@@ -711,6 +711,9 @@ def test_import_of_a_non_archive_is_refused(
     assert not store.env_dir("imported").exists(), "a refused file must leave no trace in the store"
     with pytest.raises(DumpCorrupt, match="There is no file"):
         import_dump(store, server.tools, tmp_path / "absent.dump", "imported")
+    (tmp_path / "directory.dump").mkdir()  # pg_dump -Fd writes a folder
+    with pytest.raises(DumpCorrupt, match=r"is a folder \(a pg_dump -Fd archive, say\).*pg_dump -Fc"):
+        import_dump(store, server.tools, tmp_path / "directory.dump", "imported")
 
 
 # --- the session's database step ------------------------------------------------------------------------------
