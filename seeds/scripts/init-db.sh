@@ -4,7 +4,8 @@
 # server listens on its unix socket only. Mounted by docker-compose.dev.yml; see seeds/README.md.
 #
 # Store layout: $DBSNAP_DUMPS_DIR/<env>/<name>.dump, <name>.json (metadata with "sha256" and "size_bytes") and
-# <env>/latest (the name). Only what the image ships is used: POSIX sh, coreutils, sed, grep and pg_restore.
+# <env>/latest (the name). Only what the image ships is used: POSIX sh, coreutils, sed, grep, awk, pg_restore and
+# psql.
 # A dump that cannot be verified is refused before the database is touched, and the restore runs in one
 # transaction, so the database ends up restored or empty, never half-restored.
 #
@@ -161,8 +162,44 @@ fi
 schema_version=$(json_values schema_version '"[^"]*"')
 created_at=$(json_values created_at '"[^"]*"')
 log "restoring dump $name of environment $env_name (chosen by $chosen_by; $actual_size bytes, sha256 verified) into database $database"
+# Row-level security policies that name roles this server lacks (a dump of staging or prod: Supabase's
+# `authenticated`, an app's reader) would stop the restore: they are left out and named, as pytest-dbsnap's own
+# restores do (pytest_dbsnap/dumps/policies.py). Their roles are read from the post-data SQL, where each
+# CREATE POLICY follows the "-- TOC entry N" comment of its entry.
+listing=$(mktemp)
+trap 'rm -f "$listing" "$listing.kept"' EXIT
+pg_restore -l "$dump" >"$listing" || refuse "pg_restore cannot read the table of contents of $dump (its error is above); copy it again or regenerate it (dbsnap generate --env $env_name)"
+only=
+if grep -q '^[0-9]*; [0-9]* [0-9]* POLICY ' "$listing"; then
+    roles=$(psql -X -A -t -U "$db_user" -d "$database" -c 'SELECT rolname FROM pg_roles') || refuse "psql could not list the roles of this server (its error is above)"
+    absent=$(pg_restore --schema-only --section=post-data --verbose -f - "$dump" 2>/dev/null | awk -v roles="$roles" '
+        BEGIN { n = split(roles, r, "\n"); for (i = 1; i <= n; i++) have[r[i]] = 1
+                id = "(\"([^\"]|\"\")*\"|[^ \".,;()]+)" }
+        /^-- TOC entry [0-9]+ / { entry = $4; next }
+        /^CREATE POLICY / && entry != "" {
+            if (!match($0, "^CREATE POLICY " id " ON " id "[.]" id "( AS [A-Za-z]+)?( FOR [A-Za-z]+)? TO ")) next
+            rest = substr($0, RSTART + RLENGTH); missing = 0
+            while (match(rest, "^" id)) {
+                role = substr(rest, 1, RLENGTH); rest = substr(rest, RLENGTH + 1)
+                if (role ~ /^"/) { role = substr(role, 2, length(role) - 2); gsub(/""/, "\"", role) }
+                else if (role == "PUBLIC") role = ""
+                if (role != "" && !(role in have)) missing = 1
+                if (substr(rest, 1, 2) != ", ") break
+                rest = substr(rest, 3)
+            }
+            if (missing) print entry
+            entry = ""
+        }')
+    if [ -n "$absent" ]; then
+        awk -v drop="$absent" 'BEGIN { n = split(drop, d, "\n"); for (i = 1; i <= n; i++) skip[d[i] ";"] = 1 }
+            !($1 in skip && $4 == "POLICY")' "$listing" >"$listing.kept"
+        named=$(printf '%s\n' "$absent" | while read -r entry; do sed -n "s/^$entry; [0-9]* [0-9]* POLICY \(.*\) [^ ]*$/\1/p" "$listing"; done | paste -sd ';' -)
+        log "leaving out the row-level security policies $named (schema, table, policy): they name roles this server does not have"
+        only=$listing.kept
+    fi
+fi
 # One transaction: if any statement fails, nothing of the dump stays behind.
-if ! pg_restore --no-owner --no-acl --exit-on-error --single-transaction -d "$database" -U "$db_user" "$dump"; then
+if ! pg_restore --no-owner --no-acl --exit-on-error --single-transaction ${only:+-L "$only"} -d "$database" -U "$db_user" "$dump"; then
     refuse "pg_restore could not restore $dump into database $database (its error is above); it ran in one transaction, so the database is left as it was, empty on a first start"
 fi
 log "restored dump $name of environment $env_name into database $database: $actual_size bytes, sha256 $(printf '%.16s' "$actual_sha")..., schema version ${schema_version:-unknown}, created ${created_at:-unknown}"

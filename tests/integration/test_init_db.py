@@ -438,3 +438,37 @@ def test_init_db_script_outside_container_failed_restore_leaves_nothing_behind(
     assert "the database is left as it was, empty on a first start" in message
     assert 'relation "nodes" already exists' in result.stderr
     assert user_relations(cluster, target_db) == ["nodes"]  # only what was there before; a_created_first is gone
+
+
+def test_init_db_script_outside_container_leaves_out_policies_for_roles_the_server_lacks(
+    cluster: LocalCluster, older_cluster: LocalCluster, dumps_dir: Path, target_db: str, tmp_path: Path
+) -> None:
+    """A pg_dump of staging or prod whose row-level security policies name its own roles: the compose server has
+    none of them, so those policies are left out and named, and the rest restores (PUBLIC's policy included)."""
+    name, role = f"init_db_rls_{secrets.token_hex(3)}", f"app_role_{secrets.token_hex(3)}"
+    with older_cluster.connect() as admin:  # another cluster: the roles are its own
+        admin.execute(f'CREATE DATABASE "{name}"')
+        admin.execute(f'CREATE ROLE "{role} reader" NOLOGIN')  # a name pg_dump quotes
+    try:
+        with older_cluster.connect(name) as conn:
+            conn.execute("CREATE TABLE people (id int PRIMARY KEY, team text NOT NULL)")
+            conn.execute("INSERT INTO people SELECT i, 'team' || i % 3 FROM generate_series(1, 9) i")
+            conn.execute("ALTER TABLE people ENABLE ROW LEVEL SECURITY")
+            conn.execute(f"CREATE POLICY own_team ON people TO postgres, \"{role} reader\" USING (team = 'team1')")
+            conn.execute("CREATE POLICY everyone ON people FOR SELECT USING (true)")
+            conn.execute("CREATE POLICY admins ON people FOR UPDATE TO postgres USING (true)")  # a role it has
+        path = tmp_path / "staging.dump"
+        conninfo, env = older_cluster.tool_args(name)
+        run([older_cluster.tools.path("pg_dump"), "-Fc", "-f", str(path), "-d", conninfo], what="pg_dump", env=env)
+    finally:
+        with older_cluster.connect() as admin:
+            databases.drop(admin, name)
+            admin.execute(f'DROP ROLE "{role} reader"')
+    store_dump(cluster, dumps_dir, path)
+    result = run_init_db(cluster, target_db, dumps_dir)
+    assert result.returncode == 0, result.stderr
+    assert "leaving out the row-level security policies public people own_team" in result.stdout
+    with cluster.connect(target_db) as conn:
+        kept = conn.execute("SELECT policyname FROM pg_policies WHERE tablename = 'people' ORDER BY 1").fetchall()
+        assert kept == [("admins",), ("everyone",)]
+        assert conn.execute("SELECT count(*) FROM people").fetchone() == (9,)
