@@ -242,7 +242,7 @@ class Sequences:
     shows no last_value without USAGE or SELECT on the sequence), each with the column that owns it, if any."""
 
     positions: list[tuple[str, int]]
-    unread: list[tuple[str, str | None]]  # (schema.sequence quoted, schema.table.column quoted, or None)
+    unread: list[tuple[str, tuple[str, str] | None]]  # (schema.sequence, (schema.table, column) or None), quoted
 
 
 def _sequences(conn: psycopg.Connection[Any]) -> Sequences:
@@ -253,20 +253,20 @@ def _sequences(conn: psycopg.Connection[Any]) -> Sequences:
     ).fetchall()
     # The catalog says which column owns a sequence (serial, identity, OWNED BY) to any role.
     unread = conn.execute(
-        "SELECT format('%I.%I', n.nspname, c.relname), "
-        "  (SELECT format('%I.%I.%I', tn.nspname, t.relname, a.attname) FROM pg_depend d "
-        "   JOIN pg_class t ON t.oid = d.refobjid JOIN pg_namespace tn ON tn.oid = t.relnamespace "
+        "SELECT format('%I.%I', n.nspname, c.relname), o.owner, o.col FROM pg_class c "
+        "JOIN pg_namespace n ON n.oid = c.relnamespace "
+        "LEFT JOIN LATERAL (SELECT format('%I.%I', tn.nspname, t.relname) AS owner, quote_ident(a.attname) AS col "
+        "   FROM pg_depend d JOIN pg_class t ON t.oid = d.refobjid JOIN pg_namespace tn ON tn.oid = t.relnamespace "
         "   JOIN pg_attribute a ON a.attrelid = d.refobjid AND a.attnum = d.refobjsubid "
         "   WHERE d.classid = 'pg_class'::regclass AND d.objid = c.oid AND d.refclassid = 'pg_class'::regclass "
-        "   AND d.deptype IN ('a', 'i') LIMIT 1) "
-        "FROM pg_class c JOIN pg_namespace n ON n.oid = c.relnamespace "
+        "   AND d.deptype IN ('a', 'i') LIMIT 1) o ON true "
         # CASE: the planner may test the privilege before the kind, and the test fails on anything else.
         f"WHERE c.relkind = 'S' AND {system} "
         "AND CASE WHEN c.relkind = 'S' THEN NOT has_sequence_privilege(c.oid, 'SELECT,USAGE') END ORDER BY 1"
     ).fetchall()
     return Sequences(
         [(str(name), int(value)) for name, value in positions],
-        [(str(name), None if owner is None else str(owner)) for name, owner in unread],
+        [(str(name), None if owner is None else (str(owner), str(col))) for name, owner, col in unread],
     )
 
 
@@ -282,7 +282,7 @@ def _set_sequences(conn: psycopg.Connection[Any], sequences: Sequences) -> tuple
         if owner is None:
             unset.append(name)
             continue
-        table, _, column = owner.rpartition(".")
+        table, column = owner
         try:
             row = conn.execute(
                 f"SELECT setval(%s::regclass, m) FROM (SELECT max({column})::bigint AS m FROM {table}) s "
