@@ -1,7 +1,7 @@
 """Row-level security policies that a server cannot create because they name roles it does not have: a dump of a
 real environment (Supabase's `authenticated`, an app's reader role) carries them, and pg_restore stops on the
 first one ("role ... does not exist") after loading every row. A restore leaves those policies out, and says so;
-the tables keep row-level security enabled, which their owner and superusers (as sessions connect) bypass.
+the tables keep their row-level security setting, which their owner and superusers (as sessions connect) bypass.
 
 The archive's table of contents does not name a policy's roles, so the post-data section is read as SQL (only
 the table of contents is read, no data): each `CREATE POLICY` follows the `-- TOC entry N` comment of its entry."""
