@@ -53,7 +53,7 @@ CREATE TABLE users (
     country text REFERENCES countries,
     email varchar(80) NOT NULL UNIQUE,
     first_name text, last_name text, name text, phone text, street text, zip text, bio text,
-    password_hash text, avatar bytea, settings jsonb, api_token text,
+    password_hash text, avatar bytea, settings jsonb, api_token text, other_emails text[],
     created_at timestamptz NOT NULL DEFAULT now(),
     email_lower text GENERATED ALWAYS AS (lower(email)) STORED
 );
@@ -75,13 +75,14 @@ INSERT INTO teams SELECT t, 'team ' || t, t * 2 FROM generate_series(1, 3) t;
 INSERT INTO players SELECT p, (p % 3) + 1, 'nick' || p FROM generate_series(1, 6) p;
 COMMIT;
 INSERT INTO users (id, manager_id, team_id, country, email, first_name, last_name, name, phone, street, zip, bio,
-                   password_hash, avatar, settings, api_token)
+                   password_hash, avatar, settings, api_token, other_emails)
 SELECT i, CASE WHEN i % 10 = 1 THEN NULL ELSE i - 1 END, CASE WHEN i % 4 = 0 THEN NULL ELSE (i % 3) + 1 END,
        (ARRAY['de', 'fr', 'it'])[i % 3 + 1], 'person' || i || '@realmail.org', 'Realfirst' || i, 'Reallast' || i,
        'Realfirst' || i || ' Reallast' || i, '+49 30 1234' || lpad(i::text, 4, '0'), i || ' Secret Alley',
        lpad((10000 + i)::text, 5, '0'), 'Confidential biography number ' || i || ' about hobbies',
        md5('pw' || i), '\\xdeadbeef', jsonb_build_object('email', 'person' || i || '@realmail.org',
-       'phone', '+49 170 555' || i, 'theme', 'dark'), 'token-' || i
+       'phone', '+49 170 555' || i, 'theme', 'dark'), 'token-' || i,
+       ARRAY['person' || i || '@realmail.org', 'Person' || i || ' "Home", Work@realmail.org', NULL]
 FROM generate_series(1, {USERS}) i;
 INSERT INTO orders (user_id, total, contact) SELECT u, u * 1.5, 'person' || u || '@realmail.org'
 FROM generate_series(1, {USERS}) u, generate_series(1, 2);
@@ -117,6 +118,7 @@ POLICY: dict[str, Any] = {
         "public.users.avatar": "null",
         "public.users.settings": {"json": {"email": "email", "phone": "phone"}},
         "public.users.api_token": {"value": "redacted"},
+        "public.users.other_emails": "email",  # a text[]: element by element
         "public.orders.contact": "email",
         "public.subscriptions.email": "email",  # a masked foreign key: it still joins because it is deterministic
     },
@@ -231,6 +233,13 @@ def test_every_masker_replaces_the_originals(
     assert joined[0][0] == USERS * 2
     # The json masker uses the same email masker: the address in settings equals the masked column.
     assert rows(dumps_cluster, db, "SELECT count(*) FROM users WHERE settings->>'email' = email")[0][0] == USERS
+    # And in an array, element by element (a quoted element with a comma included); NULL elements stay NULL.
+    arrays = rows(dumps_cluster, db, "SELECT email, other_emails FROM users ORDER BY id")
+    assert all(
+        len(others) == 3 and others[0] == email and EMAIL.match(others[1]) and others[2] is None
+        for email, others in arrays
+    )
+    assert rows(dumps_cluster, db, "SELECT count(*) FROM users WHERE other_emails::text LIKE '%realmail%'") == [(0,)]
     # A masked key still joins (the restore validated its foreign key): every subscription is a masked user's email.
     joined = rows(dumps_cluster, db, "SELECT count(*) FROM subscriptions s JOIN users u USING (email)")
     assert joined[0][0] == USERS // 2
@@ -536,7 +545,7 @@ def test_show_and_list_say_captured_and_seeding_never_replaces_it(
     assert "public.users.email" in shown
     assert re.search(r"stale\s+False", shown)
     assert cli.main(["list", "--env", "prod", "-q"]) == 0
-    assert "captured, 14 column(s) masked" in capsys.readouterr().out
+    assert "captured, 15 column(s) masked" in capsys.readouterr().out
     settings = load_settings(project_root=tmp_path, pyproject=tmp_path / "pyproject.toml", environ={})
     assert staleness(settings, store.latest("prod")) is None  # never stale by the working tree
     before = store.names("prod")
@@ -640,7 +649,7 @@ def test_the_cli_captures_on_its_own_local_cluster_and_restore_uses_the_dump(
     monkeypatch.setattr(masking, "IN_PROCESS_BYTES", 0)  # the workers from the first row: --jobs reaches them
     assert cli.main(["capture", "--env", "prod", "--dsn", source.dsn, "--jobs", "2", "-q"]) == 0
     out = capsys.readouterr().out
-    assert "14 masked column(s)" in out
+    assert f"{len(POLICY['mask'])} masked column(s)" in out
     assert "constraints validated" in out
     meta = DumpStore(tmp_path / "dumps").latest("prod")
     assert meta is not None
@@ -806,6 +815,7 @@ def test_the_draft_covers_every_column_and_the_leak_check_still_catches_what_it_
     )
     assert mask["public.users.password_hash"] == mask["public.users.api_token"] == "hash"
     assert mask["public.subscriptions.email"] == "email"  # a key that references a masked column: masked alike
+    assert mask["public.users.other_emails"] == "email"  # a text[]: its elements are emails
     assert "public.audit_log" in policy["exclude"]
     assert "public.countries.name" in policy["keep"]
     assert "public.orders.contact" in policy["keep"]  # its name says nothing: the leak check is the net

@@ -18,7 +18,7 @@ from pytest_dbsnap.dumps.capture.pipeline import Source, capture_notes
 from pytest_dbsnap.dumps.capture.policy import SubsetRoot, parse_policy, plan_capture
 from pytest_dbsnap.dumps.capture.subset import Edge, roles_of
 from pytest_dbsnap.dumps.meta import DumpMeta
-from pytest_dbsnap.errors import ConfigError, DumpCorrupt
+from pytest_dbsnap.errors import ConfigError, DumpCorrupt, DumpError
 
 KEY = b"unit-test-key"
 
@@ -411,3 +411,26 @@ def test_capture_notes_name_the_sequences_and_the_grant_only_when_there_are_any(
     assert "public.t" in notes[1]
     assert "GRANT SELECT" in notes[1]
     assert all("\n" not in note for note in notes)
+
+
+def test_a_named_masker_on_an_array_column_masks_each_element_as_its_own_column_would() -> None:
+    """emails in a text[]: each element masked as the email column masks it (so they still match), NULL elements
+    stay NULL, quoting survives; the plan wraps the rule, the draft suggests it, and a value that is not a plain
+    one-dimensional array is refused without showing it."""
+    cat = catalog()
+    cat.tables["public.users"].columns.append(Column("cc", "text[]", "A", "_text", False, None, False, "S"))
+    plan = plan_capture(parse_policy({**FULL, "mask": {**FULL["mask"], "public.users.cc": "email"}}), cat, KEY)
+    masker = plan.maskers["public.users"]["cc"]
+    assert plan.rules["public.users"]["cc"] == {"array": "email"}
+    email = build_masker("email", KEY).mask
+    masked = masker.mask('{a@real.org,"Some One, \\"Home\\" <b@real.org>",NULL,""}')
+    home = 'Some One, "Home" <b@real.org>'
+    assert masked == f'{{"{email("a@real.org")}","{email(home)}",NULL,"{email("")}"}}'
+    assert masker.mask("{}") == "{}"
+    assert masker.hidden("{a@real.org,NULL}") == ["a@real.org"]
+    with pytest.raises(DumpError) as refused:
+        masker.mask("{{a@real.org},{b@real.org}}")
+    assert "real.org" not in str(refused.value)  # an original never reaches a message
+    numbers = Column("ids", "integer[]", "A", "_int4", False, None, False, "N")
+    assert suggest("cc_emails", cat.tables["public.users"].columns[-1], False) == "email"
+    assert suggest("emails", numbers, False) == "?"  # no masker writes integers

@@ -18,6 +18,7 @@ class Column:
     not_null: bool
     max_length: int | None  # varchar(n) / char(n)
     generated: bool  # computed by the server from other columns: recomputed from masked values on restore
+    element_category: str | None = None  # an array's elements' typcategory (text[]: S); None for other types
 
 
 @dataclass(frozen=True)
@@ -123,16 +124,26 @@ def read_catalog(conn: Any) -> Catalog:
             chain.append(by_oid[up])
             up = parent_oid.get(up)
         tables[name].parents = tuple(chain)
-    for oid, attname, type_text, category, typname, not_null, typmod, generated in conn.execute(
+    for oid, attname, type_text, category, typname, not_null, typmod, generated, element in conn.execute(
         "SELECT a.attrelid, a.attname, format_type(a.atttypid, a.atttypmod), t.typcategory, t.typname, "
-        "  a.attnotnull, a.atttypmod, a.attgenerated <> '' "
+        "  a.attnotnull, a.atttypmod, a.attgenerated <> '', e.typcategory "
         "FROM pg_attribute a JOIN pg_type t ON t.oid = a.atttypid "
+        "LEFT JOIN pg_type e ON e.oid = t.typelem AND t.typcategory = 'A' "
         "WHERE a.attnum > 0 AND NOT a.attisdropped AND a.attrelid = ANY(%s) ORDER BY a.attrelid, a.attnum",
         [list(by_oid)],
     ).fetchall():
         limit = int(typmod) - 4 if typname in ("varchar", "bpchar") and int(typmod) > 4 else None
         tables[by_oid[int(oid)]].columns.append(
-            Column(str(attname), str(type_text), str(category), str(typname), bool(not_null), limit, bool(generated))
+            Column(
+                str(attname),
+                str(type_text),
+                str(category),
+                str(typname),
+                bool(not_null),
+                limit,
+                bool(generated),
+                None if element is None else str(element),
+            )
         )
     foreign_keys: list[ForeignKey] = []
     for conname, contype, conrelid, confrelid, cols, refcols in conn.execute(

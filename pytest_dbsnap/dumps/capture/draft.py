@@ -51,7 +51,8 @@ class Draft:
 def _fits(masker_name: str, column: Column, unique: bool) -> bool:
     """Whether the masker passes the checks the capture makes before reading (type, length, uniqueness)."""
     masker = build_masker(masker_name, b"draft")
-    if masker.categories is not None and column.category not in masker.categories:
+    category = column.element_category or column.category  # an array's elements are masked one by one
+    if masker.categories is not None and category not in masker.categories:
         return False
     if masker.max_length is not None and column.max_length is not None and masker.max_length > column.max_length:
         return False

@@ -14,6 +14,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from pytest_dbsnap.dumps.capture.copytext import encode_field
+from pytest_dbsnap.errors import DumpError
 
 
 def _words(text: str) -> tuple[str, ...]:
@@ -379,12 +380,60 @@ def _json(rules: Mapping[str, Masker]) -> Masker:
     return Masker(spec, mask, None, False, None, _never, hidden)
 
 
+def _elements(value: str) -> list[str | None]:
+    """The elements of a one-dimensional array as PostgreSQL writes it (`{a,"b c",NULL}`)."""
+    if not (value.startswith("{") and value.endswith("}")) or value.startswith("{{"):
+        raise DumpError(  # the value itself is an original: never in a message
+            "An array column masked element by element holds a value that is not a one-dimensional array with its "
+            'default bounds; nothing was stored. Mask that column with "null" or keep it.'
+        )
+    body, i = value[1:-1], 0
+    found: list[str | None] = []
+    while i < len(body):
+        if body[i] == '"':  # quoted: a backslash escapes the next character
+            i, chars = i + 1, []
+            while body[i] != '"':
+                if body[i] == "\\":
+                    i += 1
+                chars.append(body[i])
+                i += 1
+            found.append("".join(chars))
+            i += 2  # the closing quote and the comma
+        else:  # unquoted elements hold no comma, quote, backslash or space (array_out quotes those)
+            end = body.find(",", i)
+            end = len(body) if end < 0 else end
+            bare = body[i:end]
+            found.append(None if bare == "NULL" else bare)
+            i = end + 1
+    return found
+
+
+def _array(inner: Masker) -> Masker:
+    """The plan's {array = rule} for an array column whose elements the rule may fill (emails in a text[]): each
+    element masked by the rule, as it would be in a column of its own (so it still equals that column's masked
+    value); NULL elements stay NULL. Every element is written quoted."""
+
+    def mask(value: str) -> str:
+        out = []
+        for element in _elements(value):
+            masked = None if element is None else inner.mask(element)
+            out.append("NULL" if masked is None else '"' + masked.replace("\\", "\\\\").replace('"', '\\"') + '"')
+        return "{" + ",".join(out) + "}"
+
+    def hidden(value: str) -> list[str]:
+        return [original for e in _elements(value) if e is not None for original in inner.hidden(e)]
+
+    return Masker(f"{inner.spec}[]", mask, None, inner.unique, None, inner.may_output, hidden)
+
+
 def needs_key(spec: Any) -> bool:
     """Whether a rule uses the key (`null` and `{value}` do not)."""
     if isinstance(spec, str):
         return spec != "null"
     if isinstance(spec, dict) and "json" in spec:
         return any(needs_key(inner) for inner in spec["json"].values())
+    if isinstance(spec, dict) and "array" in spec:
+        return needs_key(spec["array"])
     return False
 
 
@@ -394,6 +443,8 @@ def build_masker(spec: Any, key: bytes) -> Masker:
         return _named(spec, key)
     if "value" in spec:
         return _constant(spec["value"])
+    if "array" in spec:  # made by the plan for an array column, never written in a policy
+        return _array(build_masker(spec["array"], key))
     return _json({name: build_masker(inner, key) for name, inner in spec["json"].items()})
 
 

@@ -206,6 +206,9 @@ def plan_capture(policy: CapturePolicy, catalog: Catalog, key: bytes | None) -> 
             if is_kept:
                 problems.append(f"{where} is both kept and masked")
             masker = build_masker(spec, probe_key)
+            if masker.categories is not None and column.element_category in masker.categories:
+                spec = {"array": spec}  # emails in a text[]: masked element by element
+                masker = build_masker(spec, probe_key)
             specs[(table.name, column.name)] = spec
             maskers.setdefault(table.name, {})[column.name] = masker
             if masker.categories is not None and column.category not in masker.categories:
