@@ -525,8 +525,9 @@ def _store(
 ) -> DumpMeta:
     """pg_dump of the captured database, with the leak check and the row counts read beside it (all three only
     read, so they share the two cores); installed only once the check found nothing. `facts` join the metadata's
-    `capture` (the source's version, the sequences set from the rows or not set). Serialised with other
-    writers of `env` (so the name picked is free); the old latest stays until the new dump is installed."""
+    `capture` (the source's version, the sequences set from the rows or not set, the policies left out).
+    Serialised with other writers of `env` (so the name picked is free); the old latest stays until the new dump
+    is installed."""
     with store.lock(env):
         store.remove_leftovers(env)
         created = dt.datetime.now(dt.UTC).replace(microsecond=0)
