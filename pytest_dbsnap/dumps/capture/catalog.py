@@ -7,6 +7,8 @@ from typing import Any
 
 # Schemas whose tables are the server's, never the application's.
 SYSTEM_SCHEMAS = ("pg_catalog", "information_schema")
+# The same, as a condition on pg_namespace `n` in SQL sent with parameters (pg_toast and pg_temp schemas too).
+NOT_SYSTEM = "n.nspname NOT IN ('pg_catalog', 'information_schema') AND n.nspname NOT LIKE 'pg\\_%%'"
 
 
 @dataclass(frozen=True)
@@ -102,14 +104,13 @@ def escape_percent(text: str) -> str:
 
 def read_catalog(conn: Any) -> Catalog:
     """Every ordinary and partitioned table outside the system schemas, with columns, keys and foreign keys."""
-    system = "n.nspname NOT IN ('pg_catalog', 'information_schema') AND n.nspname NOT LIKE 'pg\\_%%'"
     tables: dict[str, Table] = {}
     by_oid: dict[int, str] = {}
     rows = conn.execute(
         "SELECT c.oid, n.nspname, c.relname, c.relkind = 'p', has_table_privilege(c.oid, 'SELECT'), "
         "  (SELECT i.inhparent FROM pg_inherits i WHERE i.inhrelid = c.oid AND c.relispartition LIMIT 1) "
         "FROM pg_class c JOIN pg_namespace n ON n.oid = c.relnamespace "
-        f"WHERE c.relkind IN ('r', 'p') AND {system} ORDER BY 2, 3"
+        f"WHERE c.relkind IN ('r', 'p') AND {NOT_SYSTEM} ORDER BY 2, 3"
     ).fetchall()
     parent_oid: dict[int, int | None] = {}
     for oid, schema, relname, partitioned, readable, parent in rows:

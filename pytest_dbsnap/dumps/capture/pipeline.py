@@ -21,7 +21,14 @@ from psycopg import pq
 
 from pytest_dbsnap._version import __version__
 from pytest_dbsnap.core.redact import redact
-from pytest_dbsnap.dumps.capture.catalog import Catalog, Table, escape_percent, quote_ident, read_catalog
+from pytest_dbsnap.dumps.capture.catalog import (
+    NOT_SYSTEM,
+    Catalog,
+    Table,
+    escape_percent,
+    quote_ident,
+    read_catalog,
+)
 from pytest_dbsnap.dumps.capture.leaks import LeakSample
 from pytest_dbsnap.dumps.capture.maskers import key_fingerprint
 from pytest_dbsnap.dumps.capture.masking import CHUNK, Masking, TableRules, default_jobs
@@ -246,7 +253,6 @@ class Sequences:
 
 
 def _sequences(conn: psycopg.Connection[Any]) -> Sequences:
-    system = "n.nspname NOT IN ('pg_catalog', 'information_schema') AND n.nspname NOT LIKE 'pg\\_%%'"
     positions = conn.execute(
         "SELECT format('%I.%I', schemaname, sequencename), last_value FROM pg_sequences "
         "WHERE schemaname NOT IN ('pg_catalog', 'information_schema') AND last_value IS NOT NULL"
@@ -261,7 +267,7 @@ def _sequences(conn: psycopg.Connection[Any]) -> Sequences:
         "   WHERE d.classid = 'pg_class'::regclass AND d.objid = c.oid AND d.refclassid = 'pg_class'::regclass "
         "   AND d.deptype IN ('a', 'i') LIMIT 1) o ON true "
         # CASE: the planner may test the privilege before the kind, and the test fails on anything else.
-        f"WHERE c.relkind = 'S' AND {system} "
+        f"WHERE c.relkind = 'S' AND {NOT_SYSTEM} "
         "AND CASE WHEN c.relkind = 'S' THEN NOT has_sequence_privilege(c.oid, 'SELECT,USAGE') END ORDER BY 1"
     ).fetchall()
     return Sequences(
