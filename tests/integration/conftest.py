@@ -2,9 +2,12 @@
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
+import secrets
 import subprocess
 from collections.abc import Callable, Iterator
+from contextlib import AbstractContextManager
 from pathlib import Path
 
 import pytest
@@ -13,6 +16,7 @@ from pytest_dbsnap.config.loading import load_settings
 from pytest_dbsnap.dumps.generate import generate_dump
 from pytest_dbsnap.dumps.meta import DumpMeta
 from pytest_dbsnap.dumps.store import DumpStore
+from pytest_dbsnap.postgres import databases
 from pytest_dbsnap.postgres.base import PgTools, find_pg_tools
 from pytest_dbsnap.postgres.binaries import Binaries, find_wheel
 from pytest_dbsnap.postgres.local import LocalCluster
@@ -128,3 +132,33 @@ def dump_by_newer_pg(
     assert made
     assert meta.pg_dump_major == newer.major
     return NewerDump(root, meta)
+
+
+@contextlib.contextmanager
+def _database_with_policies(cluster: LocalCluster) -> Iterator[tuple[str, str]]:
+    """(database, role) on `cluster`: `people` with row-level security and three policies, as a dump of staging
+    or prod has them. `own_team` names the cluster's own role (a quoted name, as Supabase's `authenticated` is
+    not); `everyone` is PUBLIC's; `admins` names postgres, which every cluster has. Dropped afterwards."""
+    name, role = f"rls_src_{secrets.token_hex(3)}", f"app_role_{secrets.token_hex(3)} reader"
+    with cluster.connect() as admin:
+        admin.execute(f'CREATE DATABASE "{name}"')
+        admin.execute(f'CREATE ROLE "{role}" NOLOGIN')
+    try:
+        with cluster.connect(name) as conn:
+            conn.execute("CREATE TABLE people (id int PRIMARY KEY, team text NOT NULL)")
+            conn.execute("INSERT INTO people SELECT i, 'team' || i % 3 FROM generate_series(1, 9) i")
+            conn.execute("ALTER TABLE people ENABLE ROW LEVEL SECURITY")
+            conn.execute(f"CREATE POLICY own_team ON people TO postgres, \"{role}\" USING (team = 'team1')")
+            conn.execute("CREATE POLICY everyone ON people FOR SELECT USING (true)")
+            conn.execute("CREATE POLICY admins ON people FOR UPDATE TO postgres USING (true)")
+        yield name, role
+    finally:
+        with cluster.connect() as admin:
+            databases.drop(admin, name)
+            admin.execute(f'DROP ROLE "{role}"')
+
+
+@pytest.fixture
+def database_with_policies() -> Callable[[LocalCluster], AbstractContextManager[tuple[str, str]]]:
+    """database_with_policies(cluster) -> a context manager giving (database, role); see _database_with_policies."""
+    return _database_with_policies

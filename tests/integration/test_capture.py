@@ -3,14 +3,14 @@ captured through the masking pipeline into a throwaway database on the same loca
 
 from __future__ import annotations
 
-import contextlib
 import json
 import os
 import re
 import secrets
 import sys
 import tomllib
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
+from contextlib import AbstractContextManager
 from pathlib import Path
 from typing import Any
 
@@ -724,54 +724,36 @@ def test_a_source_older_than_the_programs_is_captured_with_programs_of_its_own_m
             databases.drop(admin, target)
 
 
-@contextlib.contextmanager
-def source_with_policies(cluster: LocalCluster) -> Iterator[tuple[str, str]]:
-    """(database, role): a table with row-level security, one policy for the cluster's own role (Supabase's
-    `authenticated`) and one for PUBLIC; dropped afterwards."""
-    name, role = f"capture_rls_{secrets.token_hex(3)}", f"app_role_{secrets.token_hex(3)}"
-    with cluster.connect() as admin:
-        admin.execute(f'CREATE DATABASE "{name}"')
-        admin.execute(f"CREATE ROLE {role} NOLOGIN")
-    try:
-        with cluster.connect(name) as conn:
-            conn.execute("CREATE TABLE people (id int PRIMARY KEY, team text NOT NULL)")
-            conn.execute("INSERT INTO people SELECT i, 'team' || i % 3 FROM generate_series(1, 9) i")
-            conn.execute("ALTER TABLE people ENABLE ROW LEVEL SECURITY")
-            conn.execute(f"CREATE POLICY own_team ON people FOR SELECT TO {role} USING (team = 'team1')")
-            conn.execute("CREATE POLICY everyone ON people FOR SELECT USING (true)")
-        yield name, role
-    finally:
-        with cluster.connect() as admin:
-            databases.drop(admin, name)
-            admin.execute(f"DROP ROLE {role}")
+WithPolicies = Callable[[LocalCluster], AbstractContextManager[tuple[str, str]]]
 
 
 def assert_policies_left_out(cluster: LocalCluster, database: str) -> None:
-    assert rows(cluster, database, "SELECT policyname FROM pg_policies WHERE tablename = 'people'") == [("everyone",)]
+    kept = rows(cluster, database, "SELECT policyname FROM pg_policies WHERE tablename = 'people' ORDER BY 1")
+    assert kept == [("admins",), ("everyone",)]
     assert rows(cluster, database, "SELECT relrowsecurity FROM pg_class WHERE relname = 'people'") == [(True,)]
     assert rows(cluster, database, "SELECT count(*) FROM people") == [(9,)]
 
 
 def test_policies_for_roles_the_local_cluster_lacks_are_left_out_and_named(
-    dumps_cluster: LocalCluster, older_cluster: LocalCluster, tmp_path: Path
+    dumps_cluster: LocalCluster, older_cluster: LocalCluster, tmp_path: Path, database_with_policies: WithPolicies
 ) -> None:
     """A capture leaves out the policies that name roles the local cluster lacks, so the dump restores where
-    they do not exist, and keeps the one for PUBLIC."""
-    with source_with_policies(older_cluster) as (name, role):
+    they do not exist, and keeps the one for PUBLIC and the one for a role it has."""
+    with database_with_policies(older_cluster) as (name, role):
         store = DumpStore(tmp_path / "store")
         source = Source.parse(older_cluster.dsn(name), allow_remote=False)
         meta = capture(dumps_cluster, store, source, parse_policy({"keep": ["public.people"]}))
-    assert meta.capture["policies_left_out"] == [f"public.people.own_team (TO {role})"]
+    assert meta.capture["policies_left_out"] == [f'public.people.own_team (TO postgres, "{role}")']
     assert role in capture_notes(meta.capture)[0]
     assert_policies_left_out(dumps_cluster, restored(dumps_cluster, store, meta))
 
 
 def test_an_imported_dump_with_policies_for_absent_roles_restores_without_them(
-    dumps_cluster: LocalCluster, older_cluster: LocalCluster, tmp_path: Path
+    dumps_cluster: LocalCluster, older_cluster: LocalCluster, tmp_path: Path, database_with_policies: WithPolicies
 ) -> None:
     """pg_dump of a real environment, imported: the restore leaves out the policies whose roles the target
     lacks (pg_restore stopped on the first one, after every row), and says which."""
-    with source_with_policies(older_cluster) as (name, role):
+    with database_with_policies(older_cluster) as (name, role):
         conninfo, env = older_cluster.tool_args(name)
         path = tmp_path / "staging.dump"
         run([older_cluster.tools.path("pg_dump"), "-Fc", "-f", str(path), "-d", conninfo], what="pg_dump", env=env)

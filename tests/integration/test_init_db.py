@@ -18,7 +18,8 @@ import secrets
 import shutil
 import subprocess
 import tempfile
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
+from contextlib import AbstractContextManager
 from pathlib import Path
 from typing import Any
 
@@ -441,29 +442,19 @@ def test_init_db_script_outside_container_failed_restore_leaves_nothing_behind(
 
 
 def test_init_db_script_outside_container_leaves_out_policies_for_roles_the_server_lacks(
-    cluster: LocalCluster, older_cluster: LocalCluster, dumps_dir: Path, target_db: str, tmp_path: Path
+    cluster: LocalCluster,
+    older_cluster: LocalCluster,
+    dumps_dir: Path,
+    target_db: str,
+    tmp_path: Path,
+    database_with_policies: Callable[[LocalCluster], AbstractContextManager[tuple[str, str]]],
 ) -> None:
     """A pg_dump of staging or prod whose row-level security policies name its own roles: the compose server has
     none of them, so those policies are left out and named, and the rest restores (PUBLIC's policy included)."""
-    name, role = f"init_db_rls_{secrets.token_hex(3)}", f"app_role_{secrets.token_hex(3)}"
-    with older_cluster.connect() as admin:  # another cluster: the roles are its own
-        admin.execute(f'CREATE DATABASE "{name}"')
-        admin.execute(f'CREATE ROLE "{role} reader" NOLOGIN')  # a name pg_dump quotes
-    try:
-        with older_cluster.connect(name) as conn:
-            conn.execute("CREATE TABLE people (id int PRIMARY KEY, team text NOT NULL)")
-            conn.execute("INSERT INTO people SELECT i, 'team' || i % 3 FROM generate_series(1, 9) i")
-            conn.execute("ALTER TABLE people ENABLE ROW LEVEL SECURITY")
-            conn.execute(f"CREATE POLICY own_team ON people TO postgres, \"{role} reader\" USING (team = 'team1')")
-            conn.execute("CREATE POLICY everyone ON people FOR SELECT USING (true)")
-            conn.execute("CREATE POLICY admins ON people FOR UPDATE TO postgres USING (true)")  # a role it has
+    with database_with_policies(older_cluster) as (name, _role):  # another cluster: the role is its own
         path = tmp_path / "staging.dump"
         conninfo, env = older_cluster.tool_args(name)
         run([older_cluster.tools.path("pg_dump"), "-Fc", "-f", str(path), "-d", conninfo], what="pg_dump", env=env)
-    finally:
-        with older_cluster.connect() as admin:
-            databases.drop(admin, name)
-            admin.execute(f'DROP ROLE "{role} reader"')
     store_dump(cluster, dumps_dir, path)
     result = run_init_db(cluster, target_db, dumps_dir)
     assert result.returncode == 0, result.stderr
