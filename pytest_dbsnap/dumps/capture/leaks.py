@@ -17,6 +17,10 @@ from pytest_dbsnap.dumps.capture.maskers import Masker, itself
 
 PER_COLUMN = 200  # originals sampled per masked column (the first distinct ones long enough to mean something)
 SHORTEST = 4  # shorter originals ("NY", "0") match by chance far too often to be evidence
+# Values looked at per masked column (per process) before its sampler gives up: a column whose originals are
+# mostly ones its masker could write itself (five-digit postal codes) would otherwise be sampled, in Python, on
+# every row, for a sample that proves little.
+LOOKED_AT = 20_000
 CHECKED_TYPES = ("text", "varchar", "bpchar", "citext", "name", "json", "jsonb")
 
 
@@ -46,6 +50,7 @@ class LeakSample:
             return None
 
         may_output = masker.may_output
+        looked = [0]
 
         def keep(original: str) -> None:
             if len(original) < SHORTEST or may_output(original):
@@ -59,11 +64,13 @@ class LeakSample:
         def take(value: str) -> bool:
             for original in masker.hidden(value):
                 keep(original)
-            return self.taken.get(column, 0) < PER_COLUMN
+            looked[0] += 1
+            return self.taken.get(column, 0) < PER_COLUMN and looked[0] < LOOKED_AT
 
         def take_value(value: str) -> bool:  # a masker whose value is its only original: no list per value
             keep(value)
-            return self.taken.get(column, 0) < PER_COLUMN
+            looked[0] += 1
+            return self.taken.get(column, 0) < PER_COLUMN and looked[0] < LOOKED_AT
 
         return take_value if masker.hidden is itself else take
 
