@@ -138,6 +138,10 @@ def main() -> int:
                 capture_dump(cluster, store, "full", source=source, policy=parse_policy(POLICY), key=key,
                              database="app", progress=Steps(), jobs=jobs)  # fmt: skip
 
+            def full_python() -> None:
+                os.environ["DBSNAP_MASKING"] = "python"  # in the step's forked child (and its workers) only
+                full()
+
             def subset() -> None:
                 policy = parse_policy({**POLICY, "subset": [{"table": "public.users", "where": "id % 10 = 0"}]})
                 capture_dump(
@@ -148,6 +152,7 @@ def main() -> int:
             for name, step in (
                 ("plain pg_dump -Fc", plain),
                 ("masked full capture", full),
+                ("masked full capture, maskers in Python only (DBSNAP_MASKING=python)", full_python),
                 ("masked full capture, masking in this process only (jobs=1)", lambda: full(1)),
                 ("masked 10% subset", subset),
             ):

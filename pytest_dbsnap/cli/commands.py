@@ -414,6 +414,7 @@ def cmd_capture(args: argparse.Namespace, settings: Settings) -> int:
     """Masked data of a live database into the store (`--check`: only whether the policy covers its catalog)."""
     from pytest_dbsnap.config.loading import find_pyproject, read_pyproject_table
     from pytest_dbsnap.dumps.capture.draft import draft_policy, render
+    from pytest_dbsnap.dumps.capture.maskers import python_only_note
     from pytest_dbsnap.dumps.capture.pipeline import (
         Source,
         capture_dump,
@@ -475,7 +476,8 @@ def cmd_capture(args: argparse.Namespace, settings: Settings) -> int:
         f"{sum(meta.row_counts.values())} rows, {len(meta.capture['masked_columns'])} masked column(s), "
         f"constraints validated, no sampled original found"
     )
-    for line in [*capture_notes(meta.capture), *([note] if note is not None else [])]:
+    slower = python_only_note() if meta.capture["masked_columns"] else None
+    for line in [*capture_notes(meta.capture), *(n for n in (note, slower) if n is not None)]:
         print(f"dbsnap: note: {line}", file=sys.stderr)
     return EXIT_OK
 

@@ -285,7 +285,7 @@ def test_copy_text_rows_are_masked_field_by_field_with_escapes_and_nulls_kept() 
         seen.append(value)
         return len(seen) < 1  # wants one sample only
 
-    masker = ChunkMasker([(1, to_copy(lambda v: v.upper() + "\n"), None, take, {})])
+    masker = ChunkMasker([(1, to_copy(lambda v: v.upper() + "\n"), None, take, {}, None)])
     # Chunks of 8 bytes or more, each ending at a row's end: rows cut between COPY blocks are joined first.
     chunks = [masker(data) for data in whole_rows([stream[:7], stream[7:20], stream[20:]], 8)]
     rows = b"".join(chunks).split(b"\n")[:-1]
@@ -370,8 +370,8 @@ def test_the_bytes_fast_path_gives_the_str_paths_outputs(spec: Any) -> None:
             assert masker.fast(raw) == slow(decode_field(raw)), value
     # Whole rows through ChunkMasker: with the fast path (escaped fields still take the str path) and without.
     stream = b"".join(b"%d\t%s\tkept\n" % (i, encode_field(v)) for i, v in enumerate([*values, None]))
-    fast = ChunkMasker([(1, slow, masker.fast, None, {})])(stream)
-    assert fast == ChunkMasker([(1, slow, None, None, {})])(stream)
+    fast = ChunkMasker([(1, slow, masker.fast, None, {}, None)])(stream)
+    assert fast == ChunkMasker([(1, slow, None, None, {}, None)])(stream)
     assert fast.count(b"\n") == len(values) + 1
 
 

@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import re
 from collections.abc import Callable, Iterable, Iterator, Sequence
+from typing import Protocol
 
 # COPY TO writes a backslash before \, and before a newline, carriage return, tab, backspace, form feed and
 # vertical tab, which it writes as letters; NULL is \N. (Octal and hex escapes are read by COPY FROM, never
@@ -41,10 +42,27 @@ Sampler = Callable[[str], bool]
 # Masks a field COPY sent without a backslash: its bytes are the value's own (what the keyed hash reads), the
 # result is the masked value's COPY bytes, the same as the str path's.
 FastMask = Callable[[bytes], bytes]
-# (column index, mask to COPY bytes, fast mask or None, sampler, memo): the sampler sees originals and says whether
-# it wants more; the memo maps an input's COPY bytes to its masked COPY bytes, shared by the fields whose rule is
-# the same.
-FieldMask = tuple[int, Callable[[str], bytes], FastMask | None, Sampler | None, dict[bytes, bytes]]
+
+
+class NativeColumn(Protocol):
+    """The fast mask in C (maskers.Masker.native): masks rows[first:][index] as ChunkMasker's loop without a
+    sampler does, handing a field it does not handle to `slow`."""
+
+    def column(
+        self,
+        rows: list[list[bytes]],
+        index: int,
+        first: int,
+        memo: dict[bytes, bytes],
+        slow: Callable[[bytes], bytes],
+        longest: int,
+    ) -> None: ...
+
+
+# (column index, mask to COPY bytes, fast mask or None, sampler, memo, the fast mask in C or None): the sampler
+# sees originals and says whether it wants more; the memo maps an input's COPY bytes to its masked COPY bytes,
+# shared by the fields whose rule is the same.
+FieldMask = tuple[int, Callable[[str], bytes], FastMask | None, Sampler | None, dict[bytes, bytes], NativeColumn | None]
 
 
 def to_copy(mask: Mask, plain: bool = False) -> Callable[[str], bytes]:
@@ -72,7 +90,7 @@ class ChunkMasker:
         return b"\n".join([b"\t".join(row) for row in rows])
 
     def _column(self, position: int, rows: list[list[bytes]]) -> None:
-        index, mask, fast, take, memo = self.fields[position]
+        index, mask, fast, take, memo, native = self.fields[position]
         if len(memo) >= REMEMBERED:
             memo.clear()  # bounded: a fresh start costs a few recomputations, never memory
         done = 0
@@ -90,8 +108,15 @@ class ChunkMasker:
                         memo[raw] = masked
                 row[index] = masked
                 if not take(original):
-                    self.fields[position] = (index, mask, fast, None, memo)
+                    self.fields[position] = (index, mask, fast, None, memo, native)
                     break
+        if native is not None:
+
+            def slow(raw: bytes) -> bytes:
+                return mask(decode_field(raw)) if fast is None or 92 in raw else fast(raw)
+
+            native.column(rows, index, done, memo, slow, REMEMBERED_LONGEST)
+            return
         remembered = memo.get
         for row in rows[done:] if done else rows:
             raw = row[index]

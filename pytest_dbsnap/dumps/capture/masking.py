@@ -48,7 +48,8 @@ def build_fields(
     for index, column, spec in rules:
         masker = build_masker(spec, key)
         memo = memos.setdefault(json.dumps(spec, sort_keys=True), {})
-        fields.append((index, to_copy(masker.mask, masker.plain), masker.fast, sample.sampler(column, masker), memo))
+        copied = to_copy(masker.mask, masker.plain)
+        fields.append((index, copied, masker.fast, sample.sampler(column, masker), memo, masker.native))
     return fields
 
 

@@ -1,0 +1,223 @@
+"""The named maskers in C (_fastmask.c) against the Python ones: the same keyed BLAKE2b as hashlib's, and byte for
+byte the same masked COPY fields, alone and through ChunkMasker, for every named masker and any value (a value the
+C code does not handle goes to Python, so both paths always agree)."""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import random
+import string
+
+import pytest
+
+from pytest_dbsnap.dumps.capture import _fastmask, maskers
+from pytest_dbsnap.dumps.capture.copytext import REMEMBERED, ChunkMasker, decode_field, encode_field, to_copy
+from pytest_dbsnap.dumps.capture.maskers import LOREM, NAMED, PERSON, build_masker, native_masking, python_only_note
+
+KEY = b"fastmask-test-key"
+KEYED = [name for name in NAMED if name != "null"]  # null writes \N without a hash: nothing to do in C
+
+
+def values() -> list[str]:
+    """What a column may hold: ASCII and not, empty and long, texts with lorem words in any case, escapes."""
+    chosen = random.Random(20261204)  # noqa: S311 (test inputs, the same on every run)
+    found = [
+        "", "a", "Ada", "ann@corp.com", "Zoë Ünal", "日本語", "emoji 🎉", "a\tb\\c\nd", "back\\slash", "12345",
+        "x" * 5000, "word " * 3000, "\udce9t\udcc3", "biography of a real person number 7 " * 4,
+        # every single letter as a word: a slice of the corpus cut after one letter of a word meets one of them
+        "k " + " ".join(string.ascii_lowercase),
+    ]  # fmt: skip
+    for word in LOREM:
+        found += [f"hello {word} world", f"{word.upper()}!", f"see_{word} {word.capitalize()}2"]
+    alphabet = string.ascii_letters + string.digits + " _-.,;:'\"\t\n\\é中"
+    for _ in range(3000):
+        found.append("".join(chosen.choice(alphabet) for _ in range(chosen.randint(0, 90))))
+    return found
+
+
+def test_the_install_built_the_c_maskers() -> None:
+    """The development install compiles them (the machine has a C compiler); without them masking is slower,
+    never different, so a missing build would otherwise go unnoticed."""
+    assert native_masking()
+    assert build_masker("email", KEY).native is not None
+
+
+@pytest.mark.parametrize("key", [b"", b"k", bytes(range(32)), bytes(range(64))])
+def test_the_keyed_digest_is_hashlibs_blake2b(key: bytes) -> None:
+    for name in ("email", "x" * 200):
+        native = _fastmask.Native(_fastmask.HASH, key, name.encode(), PERSON, [], [], ())
+        for size in [*range(300), 1000, 4096]:
+            value = bytes((i * 7 + size) % 256 for i in range(size))
+            state = hashlib.blake2b(key=key, digest_size=32, person=PERSON)
+            state.update(name.encode() + b"\0" + value)
+            assert native.digest(value) == state.digest(), (name, size)
+
+
+@pytest.mark.parametrize("name", KEYED)
+def test_each_c_masker_gives_the_python_outputs(name: str) -> None:
+    masker = build_masker(name, KEY)
+    assert masker.native is not None
+    assert masker.fast is not None
+    slow = to_copy(masker.mask, masker.plain)
+    handed_back = 0
+    for value in values():
+        raw = encode_field(value)
+        if b"\\" in raw:
+            continue  # an escaped field never reaches the C code (ChunkMasker's test below)
+        got = masker.native.one(raw)
+        if got is None:
+            handed_back += 1
+            continue
+        assert got == masker.fast(raw) == slow(decode_field(raw)), value
+    if name == "text":
+        # Non-ASCII texts and those holding a lorem word (or the slice's cut last word) go to Python.
+        assert 100 < handed_back < 2000
+    else:
+        assert handed_back == 0
+
+
+def test_texts_the_c_code_hands_back_include_a_cut_last_word() -> None:
+    """A text with no lorem word is handed back only when the corpus slice ends in a cut word the text holds: the
+    single-letter words meet that case, so the branch is taken (and the outputs compared above)."""
+    masker = build_masker("text", KEY)
+    assert masker.native is not None
+    letters = [f"k{i} " + " ".join(string.ascii_lowercase) for i in range(400)]
+    handed_back = [v for v in letters if masker.native.one(v.encode()) is None]
+    assert handed_back
+    for value in handed_back:
+        out = masker.mask(value)
+        assert out is not None
+        assert len(out) == len(value)
+
+
+@pytest.mark.parametrize("name", KEYED)
+def test_chunks_masked_with_and_without_c_are_the_same(name: str) -> None:
+    """Whole rows: NULLs, escaped fields, repeats (the memo), more distinct values than the memo holds, and a
+    sampler on the first rows (which ChunkMasker masks in Python while it samples)."""
+    masker = build_masker(name, KEY)
+    slow = to_copy(masker.mask, masker.plain)
+    column = values()
+    column += [column[i % 50] for i in range(2000)]  # repeats
+    column += [f"person{i}@example.org" for i in range(REMEMBERED + 10)]
+    stream = b"".join(b"%d\t%s\tkept\n" % (i, encode_field(v)) for i, v in enumerate([*column, None]))
+    outputs = []
+    for native in (masker.native, None):
+        looked = [0]
+
+        def take(_value: str, looked: list[int] = looked) -> bool:
+            looked[0] += 1
+            return looked[0] < 100
+
+        outputs.append(ChunkMasker([(1, slow, masker.fast, take, {}, native)])(stream))
+    assert outputs[0] == outputs[1]
+    assert outputs[0].count(b"\n") == len(column) + 1
+    assert outputs[0].endswith(b"\t\\N\tkept\n")  # the NULL stays NULL
+
+
+def test_bad_arguments_raise_instead_of_crashing() -> None:
+    with pytest.raises(ValueError, match="unknown masker"):
+        _fastmask.Native(99, KEY, b"x", PERSON, [], [], ())
+    with pytest.raises(ValueError, match="at most 64"):
+        _fastmask.Native(_fastmask.HASH, b"k" * 65, b"x", PERSON, [], [], ())
+    with pytest.raises(TypeError, match="list of bytes"):
+        _fastmask.Native(_fastmask.PICK, KEY, b"x", PERSON, ["Ada"], [], ())
+    native = _fastmask.Native(_fastmask.HASH, KEY, b"hash", PERSON, [], [], ())
+    with pytest.raises(ValueError, match="without field 3"):
+        native.column([[b"a", b"b"]], 3, 0, {}, lambda raw: raw, 128)
+    with pytest.raises(TypeError, match="not bytes"):
+        native.column([["a"]], 0, 0, {}, lambda raw: raw, 128)  # type: ignore[list-item]
+    with pytest.raises(TypeError, match="no bytes"):
+        native.column([[b"a\\tb"]], 0, 0, {}, lambda raw: None, 128)  # type: ignore[arg-type,return-value]
+
+
+def test_dbsnap_masking_python_turns_the_c_maskers_off(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("DBSNAP_MASKING", "python")
+    assert not native_masking()
+    assert build_masker("email", KEY).native is None
+
+
+JSON_RULES = {"email": "email", "phone": "phone", "bio": "text", "gone": "null", "n": "full_name"}
+
+
+def documents() -> list[str]:
+    """JSON documents of any shape, written as jsonb writes them and not (ASCII-only escapes, floats, spacing)."""
+    chosen = random.Random(4)  # noqa: S311 (test inputs, the same on every run)
+    keys = [*JSON_RULES, "x", "y", "é"]
+
+    def value(depth: int) -> object:
+        roll = chosen.random()
+        if depth < 3 and roll < 0.2:
+            return {chosen.choice(keys): value(depth + 1) for _ in range(chosen.randint(0, 4))}
+        if depth < 3 and roll < 0.3:
+            return [value(depth + 1) for _ in range(chosen.randint(0, 3))]
+        if roll < 0.6:
+            return "".join(chosen.choice(string.ascii_letters + ' é@."\\\t') for _ in range(chosen.randint(0, 20)))
+        if roll < 0.7:
+            return chosen.randint(-(10**20), 10**20)
+        if roll < 0.75:
+            return chosen.random() * 100
+        return chosen.choice([True, False, None, 0, -1])
+
+    return [json.dumps(value(0), ensure_ascii=chosen.random() < 0.5) for _ in range(6000)]
+
+
+@pytest.mark.parametrize("rules", [{"email": "email"}, JSON_RULES])
+def test_json_documents_masked_in_c_are_pythons(rules: dict[str, str]) -> None:
+    masker = build_masker({"json": rules}, KEY)
+    assert masker.native is not None
+    slow = to_copy(masker.mask, masker.plain)
+    handled = 0
+    for document in documents():
+        raw = encode_field(document)
+        if b"\\" in raw:
+            continue
+        got = masker.native.one(raw)
+        if got is not None:
+            handled += 1
+            assert got == slow(decode_field(raw)), document
+    assert handled > 2000
+
+
+@pytest.mark.parametrize(
+    "document",
+    [
+        '{"email": "a@b.c",  "x": 1}', '{"email":"a@b.c"}', '{"email": "a", "email": "b"}', "-0", "1.50", "1e5",
+        '{"email": 5}', '{"email": ["a@b.c"]}', ' {"email": "a@b.c"}', '{"email": "a@b.c"} ', '{"bio": "lorem ipsum"}',
+        '{"email": "x"', '{"email": "x"}x', "NaN", '{"x": 007}', "[1,2]", '{"x": "\x01"}',
+    ],
+)  # fmt: skip
+def test_json_documents_that_re_encoding_would_change_go_to_python(document: str) -> None:
+    """Other spacing, a repeated key, -0 and floats, a masked key over a non-string, a text with a lorem word,
+    broken JSON: json.dumps would write them differently (or json.loads refuses them), so Python does."""
+    masker = build_masker({"json": JSON_RULES}, KEY)
+    assert masker.native is not None
+    assert masker.native.one(document.encode()) is None
+
+
+def test_json_null_and_nested_values_under_masked_keys() -> None:
+    masker = build_masker({"json": JSON_RULES}, KEY)
+    assert masker.native is not None
+    document = '{"gone": "secret", "email": null, "x": [1, {"n": "Ann Lee"}, []], "y": {}}'
+    got = masker.native.one(document.encode())
+    assert got is not None
+    assert got == masker.mask(document).encode()  # type: ignore[union-attr]
+    assert got.startswith(b'{"gone": null, "email": null, "x": [1, {"n": "')
+    assert b"Ann Lee" not in got
+
+
+def test_an_install_without_the_c_maskers_masks_in_python_and_says_so(monkeypatch: pytest.MonkeyPatch) -> None:
+    """As a build without a C compiler leaves it: the same outputs, and the capture's note names the fix."""
+    email = build_masker("email", KEY)
+    assert email.native is not None
+    assert python_only_note() is None
+    monkeypatch.setattr(maskers, "_fastmask", None)
+    assert not native_masking()
+    without = build_masker("email", KEY)
+    assert without.native is None
+    assert without.fast is not None
+    assert without.fast(b"ann@corp.com") == email.native.one(b"ann@corp.com")
+    note = python_only_note()
+    assert note is not None
+    assert "C compiler" in note
+    assert "apt-get install gcc python3-dev" in note
