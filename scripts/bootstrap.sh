@@ -11,7 +11,8 @@ if [ ! -x .venv/bin/python ]; then
   echo "bootstrap: creating .venv"
   "$PYTHON" -m venv .venv
 fi
-stamp=.venv/.installed-$(sha256sum pyproject.toml | cut -c1-16)
+# The C maskers are compiled by the (editable) install: a change to their source installs again.
+stamp=.venv/.installed-$(cat pyproject.toml pytest_dbsnap/dumps/capture/_fastmask.c | sha256sum | cut -c1-16)
 if [ ! -f "$stamp" ]; then
   echo "bootstrap: installing pytest-dbsnap with the app, dev, browser and server extras"
   .venv/bin/python -m pip install --quiet --upgrade pip

@@ -19,7 +19,7 @@ def test_the_wheel_ships_pytest_dbsnap_only(tmp_path: Path) -> None:
     for name in ("pyproject.toml", "README.md"):
         shutil.copy2(ROOT / name, source / name)
     for folder in ("pytest_dbsnap", "refapp", "tests"):
-        shutil.copytree(ROOT / folder, source / folder, ignore=shutil.ignore_patterns("__pycache__", "*.pyc"))
+        shutil.copytree(ROOT / folder, source / folder, ignore=shutil.ignore_patterns("__pycache__", "*.pyc", "*.so"))
     out = tmp_path / "wheels"
     built = subprocess.run(
         [sys.executable, "-m", "pip", "wheel", "--no-deps", "--no-build-isolation", "-q", "-w", str(out), str(source)],
@@ -37,6 +37,9 @@ def test_the_wheel_ships_pytest_dbsnap_only(tmp_path: Path) -> None:
     assert len(dist_info) == 1
     shipped = {"pytest_dbsnap/plugin/__init__.py", "pytest_dbsnap/py.typed", "pytest_dbsnap/dumps/restore.py"}
     assert shipped <= set(names)
+    # The capture's maskers in C, compiled by the build (this machine has a C compiler), with their stub for mypy.
+    assert "pytest_dbsnap/dumps/capture/_fastmask.pyi" in names
+    assert [n for n in names if n.startswith("pytest_dbsnap/dumps/capture/_fastmask.") and n.endswith(".so")]
     entry_points = zipfile.ZipFile(wheel).read(f"{dist_info[0]}/entry_points.txt").decode()
     assert "dbsnap = pytest_dbsnap.plugin" in entry_points
     assert "dbsnap = pytest_dbsnap.cli:main" in entry_points
