@@ -113,7 +113,10 @@ def build_parser() -> argparse.ArgumentParser:
         help="with --check: print [tool.dbsnap.capture] rules for the columns the policy does not cover, to review",
     )
     sub["capture"].add_argument(
-        "--jobs", dest="capture_jobs", type=_positive, help="masking processes (default: one per core)"
+        "--jobs",
+        dest="capture_jobs",
+        type=_positive,
+        help="masking processes (default: 1 with the compiled maskers, else one per core)",
     )
     init = commands.add_parser(
         "init",
