@@ -20,7 +20,7 @@ import pytest
 from pytest_dbsnap import cli
 from pytest_dbsnap.config.loading import load_settings
 from pytest_dbsnap.core.proc import run
-from pytest_dbsnap.dumps.capture import leaks, masking
+from pytest_dbsnap.dumps.capture import leaks, maskers, masking
 from pytest_dbsnap.dumps.capture.catalog import read_catalog
 from pytest_dbsnap.dumps.capture.leaks import LeakSample
 from pytest_dbsnap.dumps.capture.maskers import EMAIL, FIRST_NAMES, LAST_NAMES, PHONE, build_masker
@@ -359,10 +359,10 @@ def test_a_capture_masking_in_python_stores_the_rows_the_c_maskers_store(
     Python while its leak sample fills: with 5 per column, the C maskers mask the rest of these rows."""
     monkeypatch.setattr(leaks, "PER_COLUMN", 5)
     store, _meta, db = full
-    assert masking.native_masking()
+    assert maskers.native_masking()
     in_c = restored(dumps_cluster, store, capture(dumps_cluster, store, source, policy_with()))
     monkeypatch.setenv("DBSNAP_MASKING", "python")
-    assert not masking.native_masking()
+    assert not maskers.native_masking()
     in_python = restored(dumps_cluster, store, capture(dumps_cluster, store, source, policy_with()))
     for table in ("users", "orders", "subscriptions"):
         query = f"SELECT * FROM {table} ORDER BY 1"
