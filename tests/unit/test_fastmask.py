@@ -12,7 +12,14 @@ import string
 import pytest
 
 from pytest_dbsnap.dumps.capture import _fastmask, maskers
-from pytest_dbsnap.dumps.capture.copytext import REMEMBERED, ChunkMasker, decode_field, encode_field, to_copy
+from pytest_dbsnap.dumps.capture.copytext import (
+    REMEMBERED,
+    ChunkMasker,
+    FieldMask,
+    decode_field,
+    encode_field,
+    to_copy,
+)
 from pytest_dbsnap.dumps.capture.maskers import LOREM, NAMED, PERSON, build_masker, native_masking, python_only_note
 
 KEY = b"fastmask-test-key"
@@ -221,3 +228,34 @@ def test_an_install_without_the_c_maskers_masks_in_python_and_says_so(monkeypatc
     assert note is not None
     assert "C compiler" in note
     assert "apt-get install gcc python3-dev" in note
+
+
+def test_whole_chunks_in_c_are_the_rows_python_masks() -> None:
+    """A table whose masked columns all have their C masker is masked a chunk at a time in C once nothing is
+    sampled: named maskers, {json}, null and {value} side by side with kept columns, escapes and NULLs."""
+    specs: list[object] = [*KEYED, {"json": JSON_RULES}, "null", {"value": "a\tb\\c"}]
+    maskers_ = [build_masker(spec, KEY) for spec in specs]
+    assert all(m.native is not None for m in maskers_)
+    column = values()
+    texts = [encode_field(v) for v in column]
+    docs = [encode_field(d) for d in documents()]
+    lines = []
+    for i in range(len(column)):
+        row = [b"%d" % i]
+        for number in range(len(specs)):
+            row.append(b"\\N" if (i + number) % 17 == 0 else docs[i % len(docs)] if number == 9 else texts[i])
+            row.append(b"kept\\t%d" % number)  # a kept field between masked ones, with an escape
+        lines.append(b"\t".join(row) + b"\n")
+    stream = b"".join(lines)
+    fields: list[FieldMask] = [
+        (1 + 2 * n, to_copy(m.mask, m.plain), m.fast, None, {}, m.native) for n, m in enumerate(maskers_)
+    ]
+    in_c = ChunkMasker(fields)
+    assert in_c.whole is not None  # the whole-chunk path
+    in_python = ChunkMasker([(*f[:5], None) for f in fields])
+    assert in_python.whole is None
+    masked = in_c(stream)
+    assert masked == in_python(stream)
+    assert masked.count(b"\n") == len(column)
+    with pytest.raises(ValueError, match="without field 3"):
+        in_c(b"1\tann@corp.com\n")

@@ -7,7 +7,12 @@ from __future__ import annotations
 
 import re
 from collections.abc import Callable, Iterable, Iterator, Sequence
-from typing import Protocol
+from typing import Any, Protocol
+
+try:  # masking whole chunks in C (_fastmask.c, built where the install found a C compiler)
+    from pytest_dbsnap.dumps.capture._fastmask import mask_chunk
+except ImportError:
+    mask_chunk = None  # type: ignore[assignment]
 
 # COPY TO writes a backslash before \, and before a newline, carriage return, tab, backspace, form feed and
 # vertical tab, which it writes as letters; NULL is \N. (Octal and hex escapes are read by COPY FROM, never
@@ -79,9 +84,16 @@ class ChunkMasker:
 
     def __init__(self, fields: Sequence[FieldMask]) -> None:
         self.fields = list(fields)
+        # (index, native, slow) by index, when every field has its C masker: whole chunks in C once no column is
+        # sampled any more (mask_chunk: no memo, no row split into Python objects; the same outputs).
+        self.whole: list[tuple[int, Any, Callable[[bytes], bytes]]] | None = None
+        if mask_chunk is not None and self.fields and all(f[5] is not None for f in self.fields):
+            self.whole = sorted((f[0], f[5], _slow(f[1], f[2])) for f in self.fields)
 
     def __call__(self, data: bytes) -> bytes:
         """Masked COPY text of `data`, which holds whole rows (each ending in a newline)."""
+        if self.whole is not None and mask_chunk is not None and all(f[3] is None for f in self.fields):
+            return mask_chunk(data, self.whole)
         rows = [line.split(b"\t") for line in data.split(b"\n")]
         rows.pop()  # after the last newline
         for position in range(len(self.fields)):
@@ -111,11 +123,7 @@ class ChunkMasker:
                     self.fields[position] = (index, mask, fast, None, memo, native)
                     break
         if native is not None:
-
-            def slow(raw: bytes) -> bytes:
-                return mask(decode_field(raw)) if fast is None or 92 in raw else fast(raw)
-
-            native.column(rows, index, done, memo, slow, REMEMBERED_LONGEST)
+            native.column(rows, index, done, memo, _slow(mask, fast), REMEMBERED_LONGEST)
             return
         remembered = memo.get
         for row in rows[done:] if done else rows:
@@ -128,6 +136,15 @@ class ChunkMasker:
                 if len(raw) <= REMEMBERED_LONGEST:
                     memo[raw] = known
             row[index] = known
+
+
+def _slow(mask: Callable[[str], bytes], fast: FastMask | None) -> Callable[[bytes], bytes]:
+    """A field's masking in Python, for the fields the C code hands back."""
+
+    def slow(raw: bytes) -> bytes:
+        return mask(decode_field(raw)) if fast is None or 92 in raw else fast(raw)
+
+    return slow
 
 
 def whole_rows(blocks: Iterable[bytes | bytearray | memoryview], size: int) -> Iterator[bytes]:

@@ -105,6 +105,14 @@ def native_masking() -> bool:
     return _fastmask is not None and os.environ.get("DBSNAP_MASKING") != "python"
 
 
+def _native_constant(copied: bytes) -> Native | None:
+    """The same COPY bytes for every value, in C: lets a table whose masked columns include `null` or `{value}`
+    be masked a whole chunk at a time."""
+    if not native_masking():
+        return None
+    return _fastmask.Native(_fastmask.CONSTANT, b"", b"", PERSON, copied, [], ())
+
+
 def python_only_note() -> str | None:
     """What a capture says when its maskers ran in Python because the C ones were not built (not when
     DBSNAP_MASKING=python asked for it)."""
@@ -322,7 +330,9 @@ def _named(name: str, key: bytes) -> Masker:
             native=keyed.native("HASH"),
         )  # fmt: skip
     if name == "null":
-        return Masker(name, lambda _v: None, 0, True, None, _never, fast=lambda _data: b"\\N")
+        return Masker(
+            name, lambda _v: None, 0, True, None, _never, fast=lambda _data: b"\\N", native=_native_constant(b"\\N")
+        )
     raise ValueError(name)
 
 
@@ -388,7 +398,10 @@ def _constant(value: Any) -> Masker:
     else:
         raise ValueError("a string, number or boolean")
     copied = encode_field(text)
-    return Masker(f"value={text!r}", lambda _v: text, len(text), False, None, _never, fast=lambda _data: copied)
+    return Masker(
+        f"value={text!r}", lambda _v: text, len(text), False, None, _never, fast=lambda _data: copied,
+        native=_native_constant(copied),
+    )  # fmt: skip
 
 
 # json.dumps(value, ensure_ascii=False) builds this encoder on every call (it caches only the default one).
@@ -435,7 +448,7 @@ def _json(rules: Mapping[str, Masker]) -> Masker:
     spec = "json={" + ", ".join(f"{k}={m.spec}" for k, m in sorted(rules.items())) + "}"
     native = None
     if native_masking() and all(m.native is not None or m.makes_null for m in rules.values()):
-        inner = {k.encode(): m.native for k, m in rules.items()}  # None: the null masker
+        inner = {k.encode(): None if m.makes_null else m.native for k, m in rules.items()}  # None: JSON's null
         native = _fastmask.Native(_fastmask.JSON, b"", b"", PERSON, inner, [], ())
     return Masker(spec, mask, None, False, None, _never, hidden, native=native)
 
