@@ -78,24 +78,32 @@ def test_each_c_masker_gives_the_python_outputs(name: str) -> None:
             continue
         assert got == masker.fast(raw) == slow(decode_field(raw)), value
     if name == "text":
-        # Non-ASCII texts and those holding a lorem word (or the slice's cut last word) go to Python.
-        assert 100 < handed_back < 2000
+        # Empty and non-ASCII texts (and the two over half the corpus) go to Python.
+        assert 100 < handed_back < 1500
     else:
         assert handed_back == 0
 
 
-def test_texts_the_c_code_hands_back_include_a_cut_last_word() -> None:
-    """A text with no lorem word is handed back only when the corpus slice ends in a cut word the text holds: the
-    single-letter words meet that case, so the branch is taken (and the outputs compared above)."""
+def test_texts_with_lorem_words_or_the_cut_last_word_are_masked_in_c_too() -> None:
+    """A word of the value that the corpus slice also holds (a lorem word like "in" or "do", or the slice's cut
+    last word) is written over in the slice, in C as in Python; the single-letter words meet the cut word."""
     masker = build_masker("text", KEY)
     assert masker.native is not None
-    letters = [f"k{i} " + " ".join(string.ascii_lowercase) for i in range(400)]
-    handed_back = [v for v in letters if masker.native.one(v.encode()) is None]
-    assert handed_back
-    for value in handed_back:
-        out = masker.mask(value)
-        assert out is not None
-        assert len(out) == len(value)
+    inputs = [f"k{i} " + " ".join(string.ascii_lowercase) for i in range(400)]
+    inputs += [f"Customer {i} called in March: do ship it, ut et ad x" for i in range(400)]
+    overwritten = 0
+    for value in inputs:
+        got = masker.native.one(value.encode())
+        assert got is not None
+        assert got == (masker.mask(value) or "").encode()
+        assert len(got) == len(value)
+        overwritten += b"xx" in got or b"qq" in got or got.endswith((b" x", b" q"))
+    assert overwritten > 50
+    # A one-letter text is a new bytes object: CPython shares one object per byte value, which the C code must
+    # never write into (it once did, and b"f" read as b"x" from then on).
+    for letter in string.ascii_lowercase:
+        masker.native.one(letter.encode())
+    assert [bytes([c])[0] for c in range(97, 123)] == list(range(97, 123))
 
 
 @pytest.mark.parametrize("name", KEYED)
@@ -190,7 +198,7 @@ def test_json_documents_masked_in_c_are_pythons(rules: dict[str, str]) -> None:
     "document",
     [
         '{"email": "a@b.c",  "x": 1}', '{"email":"a@b.c"}', '{"email": "a", "email": "b"}', "-0", "1.50", "1e5",
-        '{"email": 5}', '{"email": ["a@b.c"]}', ' {"email": "a@b.c"}', '{"email": "a@b.c"} ', '{"bio": "lorem ipsum"}',
+        '{"email": 5}', '{"email": ["a@b.c"]}', ' {"email": "a@b.c"}', '{"email": "a@b.c"} ', '{"bio": "café"}',
         '{"email": "x"', '{"email": "x"}x', "NaN", '{"x": 007}', "[1,2]", '{"x": "\x01"}',
     ],
 )  # fmt: skip
@@ -259,3 +267,45 @@ def test_whole_chunks_in_c_are_the_rows_python_masks() -> None:
     assert masked.count(b"\n") == len(column)
     with pytest.raises(ValueError, match="without field 3"):
         in_c(b"1\tann@corp.com\n")
+
+
+def arrays() -> list[str]:
+    """One-dimensional text arrays as PostgreSQL writes them (array_out quotes what needs it), and not."""
+    chosen = random.Random(5)  # noqa: S311 (test inputs, the same on every run)
+    found = ["{}", "{NULL}", '{"NULL"}', "{a,}", "{,a}", '{"a"b}', "{{a,b},{c,d}}", "[0:1]={a,b}", "{a", "a}", "{ }"]
+    words = [*values()[:400], "NULL", ""]
+    for _ in range(3000):
+        elements = []
+        for _ in range(chosen.randint(0, 5)):
+            word = chosen.choice(words)
+            if chosen.random() < 0.15:
+                elements.append("NULL")
+            elif word and not any(c in word for c in ',"\\{} \t\n') and word.upper() != "NULL":
+                elements.append(word)
+            else:
+                elements.append('"' + word.replace("\\", "\\\\").replace('"', '\\"') + '"')
+        found.append("{" + ",".join(elements) + "}")
+    return found
+
+
+@pytest.mark.parametrize("name", KEYED)
+def test_arrays_masked_in_c_are_pythons(name: str) -> None:
+    """{array = rule} (the plan's, for an array column whose elements the rule fills): each element masked by the
+    rule in C, or the whole array in Python (escapes, a text the C code hands back, a shape it does not read)."""
+    masker = build_masker({"array": name}, KEY)
+    assert masker.native is not None
+    slow = to_copy(masker.mask, masker.plain)
+    handled = 0
+    for array in arrays():
+        raw = encode_field(array)
+        if b"\\" in raw:
+            continue
+        got = masker.native.one(raw)
+        if got is None:
+            continue
+        handled += 1
+        assert got == slow(decode_field(raw)), array
+    assert handled > 500
+    for odd in ("{{a,b},{c,d}}", "[0:1]={a,b}", '{"a"b}'):
+        assert masker.native.one(odd.encode()) is None  # Python's: refused or read its own way
+    assert build_masker({"array": "null"}, KEY).native is None

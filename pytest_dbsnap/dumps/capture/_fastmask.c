@@ -4,7 +4,7 @@
  * Each output is byte for byte the Python fast path's: keyed BLAKE2b (RFC 7693) with the same parameters as
  * maskers._Keyed (32-byte digest, the capture key, personalization "dbsnap-capture", the masker's name and a NUL
  * before the value), and the same choice from the same vocabularies, which the Python side passes in. A value this
- * code does not handle (a backslash in its COPY field, a text that is not plain ASCII or holds a lorem word) is
+ * code does not handle (a backslash in its COPY field, a text that is not plain ASCII, JSON it would re-encode) is
  * handed to the Python callable `slow`, so the two paths cannot disagree on a rare case. The memo is the Python
  * dict ChunkMasker keeps, used the same way. tests/unit/test_fastmask.py compares the two paths. */
 
@@ -139,7 +139,7 @@ static inline uint32_t u32(const uint8_t *d) {
 
 /* ---- the maskers ---- */
 
-enum { EMAIL = 1, PICK, FULL_NAME, PHONE, STREET, POSTAL_CODE, HASH, TEXT, JSON, CONSTANT };
+enum { EMAIL = 1, PICK, FULL_NAME, PHONE, STREET, POSTAL_CODE, HASH, TEXT, JSON, CONSTANT, ARRAY };
 
 typedef struct {
     PyObject_HEAD
@@ -150,21 +150,15 @@ typedef struct {
     /* TEXT only */
     Py_ssize_t *starts;
     Py_ssize_t nstarts;
-    PyObject *lorem; /* tuple of the lorem words (bytes), lowercase ASCII */
-    int16_t buckets[256][4]; /* lorem word indexes by bucket() of the word, -1 after the last */
-    int linear; /* a bucket overflowed: look at every lorem word */
+    PyObject *third; /* unused by the maskers so far (kept for the constructor's shape) */
 } Native;
-
-static inline unsigned bucket(Py_ssize_t len, unsigned char first, unsigned char last) {
-    return ((unsigned)len * 37u + first * 11u + last) & 255u;
-}
 
 static PyTypeObject NativeType;
 
 static void native_dealloc(Native *self) {
     Py_XDECREF(self->first);
     Py_XDECREF(self->second);
-    Py_XDECREF(self->lorem);
+    Py_XDECREF(self->third);
     PyMem_Free(self->starts);
     Py_TYPE(self)->tp_free((PyObject *)self);
 }
@@ -182,12 +176,12 @@ static int bytes_list(PyObject *list, const char *what) {
     return 0;
 }
 
-/* Native(kind, secret, name, person, first, second, lorem) */
+/* Native(kind, secret, name, person, first, second, third) */
 static int native_init(Native *self, PyObject *args, PyObject *kwds) {
     int kind;
     Py_buffer secret, name, person;
-    PyObject *first, *second, *lorem;
-    if (!PyArg_ParseTuple(args, "iy*y*y*OOO", &kind, &secret, &name, &person, &first, &second, &lorem)) return -1;
+    PyObject *first, *second, *third;
+    if (!PyArg_ParseTuple(args, "iy*y*y*OOO", &kind, &secret, &name, &person, &first, &second, &third)) return -1;
     int failed = 0;
     if (secret.len > 64 || person.len > 16) {
         PyErr_SetString(PyExc_ValueError, "a key of at most 64 bytes and a person of at most 16");
@@ -208,14 +202,14 @@ static int native_init(Native *self, PyObject *args, PyObject *kwds) {
     PyBuffer_Release(&name);
     PyBuffer_Release(&person);
     if (failed) return -1;
-    if (kind < EMAIL || kind > CONSTANT) {
+    if (kind < EMAIL || kind > ARRAY) {
         PyErr_SetString(PyExc_ValueError, "an unknown masker kind");
         return -1;
     }
-    self->kind = kind;
+    self->kind = 0; /* usable once every argument is checked (masked() refuses kind 0) */
     if (kind == TEXT) {
-        if (!PyBytes_Check(first) || !PyList_Check(second) || !PyTuple_Check(lorem)) {
-            PyErr_SetString(PyExc_TypeError, "text: the corpus (bytes), its word starts (list) and the lorem words");
+        if (!PyBytes_Check(first) || !PyList_Check(second)) {
+            PyErr_SetString(PyExc_TypeError, "text: the corpus (bytes) and its word starts (list)");
             return -1;
         }
         Py_ssize_t n = PyList_GET_SIZE(second);
@@ -232,24 +226,6 @@ static int native_init(Native *self, PyObject *args, PyObject *kwds) {
             self->starts[i] = at;
         }
         self->nstarts = n;
-        memset(self->buckets, 0xff, sizeof self->buckets);
-        self->linear = PyTuple_GET_SIZE(lorem) > INT16_MAX;
-        for (Py_ssize_t i = 0; i < PyTuple_GET_SIZE(lorem); i++) {
-            PyObject *word = PyTuple_GET_ITEM(lorem, i);
-            if (!PyBytes_Check(word) || PyBytes_GET_SIZE(word) == 0) {
-                PyErr_SetString(PyExc_TypeError, "text: the lorem words as non-empty bytes");
-                return -1;
-            }
-            const unsigned char *w = (const unsigned char *)PyBytes_AS_STRING(word);
-            Py_ssize_t wlen = PyBytes_GET_SIZE(word);
-            int16_t *slots = self->buckets[bucket(wlen, w[0], w[wlen - 1])];
-            int k = 0;
-            while (k < 4 && slots[k] >= 0) k++;
-            if (k == 4)
-                self->linear = 1;
-            else
-                slots[k] = (int16_t)i;
-        }
         if (n == 0) {
             PyErr_SetString(PyExc_ValueError, "text: no word starts");
             return -1;
@@ -263,10 +239,15 @@ static int native_init(Native *self, PyObject *args, PyObject *kwds) {
         Py_ssize_t at = 0;
         while (PyDict_Next(first, &at, &k, &v))
             if (!PyBytes_Check(k) || (v != Py_None && !PyObject_TypeCheck(v, &NativeType)) ||
-                (v != Py_None && (((Native *)v)->kind == JSON || ((Native *)v)->kind == CONSTANT))) {
+                (v != Py_None && (((Native *)v)->kind == 0 || ((Native *)v)->kind >= JSON))) {
                 PyErr_SetString(PyExc_TypeError, "json: a dict of key (bytes) to Native or None");
                 return -1;
             }
+    } else if (kind == ARRAY) {
+        if (!PyObject_TypeCheck(first, &NativeType) || ((Native *)first)->kind == 0 || ((Native *)first)->kind >= JSON) {
+            PyErr_SetString(PyExc_TypeError, "an array: the Native of a named masker for its elements");
+            return -1;
+        }
     } else if (kind == CONSTANT) {
         if (!PyBytes_Check(first)) {
             PyErr_SetString(PyExc_TypeError, "a constant: its COPY bytes");
@@ -287,8 +268,9 @@ static int native_init(Native *self, PyObject *args, PyObject *kwds) {
     Py_XSETREF(self->first, first);
     Py_INCREF(second);
     Py_XSETREF(self->second, second);
-    Py_INCREF(lorem);
-    Py_XSETREF(self->lorem, lorem);
+    Py_INCREF(third);
+    Py_XSETREF(self->third, third);
+    self->kind = kind;
     return 0;
 }
 
@@ -329,8 +311,19 @@ static int same_word(const char *data, Py_ssize_t at, Py_ssize_t len, const char
     return 1;
 }
 
-/* maskers._text_fast for an ASCII value of 1..half bytes none of whose words is a lorem word or the slice's cut
- * last word; NULL without an error: the value goes the Python way. */
+/* FNV-1a of a word, lowered (the value's) or as it is (the corpus's, which is lowercase). */
+static uint32_t word_hash(const char *p, Py_ssize_t n) {
+    uint32_t h = 2166136261u;
+    for (Py_ssize_t i = 0; i < n; i++) h = (h ^ lower((unsigned char)p[i])) * 16777619u;
+    return h;
+}
+
+enum { FEW_WORDS = 64, FEW_SLOTS = 128 };
+
+/* maskers._text for an ASCII value of 1..half bytes: the corpus slice the keyed hash picks, cut to the value's
+ * length, with every word of the slice that is also a word of the value (its runs of [0-9a-z_], lowered: a lorem
+ * word, or the slice's cut last word) written over with x (q when "x" is one of the value's words). Python
+ * replaces only when one of them is such a word, which is the same. NULL without an error: the Python way. */
 static PyObject *text(const Native *self, const char *data, Py_ssize_t size) {
     Py_ssize_t half = PyBytes_GET_SIZE(self->first) / 2;
     if (size == 0 || size > half) return NULL;
@@ -341,13 +334,17 @@ static PyObject *text(const Native *self, const char *data, Py_ssize_t size) {
     Py_ssize_t at = self->starts[u32(d) % (uint32_t)self->nstarts];
     const char *corpus = PyBytes_AS_STRING(self->first);
     Py_ssize_t end = at + size > PyBytes_GET_SIZE(self->first) ? PyBytes_GET_SIZE(self->first) : at + size;
-    const char *out = corpus + at;
-    Py_ssize_t outlen = end - at;
-    Py_ssize_t cut = outlen; /* the slice's last word: after its last space */
-    while (cut > 0 && out[cut - 1] != ' ') cut--;
-    const char *last = out + cut;
-    Py_ssize_t lastlen = outlen - cut;
-    Py_ssize_t nlorem = PyTuple_GET_SIZE(self->lorem);
+    /* A new object, written below: PyBytes_FromStringAndSize(corpus + at, 1) would be CPython's shared
+     * one-byte bytes object. */
+    PyObject *result = PyBytes_FromStringAndSize(NULL, end - at);
+    if (result == NULL) return NULL;
+    memcpy(PyBytes_AS_STRING(result), corpus + at, (size_t)(end - at));
+    /* the value's words */
+    Py_ssize_t fewstarts[FEW_WORDS], fewlens[FEW_WORDS];
+    Py_ssize_t *starts = fewstarts, *lens = fewlens, count = 0, capacity = FEW_WORDS;
+    int32_t fewslots[FEW_SLOTS];
+    int32_t *slots = fewslots;
+    int has_x = 0, failed = 0;
     Py_ssize_t i = 0;
     while (i < size) {
         if (!word_byte(lower((unsigned char)data[i]))) {
@@ -356,25 +353,77 @@ static PyObject *text(const Native *self, const char *data, Py_ssize_t size) {
         }
         Py_ssize_t w = i;
         while (i < size && word_byte(lower((unsigned char)data[i]))) i++;
-        Py_ssize_t wlen = i - w;
-        if (lastlen > 0 && same_word(data, w, wlen, last, lastlen)) return NULL;
-        if (self->linear) {
-            for (Py_ssize_t k = 0; k < nlorem; k++) {
-                PyObject *word = PyTuple_GET_ITEM(self->lorem, k);
-                if (PyBytes_GET_SIZE(word) == wlen && same_word(data, w, wlen, PyBytes_AS_STRING(word), wlen))
-                    return NULL;
+        if (count == capacity) {
+            Py_ssize_t *grown_starts = PyMem_New(Py_ssize_t, capacity * 2);
+            Py_ssize_t *grown_lens = PyMem_New(Py_ssize_t, capacity * 2);
+            if (grown_starts == NULL || grown_lens == NULL) {
+                PyMem_Free(grown_starts);
+                PyMem_Free(grown_lens);
+                PyErr_NoMemory();
+                failed = 1;
+                break;
             }
-            continue;
+            memcpy(grown_starts, starts, sizeof(Py_ssize_t) * (size_t)count);
+            memcpy(grown_lens, lens, sizeof(Py_ssize_t) * (size_t)count);
+            if (starts != fewstarts) {
+                PyMem_Free(starts);
+                PyMem_Free(lens);
+            }
+            starts = grown_starts;
+            lens = grown_lens;
+            capacity *= 2;
         }
-        const int16_t *slots =
-            self->buckets[bucket(wlen, lower((unsigned char)data[w]), lower((unsigned char)data[i - 1]))];
-        for (int k = 0; k < 4 && slots[k] >= 0; k++) {
-            PyObject *word = PyTuple_GET_ITEM(self->lorem, slots[k]);
-            if (PyBytes_GET_SIZE(word) == wlen && same_word(data, w, wlen, PyBytes_AS_STRING(word), wlen))
-                return NULL;
+        starts[count] = w;
+        lens[count++] = i - w;
+        if (i - w == 1 && lower((unsigned char)data[w]) == 'x') has_x = 1;
+    }
+    Py_ssize_t nslots = FEW_SLOTS;
+    while (!failed && nslots < 2 * count) nslots *= 2;
+    if (!failed && nslots > FEW_SLOTS) {
+        slots = PyMem_New(int32_t, nslots);
+        if (slots == NULL) {
+            PyErr_NoMemory();
+            failed = 1;
         }
     }
-    return PyBytes_FromStringAndSize(out, outlen);
+    if (!failed && count > 0) {
+        for (Py_ssize_t k = 0; k < nslots; k++) slots[k] = -1;
+        for (Py_ssize_t k = 0; k < count; k++) {
+            size_t h = word_hash(data + starts[k], lens[k]) & (size_t)(nslots - 1);
+            while (slots[h] >= 0) h = (h + 1) & (size_t)(nslots - 1);
+            slots[h] = (int32_t)k;
+        }
+        /* the slice's words written over where the value has them */
+        char *out = PyBytes_AS_STRING(result);
+        Py_ssize_t outlen = PyBytes_GET_SIZE(result), j = 0;
+        char filler = has_x ? 'q' : 'x';
+        while (j < outlen) {
+            if (!word_byte((unsigned char)out[j])) {
+                j++;
+                continue;
+            }
+            Py_ssize_t w = j;
+            while (j < outlen && word_byte((unsigned char)out[j])) j++;
+            size_t h = word_hash(out + w, j - w) & (size_t)(nslots - 1);
+            for (; slots[h] >= 0; h = (h + 1) & (size_t)(nslots - 1)) {
+                int32_t k = slots[h];
+                if (same_word(data, starts[k], lens[k], out + w, j - w)) {
+                    memset(out + w, filler, (size_t)(j - w));
+                    break;
+                }
+            }
+        }
+    }
+    if (starts != fewstarts) {
+        PyMem_Free(starts);
+        PyMem_Free(lens);
+    }
+    if (slots != fewslots) PyMem_Free(slots);
+    if (failed) {
+        Py_DECREF(result);
+        return NULL;
+    }
+    return result;
 }
 
 
@@ -598,13 +647,82 @@ static PyObject *json(const Native *self, const char *data, Py_ssize_t len) {
     return result; /* NULL: an error (set) or Python's document */
 }
 
+
+/* ---- {array = rule}: a one-dimensional array as PostgreSQL writes it (maskers._array) ----
+ *
+ * Each element masked by the named masker, written quoted; NULL stays NULL. Only an array whose field holds no
+ * backslash reaches here (so no quoted element holds an escape); anything else that is not `{...}` with bare or
+ * quoted elements separated by commas, or whose masked element would need escaping, goes to Python. */
+static PyObject *array(const Native *self, const char *data, Py_ssize_t len) {
+    if (len < 2 || data[0] != '{' || data[len - 1] != '}' || (len > 1 && data[1] == '{')) return NULL;
+    const Native *inner = (const Native *)self->first;
+    Out out = {NULL, 0, 0};
+    const char *p = data + 1, *end = data + len - 1;
+    if (put(&out, "{", 1) < 0) return NULL;
+    int first = 1;
+    while (p < end) {
+        const char *e, *next;
+        int null = 0;
+        if (*p == '"') {
+            const char *close = memchr(p + 1, '"', (size_t)(end - p - 1));
+            if (close == NULL) goto python;
+            e = close;
+            next = close + 1;
+            p++;
+        } else {
+            const char *comma = memchr(p, ',', (size_t)(end - p));
+            e = comma != NULL ? comma : end;
+            next = e;
+            null = e - p == 4 && memcmp(p, "NULL", 4) == 0;
+        }
+        if (next < end && *next != ',') goto python;
+        if (!first && put(&out, ",", 1) < 0) goto error;
+        first = 0;
+        if (null) {
+            if (put(&out, "NULL", 4) < 0) goto error;
+        } else {
+            PyObject *m = masked(inner, p, e - p);
+            if (m == NULL) {
+                if (PyErr_Occurred()) goto error;
+                goto python;
+            }
+            const char *mp = PyBytes_AS_STRING(m);
+            Py_ssize_t mn = PyBytes_GET_SIZE(m);
+            int plain = 1;
+            for (Py_ssize_t i = 0; i < mn; i++)
+                if (mp[i] == '"' || mp[i] == '\\') plain = 0;
+            int failed = !plain || put(&out, "\"", 1) < 0 || put(&out, mp, mn) < 0 || put(&out, "\"", 1) < 0;
+            Py_DECREF(m);
+            if (!plain) goto python;
+            if (failed) goto error;
+        }
+        p = next < end ? next + 1 : end;
+        if (next < end && p == end) goto python; /* a trailing comma */
+    }
+    if (put(&out, "}", 1) < 0) goto error;
+    PyObject *result = PyBytes_FromStringAndSize(out.data, out.len);
+    PyMem_Free(out.data);
+    return result;
+python:
+    PyMem_Free(out.data);
+    return NULL;
+error:
+    PyMem_Free(out.data);
+    return NULL;
+}
+
 /* The masked COPY bytes of a field without a backslash; NULL without an error: the Python way. */
 static PyObject *masked(const Native *self, const char *data, Py_ssize_t len) {
     static const char HEX[] = "0123456789abcdef";
     uint8_t d[32];
     char buf[80];
+    if (self->kind == 0) {
+        PyErr_SetString(PyExc_ValueError, "a Native that was not initialized");
+        return NULL;
+    }
     if (self->kind == TEXT) return text(self, data, len);
     if (self->kind == JSON) return json(self, data, len);
+    if (self->kind == ARRAY) return array(self, data, len);
     if (self->kind == CONSTANT) {
         Py_INCREF(self->first);
         return self->first;
@@ -877,7 +995,7 @@ PyMODINIT_FUNC PyInit__fastmask(void) {
         Py_DECREF(m);
         return NULL;
     }
-    if (PyModule_AddIntConstant(m, "CONSTANT", CONSTANT) || PyModule_AddIntConstant(m, "JSON", JSON) || PyModule_AddIntConstant(m, "EMAIL", EMAIL) || PyModule_AddIntConstant(m, "PICK", PICK) ||
+    if (PyModule_AddIntConstant(m, "ARRAY", ARRAY) || PyModule_AddIntConstant(m, "CONSTANT", CONSTANT) || PyModule_AddIntConstant(m, "JSON", JSON) || PyModule_AddIntConstant(m, "EMAIL", EMAIL) || PyModule_AddIntConstant(m, "PICK", PICK) ||
         PyModule_AddIntConstant(m, "FULL_NAME", FULL_NAME) || PyModule_AddIntConstant(m, "PHONE", PHONE) ||
         PyModule_AddIntConstant(m, "STREET", STREET) || PyModule_AddIntConstant(m, "POSTAL_CODE", POSTAL_CODE) ||
         PyModule_AddIntConstant(m, "HASH", HASH) || PyModule_AddIntConstant(m, "TEXT", TEXT)) {

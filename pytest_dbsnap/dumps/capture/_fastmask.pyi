@@ -27,5 +27,6 @@ class Native:
     def digest(self, value: bytes) -> bytes: ...
 
 CONSTANT: int
+ARRAY: int
 
 def mask_chunk(data: bytes, fields: list[tuple[int, Native, Callable[[bytes], bytes]]]) -> bytes: ...

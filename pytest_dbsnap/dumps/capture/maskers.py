@@ -316,7 +316,7 @@ def _named(name: str, key: bytes) -> Masker:
     if name == "text":
         return Masker(
             name, lambda v: _text(keyed, v), None, False, STRING, _never, plain=True, fast=_text_fast(keyed, fresh),
-            native=keyed.native("TEXT", _CORPUS_BYTES, _STARTS, tuple(sorted(_LOREM_BYTES))),
+            native=keyed.native("TEXT", _CORPUS_BYTES, _STARTS),
         )  # fmt: skip
     if name == "hash":
 
@@ -496,7 +496,10 @@ def _array(inner: Masker) -> Masker:
     def hidden(value: str) -> list[str]:
         return [original for e in _elements(value) if e is not None for original in inner.hidden(e)]
 
-    return Masker(f"{inner.spec}[]", mask, None, inner.unique, None, inner.may_output, hidden)
+    native = None
+    if inner.native is not None and inner.spec in NAMED and not inner.makes_null:
+        native = _fastmask.Native(_fastmask.ARRAY, b"", b"", PERSON, inner.native, [], ())
+    return Masker(f"{inner.spec}[]", mask, None, inner.unique, None, inner.may_output, hidden, native=native)
 
 
 def needs_key(spec: Any) -> bool:
