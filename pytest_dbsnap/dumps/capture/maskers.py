@@ -1,6 +1,7 @@
 """Deterministic fake values: each output is chosen by keyed BLAKE2b (key, masker and input), on the capturing
-machine, here in Python and in _fastmask.c in C (the same outputs). The same input, masker and key give the same output in every table and on every run (so a
-masked key still joins); a different key gives different values; the key never leaves this process."""
+machine, here in Python and in _fastmask.c in C (the same outputs). The same input, masker and key give the same
+output in every table and on every run (so a masked key still joins); a different key gives different values;
+the key never leaves this process."""
 
 from __future__ import annotations
 
