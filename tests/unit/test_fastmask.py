@@ -34,6 +34,10 @@ def values() -> list[str]:
         "x" * 5000, "word " * 3000, "\udce9t\udcc3", "biography of a real person number 7 " * 4,
         # every single letter as a word: a slice of the corpus cut after one letter of a word meets one of them
         "k " + " ".join(string.ascii_lowercase),
+        # Unicode words as re's \w sees them in value.lower(): the Kelvin sign lowers to k, İ to i and a
+        # combining dot, € is no word character, ï is one
+        "\u212a in do", "İstanbul in ut", "5€in bar do", "naïve do ut", "x ü in", "e\u0301t in ad", "Ärger et al",
+        "ß \u017f \ufb01 in", "日本 in 語 do", "\udce9 in \udcc3do",
     ]  # fmt: skip
     for word in LOREM:
         found += [f"hello {word} world", f"{word.upper()}!", f"see_{word} {word.capitalize()}2"]
@@ -78,8 +82,8 @@ def test_each_c_masker_gives_the_python_outputs(name: str) -> None:
             continue
         assert got == masker.fast(raw) == slow(decode_field(raw)), value
     if name == "text":
-        # Empty and non-ASCII texts (and the two over half the corpus) go to Python.
-        assert 100 < handed_back < 1500
+        # Empty texts and the two over half the corpus go to Python; non-ASCII ones are masked in C too.
+        assert 2 < handed_back < 100
     else:
         assert handed_back == 0
 
@@ -91,14 +95,15 @@ def test_texts_with_lorem_words_or_the_cut_last_word_are_masked_in_c_too() -> No
     assert masker.native is not None
     inputs = [f"k{i} " + " ".join(string.ascii_lowercase) for i in range(400)]
     inputs += [f"Customer {i} called in March: do ship it, ut et ad x" for i in range(400)]
+    inputs += [f"Kunde {i} möchte in März €in do, ut et ad x İn" for i in range(400)]  # read as Python's re does
     overwritten = 0
     for value in inputs:
         got = masker.native.one(value.encode())
         assert got is not None
         assert got == (masker.mask(value) or "").encode()
-        assert len(got) == len(value)
+        assert len(got) == len(value)  # characters: the corpus is ASCII
         overwritten += b"xx" in got or b"qq" in got or got.endswith((b" x", b" q"))
-    assert overwritten > 50
+    assert overwritten > 150
     # A one-letter text is a new bytes object: CPython shares one object per byte value, which the C code must
     # never write into (it once did, and b"f" read as b"x" from then on).
     for letter in string.ascii_lowercase:
@@ -198,7 +203,7 @@ def test_json_documents_masked_in_c_are_pythons(rules: dict[str, str]) -> None:
     "document",
     [
         '{"email": "a@b.c",  "x": 1}', '{"email":"a@b.c"}', '{"email": "a", "email": "b"}', "-0", "1.50", "1e5",
-        '{"email": 5}', '{"email": ["a@b.c"]}', ' {"email": "a@b.c"}', '{"email": "a@b.c"} ', '{"bio": "café"}',
+        '{"email": 5}', '{"email": ["a@b.c"]}', ' {"email": "a@b.c"}', '{"email": "a@b.c"} ', '{"bio": ""}',
         '{"email": "x"', '{"email": "x"}x', "NaN", '{"x": 007}', "[1,2]", '{"x": "\x01"}',
     ],
 )  # fmt: skip

@@ -320,24 +320,81 @@ static uint32_t word_hash(const char *p, Py_ssize_t n) {
 
 enum { FEW_WORDS = 64, FEW_SLOTS = 128 };
 
-/* maskers._text for an ASCII value of 1..half bytes: the corpus slice the keyed hash picks, cut to the value's
+/* maskers._text for a value of 1..half characters: the corpus slice the keyed hash picks, cut to the value's
  * length, with every word of the slice that is also a word of the value (its runs of [0-9a-z_], lowered: a lorem
  * word, or the slice's cut last word) written over with x (q when "x" is one of the value's words). Python
  * replaces only when one of them is such a word, which is the same. NULL without an error: the Python way. */
-static PyObject *text(const Native *self, const char *data, Py_ssize_t size) {
+/* The ASCII words of a text that is not ASCII, as Python's _text finds them (re's \w+ in value.lower(), which is
+ * Py_UNICODE_ISALNUM or "_"; a word holding another character can never be a corpus word), each followed by a
+ * space, in a new buffer (*words, *length); the text's length in code points in *size. -1: an error. */
+static int unicode_words(const char *data, Py_ssize_t len, char **words, Py_ssize_t *length, Py_ssize_t *size) {
+    PyObject *value = PyUnicode_DecodeUTF8(data, len, "surrogateescape");
+    if (value == NULL) return -1;
+    *size = PyUnicode_GET_LENGTH(value);
+    PyObject *lowered = PyObject_CallMethod(value, "lower", NULL);
+    Py_DECREF(value);
+    if (lowered == NULL) return -1;
+    Py_ssize_t n = PyUnicode_GET_LENGTH(lowered), at = 0, i = 0;
+    int kind = PyUnicode_KIND(lowered);
+    const void *chars = PyUnicode_DATA(lowered);
+    char *out = PyMem_Malloc((size_t)n + 1);
+    if (out == NULL) {
+        Py_DECREF(lowered);
+        PyErr_NoMemory();
+        return -1;
+    }
+    while (i < n) {
+        Py_UCS4 c = PyUnicode_READ(kind, chars, i);
+        if (!(Py_UNICODE_ISALNUM(c) || c == '_')) {
+            i++;
+            continue;
+        }
+        Py_ssize_t w = i;
+        int ascii = 1;
+        for (; i < n; i++) {
+            c = PyUnicode_READ(kind, chars, i);
+            if (!(Py_UNICODE_ISALNUM(c) || c == '_')) break;
+            if (c >= 128) ascii = 0;
+        }
+        if (ascii) {
+            for (Py_ssize_t k = w; k < i; k++) out[at++] = (char)PyUnicode_READ(kind, chars, k);
+            out[at++] = ' ';
+        }
+    }
+    Py_DECREF(lowered);
+    *words = out;
+    *length = at;
+    return 0;
+}
+
+static PyObject *text(const Native *self, const char *value, Py_ssize_t bytes) {
     Py_ssize_t half = PyBytes_GET_SIZE(self->first) / 2;
-    if (size == 0 || size > half) return NULL;
-    for (Py_ssize_t i = 0; i < size; i++)
-        if ((unsigned char)data[i] >= 128) return NULL;
+    const char *data = value; /* where the value's words are read: the value, or its ASCII words (unicode_words) */
+    Py_ssize_t size = bytes;  /* the bytes of `data` */
+    Py_ssize_t points = bytes; /* the value's length in characters: the slice's */
+    char *own = NULL;
+    for (Py_ssize_t i = 0; i < bytes; i++)
+        if ((unsigned char)value[i] >= 128) {
+            if (unicode_words(value, bytes, &own, &size, &points) < 0) return NULL;
+            data = own;
+            break;
+        }
+    if (points == 0 || points > half) {
+        PyMem_Free(own);
+        return NULL;
+    }
     uint8_t d[32];
-    digest_of(self, data, size, d);
+    digest_of(self, value, bytes, d);
     Py_ssize_t at = self->starts[u32(d) % (uint32_t)self->nstarts];
     const char *corpus = PyBytes_AS_STRING(self->first);
-    Py_ssize_t end = at + size > PyBytes_GET_SIZE(self->first) ? PyBytes_GET_SIZE(self->first) : at + size;
+    Py_ssize_t end = at + points > PyBytes_GET_SIZE(self->first) ? PyBytes_GET_SIZE(self->first) : at + points;
     /* A new object, written below: PyBytes_FromStringAndSize(corpus + at, 1) would be CPython's shared
      * one-byte bytes object. */
     PyObject *result = PyBytes_FromStringAndSize(NULL, end - at);
-    if (result == NULL) return NULL;
+    if (result == NULL) {
+        PyMem_Free(own);
+        return NULL;
+    }
     memcpy(PyBytes_AS_STRING(result), corpus + at, (size_t)(end - at));
     /* the value's words */
     Py_ssize_t fewstarts[FEW_WORDS], fewlens[FEW_WORDS];
@@ -419,6 +476,7 @@ static PyObject *text(const Native *self, const char *data, Py_ssize_t size) {
         PyMem_Free(lens);
     }
     if (slots != fewslots) PyMem_Free(slots);
+    PyMem_Free(own);
     if (failed) {
         Py_DECREF(result);
         return NULL;
