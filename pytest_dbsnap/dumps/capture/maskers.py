@@ -121,7 +121,7 @@ def python_only_note() -> str | None:
         return None
     return (
         "the maskers ran in Python only: this install of pytest-dbsnap has no compiled maskers (it was built "
-        "without a C compiler), which makes a masked capture about 1.5 times as long on two cores. The outputs are "
+        "without a C compiler), which makes a masked capture about twice as long on two cores. The outputs are "
         "the same. Reinstall it where gcc and the Python headers are present (apt-get install gcc python3-dev)."
     )
 

@@ -367,7 +367,7 @@ def capture_dump(
 ) -> DumpMeta:
     """Capture `source` under `policy` into the store as the latest dump of `env`; on any failure the store
     (and its `latest`) is left as it was and the throwaway database is dropped. `jobs`: masking processes for a
-    large capture (default: one per core). `schema_version_query` is read on the captured data, so the dump
+    large capture (default: masking.default_jobs()). `schema_version_query` is read on the captured data, so the dump
     records the schema version it holds (None when the query fails there, an excluded table say)."""
     require_key(policy, key)
     began = time.monotonic()
