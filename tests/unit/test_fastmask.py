@@ -57,7 +57,7 @@ def test_the_install_built_the_c_maskers() -> None:
 @pytest.mark.parametrize("key", [b"", b"k", bytes(range(32)), bytes(range(64))])
 def test_the_keyed_digest_is_hashlibs_blake2b(key: bytes) -> None:
     for name in ("email", "x" * 200):
-        native = _fastmask.Native(_fastmask.HASH, key, name.encode(), PERSON, [], [], ())
+        native = _fastmask.Native(_fastmask.HASH, key, name.encode(), PERSON, [], [])
         for size in [*range(300), 1000, 4096]:
             value = bytes((i * 7 + size) % 256 for i in range(size))
             state = hashlib.blake2b(key=key, digest_size=32, person=PERSON)
@@ -137,12 +137,12 @@ def test_chunks_masked_with_and_without_c_are_the_same(name: str) -> None:
 
 def test_bad_arguments_raise_instead_of_crashing() -> None:
     with pytest.raises(ValueError, match="unknown masker"):
-        _fastmask.Native(99, KEY, b"x", PERSON, [], [], ())
+        _fastmask.Native(99, KEY, b"x", PERSON, [], [])
     with pytest.raises(ValueError, match="at most 64"):
-        _fastmask.Native(_fastmask.HASH, b"k" * 65, b"x", PERSON, [], [], ())
+        _fastmask.Native(_fastmask.HASH, b"k" * 65, b"x", PERSON, [], [])
     with pytest.raises(TypeError, match="list of bytes"):
-        _fastmask.Native(_fastmask.PICK, KEY, b"x", PERSON, ["Ada"], [], ())
-    native = _fastmask.Native(_fastmask.HASH, KEY, b"hash", PERSON, [], [], ())
+        _fastmask.Native(_fastmask.PICK, KEY, b"x", PERSON, ["Ada"], [])
+    native = _fastmask.Native(_fastmask.HASH, KEY, b"hash", PERSON, [], [])
     with pytest.raises(ValueError, match="without field 3"):
         native.column([[b"a", b"b"]], 3, 0, {}, lambda raw: raw, 128)
     with pytest.raises(TypeError, match="not bytes"):

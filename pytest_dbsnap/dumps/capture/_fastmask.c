@@ -4,9 +4,10 @@
  * Each output is byte for byte the Python fast path's: keyed BLAKE2b (RFC 7693) with the same parameters as
  * maskers._Keyed (32-byte digest, the capture key, personalization "dbsnap-capture", the masker's name and a NUL
  * before the value), and the same choice from the same vocabularies, which the Python side passes in. A value this
- * code does not handle (a backslash in its COPY field, a text that is not plain ASCII, JSON it would re-encode) is
- * handed to the Python callable `slow`, so the two paths cannot disagree on a rare case. The memo is the Python
- * dict ChunkMasker keeps, used the same way. tests/unit/test_fastmask.py compares the two paths. */
+ * code does not handle (a backslash in its COPY field, an empty text or one over half the corpus, JSON that
+ * re-encoding would change, an array it does not read) is handed to the Python callable `slow`, so the two paths
+ * cannot disagree on a rare case. The memo is the Python dict ChunkMasker keeps, used the same way.
+ * tests/unit/test_fastmask.py compares the two paths, also under AddressSanitizer. */
 
 #define PY_SSIZE_T_CLEAN
 #include <Python.h>
@@ -150,7 +151,6 @@ typedef struct {
     /* TEXT only */
     Py_ssize_t *starts;
     Py_ssize_t nstarts;
-    PyObject *third; /* unused by the maskers so far (kept for the constructor's shape) */
 } Native;
 
 static PyTypeObject NativeType;
@@ -158,7 +158,6 @@ static PyTypeObject NativeType;
 static void native_dealloc(Native *self) {
     Py_XDECREF(self->first);
     Py_XDECREF(self->second);
-    Py_XDECREF(self->third);
     PyMem_Free(self->starts);
     Py_TYPE(self)->tp_free((PyObject *)self);
 }
@@ -176,12 +175,12 @@ static int bytes_list(PyObject *list, const char *what) {
     return 0;
 }
 
-/* Native(kind, secret, name, person, first, second, third) */
+/* Native(kind, secret, name, person, first, second) */
 static int native_init(Native *self, PyObject *args, PyObject *kwds) {
     int kind;
     Py_buffer secret, name, person;
-    PyObject *first, *second, *third;
-    if (!PyArg_ParseTuple(args, "iy*y*y*OOO", &kind, &secret, &name, &person, &first, &second, &third)) return -1;
+    PyObject *first, *second;
+    if (!PyArg_ParseTuple(args, "iy*y*y*OO", &kind, &secret, &name, &person, &first, &second)) return -1;
     int failed = 0;
     if (secret.len > 64 || person.len > 16) {
         PyErr_SetString(PyExc_ValueError, "a key of at most 64 bytes and a person of at most 16");
@@ -268,8 +267,6 @@ static int native_init(Native *self, PyObject *args, PyObject *kwds) {
     Py_XSETREF(self->first, first);
     Py_INCREF(second);
     Py_XSETREF(self->second, second);
-    Py_INCREF(third);
-    Py_XSETREF(self->third, third);
     self->kind = kind;
     return 0;
 }

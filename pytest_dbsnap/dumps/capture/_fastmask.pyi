@@ -11,9 +11,7 @@ TEXT: int
 JSON: int
 
 class Native:
-    def __init__(
-        self, kind: int, secret: bytes, name: bytes, person: bytes, first: object, second: object, lorem: object
-    ) -> None: ...
+    def __init__(self, kind: int, secret: bytes, name: bytes, person: bytes, first: object, second: object) -> None: ...
     def column(
         self,
         rows: list[list[bytes]],

@@ -111,7 +111,7 @@ def _native_constant(copied: bytes) -> Native | None:
     be masked a whole chunk at a time."""
     if not native_masking():
         return None
-    return _fastmask.Native(_fastmask.CONSTANT, b"", b"", PERSON, copied, [], ())
+    return _fastmask.Native(_fastmask.CONSTANT, b"", b"", PERSON, copied, [])
 
 
 def python_only_note() -> str | None:
@@ -138,12 +138,12 @@ class _Keyed:
         self._state.update(name.encode() + b"\0")
         self.secret, self.name = secret, name
 
-    def native(self, kind: str, first: object = (), second: object = (), third: object = ()) -> Native | None:
+    def native(self, kind: str, first: object = (), second: object = ()) -> Native | None:
         """The C masker `kind` under this key and name, or None: not built, or DBSNAP_MASKING=python."""
         if _fastmask is None or os.environ.get("DBSNAP_MASKING") == "python":
             return None
         number: int = getattr(_fastmask, kind)
-        return _fastmask.Native(number, self.secret, self.name.encode(), PERSON, first, second, third)
+        return _fastmask.Native(number, self.secret, self.name.encode(), PERSON, first, second)
 
     def digest(self, value: str) -> bytes:
         state = self._state.copy()
@@ -450,7 +450,7 @@ def _json(rules: Mapping[str, Masker]) -> Masker:
     native = None
     if native_masking() and all(m.native is not None or m.makes_null for m in rules.values()):
         inner = {k.encode(): None if m.makes_null else m.native for k, m in rules.items()}  # None: JSON's null
-        native = _fastmask.Native(_fastmask.JSON, b"", b"", PERSON, inner, [], ())
+        native = _fastmask.Native(_fastmask.JSON, b"", b"", PERSON, inner, [])
     return Masker(spec, mask, None, False, None, _never, hidden, native=native)
 
 
@@ -499,7 +499,7 @@ def _array(inner: Masker) -> Masker:
 
     native = None
     if inner.native is not None and inner.spec in NAMED and not inner.makes_null:
-        native = _fastmask.Native(_fastmask.ARRAY, b"", b"", PERSON, inner.native, [], ())
+        native = _fastmask.Native(_fastmask.ARRAY, b"", b"", PERSON, inner.native, [])
     return Masker(f"{inner.spec}[]", mask, None, inner.unique, None, inner.may_output, hidden, native=native)
 
 
