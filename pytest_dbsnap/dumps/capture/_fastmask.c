@@ -522,6 +522,29 @@ typedef struct {
 
 enum { DOC_OK = 0, DOC_PYTHON = 1, DOC_ERROR = -1 };
 
+/* A masked value written in double quotes, as a JSON string or an array element; DOC_PYTHON when it holds a
+ * quote, a backslash or a control character (escaping it, and COPY's escaping, are Python's). */
+static int put_quoted(Out *o, PyObject *m) {
+    const char *p = PyBytes_AS_STRING(m);
+    Py_ssize_t n = PyBytes_GET_SIZE(m);
+    for (Py_ssize_t i = 0; i < n; i++)
+        if ((unsigned char)p[i] < 0x20 || p[i] == '"' || p[i] == '\\') return DOC_PYTHON;
+    return put(o, "\"", 1) < 0 || put(o, p, n) < 0 || put(o, "\"", 1) < 0 ? DOC_ERROR : DOC_OK;
+}
+
+/* After an item of an object or array: its closing bracket (*closed), or ", " before the next item. */
+static int doc_after(Doc *d, char close, int *closed) {
+    if (d->p < d->end && *d->p == close) {
+        d->p++;
+        *closed = 1;
+        return put(&d->out, &close, 1) < 0 ? DOC_ERROR : DOC_OK;
+    }
+    if (d->end - d->p < 2 || d->p[0] != ',' || d->p[1] != ' ') return DOC_PYTHON;
+    d->p += 2;
+    *closed = 0;
+    return put(&d->out, ", ", 2) < 0 ? DOC_ERROR : DOC_OK;
+}
+
 /* A string at d->p (no escape, no control character): its contents in [*start, *start + *n). */
 static int doc_string(Doc *d, const char **start, Py_ssize_t *n) {
     if (d->p >= d->end || *d->p != '"') return DOC_PYTHON;
@@ -537,7 +560,7 @@ static int doc_string(Doc *d, const char **start, Py_ssize_t *n) {
     return DOC_OK;
 }
 
-static int doc_value(Doc *d, int copy);
+static int doc_value(Doc *d);
 
 static int literal(Doc *d, const char *word, Py_ssize_t n) {
     if (d->end - d->p < n || memcmp(d->p, word, (size_t)n) != 0) return DOC_PYTHON;
@@ -545,7 +568,7 @@ static int literal(Doc *d, const char *word, Py_ssize_t n) {
     return DOC_OK;
 }
 
-/* Skips (and, with `copy`, copies) one value; the caller copies spans itself otherwise. */
+/* Skips one scalar (string, literal or integer as json.dumps writes it); doc_value copies it. */
 static int doc_scalar(Doc *d) {
     const char *s;
     Py_ssize_t n;
@@ -617,35 +640,17 @@ static int doc_object(Doc *d) {
             } else {
                 PyObject *m = masked((const Native *)rule, value, n);
                 if (m == NULL) return PyErr_Occurred() ? DOC_ERROR : DOC_PYTHON;
-                const char *mp = PyBytes_AS_STRING(m);
-                Py_ssize_t mn = PyBytes_GET_SIZE(m);
-                for (Py_ssize_t i = 0; i < mn; i++)
-                    if ((unsigned char)mp[i] < 0x20 || mp[i] == '"' || mp[i] == '\\') {
-                        Py_DECREF(m);
-                        return DOC_PYTHON; /* would need escaping */
-                    }
-                int failed = put(&d->out, "\"", 1) < 0 || put(&d->out, mp, mn) < 0 || put(&d->out, "\"", 1) < 0;
+                r = put_quoted(&d->out, m);
                 Py_DECREF(m);
-                if (failed) return DOC_ERROR;
+                if (r != DOC_OK) return r;
             }
         } else {
-            const char *from = d->p;
-            if (d->p < d->end && (*d->p == '{' || *d->p == '[')) {
-                r = doc_value(d, 1);
-                if (r != DOC_OK) return r;
-            } else {
-                r = doc_scalar(d);
-                if (r != DOC_OK) return r;
-                if (put(&d->out, from, d->p - from) < 0) return DOC_ERROR;
-            }
+            r = doc_value(d);
+            if (r != DOC_OK) return r;
         }
-        if (d->p < d->end && *d->p == '}') {
-            d->p++;
-            return put(&d->out, "}", 1) < 0 ? DOC_ERROR : DOC_OK;
-        }
-        if (d->end - d->p < 2 || d->p[0] != ',' || d->p[1] != ' ') return DOC_PYTHON;
-        d->p += 2;
-        if (put(&d->out, ", ", 2) < 0) return DOC_ERROR;
+        int closed;
+        r = doc_after(d, '}', &closed);
+        if (r != DOC_OK || closed) return r;
     }
 }
 
@@ -656,28 +661,15 @@ static int doc_array(Doc *d) {
         return put(&d->out, "]", 1) < 0 ? DOC_ERROR : DOC_OK;
     }
     for (;;) {
-        int r;
-        const char *from = d->p;
-        if (d->p < d->end && (*d->p == '{' || *d->p == '[')) {
-            r = doc_value(d, 1);
-            if (r != DOC_OK) return r;
-        } else {
-            r = doc_scalar(d);
-            if (r != DOC_OK) return r;
-            if (put(&d->out, from, d->p - from) < 0) return DOC_ERROR;
-        }
-        if (d->p < d->end && *d->p == ']') {
-            d->p++;
-            return put(&d->out, "]", 1) < 0 ? DOC_ERROR : DOC_OK;
-        }
-        if (d->end - d->p < 2 || d->p[0] != ',' || d->p[1] != ' ') return DOC_PYTHON;
-        d->p += 2;
-        if (put(&d->out, ", ", 2) < 0) return DOC_ERROR;
+        int closed, r = doc_value(d);
+        if (r != DOC_OK) return r;
+        r = doc_after(d, ']', &closed);
+        if (r != DOC_OK || closed) return r;
     }
 }
 
 /* An object or array (copied through, its masked keys' strings replaced), or a scalar (copied). */
-static int doc_value(Doc *d, int copy) {
+static int doc_value(Doc *d) {
     if (d->p >= d->end) return DOC_PYTHON;
     if (*d->p == '{' || *d->p == '[') {
         if (++d->depth > 200) return DOC_PYTHON;
@@ -690,12 +682,12 @@ static int doc_value(Doc *d, int copy) {
     const char *from = d->p;
     int r = doc_scalar(d);
     if (r != DOC_OK) return r;
-    return copy && put(&d->out, from, d->p - from) < 0 ? DOC_ERROR : DOC_OK;
+    return put(&d->out, from, d->p - from) < 0 ? DOC_ERROR : DOC_OK;
 }
 
 static PyObject *json(const Native *self, const char *data, Py_ssize_t len) {
     Doc d = {self, data, data + len, {NULL, 0, 0}, 0};
-    int r = doc_value(&d, 1);
+    int r = doc_value(&d);
     PyObject *result = NULL;
     if (r == DOC_OK && d.p == d.end) result = PyBytes_FromStringAndSize(d.out.data, d.out.len);
     PyMem_Free(d.out.data);
@@ -741,15 +733,10 @@ static PyObject *array(const Native *self, const char *data, Py_ssize_t len) {
                 if (PyErr_Occurred()) goto error;
                 goto python;
             }
-            const char *mp = PyBytes_AS_STRING(m);
-            Py_ssize_t mn = PyBytes_GET_SIZE(m);
-            int plain = 1;
-            for (Py_ssize_t i = 0; i < mn; i++)
-                if (mp[i] == '"' || mp[i] == '\\') plain = 0;
-            int failed = !plain || put(&out, "\"", 1) < 0 || put(&out, mp, mn) < 0 || put(&out, "\"", 1) < 0;
+            int r = put_quoted(&out, m);
             Py_DECREF(m);
-            if (!plain) goto python;
-            if (failed) goto error;
+            if (r == DOC_PYTHON) goto python;
+            if (r == DOC_ERROR) goto error;
         }
         p = next < end ? next + 1 : end;
         if (next < end && p == end) goto python; /* a trailing comma */
