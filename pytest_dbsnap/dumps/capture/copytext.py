@@ -7,7 +7,10 @@ from __future__ import annotations
 
 import re
 from collections.abc import Callable, Iterable, Iterator, Sequence
-from typing import Any, Protocol
+from typing import TYPE_CHECKING
+
+if TYPE_CHECKING:
+    from pytest_dbsnap.dumps.capture._fastmask import Native
 
 try:  # masking whole chunks in C (_fastmask.c, built where the install found a C compiler)
     from pytest_dbsnap.dumps.capture._fastmask import mask_chunk
@@ -49,25 +52,10 @@ Sampler = Callable[[str], bool]
 FastMask = Callable[[bytes], bytes]
 
 
-class NativeColumn(Protocol):
-    """The fast mask in C (maskers.Masker.native): masks rows[first:][index] as ChunkMasker's loop without a
-    sampler does, handing a field it does not handle to `slow`."""
-
-    def column(
-        self,
-        rows: list[list[bytes]],
-        index: int,
-        first: int,
-        memo: dict[bytes, bytes],
-        slow: Callable[[bytes], bytes],
-        longest: int,
-    ) -> None: ...
-
-
 # (column index, mask to COPY bytes, fast mask or None, sampler, memo, the fast mask in C or None): the sampler
 # sees originals and says whether it wants more; the memo maps an input's COPY bytes to its masked COPY bytes,
 # shared by the fields whose rule is the same.
-FieldMask = tuple[int, Callable[[str], bytes], FastMask | None, Sampler | None, dict[bytes, bytes], NativeColumn | None]
+FieldMask = tuple[int, Callable[[str], bytes], FastMask | None, Sampler | None, dict[bytes, bytes], Native | None]
 
 
 def to_copy(mask: Mask, plain: bool = False) -> Callable[[str], bytes]:
@@ -86,13 +74,14 @@ class ChunkMasker:
         self.fields = list(fields)
         # (index, native, slow) by index, when every field has its C masker: whole chunks in C once no column is
         # sampled any more (mask_chunk: no memo, no row split into Python objects; the same outputs).
-        self.whole: list[tuple[int, Any, Callable[[bytes], bytes]]] | None = None
-        if mask_chunk is not None and self.fields and all(f[5] is not None for f in self.fields):
-            self.whole = sorted((f[0], f[5], _slow(f[1], f[2])) for f in self.fields)
+        self.whole: list[tuple[int, Native, Callable[[bytes], bytes]]] | None = None
+        whole = [(f[0], f[5], _slow(f[1], f[2])) for f in self.fields if f[5] is not None]
+        if mask_chunk is not None and whole and len(whole) == len(self.fields):
+            self.whole = sorted(whole)
 
     def __call__(self, data: bytes) -> bytes:
         """Masked COPY text of `data`, which holds whole rows (each ending in a newline)."""
-        if self.whole is not None and mask_chunk is not None and all(f[3] is None for f in self.fields):
+        if self.whole is not None and all(f[3] is None for f in self.fields):
             return mask_chunk(data, self.whole)
         rows = [line.split(b"\t") for line in data.split(b"\n")]
         rows.pop()  # after the last newline

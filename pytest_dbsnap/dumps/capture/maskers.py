@@ -140,7 +140,7 @@ class _Keyed:
 
     def native(self, kind: str, first: object = (), second: object = ()) -> Native | None:
         """The C masker `kind` under this key and name, or None: not built, or DBSNAP_MASKING=python."""
-        if _fastmask is None or os.environ.get("DBSNAP_MASKING") == "python":
+        if not native_masking():
             return None
         number: int = getattr(_fastmask, kind)
         return _fastmask.Native(number, self.secret, self.name.encode(), PERSON, first, second)
