@@ -55,7 +55,7 @@ FastMask = Callable[[bytes], bytes]
 # (column index, mask to COPY bytes, fast mask or None, sampler, memo, the fast mask in C or None): the sampler
 # sees originals and says whether it wants more; the memo maps an input's COPY bytes to its masked COPY bytes,
 # shared by the fields whose rule is the same.
-FieldMask = tuple[int, Callable[[str], bytes], FastMask | None, Sampler | None, dict[bytes, bytes], Native | None]
+FieldMask = tuple[int, Callable[[str], bytes], FastMask | None, Sampler | None, dict[bytes, bytes], "Native | None"]
 
 
 def to_copy(mask: Mask, plain: bool = False) -> Callable[[str], bytes]:
