@@ -437,9 +437,9 @@ def prepare_database(
         def make() -> None:
             # The spare when there is one (a rename), else a clone of the template; refused, as at the start,
             # when a database of that name that pytest-dbsnap did not make has appeared since. Then migrated.
-            made = restore_dump(server, meta, dump_path, target, verify=False, replace=settings.replace_database)
-            if made.method == "spare swap" and spare_wanted and outcome._spare_after is None:
-                outcome.start_spare(server, meta)  # the next session's, as after a swap at the start
+            restore_dump(server, meta, dump_path, target, verify=False, replace=settings.replace_database)
+            if spare_wanted and outcome._spare_after is None:
+                outcome.start_spare(server, meta)  # the next session's, now that the template is free
             migrate_target(_quiet)
 
         outcome.deferred, outcome._make = True, make
@@ -450,8 +450,10 @@ def prepare_database(
     if spare_wanted:
         if spare_at_end and settings.fresh_db_pool > 0:
             outcome._spare_after = (server, meta)
-        else:
+        elif not result.deferred:
             outcome.start_spare(server, meta)
+        # A deferred app database starts the spare once it is made (make, above): a spare cloned now would hold
+        # the template, and the first test's clone of it would wait for that copy to finish first.
     return outcome
 
 

@@ -284,6 +284,36 @@ def test_second_restore_clones_the_template_and_a_prepared_spare_is_swapped_in(
     assert database_names(server, "dbsnap\\_old\\_%") == set()
 
 
+def test_a_deferred_app_database_is_cloned_before_the_next_spare(generated: Generated, server: ExternalServer) -> None:
+    """A session's first test makes the app database (a clone of the template); the spare for the next session is
+    cloned after it, not before: one template gives one copy at a time, so a spare begun first would make that test
+    wait for a whole copy of the database."""
+    meta = generated.meta
+    restore_dump(server, meta, generated.dump_path, "deferred_app")  # the template is there, as after a restore
+    with server.connect() as conn:
+        databases.drop(conn, "deferred_app")
+        databases.drop(conn, spare_name(meta))
+    settings = dataclasses.replace(generated.settings, database="deferred_app")
+
+    outcome = prepare_database(server, settings, defer_app=True)
+    outcome.wait_for_spare()
+
+    assert outcome.pending
+    assert database_names(server, spare_name(meta).replace("_", "\\_")) == set(), "a spare was copied first"
+    assert outcome.database == "deferred_app"
+    outcome.wait_for_spare()
+    with server.connect() as conn:
+        oids = dict(
+            conn.execute(
+                "SELECT datname, oid::bigint FROM pg_database WHERE datname IN (%s, %s)",
+                ("deferred_app", spare_name(meta)),
+            ).fetchall()
+        )
+    assert oids["deferred_app"] < oids[spare_name(meta)], "the spare was made after the app database"
+    with server.connect("deferred_app") as conn:
+        assert conn.execute("SELECT count(*) FROM reality_nodes").fetchone() == (EXPECTED_ROWS["public.reality_nodes"],)
+
+
 def test_restore_refuses_system_and_own_databases_as_targets(generated: Generated, server: ExternalServer) -> None:
     for target in ("postgres", "template1", "dbsnap_tpl_x"):
         with pytest.raises(ConfigError, match="Refusing to restore into"):
