@@ -14,9 +14,8 @@ from dataclasses import dataclass
 from functools import cached_property
 from pathlib import Path
 from types import TracebackType
+from typing import TYPE_CHECKING
 from urllib.parse import quote, urlencode
-
-import psycopg
 
 from pytest_dbsnap.core.proc import run
 from pytest_dbsnap.core.redact import add_secret, redact
@@ -30,6 +29,9 @@ from pytest_dbsnap.postgres.binaries import (
     not_installed_error,
     reachable_bindir,
 )
+
+if TYPE_CHECKING:  # psycopg itself loads on first use (a session that needs no server never does)
+    import psycopg
 
 CLIENT_TOOLS = ("pg_dump", "pg_restore")
 _AUTH_FAILED = re.compile(
@@ -222,11 +224,15 @@ class Server(abc.ABC):
 
     def conninfo(self, database: str = "postgres") -> str:
         """Keyword DSN for psycopg and the Postgres programs."""
+        import psycopg
+
         return psycopg.conninfo.make_conninfo(**{**self.params, "dbname": database})
 
     def tool_args(self, database: str) -> tuple[str, dict[str, str]]:
         """(conninfo without password, environment with PGPASSWORD) for pg_dump/pg_restore: a password on a
         command line would show in `ps`."""
+        import psycopg
+
         params = {**self.params, "dbname": database}
         password = params.pop("password", None)
         env = dict(os.environ)
@@ -245,6 +251,8 @@ class Server(abc.ABC):
 
         In UTF8 whatever the server's encoding: on a SQL_ASCII server psycopg would otherwise return every
         text value (names, versions) as bytes."""
+        import psycopg
+
         try:
             return psycopg.connect(
                 self.conninfo(database), autocommit=True, connect_timeout=connect_timeout, client_encoding="UTF8"
@@ -299,6 +307,8 @@ class Server(abc.ABC):
 
 def wait_until_accepting(server: Server, timeout: float) -> None:
     """pg_isready semantics: poll until a connection succeeds, failing with the last reason at the deadline."""
+    import psycopg
+
     deadline = time.monotonic() + timeout
     last_error = ""
     while True:

@@ -146,6 +146,18 @@ def test_an_unconfigured_project_gets_one_idle_line_and_no_probe(pytester: pytes
     assert result.ret == pytest.ExitCode.OK
 
 
+def test_a_configured_run_whose_tests_need_no_server_never_loads_psycopg(pytester: pytest.Pytester) -> None:
+    """The header names the provider and the programs without psycopg: a configured project's unit tests (no
+    fixture of ours) pay for no database driver, in a subprocess where nothing else has imported it."""
+    pytester.makepyprojecttoml("[tool.dbsnap]\n")
+    pytester.makepyfile(
+        "import sys\n\ndef test_no_driver_was_loaded():\n    assert 'psycopg' not in sys.modules, 'psycopg loaded'\n"
+    )
+    result = pytester.runpytest_subprocess("-p", "no:cacheprovider")
+    result.stdout.fnmatch_lines(["dbsnap: provider local (*", "dbsnap: PostgreSQL server and client programs: *"])
+    result.assert_outcomes(passed=1)
+
+
 def test_pg_server_fixture_gives_a_server_to_query_and_stops_it(
     pytester: pytest.Pytester, monkeypatch: pytest.MonkeyPatch, pg_cache: Path
 ) -> None:
