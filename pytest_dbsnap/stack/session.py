@@ -75,6 +75,7 @@ class DatabaseOutcome:
     _make_lock: threading.Lock = field(default_factory=threading.Lock, repr=False)
     deferred: bool = False
     made_seconds: float | None = None
+    make_began: bool = False  # a test asked for the deferred app database (its making may have been stopped)
 
     @property
     def pending(self) -> bool:
@@ -87,7 +88,7 @@ class DatabaseOutcome:
         if self._make is not None:
             with self._make_lock:
                 if self._make is not None:
-                    began = time.monotonic()
+                    began, self.make_began = time.monotonic(), True
                     self._make()  # on failure it stays to do: the next reader gets the same error
                     self._make, self.made_seconds = None, time.monotonic() - began
         return self.name
@@ -97,11 +98,12 @@ class DatabaseOutcome:
             return f"database {self.name!r} {self.method} (no dump)"
         how = f"{with_copy_on_write(self.method, self.copy_on_write)} in {self.seconds:.2f} s"
         if self.deferred:
-            how += (
-                f", made when first used ({self.made_seconds:.2f} s)"
-                if self.made_seconds is not None
-                else f", {self.name!r} not made: no test used it (fresh_db copies come from the template)"
-            )
+            if self.made_seconds is not None:
+                how += f", made when first used ({self.made_seconds:.2f} s)"
+            elif self.make_began:
+                how += f", {self.name!r} not made: its making failed or was stopped"
+            else:
+                how += f", {self.name!r} not made: no test used it (fresh_db copies come from the template)"
         if self.generated:
             how = f"generated in {self.generate_seconds:.1f} s ({self.stale_reason}), then {how}"
         if self.pulled:
