@@ -303,12 +303,10 @@ def test_a_deferred_app_database_is_cloned_before_the_next_spare(generated: Gene
     assert outcome.database == "deferred_app"
     outcome.wait_for_spare()
     with server.connect() as conn:
-        oids = dict(
-            conn.execute(
-                "SELECT datname, oid::bigint FROM pg_database WHERE datname IN (%s, %s)",
-                ("deferred_app", spare_name(meta)),
-            ).fetchall()
-        )
+        rows = conn.execute(
+            "SELECT datname, oid::bigint FROM pg_database WHERE datname IN (%s, %s)", ("deferred_app", spare_name(meta))
+        ).fetchall()
+    oids = {str(name): int(str(oid)) for name, oid in rows}
     assert oids["deferred_app"] < oids[spare_name(meta)], "the spare was made after the app database"
     with server.connect("deferred_app") as conn:
         assert conn.execute("SELECT count(*) FROM reality_nodes").fetchone() == (EXPECTED_ROWS["public.reality_nodes"],)
