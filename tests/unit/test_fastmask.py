@@ -162,6 +162,12 @@ def test_bad_arguments_raise_instead_of_crashing() -> None:
     with pytest.raises(TypeError, match="list of bytes"):
         _fastmask.Native(_fastmask.PICK, KEY, b"x", PERSON, ["Ada"], [])
     native = _fastmask.Native(_fastmask.HASH, KEY, b"hash", PERSON, [], [])
+    document = _fastmask.Native(_fastmask.JSON, KEY, b"doc", PERSON, {b"email": native}, [])
+    for inner in (document, b"hash"):  # only a named masker masks a JSON key or an array's elements
+        with pytest.raises(TypeError, match="a dict of key"):
+            _fastmask.Native(_fastmask.JSON, KEY, b"doc", PERSON, {b"email": inner}, [])
+        with pytest.raises(TypeError, match="the Native of a named masker"):
+            _fastmask.Native(_fastmask.ARRAY, KEY, b"list", PERSON, inner, [])
     with pytest.raises(ValueError, match="without field 3"):
         native.column([[b"a", b"b"]], 3, 0, {}, lambda raw: raw, 128)
     with pytest.raises(TypeError, match="not bytes"):

@@ -155,6 +155,11 @@ typedef struct {
 
 static PyTypeObject NativeType;
 
+/* A Native of a named masker (EMAIL ... before JSON): what a JSON key or an array's elements may be masked with. */
+static int named_native(PyObject *o) {
+    return PyObject_TypeCheck(o, &NativeType) && ((Native *)o)->kind != 0 && ((Native *)o)->kind < JSON;
+}
+
 static void native_dealloc(Native *self) {
     Py_XDECREF(self->first);
     Py_XDECREF(self->second);
@@ -237,13 +242,12 @@ static int native_init(Native *self, PyObject *args, PyObject *kwds) {
         PyObject *k, *v;
         Py_ssize_t at = 0;
         while (PyDict_Next(first, &at, &k, &v))
-            if (!PyBytes_Check(k) || (v != Py_None && !PyObject_TypeCheck(v, &NativeType)) ||
-                (v != Py_None && (((Native *)v)->kind == 0 || ((Native *)v)->kind >= JSON))) {
+            if (!PyBytes_Check(k) || (v != Py_None && !named_native(v))) {
                 PyErr_SetString(PyExc_TypeError, "json: a dict of key (bytes) to Native or None");
                 return -1;
             }
     } else if (kind == ARRAY) {
-        if (!PyObject_TypeCheck(first, &NativeType) || ((Native *)first)->kind == 0 || ((Native *)first)->kind >= JSON) {
+        if (!named_native(first)) {
             PyErr_SetString(PyExc_TypeError, "an array: the Native of a named masker for its elements");
             return -1;
         }
