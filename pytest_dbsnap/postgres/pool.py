@@ -183,12 +183,13 @@ class ClonePool:
                 self._waiting_for_room = False
             return not self._closed
         name = databases.temporary_name(databases.POOL_PREFIX)
-        databases.clone(conn, self.template, name, copy_on_write=self.server.copy_on_write)
         try:
+            # clone() is CREATE DATABASE then a COMMENT: close()'s cancel may end either, or what follows.
+            databases.clone(conn, self.template, name, copy_on_write=self.server.copy_on_write)
             databases.close_to_connections(conn, name)
         except BaseException:
             with contextlib.suppress(psycopg.Error):
-                databases.drop(conn, name)
+                _drop_own(conn, name)
             raise
         with self._changed:
             self._busy = False
@@ -199,7 +200,7 @@ class ClonePool:
                 self._ready.append(name)
             self._changed.notify_all()
         if closed:
-            databases.drop(conn, name)
+            _drop_own(conn, name)
             return False
         return True
 
@@ -208,3 +209,13 @@ class ClonePool:
             return True
         limit = self.limit_bytes(conn)
         return limit is None or databases.room_for_copy(conn, self.template, limit)
+
+
+def _drop_own(conn: Connection, name: str) -> None:
+    """Drop a copy the filler made (IF EXISTS). close() cancels the filler's statement from another thread without
+    a lock held, so its cancel can land on this DROP instead of the clone it was meant for: once cancelled, the
+    DROP is sent again (a cancel ends one statement)."""
+    try:
+        databases.drop(conn, name)
+    except psycopg.errors.QueryCanceled:
+        databases.drop(conn, name)

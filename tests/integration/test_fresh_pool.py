@@ -14,7 +14,7 @@ import pytest
 from pytest_dbsnap.postgres import databases
 from pytest_dbsnap.postgres.base import find_pg_tools
 from pytest_dbsnap.postgres.local import LocalCluster
-from pytest_dbsnap.postgres.pool import ClonePool
+from pytest_dbsnap.postgres.pool import ClonePool, _drop_own
 
 CHECKSUM = "SELECT count(*), md5(string_agg(id || ':' || payload, ',' ORDER BY id)) FROM items"
 
@@ -225,6 +225,59 @@ def test_closing_cancels_a_copy_under_way_instead_of_finishing_it(
         assert not finished_waiting, "close() waited for the copy under way instead of cancelling it"
         assert ours(cluster, databases.POOL_PREFIX) == []
     assert checksum_after_open(cluster, name) == expected
+
+
+def test_a_cancel_that_lands_on_the_drop_of_a_pool_copy_is_survived(
+    cluster: LocalCluster, template: tuple[str, tuple[object, ...]]
+) -> None:
+    """close() cancels the filler's statement from another thread, so a cancel meant for a clone can land on the
+    DROP of a copy the filler finished after all (a CI run was left a dbsnap_pool_ copy that way): the DROP is sent
+    again and the copy goes. Here the DROP waits on a lock this test holds, is cancelled, and must come back."""
+    name, _expected = template
+    copy = databases.temporary_name(databases.POOL_PREFIX)
+    with cluster.connect() as conn:
+        databases.clone(conn, name, copy)
+    failures: list[BaseException] = []
+    with cluster.connect() as blocker, cluster.connect() as dropper, cluster.connect() as watcher:
+        blocker.autocommit = False  # the rename below stays uncommitted: the DROP waits on its lock
+        blocker.execute(f'ALTER DATABASE "{copy}" RENAME TO "{copy}_held"')
+
+        def drop() -> None:
+            try:
+                _drop_own(dropper, copy)
+            except BaseException as exc:
+                failures.append(exc)
+
+        def waiting_drop() -> object:
+            """The start of the dropper's DROP while it waits on the lock, else None."""
+            row = watcher.execute(
+                "SELECT query_start FROM pg_stat_activity WHERE pid = %s AND wait_event_type = 'Lock' "
+                "AND query LIKE 'DROP DATABASE%%'",
+                (dropper.info.backend_pid,),
+            ).fetchone()
+            return row[0] if row else None
+
+        dropping = threading.Thread(target=drop)
+        dropping.start()
+        first = None
+        for _ in range(6000):  # until the DROP waits on the lock (a condition, not a sleep)
+            if (first := waiting_drop()) is not None or not dropping.is_alive():
+                break
+            watcher.execute("SELECT pg_sleep(0.01)")
+        assert first is not None, f"the DROP never waited on the lock: {failures}"
+        dropper.cancel()
+        again = None
+        for _ in range(6000):  # until the DROP, sent again, waits on the lock again, or the dropper gave up
+            again = waiting_drop()
+            if (again is not None and again != first) or not dropping.is_alive():
+                break
+            watcher.execute("SELECT pg_sleep(0.01)")
+        blocker.rollback()
+        dropping.join()
+    assert failures == [], "the cancelled DROP was not sent again"
+    assert again is not None
+    assert again != first, "the DROP was not sent again after its cancel"
+    assert ours(cluster, databases.POOL_PREFIX) == []
 
 
 def checksum_after_open(cluster: LocalCluster, template: str) -> tuple[object, ...]:
