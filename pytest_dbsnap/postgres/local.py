@@ -7,12 +7,13 @@ socket sits in a 0700 folder and takes only the invoking OS user (peer). Leftove
 
 from __future__ import annotations
 
+import contextlib
 import json
 import logging
 import os
 import secrets
-import shlex
 import shutil
+import subprocess
 import tempfile
 import time
 from collections.abc import Callable
@@ -46,6 +47,7 @@ from pytest_dbsnap.postgres.parking import (
     read_secret,
     remove_outdated_pristines,
     remove_stale_clusters,
+    start_postmaster,
     stop_postmaster,
     write_auth_files,
 )
@@ -118,6 +120,7 @@ class LocalCluster(Server):
         self._snapshot_request: DumpRef | None = None
         self._discard_at_park: set[str] = set()
         self._after_snapshot: Callable[[], tuple[str, ...]] | None = None
+        self._postmaster: subprocess.Popen[bytes] | None = None  # this process's child, reaped at each stop
 
     def _warm_slot(self, warm_key: str) -> Path:
         account = self.account.user if self.account else str(os.geteuid())
@@ -214,7 +217,7 @@ class LocalCluster(Server):
                 else:
                     # A parked folder that does not start again is only a lost cache: begin from pristine.
                     log.warning("the parked warm cluster did not start; starting from the pristine copy")
-                stop_postmaster(self.tools, self.data_dir, self.account)
+                self._stop_server()
                 shutil.rmtree(self.data_dir, ignore_errors=True)
                 self.started_warm = False
                 self.started_from_snapshot = None
@@ -392,7 +395,7 @@ class LocalCluster(Server):
             port = self.requested_port or free_port()
             self.params["port"] = str(port)
             try:
-                self._pg_ctl_start(["-p", str(port), "-h", "127.0.0.1"], what="pg_ctl start")
+                self._launch(["-p", str(port), "-h", "127.0.0.1"], what="starting the server")
             except ToolError as exc:
                 server_log = self._log_tail()
                 if "could not bind" in server_log or "already in use" in server_log:
@@ -417,34 +420,37 @@ class LocalCluster(Server):
             f"Could not find a free port for the local PostgreSQL after {_PORT_TRIES} tries:\n{last_error}"
         )
 
-    def _pg_ctl_start(self, listen: list[str], *, what: str) -> None:
+    def _launch(self, listen: list[str], *, what: str) -> None:
         """Start the postmaster on this data folder with `listen` options, the private socket and the fast
-        settings; as the server account, waiting until it accepts connections."""
+        settings; as the server account, returning once it accepts connections."""
         options = [
             *listen,
             "-k",
             str(self.socket_dir),
             *[arg for key, value in FAST_SETTINGS.items() for arg in ("-c", f"{key}={value}")],
         ]
-        run(
-            [
-                self.tools.path("pg_ctl"),
-                "start",
-                "-w",
-                "-t",
-                str(int(self.start_timeout)),
-                "-D",
-                str(self.data_dir),
-                "-l",
-                str(self.log_path),
-                "-o",
-                shlex.join(options),
-            ],
-            what=what,
-            run_as=self.account,
+        assert self.folder is not None
+        self._postmaster = start_postmaster(
+            self.tools,
+            self.data_dir,
+            options,
+            log_path=self.log_path,
+            account=self.account,
             cwd=self.folder,
-            timeout=self.start_timeout + 10,
+            timeout=self.start_timeout,
+            what=what,
         )
+
+    def _stop_server(self) -> bool:
+        """stop_postmaster, then the exit status of the postmaster this process started is collected."""
+        stopped = stop_postmaster(self.tools, self.data_dir, self.account)
+        if self._postmaster is not None:
+            # It removes its pid file as its last act, so after a clean stop its exit is a moment away.
+            with contextlib.suppress(subprocess.TimeoutExpired):
+                self._postmaster.wait(timeout=5 if stopped else 0.1)
+            if self._postmaster.returncode is not None:
+                self._postmaster = None
+        return stopped
 
     def _log_tail(self) -> str:
         try:
@@ -460,7 +466,7 @@ class LocalCluster(Server):
         try:
             if self.warm_slot is not None:
                 self._drop_discarded()
-            stopped_cleanly = stop_postmaster(self.tools, self.data_dir, self.account)
+            stopped_cleanly = self._stop_server()
             if stopped_cleanly and self._snapshot_request is not None:
                 stopped_cleanly = self._write_snapshot(self._snapshot_request)
             if stopped_cleanly and self.warm_slot is not None:
@@ -527,7 +533,7 @@ class LocalCluster(Server):
             self.snapshot_write_problem = (
                 f"no cluster snapshot of {ref.meta.name} was written: {str(exc).splitlines()[0]}"
             )
-            return stop_postmaster(self.tools, self.data_dir, self.account)
+            return self._stop_server()
         if written is not None:
             snapshot, meta = written
             self.snapshot_written = (
@@ -541,9 +547,7 @@ class LocalCluster(Server):
         ones and `keep` (the app database, spares, other dumps' templates) and forgets the superuser's password;
         then it stops cleanly (a shutdown checkpoint, so no WAL before it is needed)."""
         port = self.params["port"]
-        self._pg_ctl_start(
-            ["-c", "listen_addresses=", "-p", port], what="pg_ctl start (socket only, to prepare the cluster snapshot)"
-        )
+        self._launch(["-c", "listen_addresses=", "-p", port], what="starting the server (socket only)")
         try:
             with psycopg.connect(
                 host=str(self.socket_dir), port=port, user=SUPERUSER, dbname="postgres", autocommit=True
@@ -564,7 +568,7 @@ class LocalCluster(Server):
                 row = conn.execute("SHOW server_version").fetchone()
                 return str(row[0]).split()[0] if row else self.tools.version
         finally:
-            if not stop_postmaster(self.tools, self.data_dir, self.account):
+            if not self._stop_server():
                 raise ServerError(f"the local PostgreSQL in {self.data_dir} did not stop cleanly")
 
     def _remove_folder(self) -> None:

@@ -7,9 +7,12 @@ import contextlib
 import json
 import logging
 import os
+import shlex
 import shutil
 import signal
+import subprocess
 import time
+from collections.abc import Sequence
 from pathlib import Path
 
 from pytest_dbsnap.core import reaper
@@ -78,6 +81,69 @@ def cluster_instructions(folder: Path) -> tuple[Instruction, Instruction]:
     checked by its data folder argument) gets an immediate shutdown, then the folder goes."""
     data = folder / "data"
     return reaper.signal_pidfile(data / "postmaster.pid", expect=str(data)), reaper.remove(folder)
+
+
+def start_postmaster(
+    tools: PgTools,
+    data_dir: Path,
+    options: Sequence[str],
+    *,
+    log_path: Path,
+    account: RunAs | None,
+    cwd: Path,
+    timeout: float,
+    what: str,
+) -> subprocess.Popen[bytes]:
+    """Start the postmaster of one data folder in a session of its own (as `pg_ctl start` does) and return
+    once its pid file says it is ready, looking every 5 ms: `pg_ctl start -w` looks every 100 ms, most of what a
+    start from a ready folder takes. It stays this process's child (reaped by `stop_postmaster`'s caller);
+    it outlives a killed session as pg_ctl's would, for the reaper's instructions to stop it cleanly.
+    A server that exits or is not ready in time is a ToolError; its reason is in `log_path`."""
+    argv: list[str] = [str(tools.path("postgres")), "-D", str(data_dir), *options]
+    with log_path.open("ab") as log_file:
+        if account is not None:  # the server account appends to it too (`pg_ctl -l` on a later start)
+            os.fchown(log_file.fileno(), account.uid, account.gid)
+        try:
+            process = subprocess.Popen(
+                argv,
+                stdin=subprocess.DEVNULL,
+                stdout=log_file,
+                stderr=subprocess.STDOUT,
+                cwd=cwd,
+                user=account.uid if account else None,
+                group=account.gid if account else None,
+                extra_groups=[] if account else None,
+                start_new_session=True,  # a Ctrl-C to the terminal's group is the session's to handle, not its
+            )
+        except OSError as exc:
+            raise ToolError(f"{what} could not start {argv[0]}: {exc}", command=argv) from exc
+    pid_file = data_dir / "postmaster.pid"
+    deadline = time.monotonic() + timeout
+    while (code := process.poll()) is None:
+        if _says_ready(pid_file, process.pid):
+            return process
+        if time.monotonic() >= deadline:
+            process.kill()  # never ready: nothing of it is worth a clean stop
+            process.wait()
+            raise ToolError(
+                f"{what}: the server was not ready within {timeout:.0f} s (command: {shlex.join(argv)}).",
+                command=argv,
+            )
+        time.sleep(0.005)
+    raise ToolError(
+        f"{what}: the server exited at start with code {code} (command: {shlex.join(argv)}).",
+        command=argv,
+        returncode=code,
+    )
+
+
+def _says_ready(pid_file: Path, pid: int) -> bool:
+    """The pid file is this postmaster's and its status line (the 8th) says `ready`: it accepts connections."""
+    try:
+        lines = pid_file.read_text().splitlines()
+    except OSError:
+        return False
+    return len(lines) >= 8 and lines[0].strip() == str(pid) and lines[7].strip() == "ready"
 
 
 def stop_postmaster(tools: PgTools, data_dir: Path, account: RunAs | None) -> bool:

@@ -21,7 +21,7 @@ import pytest
 from pytest_dbsnap.errors import ServerError, ToolError
 from pytest_dbsnap.postgres import account as account_module
 from pytest_dbsnap.postgres.account import DEDICATED_ACCOUNT, runtime_base, server_account
-from pytest_dbsnap.postgres.base import PgTools, find_pg_tools
+from pytest_dbsnap.postgres.base import PgTools, find_pg_tools, free_port
 from pytest_dbsnap.postgres.local import LocalCluster
 from pytest_dbsnap.postgres.parking import (
     CLUSTER_FORMAT,
@@ -29,6 +29,7 @@ from pytest_dbsnap.postgres.parking import (
     SECRET_FILE,
     evict_parked,
     remove_stale_clusters,
+    start_postmaster,
     stop_postmaster,
 )
 
@@ -174,9 +175,41 @@ def test_stop_ends_the_postmaster_and_removes_the_folder(pg_tools: PgTools, pg_c
     cluster.stop()
 
     assert not is_running(pid)
+    # The postmaster is this process's child (started directly, not through pg_ctl): stop() collects its exit,
+    # so it does not linger as a zombie of the session.
+    assert not Path(f"/proc/{pid}").exists()
     assert not folder.exists()
     assert cluster.folder is None
     cluster.stop()  # a second stop is harmless
+
+
+def test_a_postmaster_that_exits_at_start_fails_at_once_and_is_never_taken_for_the_running_one(
+    cluster: LocalCluster,
+) -> None:
+    """A second postmaster on the running cluster's folder finds the first one's pid file, says `ready` in it,
+    and exits: the start must see its own exit (not the other's ready line, nor wait for its timeout)."""
+    assert cluster.folder is not None
+    first = postmaster_pid(cluster.data_dir)
+    log_path = cluster.folder / "second-start.log"
+    port = str(free_port())
+
+    with pytest.raises(ToolError, match="exited at start") as caught:
+        start_postmaster(
+            cluster.tools,
+            cluster.data_dir,
+            ["-p", port, "-h", "127.0.0.1", "-k", str(cluster.socket_dir)],
+            log_path=log_path,
+            account=cluster.account,
+            cwd=cluster.folder,
+            timeout=300,
+            what="a second start",
+        )
+
+    assert "not ready within" not in str(caught.value)
+    assert 'lock file "postmaster.pid" already exists' in log_path.read_text()
+    assert postmaster_pid(cluster.data_dir) == first
+    with psycopg.connect(cluster.dsn()) as conn:
+        assert conn.execute("SELECT 1").fetchone() == (1,)
 
 
 def test_first_start_initdbs_an_empty_cache_and_the_next_start_reuses_it(pg_tools: PgTools, tmp_path: Path) -> None:
