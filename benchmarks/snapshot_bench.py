@@ -1,7 +1,7 @@
 """Fresh-machine benchmark of cluster snapshots: the database step of a machine that has never seen the dump.
 
     .venv/bin/python benchmarks/snapshot_bench.py [--scales 200MB 1GB] [--reps 3] [--out FILE]
-        [--sessions N] [--suites user smoke]
+        [--sessions N] [--suites user smoke] [--ext4-loop]
 
 For each scale, each repetition times, on clusters started by the project's own code with an empty pristine
 cache and no parked folder:
@@ -15,7 +15,9 @@ With --sessions N, N pairs of whole pytest processes on a fresh machine (own TMP
 nothing parked): the first cold (it writes the snapshot at its end), the second from the snapshot; --suites picks
 a user's test file (benchmarks/user_session) and/or the smoke suite.
 The data is the reference app's seed copied up to the scale in SQL (benchmarks/bench_data.py). Everything
-runs in a scratch folder of this run, removed at the end.
+runs in a scratch folder of this run, removed at the end; with --ext4-loop that folder is a new ext4 in a loop
+file, made by mkfs.ext4 with its defaults (a journal, as CI runners' disks have; see cow_bench.ext4_journal for
+why that matters on this VM, whose own ext4 has none).
 """
 
 from __future__ import annotations
@@ -36,6 +38,7 @@ from pathlib import Path
 
 import bench_data
 from bench_report import default_out, median, progress
+from cow_bench import ext4_journal, mount_loop
 
 from pytest_dbsnap.dumps.restore import count_rows, restore_dump
 from pytest_dbsnap.dumps.store import DumpStore
@@ -74,10 +77,24 @@ def main() -> int:
         default=["user"],
         help="which sessions: `user` (a user's test file, benchmarks/user_session) and/or `smoke` (the smoke suite)",
     )
+    parser.add_argument(
+        "--ext4-loop",
+        action="store_true",
+        help="run on a new ext4 in a loop file, made by mkfs.ext4 with its defaults (journaled, as on CI runners)",
+    )
     args = parser.parse_args()
     cores = os.cpu_count() or 1
-    scratch = Path(tempfile.mkdtemp(prefix="dbsnap-snapbench-"))
+    outer = scratch = Path(tempfile.mkdtemp(prefix="dbsnap-snapbench-"))
     scratch.chmod(0o755)
+    loop: Path | None = None
+    if args.ext4_loop:
+        largest = max(bench_data.parse_scale(text).target_bytes for text in args.scales)
+        loop, why = mount_loop(outer, "ext4", max(16 << 30, 20 * largest))
+        if loop is None:
+            shutil.rmtree(outer, ignore_errors=True)
+            parser.error(f"--ext4-loop: {why}")
+        scratch = loop
+    disk = describe_disk(scratch)
     tempfile.tempdir = str(scratch)  # every cluster's runtime folder lands in the scratch folder
     settings = bench_data.scratch_settings(scratch)
     tools = find_pg_tools(settings)
@@ -184,7 +201,10 @@ def main() -> int:
             with contextlib.suppress(Exception):
                 stop_postmaster(tools, pid_file.parent, server_account())
         shutil.rmtree(scratch, ignore_errors=True)
-    report = render(rows, cores, load_start)
+        if loop is not None:
+            subprocess.run(["umount", str(loop)], check=False)
+        shutil.rmtree(outer, ignore_errors=True)
+    report = render(rows, cores, load_start, disk)
     print(report)
     out = args.out or default_out("snapshot")
     out.parent.mkdir(parents=True, exist_ok=True)
@@ -265,12 +285,25 @@ def sessions(
         shutil.rmtree(folder, ignore_errors=True)
 
 
-def render(rows: list[dict[str, object]], cores: int, load_start: tuple[float, float, float]) -> str:
+def describe_disk(folder: Path) -> str:
+    """The filesystem the run wrote on, and for ext4 whether it has a journal (it changes what creating files
+    costs right after removing many: see cow_bench.ext4_journal)."""
+    done = subprocess.run(
+        ["findmnt", "-n", "-o", "FSTYPE,SOURCE", "--target", str(folder)], capture_output=True, text=True
+    )
+    kind, _, source = done.stdout.strip().partition(" ")
+    journal = ext4_journal(folder)
+    said = "" if journal is None else (", with a journal" if journal else ", without a journal")
+    return f"{kind or 'unknown filesystem'} on {source.strip() or 'an unknown device'}{said}"
+
+
+def render(rows: list[dict[str, object]], cores: int, load_start: tuple[float, float, float], disk: str) -> str:
     lines = [
         f"Fresh-machine database step, {dt.datetime.now(dt.UTC):%Y-%m-%d %H:%M UTC}, {cores} cores, "
         f"{platform.platform()}; load average {load_start[0]:.1f} at the start, {os.getloadavg()[0]:.1f} at the end; "
         f"peak RSS of this process {resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024:.0f} MB, of any "
-        f"program it waited for {resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss / 1024:.0f} MB.",
+        f"program it waited for {resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss / 1024:.0f} MB. "
+        f"Disk: {disk}.",
         "",
         "| Scale | Measurement | Median | Min-max | Reps | vs cold |",
         "|---|---|---:|---:|---:|---:|",
