@@ -5,7 +5,11 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import os
 import re
+import signal
+import threading
+import time
 from collections.abc import Callable
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -57,9 +61,31 @@ def pytest_configure(config: pytest.Config) -> None:
         # Workers re-read the command line (dist=load), so the controller's switch to loadgroup comes this way.
         if getattr(config, "workerinput", {}).get("dbsnap_loadgroup"):
             config.option.loadgroup = True
+        if settings.configured:
+            watch_controller()
     elif getattr(config.option, "dist", "no") == "load":
         # loadgroup is load for ungrouped tests, and keeps the smoke phases (one group) in one worker.
         config.option.dist = "loadgroup"
+
+
+def watch_controller(interval: float = 0.2, grace: float = 5.0) -> None:
+    """End this xdist worker once its controller (its parent) is gone, say killed by a CI cancellation.
+    execnet interrupts a worker's main thread 5 s after it loses its controller, but only between Python
+    bytecodes: a test blocked in one call (a long sleep, a socket read) kept the worker and the test running until
+    the call returned. SIGTERM (which workers leave at its default) ends it at once, and its reaper then drops its
+    databases and stops its services; SIGKILL follows if something in the test caught SIGTERM."""
+    parent = os.getppid()
+    if parent == 1:
+        return  # started by init, or already orphaned: there is no controller to watch
+
+    def watch() -> None:
+        while os.getppid() == parent:
+            time.sleep(interval)  # polling the parent's pid: no readiness is waited for here
+        os.kill(os.getpid(), signal.SIGTERM)
+        time.sleep(grace)
+        os.kill(os.getpid(), signal.SIGKILL)
+
+    threading.Thread(target=watch, name="dbsnap-controller-watch", daemon=True).start()
 
 
 @pytest.hookimpl(tryfirst=True)

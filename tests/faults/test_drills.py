@@ -190,6 +190,38 @@ def test_xdist_controller_killed_during_the_tests(project: Path, pg_cache: Path,
     assert_green(project, env, drilled, parallel)
 
 
+BLOCKED_TEST = """\
+import time
+from pathlib import Path
+
+
+def test_blocked_where_an_interrupt_does_not_end_it(dbsnap_db):
+    assert dbsnap_db.execute("SELECT 1").fetchone() == (1,)
+    (Path(__file__).resolve().parent / "blocked.started").write_text("")
+    deadline = time.monotonic() + 3600
+    while time.monotonic() < deadline:
+        try:
+            time.sleep(deadline - time.monotonic())
+        except KeyboardInterrupt:
+            pass  # a call that an interrupt of the main thread does not end
+"""
+
+
+def test_xdist_worker_that_an_interrupt_does_not_end_goes_with_its_killed_controller(
+    project: Path, pg_cache: Path, drilled: Drilled
+) -> None:
+    """execnet ends a worker whose controller is gone by interrupting its main thread (KeyboardInterrupt) 5 s
+    later. A worker that does not end on that interrupt (a C call that does not return, a teardown waiting for
+    the server the controller's reaper stopped: a Django project's worker took 15 s here) ran on; this one would
+    for an hour. The plugin's watch of the controller ends it with SIGTERM instead."""
+    env = run_environ(pg_cache)
+    generate_dump(project, env)
+    (project / "test_blocked.py").write_text(BLOCKED_TEST)
+    blocked = [*PYTEST[:-1], "test_blocked.py", "-n", "1"]
+
+    kill_at(project, env, drilled, blocked, hold="blocked", reached=lambda _run: (project / "blocked.started").exists())
+
+
 CAPTURE_POLICY = """
 [tool.dbsnap.capture]
 keep = ["public.people.id"]
