@@ -100,9 +100,7 @@ def start_postmaster(
     it outlives a killed session as pg_ctl's would, for the reaper's instructions to stop it cleanly.
     A server that exits or is not ready in time is a ToolError; its reason is in `log_path`."""
     argv: list[str] = [str(tools.path("postgres")), "-D", str(data_dir), *options]
-    with log_path.open("ab") as log_file:
-        if account is not None:  # the server account appends to it too (`pg_ctl -l` on a later start)
-            os.fchown(log_file.fileno(), account.uid, account.gid)
+    with log_path.open("ab") as log_file:  # opened here: the server writes through the descriptor it inherits
         try:
             process = subprocess.Popen(
                 argv,
@@ -123,10 +121,15 @@ def start_postmaster(
         if _says_ready(pid_file, process.pid):
             return process
         if time.monotonic() >= deadline:
-            process.kill()  # never ready: nothing of it is worth a clean stop
-            process.wait()
+            process.send_signal(signal.SIGQUIT)  # never ready: an immediate shutdown, its children with it
+            try:
+                process.wait(timeout=5)
+            except subprocess.TimeoutExpired:
+                process.kill()
+                process.wait()
             raise ToolError(
-                f"{what}: the server was not ready within {timeout:.0f} s (command: {shlex.join(argv)}).",
+                f"{what}: the server was not ready within {timeout:.0f} s, so it was shut down (command: "
+                f"{shlex.join(argv)}). A slow or busy machine may need a larger start_timeout.",
                 command=argv,
             )
         time.sleep(0.005)

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import pwd
@@ -210,6 +211,24 @@ def test_a_postmaster_that_exits_at_start_fails_at_once_and_is_never_taken_for_t
     assert postmaster_pid(cluster.data_dir) == first
     with psycopg.connect(cluster.dsn()) as conn:
         assert conn.execute("SELECT 1").fetchone() == (1,)
+
+
+def test_a_server_not_ready_within_the_start_timeout_is_ended_not_left_running(
+    pg_tools: PgTools, pg_cache: Path, private_runtime: Path
+) -> None:
+    cluster = LocalCluster(pg_tools, cache_dir=pg_cache, start_timeout=0)
+
+    with pytest.raises(ServerError, match="not ready within 0 s"):
+        cluster.start()
+
+    needle = os.fsencode(str(private_runtime))
+    servers = []
+    for entry in Path("/proc").glob("[0-9]*"):
+        with contextlib.suppress(OSError):
+            if needle in (entry / "cmdline").read_bytes() and is_running(int(entry.name)):
+                servers.append(entry.name)
+    assert servers == []
+    assert list(private_runtime.glob("*/cluster-*")) == []
 
 
 def test_first_start_initdbs_an_empty_cache_and_the_next_start_reuses_it(pg_tools: PgTools, tmp_path: Path) -> None:
