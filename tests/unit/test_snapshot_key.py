@@ -4,6 +4,7 @@ differences, and metadata validation (a bad file is a SnapshotUnusable naming th
 from __future__ import annotations
 
 import json
+import shutil
 from dataclasses import replace
 from pathlib import Path
 from typing import Any
@@ -16,6 +17,7 @@ from pytest_dbsnap.postgres.snapshot import (
     SnapshotKey,
     SnapshotMeta,
     _members,
+    _reading_options,
     snapshot_for,
     snapshots_of,
     wal_file_name,
@@ -158,3 +160,16 @@ def test_metadata_round_trips_and_bad_metadata_is_unusable_with_the_reason() -> 
         SnapshotMeta.parse("{", "m.json")
     with pytest.raises(SnapshotUnusable, match="malformed"):
         SnapshotMeta.parse("[1, 2]", "m.json")
+
+
+def test_only_gnu_tar_is_given_large_records_when_unpacking(tmp_path: Path) -> None:
+    """GNU tar reads and writes 64 kB at a time with `-b 128`; another tar (bsdtar, BusyBox's) gets no option
+    it may not know, so a snapshot it can read is never thrown away for a usage error."""
+    gnu = shutil.which("tar")
+    assert gnu is not None
+    assert _reading_options(gnu) == ("-b", "128")
+    other = tmp_path / "tar"
+    other.write_text("#!/bin/sh\necho 'bsdtar 3.7.2 - libarchive 3.7.2 zlib/1.2.13'\n")
+    other.chmod(0o755)
+    assert _reading_options(str(other)) == ()
+    assert _reading_options(str(tmp_path / "no-such-tar")) == ()
