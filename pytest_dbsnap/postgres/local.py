@@ -7,13 +7,11 @@ socket sits in a 0700 folder and takes only the invoking OS user (peer). Leftove
 
 from __future__ import annotations
 
-import contextlib
 import json
 import logging
 import os
 import secrets
 import shutil
-import subprocess
 import tempfile
 import time
 from collections.abc import Callable
@@ -45,6 +43,7 @@ from pytest_dbsnap.postgres.parking import (
     owner_file,
     process_start,
     read_secret,
+    reap,
     remove_outdated_pristines,
     remove_stale_clusters,
     start_postmaster,
@@ -120,7 +119,7 @@ class LocalCluster(Server):
         self._snapshot_request: DumpRef | None = None
         self._discard_at_park: set[str] = set()
         self._after_snapshot: Callable[[], tuple[str, ...]] | None = None
-        self._postmaster: subprocess.Popen[bytes] | None = None  # this process's child, reaped at each stop
+        self._postmaster: int | None = None  # the pid of this process's child, reaped at each stop
 
     def _warm_slot(self, warm_key: str) -> Path:
         account = self.account.user if self.account else str(os.geteuid())
@@ -444,12 +443,9 @@ class LocalCluster(Server):
     def _stop_server(self) -> bool:
         """stop_postmaster, then the exit status of the postmaster this process started is collected."""
         stopped = stop_postmaster(self.tools, self.data_dir, self.account)
-        if self._postmaster is not None:
-            # It removes its pid file as its last act, so after a clean stop its exit is a moment away.
-            with contextlib.suppress(subprocess.TimeoutExpired):
-                self._postmaster.wait(timeout=5 if stopped else 0.1)
-            if self._postmaster.returncode is not None:
-                self._postmaster = None
+        # It removes its pid file as its last act, so after a clean stop its exit is a moment away.
+        if self._postmaster is not None and reap(self._postmaster, 5 if stopped else 0.1):
+            self._postmaster = None
         return stopped
 
     def _log_tail(self) -> str:

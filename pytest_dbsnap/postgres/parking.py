@@ -93,12 +93,13 @@ def start_postmaster(
     cwd: Path,
     timeout: float,
     what: str,
-) -> subprocess.Popen[bytes]:
-    """Start the postmaster of one data folder in a session of its own (as `pg_ctl start` does) and return
-    once its pid file says it is ready, looking every 5 ms: `pg_ctl start -w` looks every 100 ms, most of what a
-    start from a ready folder takes. It stays this process's child (reaped by `stop_postmaster`'s caller);
-    it outlives a killed session as pg_ctl's would, for the reaper's instructions to stop it cleanly.
-    A server that exits or is not ready in time is a ToolError; its reason is in `log_path`."""
+) -> int:
+    """Start the postmaster of one data folder in a session of its own (as `pg_ctl start` does) and return its
+    pid once its pid file says it is ready, looking every 5 ms: `pg_ctl start -w` looks every 100 ms, most of
+    what a start from a ready folder takes. It stays this process's child (`reap` collects its exit after a
+    stop); it outlives a killed session as pg_ctl's would, for the reaper's instructions to stop it cleanly,
+    and `dbsnap up` leaves it running on purpose. A server that exits or is not ready in time is a ToolError;
+    its reason is in `log_path`."""
     argv: list[str] = [str(tools.path("postgres")), "-D", str(data_dir), *options]
     with log_path.open("ab") as log_file:  # opened here: the server writes through the descriptor it inherits
         try:
@@ -119,7 +120,10 @@ def start_postmaster(
     deadline = time.monotonic() + timeout
     while (code := process.poll()) is None:
         if _says_ready(pid_file, process.pid):
-            return process
+            # From here it is known by its pid: a Popen collected while its child runs warns ("subprocess ... is
+            # still running"), as when `dbsnap up` exits and leaves the server up. Marked done, it never does.
+            process.returncode = 0
+            return process.pid
         if time.monotonic() >= deadline:
             process.send_signal(signal.SIGQUIT)  # never ready: an immediate shutdown, its children with it
             try:
@@ -138,6 +142,22 @@ def start_postmaster(
         command=argv,
         returncode=code,
     )
+
+
+def reap(pid: int, timeout: float) -> bool:
+    """Collect the exit of a postmaster `start_postmaster` started, so that it leaves no zombie; False when it
+    has not ended within `timeout`. A pid that is not this process's child (any more) counts as collected."""
+    deadline = time.monotonic() + timeout
+    while True:
+        try:
+            ended, _status = os.waitpid(pid, os.WNOHANG)
+        except ChildProcessError:
+            return True
+        if ended:
+            return True
+        if time.monotonic() >= deadline:
+            return False
+        time.sleep(0.005)
 
 
 def _says_ready(pid_file: Path, pid: int) -> bool:

@@ -22,7 +22,9 @@ DBSNAP = Path(sys.executable).with_name("dbsnap")
 def run(project: Path, cache: Path, *args: str) -> subprocess.CompletedProcess[str]:
     keep = {k: v for k, v in os.environ.items() if not k.startswith("DBSNAP_") and k not in {"DATABASE_URL", "CI"}}
     return subprocess.run(
-        [str(DBSNAP), *args], cwd=project, env={**keep, "DBSNAP_CACHE_DIR": str(cache)}, capture_output=True,
+        # Warnings shown: a ResourceWarning of a process object collected while its server runs must not appear.
+        [str(DBSNAP), *args], cwd=project, env={**keep, "DBSNAP_CACHE_DIR": str(cache), "PYTHONWARNINGS": "default"},
+        capture_output=True,
         text=True, timeout=180, check=False, stdin=subprocess.DEVNULL,
     )  # fmt: skip
 
@@ -46,6 +48,7 @@ def test_up_keeps_the_seeded_database_running_until_down(
         url = line.removeprefix("DATABASE_URL=")
         assert urlsplit(url).port == port
         assert "stop it with `dbsnap down`" in up.stderr
+        assert "ResourceWarning" not in up.stderr
         meta = DumpStore(project / "dumps").latest("dev")
         assert meta is not None
         # The command has ended; the database answers with the dump's rows.
