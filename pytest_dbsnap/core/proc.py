@@ -35,6 +35,14 @@ class RunAs:
     gid: int
 
 
+def as_account(run_as: RunAs | None) -> dict[str, Any]:
+    """Popen's options to run a program as `run_as` (none: as this process), without this process's
+    supplementary groups (root's would otherwise come along)."""
+    if run_as is None:
+        return {}
+    return {"user": run_as.uid, "group": run_as.gid, "extra_groups": []}
+
+
 def tail(text: str, lines: int = TAIL_LINES) -> str:
     """The last lines of a program's output, which is where the reason usually is."""
     return "\n".join(text.strip().splitlines()[-lines:])
@@ -69,9 +77,7 @@ def run(
             stdout=stdout,
             stderr=subprocess.PIPE,
             text=True,
-            user=run_as.uid if run_as else None,
-            group=run_as.gid if run_as else None,
-            extra_groups=[] if run_as else None,
+            **as_account(run_as),
             # A group of its own, so that it and its children (pg_restore's jobs) end together; and a parent-death
             # signal, so that a killed session does not leave it running.
             process_group=0,

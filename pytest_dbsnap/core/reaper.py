@@ -400,12 +400,13 @@ def _gone(pid: int) -> Callable[[], bool]:
     return lambda: not alive(pid)
 
 
-def _wait(condition: Callable[[], bool], seconds: float) -> bool:
+def wait_for(condition: Callable[[], bool], seconds: float, *, every: float = _POLL) -> bool:
+    """Poll `condition` every `every` seconds until it holds (True) or `seconds` pass (False)."""
     deadline = time.monotonic() + seconds
     while not condition():
         if time.monotonic() >= deadline:
             return False
-        time.sleep(_POLL)
+        time.sleep(every)
     return True
 
 
@@ -452,15 +453,15 @@ def clean_up(instructions: list[Instruction], log: _Log) -> None:
     def processes_gone() -> bool:
         return not any(group_members(int(e["pgid"])) for e in groups) and not any(alive(p) for p in marked)
 
-    if not _wait(processes_gone, grace):
+    if not wait_for(processes_gone, grace):
         for entry in groups:
             _signal_group(int(entry["pgid"]), signal.SIGKILL)
         for pid in marked:
             _signal(pid, signal.SIGKILL)
-        if not _wait(processes_gone, _KILL_WAIT):
+        if not wait_for(processes_gone, _KILL_WAIT):
             log("some processes outlived SIGKILL (an uninterruptible wait in the kernel)")
     for pid, entry in by_pidfile.items():
-        if not _wait(_gone(pid), float(entry.get("grace", PIDFILE_GRACE))):
+        if not wait_for(_gone(pid), float(entry.get("grace", PIDFILE_GRACE))):
             log(f"pid {pid} (of {entry['path']}) did not end; sending SIGKILL")
             # A server started in a session of its own: its group is the server and its children.
             with contextlib.suppress(ProcessLookupError):
@@ -468,7 +469,7 @@ def clean_up(instructions: list[Instruction], log: _Log) -> None:
                     _signal_group(pid, signal.SIGKILL)
                 else:
                     _signal(pid, signal.SIGKILL)
-            _wait(_gone(pid), _KILL_WAIT)
+            wait_for(_gone(pid), _KILL_WAIT)
     for entry in of_kind.get("command", []):
         _run(entry, log)
     for entry in of_kind.get("path", []):

@@ -16,7 +16,7 @@ from collections.abc import Sequence
 from pathlib import Path
 
 from pytest_dbsnap.core import reaper
-from pytest_dbsnap.core.proc import RunAs, run
+from pytest_dbsnap.core.proc import RunAs, as_account, run
 from pytest_dbsnap.core.reaper import Instruction
 from pytest_dbsnap.errors import ToolError
 from pytest_dbsnap.postgres.account import invoking_user, server_account
@@ -109,55 +109,48 @@ def start_postmaster(
                 stdout=log_file,
                 stderr=subprocess.STDOUT,
                 cwd=cwd,
-                user=account.uid if account else None,
-                group=account.gid if account else None,
-                extra_groups=[] if account else None,
                 start_new_session=True,  # a Ctrl-C to the terminal's group is the session's to handle, not its
+                **as_account(account),
             )
         except OSError as exc:
             raise ToolError(f"{what} could not start {argv[0]}: {exc}", command=argv) from exc
     pid_file = data_dir / "postmaster.pid"
-    deadline = time.monotonic() + timeout
-    while (code := process.poll()) is None:
-        if _says_ready(pid_file, process.pid):
-            # From here it is known by its pid: a Popen collected while its child runs warns ("subprocess ... is
-            # still running"), as when `dbsnap up` exits and leaves the server up. Marked done, it never does.
-            process.returncode = 0
-            return process.pid
-        if time.monotonic() >= deadline:
-            process.send_signal(signal.SIGQUIT)  # never ready: an immediate shutdown, its children with it
-            try:
-                process.wait(timeout=5)
-            except subprocess.TimeoutExpired:
-                process.kill()
-                process.wait()
-            raise ToolError(
-                f"{what}: the server was not ready within {timeout:.0f} s, so it was shut down (command: "
-                f"{shlex.join(argv)}). A slow or busy machine may need a larger start_timeout.",
-                command=argv,
-            )
-        time.sleep(0.005)
+    reaper.wait_for(lambda: process.poll() is not None or _says_ready(pid_file, process.pid), timeout, every=0.005)
+    if process.returncode is not None:
+        raise ToolError(
+            f"{what}: the server exited at start with code {process.returncode} (command: {shlex.join(argv)}).",
+            command=argv,
+            returncode=process.returncode,
+        )
+    if _says_ready(pid_file, process.pid):
+        # From here it is known by its pid: a Popen collected while its child runs warns ("subprocess ... is
+        # still running"), as when `dbsnap up` exits and leaves the server up. Marked done, it never does.
+        process.returncode = 0
+        return process.pid
+    process.send_signal(signal.SIGQUIT)  # never ready: an immediate shutdown, its children with it
+    try:
+        process.wait(timeout=5)
+    except subprocess.TimeoutExpired:
+        process.kill()
+        process.wait()
     raise ToolError(
-        f"{what}: the server exited at start with code {code} (command: {shlex.join(argv)}).",
+        f"{what}: the server was not ready within {timeout:.0f} s, so it was shut down (command: "
+        f"{shlex.join(argv)}). A slow or busy machine may need a larger start_timeout.",
         command=argv,
-        returncode=code,
     )
 
 
 def reap(pid: int, timeout: float) -> bool:
     """Collect the exit of a postmaster `start_postmaster` started, so that it leaves no zombie; False when it
     has not ended within `timeout`. A pid that is not this process's child (any more) counts as collected."""
-    deadline = time.monotonic() + timeout
-    while True:
+
+    def collected() -> bool:
         try:
-            ended, _status = os.waitpid(pid, os.WNOHANG)
+            return os.waitpid(pid, os.WNOHANG)[0] != 0
         except ChildProcessError:
             return True
-        if ended:
-            return True
-        if time.monotonic() >= deadline:
-            return False
-        time.sleep(0.005)
+
+    return reaper.wait_for(collected, timeout, every=0.005)
 
 
 def _says_ready(pid_file: Path, pid: int) -> bool:
@@ -203,14 +196,10 @@ def _fast_stop_by_signal(data_dir: Path, timeout: float = 30.0) -> bool:
         os.kill(pid, signal.SIGINT)
     except OSError:
         return False
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        if not pid_file.exists():  # removed by the postmaster as it exits, after the shutdown checkpoint
-            return True
-        if not reaper.alive(pid):  # it ended without removing it: not a clean stop
-            return not pid_file.exists()
-        time.sleep(0.005)
-    return False
+    # The postmaster removes its pid file as it exits, after the shutdown checkpoint; one that ended without
+    # removing it did not stop cleanly, nor did one still running at the deadline.
+    reaper.wait_for(lambda: not pid_file.exists() or not reaper.alive(pid), timeout, every=0.005)
+    return not pid_file.exists()
 
 
 def remove_outdated_pristines(cache_dir: Path) -> None:
