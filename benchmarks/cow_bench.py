@@ -131,18 +131,25 @@ def mount_loop(scratch: Path, kind: str, size: int) -> tuple[Path | None, str]:
     return mount, ""
 
 
+def mounted_on(folder: Path) -> tuple[str, str]:
+    """The type ("ext4", "xfs"...) and the device of the filesystem holding `folder`, as findmnt names them
+    ("" for what it cannot tell)."""
+    done = subprocess.run(
+        ["findmnt", "-n", "-o", "FSTYPE,SOURCE", "--target", str(folder)], capture_output=True, text=True
+    )
+    kind, _, source = done.stdout.strip().partition(" ")
+    return kind, source.strip()
+
+
 def ext4_journal(folder: Path) -> bool | None:
     """Whether the ext4 holding `folder` has a journal; None when it is not ext4 or the kernel does not say.
     Without one, ext4 skips every inode freed in the last 60-300 s when it allocates a new one (the kernel's
     `recently_deleted`), so creating files right after removing many costs far more than on a journaled ext4."""
-    done = subprocess.run(
-        ["findmnt", "-n", "-o", "FSTYPE,SOURCE", "--target", str(folder)], capture_output=True, text=True
-    )
-    fields = done.stdout.split()
-    if len(fields) != 2 or fields[0] != "ext4":
+    kind, source = mounted_on(folder)
+    if kind != "ext4":
         return None
     try:
-        task = Path(f"/sys/fs/ext4/{Path(fields[1]).name}/journal_task").read_text().strip()
+        task = Path(f"/sys/fs/ext4/{Path(source).name}/journal_task").read_text().strip()
     except OSError:
         return None
     return task != "<none>"

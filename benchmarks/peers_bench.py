@@ -48,7 +48,7 @@ from types import FrameType
 
 import bench_data
 from bench_report import default_out, end_session, median, progress, seconds
-from cow_bench import XFS_SIZE_BYTES, ext4_journal, mount_loop, wheel_bindir
+from cow_bench import XFS_SIZE_BYTES, ext4_journal, mount_loop, mounted_on, wheel_bindir
 
 from pytest_dbsnap.core.proc import RunAs, chown_tree
 from pytest_dbsnap.dumps.meta import DumpMeta
@@ -153,8 +153,7 @@ def _interrupted(_signum: int, _frame: FrameType | None) -> None:
 
 def filesystem(folder: Path) -> str:
     """The type of the filesystem holding `folder` ("ext4", "xfs", "tmpfs"...), as findmnt names it."""
-    done = subprocess.run(["findmnt", "-n", "-o", "FSTYPE", "--target", str(folder)], capture_output=True, text=True)
-    return done.stdout.strip() or "unknown filesystem"
+    return mounted_on(folder)[0] or "unknown filesystem"
 
 
 def spread(samples: list[float]) -> str:

@@ -38,7 +38,7 @@ from pathlib import Path
 
 import bench_data
 from bench_report import default_out, median, progress
-from cow_bench import ext4_journal, mount_loop
+from cow_bench import ext4_journal, mount_loop, mounted_on
 
 from pytest_dbsnap.dumps.restore import count_rows, restore_dump
 from pytest_dbsnap.dumps.store import DumpStore
@@ -288,13 +288,10 @@ def sessions(
 def describe_disk(folder: Path) -> str:
     """The filesystem the run wrote on, and for ext4 whether it has a journal (it changes what creating files
     costs right after removing many: see cow_bench.ext4_journal)."""
-    done = subprocess.run(
-        ["findmnt", "-n", "-o", "FSTYPE,SOURCE", "--target", str(folder)], capture_output=True, text=True
-    )
-    kind, _, source = done.stdout.strip().partition(" ")
+    kind, source = mounted_on(folder)
     journal = ext4_journal(folder)
     said = "" if journal is None else (", with a journal" if journal else ", without a journal")
-    return f"{kind or 'unknown filesystem'} on {source.strip() or 'an unknown device'}{said}"
+    return f"{kind or 'unknown filesystem'} on {source or 'an unknown device'}{said}"
 
 
 def render(rows: list[dict[str, object]], cores: int, load_start: tuple[float, float, float], disk: str) -> str:
